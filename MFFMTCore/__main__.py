@@ -1,0 +1,5 @@
+import sys
+
+from MFFMTCore.cli import main
+
+sys.exit(main())

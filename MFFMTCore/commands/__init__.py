@@ -1,0 +1,1 @@
+"""One module per ``mffmt`` command, each with ``add_parser(subparsers)`` (which sets ``run``)."""

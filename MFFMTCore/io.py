@@ -1,0 +1,137 @@
+"""Reading ultrasound images from disk, with errors that name the file and the problem.
+
+Every reader in MFFMTCore (datasets, inference, the command line) goes through :func:`read_image`,
+so PNG, JPEG, BMP, NRRD, NIfTI and DICOM (a file or a series folder) behave the same everywhere.
+Images come back as SimpleITK images so that their geometry (spacing, origin, direction) travels
+with them; 2D pictures have unit spacing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+IMAGE_SUFFIXES = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
+    ".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm",
+)
+
+
+class ImageReadError(ValueError):
+    """An input image cannot be used. The message names the file and says what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` has a suffix :func:`read_image` understands."""
+    name = str(path).lower()
+    return name.endswith(IMAGE_SUFFIXES)
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 2D picture, a volume (a stack of frames) or a DICOM file or series folder.
+
+    Args:
+        path: file or DICOM folder.
+
+    Returns:
+        The image as SimpleITK reads it: scalar or vector pixels (RGB, RGBA), with its geometry.
+
+    Raises:
+        ImageReadError: the file is missing, empty, not an image or cannot be decoded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+            if not series:
+                raise ImageReadError(path, "folder holds no DICOM series")
+            return sitk.ReadImage(series)
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "file is empty")
+        return sitk.ReadImage(str(path))
+    except ImageReadError:
+        raise
+    except RuntimeError as error:
+        # ITK's messages are long C++ traces: keep the first line that says what went wrong.
+        detail = next((line.strip() for line in str(error).splitlines() if "rror" in line), str(error))
+        raise ImageReadError(path, f"cannot be read as an image ({detail[:200]})") from error
+
+
+def to_grey_array(image: sitk.Image) -> np.ndarray:
+    """Pixel array of ``image`` as float32 grey values, shape (H, W) or (N, H, W).
+
+    RGB(A) pixels are turned into luminance (ITU-R BT.601 weights); the alpha channel is ignored.
+    """
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        rgb = array[..., :3].astype(np.float32)
+        if array.shape[-1] == 2:  # grey + alpha
+            return array[..., 0].astype(np.float32)
+        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return array.astype(np.float32)
+
+
+def read_grey(path: str | os.PathLike) -> np.ndarray:
+    """Read ``path`` and return its grey pixel array (float32, (H, W) or (N, H, W))."""
+    return to_grey_array(read_image(path))
+
+
+def read_mask(paths: str | os.PathLike | list[str | os.PathLike]) -> np.ndarray:
+    """Read one or several mask files of one image and combine them by logical OR.
+
+    Any non-zero pixel is lesion, so 1-bit, 0/255, RGB and RGBA masks all work. Adding uint8 arrays
+    would wrap around at 256; OR cannot.
+
+    Raises:
+        ImageReadError: a mask cannot be read, or the masks differ in size.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    combined: np.ndarray | None = None
+    for path in paths:
+        mask = read_grey(path) > 0
+        if combined is not None and mask.shape != combined.shape:
+            raise ImageReadError(path, f"mask size {mask.shape} differs from {combined.shape} of {paths[0]}")
+        combined = mask if combined is None else (combined | mask)
+    if combined is None:
+        raise ValueError("read_mask needs at least one path")
+    return combined
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; move it into place only if the block succeeds.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(destination.suffixes)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=f".tmp{suffix}",
+                                         dir=destination.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, destination)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``destination`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(destination) as temporary:
+        temporary.write_text(text, encoding="utf-8")
