@@ -75,13 +75,24 @@ def to_grey_array(image: sitk.Image) -> np.ndarray:
 
     RGB(A) pixels are turned into luminance (ITU-R BT.601 weights); the alpha channel is ignored.
     """
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        rgb = array[..., :3].astype(np.float32)
-        if array.shape[-1] == 2:  # grey + alpha
-            return array[..., 0].astype(np.float32)
-        return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return array.astype(np.float32)
+    return grey_from_pixels(sitk.GetArrayViewFromImage(image), image.GetNumberOfComponentsPerPixel())
+
+
+def grey_from_pixels(array: np.ndarray, components: int) -> np.ndarray:
+    """Float32 grey values of a pixel array as SimpleITK lays it out (components on the last axis).
+
+    The array form of :func:`to_grey_array`, so that a long clip can be converted a few frames at a
+    time without a float32 copy of the whole clip.
+
+    Args:
+        array: (..., H, W) scalar pixels, or (..., H, W, components) vector pixels.
+        components: number of components per pixel (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA).
+    """
+    if components == 1:
+        return array.astype(np.float32)
+    if components == 2:  # grey + alpha
+        return array[..., 0].astype(np.float32)
+    return array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def read_grey(path: str | os.PathLike) -> np.ndarray:
