@@ -1,0 +1,52 @@
+"""Full-resolution lesion decoder: our addition to MFFMT (see docs/MODEL.md, "a full-resolution lesion map").
+
+The paper's P_mask lives on the F4 grid (8x8 for a 256x256 input): lesion perception, not a
+segmentation a user can edit. This light top-down decoder turns the CLEP-enhanced F1..F4 into a
+lesion logit map at 1/4 resolution, upsampled bilinearly to the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LesionDecoder(nn.Module):
+    """FPN-style top-down path with U-Net-style 3x3 refinement at every merge.
+
+    ``p4 = lateral(F4)``; for i = 3, 2, 1: ``p_i = refine(lateral(F_i) + up2(p_{i+1}))``; the logit
+    map is ``up(head(p1))`` at the input size. Every upsampling is bilinear with a fixed factor so
+    the module traces and exports for any input size that is a multiple of 32.
+
+    Args:
+        in_channels: channels of the enhanced F1..F4.
+        channels: width of the top-down path (cost grows with its square at 1/4 resolution).
+        input_stride: stride of F1 relative to the input (4 for a ResNet).
+    """
+
+    def __init__(self, in_channels: Sequence[int], channels: int = 64, input_stride: int = 4) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(_conv_bn_relu(c, channels, 1) for c in in_channels)
+        self.refine = nn.ModuleList(_conv_bn_relu(channels, channels, 3) for _ in in_channels[:-1])
+        self.head = nn.Conv2d(channels, 1, kernel_size=1)
+        self.input_stride = float(input_stride)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Map enhanced F1..F4 (finest first) to lesion logits (B, 1, H, W) at the input size."""
+        path = self.lateral[-1](features[-1])
+        for index in range(len(features) - 2, -1, -1):
+            upsampled = F.interpolate(path, scale_factor=2.0, mode="bilinear", align_corners=False)
+            path = self.refine[index](self.lateral[index](features[index]) + upsampled)
+        logits = self.head(path)
+        return F.interpolate(logits, scale_factor=self.input_stride, mode="bilinear", align_corners=False)
