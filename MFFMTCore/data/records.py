@@ -1,0 +1,92 @@
+"""The unit every reader produces: one image with whatever labels it carries.
+
+A :class:`SampleRecord` is plain data (paths and strings), so lists of records are cheap to build,
+split and write into ``split.json``; pixels are read later by the dataset's loader transform.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+#: Class indices of the classification head; malignant is the positive class.
+LABELS: dict[str, int] = {"benign": 0, "malignant": 1}
+#: Every label a record may carry. "normal" images have no lesion and no class index (-1).
+LABEL_NAMES: tuple[str, ...] = ("benign", "malignant", "normal")
+#: BI-RADS categories of the auxiliary head, in index order (BUS-BRA grades 2 to 5).
+BIRADS_CLASSES: list[str] = ["2", "3", "4", "5"]
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used. The message names the file or folder and says what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class SampleRecord:
+    """One image of a dataset and the labels it carries; every label may be missing.
+
+    Args:
+        id: name of the image, unique within its dataset.
+        image: path of the image file (or DICOM folder).
+        masks: lesion mask files of the image, combined by logical OR; empty when there is none.
+        label: "benign", "malignant", "normal" (no lesion) or None (unknown).
+        box: lesion box (x, y, w, h) in pixels (x = column), or None.
+        birads: BI-RADS category as written by the dataset ("2" .. "5", "4a" ...), or None.
+        group: split unit (near-duplicate group or patient), prefixed by the dataset, e.g. "busbra:17";
+            None means the image is its own group.
+        scanner: ultrasound device, or None when unknown.
+        dataset: name of the dataset the image comes from (e.g. "BUSI", "BUS-BRA").
+    """
+
+    id: str
+    image: str
+    masks: list[str] = field(default_factory=list)
+    label: str | None = None
+    box: tuple[int, int, int, int] | None = None
+    birads: str | None = None
+    group: str | None = None
+    scanner: str | None = None
+    dataset: str = ""
+
+    def group_key(self) -> str:
+        """The split unit of this record: its group, or the image itself when it has none."""
+        return self.group if self.group is not None else f"{self.dataset}:image:{self.id}"
+
+
+def label_index(label: str | None) -> int:
+    """Class index of ``label`` for the classification head: 0 benign, 1 malignant, -1 otherwise."""
+    return LABELS.get(label, -1) if label is not None else -1
+
+
+def birads_index(birads: str | None) -> int:
+    """Index of ``birads`` in :data:`BIRADS_CLASSES` (sub-grades such as "4a" count as 4); -1 if absent."""
+    if birads is None:
+        return -1
+    grade = str(birads).strip()[:1]
+    return BIRADS_CLASSES.index(grade) if grade in BIRADS_CLASSES else -1
+
+
+def summarize(records: list[SampleRecord]) -> dict:
+    """Counts of records overall and per dataset, by label and by scanner (JSON-ready).
+
+    Unknown labels and scanners are counted under "unknown". Used for the model file's record of the
+    data it was trained on.
+    """
+
+    def counts(items: list[SampleRecord]) -> dict:
+        labels: dict[str, int] = {}
+        scanners: dict[str, int] = {}
+        for record in items:
+            labels[record.label or "unknown"] = labels.get(record.label or "unknown", 0) + 1
+            scanners[record.scanner or "unknown"] = scanners.get(record.scanner or "unknown", 0) + 1
+        return {"images": len(items), "labels": dict(sorted(labels.items())),
+                "scanners": dict(sorted(scanners.items()))}
+
+    names = sorted({record.dataset for record in records})
+    return {**counts(records),
+            "datasets": {name: counts([record for record in records if record.dataset == name]) for name in names}}
