@@ -1,0 +1,79 @@
+"""Lesions in a label map: its connected components, measured in pixels and in physical units."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from MFFMTCore.inference.geometry import ImageGeometry
+
+# 8-connectivity: pixels touching at a corner belong to one lesion (a thin oblique border stays whole).
+_CONNECTIVITY = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class LesionComponent:
+    """One connected lesion region of one frame.
+
+    Args:
+        area_px: number of pixels.
+        area_mm2: physical area, or None when the input's spacing is unknown.
+        bbox: (x, y, w, h) in pixels of the frame (x = column, y = row).
+        centroid_index: (column, row) of the region's centre, continuous pixel indices.
+        centroid: physical position (x, y, z) of the centre, LPS as SimpleITK gives it; a 2D
+            frame lies in the plane z = 0, as Slicer places it.
+        mean_probability: mean lesion probability over the region.
+    """
+
+    area_px: int
+    area_mm2: float | None
+    bbox: tuple[int, int, int, int]
+    centroid_index: tuple[float, float]
+    centroid: tuple[float, float, float]
+    mean_probability: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def find_components(
+    label: np.ndarray, probability: np.ndarray, geometry: ImageGeometry, frame: int
+) -> list[LesionComponent]:
+    """Connected components (8-connected) of one frame's label map, largest first.
+
+    Args:
+        label: (H, W) boolean label map of the frame.
+        probability: (H, W) lesion probability of the frame.
+        geometry: the input's geometry (2D, or 3D with frames along k).
+        frame: index of the frame in the stack (its k index for a 3D input).
+    """
+    labelled, count = ndimage.label(label, structure=_CONNECTIVITY)
+    if count == 0:
+        return []
+    indices = np.arange(1, count + 1)
+    areas = ndimage.sum_labels(np.ones_like(labelled), labelled, indices)
+    mean_probability = ndimage.mean(probability, labelled, indices)
+    centres = np.asarray(ndimage.center_of_mass(label, labelled, indices), dtype=float)  # (row, column)
+    index = centres[:, ::-1]  # ITK order: column, row
+    if geometry.dimension == 3:
+        index = np.column_stack([index, np.full(count, float(frame))])
+    physical = geometry.to_physical(index)
+    if geometry.dimension == 2:
+        physical = np.column_stack([physical, np.zeros(count)])
+    pixel_area = geometry.pixel_area_mm2() if geometry.spacing_known else None
+    components = []
+    for number, box in enumerate(ndimage.find_objects(labelled)):
+        rows, columns = box
+        components.append(
+            LesionComponent(
+                area_px=int(areas[number]),
+                area_mm2=float(areas[number] * pixel_area) if pixel_area is not None else None,
+                bbox=(columns.start, rows.start, columns.stop - columns.start, rows.stop - rows.start),
+                centroid_index=(float(index[number, 0]), float(index[number, 1])),
+                centroid=tuple(float(v) for v in physical[number]),
+                mean_probability=float(mean_probability[number]),
+            )
+        )
+    return sorted(components, key=lambda component: component.area_px, reverse=True)

@@ -1,0 +1,138 @@
+"""What the predictor accepts as an image, turned into one form: a stack of 2D frames with a geometry.
+
+A 2D picture is a stack of one frame; a 3D volume (a clip loaded in Slicer, a multi-frame DICOM) is a
+stack of N frames along its last ITK axis (k). Pixels stay in their original type and are converted
+to grey float32 a few frames at a time, so a long clip never exists as float32 in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.io import grey_from_pixels, read_image
+
+# File formats that record a physical pixel spacing; pictures (PNG, JPEG, ...) get ITK's unit default.
+_SPACING_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
+
+ImageInput = str | os.PathLike | sitk.Image | np.ndarray
+
+
+@dataclass
+class FrameStack:
+    """Frames of one input and their geometry.
+
+    Args:
+        pixels: (N, H, W) scalar or (N, H, W, C) vector pixels, in the input's type (often a view).
+        components: pixel components C (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA).
+        geometry: the input's geometry, 2D for a single frame and 3D for a stack.
+        source: the file name, or a description of an in-memory input, for messages.
+        keep_alive: the SimpleITK image ``pixels`` is a view of (it must outlive the view).
+    """
+
+    pixels: np.ndarray
+    components: int
+    geometry: ImageGeometry
+    source: str
+    keep_alive: sitk.Image | None = None
+
+    @property
+    def is_2d(self) -> bool:
+        return self.geometry.dimension == 2
+
+    @property
+    def num_frames(self) -> int:
+        return self.pixels.shape[0]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of every frame."""
+        return tuple(self.pixels.shape[1:3])
+
+    def grey(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` as float32 grey, shape (n, H, W)."""
+        return grey_from_pixels(self.pixels[start:stop], self.components)
+
+
+def _geometry_override(
+    base: ImageGeometry,
+    spacing: Sequence[float] | None,
+    origin: Sequence[float] | None,
+    direction: Sequence[float] | None,
+) -> ImageGeometry:
+    if spacing is None and origin is None and direction is None:
+        return base
+    return ImageGeometry(
+        spacing=tuple(float(v) for v in spacing) if spacing is not None else base.spacing,
+        origin=tuple(float(v) for v in origin) if origin is not None else base.origin,
+        direction=tuple(float(v) for v in direction) if direction is not None else base.direction,
+        spacing_known=base.spacing_known or spacing is not None,
+    )
+
+
+def _array_layout(array: np.ndarray) -> tuple[int, int]:
+    """(dimension, components) of a NumPy image, by the rules documented in :func:`as_frame_stack`."""
+    if array.ndim == 2:
+        return 2, 1
+    if array.ndim == 3:
+        return (2, array.shape[2]) if array.shape[2] in (3, 4) else (3, 1)
+    if array.ndim == 4 and array.shape[3] in (3, 4):
+        return 3, array.shape[3]
+    raise ValueError(
+        f"array of shape {array.shape} is not an image: expected (H, W), (H, W, 3|4), (N, H, W) or (N, H, W, 3|4)"
+    )
+
+
+def as_frame_stack(
+    image: ImageInput,
+    spacing: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    direction: Sequence[float] | None = None,
+) -> FrameStack:
+    """Turn a file, a SimpleITK image or a NumPy array into a :class:`FrameStack`.
+
+    NumPy arrays are read as: (H, W) one grey frame; (H, W, 3) or (H, W, 4) one RGB(A) frame;
+    any other (N, H, W) a stack of N grey frames; (N, H, W, 3|4) a stack of RGB(A) frames. So an
+    (H, W, 3) array is always one colour frame, never three frames 3 pixels wide (pass such a
+    stack as a SimpleITK image). Geometry values follow SimpleITK: ITK order (column, row[, frame]),
+    direction row-major; without them an array has unit spacing, zero origin, identity direction.
+
+    Args:
+        image: file (PNG, JPEG, BMP, TIFF, NRRD, NIfTI, MHA, DICOM file or series folder),
+            SimpleITK image, or NumPy array.
+        spacing, origin, direction: geometry that replaces the input's own (e.g. a known pixel
+            spacing for a PNG). Passing ``spacing`` marks the spacing as known.
+
+    Raises:
+        ImageReadError: a file cannot be read.
+        ValueError: the input is not a 2D frame or a 3D stack of frames, or the geometry is invalid.
+    """
+    if isinstance(image, np.ndarray):
+        dimension, components = _array_layout(image)
+        base = ImageGeometry((1.0,) * dimension, (0.0,) * dimension, tuple(np.eye(dimension).ravel()), False)
+        geometry = _geometry_override(base, spacing, origin, direction)
+        frames = image if dimension == 3 else image[np.newaxis]
+        return FrameStack(frames, components, geometry, f"array{tuple(image.shape)}")
+
+    if isinstance(image, sitk.Image):
+        source = "SimpleITK image"
+        # A unit spacing on an in-memory image is ITK's default for pictures, not a measurement.
+        spacing_known = any(abs(value - 1.0) > 1e-9 for value in image.GetSpacing())
+    else:
+        source = str(image)
+        path = Path(image)
+        spacing_known = path.is_dir() or source.lower().endswith(_SPACING_SUFFIXES)
+        image = read_image(path)
+    dimension = image.GetDimension()
+    if dimension not in (2, 3):
+        raise ValueError(f"{source}: a {dimension}D image is neither a frame nor a stack of frames")
+    geometry = _geometry_override(ImageGeometry.of(image, spacing_known), spacing, origin, direction)
+    pixels = sitk.GetArrayViewFromImage(image)
+    frames = pixels if dimension == 3 else pixels[np.newaxis]
+    return FrameStack(frames, image.GetNumberOfComponentsPerPixel(), geometry, source, keep_alive=image)

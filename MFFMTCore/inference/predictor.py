@@ -1,0 +1,144 @@
+"""The predictor: lesion maps and benign/malignant probabilities for frames and clips.
+
+Usage::
+
+    from MFFMTCore.inference import Predictor
+
+    predictor = Predictor("RUN_DIR/model.safetensors")       # or Predictor() for the default model
+    result = predictor.predict("bus_0001-l.png")            # a file, SimpleITK image or NumPy array
+    result.frames[0].p_malignant, result.label_image()      # label map in the input's geometry
+    result.with_threshold(0.3)                              # new threshold, no new network run
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from MFFMTCore.data.transforms import expand_box, preprocess_frame
+from MFFMTCore.inference.frames import ImageInput, as_frame_stack
+from MFFMTCore.inference.gradcam import GradCamExplainer
+from MFFMTCore.inference.postprocessing import resize_to_frame
+from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.inference.roi import RoiInput, resolve_roi
+from MFFMTCore.model_file import load_model, resolve_model_path
+
+
+class Predictor:
+    """An MFFMT model loaded once, ready to predict on any number of images.
+
+    Args:
+        model_path: a model file (``RUN_DIR/model.safetensors`` of ``mffmt train``); None for the
+            default model shipped with MFFMTCore.
+        device: ``"cpu"`` or ``"cuda"``.
+        batch_size: frames per network call. Frames of a clip go through in chunks of this size,
+            so memory on the network side does not grow with the clip's length.
+
+    Raises:
+        ModelFileError: no model given and none installed, or the file is missing, damaged
+            (checksum mismatch) or built for another architecture.
+    """
+
+    def __init__(self, model_path: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 8):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model_path = resolve_model_path(model_path)
+        self.device = torch.device(device)
+        self.model, self.info = load_model(self.model_path, device=self.device)
+        self.batch_size = batch_size
+        self.class_names = list(self.info.class_names)
+        self.input_size = tuple(self.info.input_size)
+        self._explainer: GradCamExplainer | None = None
+
+    @property
+    def roi_margin(self) -> float:
+        """Context margin added around an ROI: the one the model's lesion crops had in training.
+
+        A model trained on lesion boxes grown by 20% (``mffmt train --mode lesion``) should see a
+        user's box grown the same way; a model trained on whole frames gets the box as drawn.
+        """
+        training = self.info.training
+        return float(training.get("margin", 0.0)) if training.get("mode") == "lesion" else 0.0
+
+    def _network_input(self, grey: np.ndarray) -> torch.Tensor:
+        batch = torch.stack([preprocess_frame(frame, self.input_size) for frame in grey])
+        return batch.to(self.device)
+
+    def _explain(self, x: torch.Tensor) -> torch.Tensor:
+        if self._explainer is None:
+            self._explainer = GradCamExplainer(self.model, class_index=len(self.class_names) - 1)
+        return self._explainer(x)
+
+    def predict(
+        self,
+        image: ImageInput,
+        spacing: Sequence[float] | None = None,
+        origin: Sequence[float] | None = None,
+        direction: Sequence[float] | None = None,
+        roi: RoiInput | None = None,
+        gradcam: bool = False,
+        threshold: float | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> PredictionResult:
+        """Predict on one image: a 2D frame or a 3D stack of frames (a clip).
+
+        Args:
+            image: file path (PNG, JPEG, NRRD, NIfTI, DICOM, ...), SimpleITK image, or NumPy array
+                ((H, W), (H, W, 3|4) colour, (N, H, W) stack, (N, H, W, 3|4); see
+                :func:`MFFMTCore.inference.frames.as_frame_stack`).
+            spacing, origin, direction: geometry for arrays, or to replace a file's (ITK order).
+            roi: classify only this box of every frame (the paper's protocol): (x, y, w, h) pixels
+                (x = column, y = row) or a :class:`PhysicalBox`. The box, grown by
+                :attr:`roi_margin`, is cropped, run, and its lesion map pasted back into the full
+                frame (zero outside).
+            gradcam: also compute Grad-CAM of the malignant class (slower: one backward pass).
+            threshold: lesion probability threshold; default the model's (``ModelInfo.threshold``).
+            progress: called as ``progress(frames_done, frames_total)`` after each chunk; raising
+                from it abandons the prediction.
+
+        Returns:
+            Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
+
+        Raises:
+            ImageReadError: the file cannot be read.
+            ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.
+        """
+        stack = as_frame_stack(image, spacing, origin, direction)
+        height, width = stack.frame_shape
+        box = resolve_roi(roi, stack.geometry, (height, width))
+        if box is not None and self.roi_margin > 0:
+            row0, row1, col0, col1 = expand_box(box, self.roi_margin, (height, width))
+            box = (col0, row0, col1 - col0, row1 - row0)
+        x0, y0, w, h = box if box is not None else (0, 0, width, height)
+
+        count = stack.num_frames
+        # Outside an ROI there is no lesion: the maps start at zero and the box is pasted in.
+        probability = np.zeros((count, height, width), dtype=np.float32)
+        cam = np.zeros((count, height, width), dtype=np.float32) if gradcam else None
+        class_probabilities = np.empty((count, len(self.class_names)), dtype=np.float32)
+        for start in range(0, count, self.batch_size):
+            stop = min(start + self.batch_size, count)
+            grey = stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
+            x = self._network_input(grey)
+            with torch.inference_mode():
+                output = self.model(x)
+                lesion = torch.sigmoid(resize_to_frame(output.mask_logits, (h, w)))
+                probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
+                class_probabilities[start:stop] = torch.softmax(output.class_logits.float(), dim=1).cpu().numpy()
+            if cam is not None:
+                cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
+            if progress is not None:
+                progress(stop, count)
+        return PredictionResult(
+            probability=probability,
+            class_probabilities=class_probabilities,
+            class_names=self.class_names,
+            geometry=stack.geometry,
+            threshold=self.info.threshold if threshold is None else threshold,
+            source=stack.source,
+            roi=box,
+            gradcam=cam,
+        )

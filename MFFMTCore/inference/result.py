@@ -1,0 +1,258 @@
+"""What one prediction returns: lesion maps in the input's geometry, per-frame and clip-level findings.
+
+The network's outputs (lesion probability per pixel, class probabilities per frame) are stored once;
+everything that depends on the threshold (label map, lesion components, the clip-level aggregate) is
+derived from them, so :meth:`PredictionResult.with_threshold` never runs the network again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from MFFMTCore.inference.components import LesionComponent, find_components
+from MFFMTCore.inference.geometry import ImageGeometry
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Findings on one frame.
+
+    Args:
+        frame: index of the frame in the input, from 0 (its k index for a 3D input).
+        probabilities: class name -> probability (softmax of the class logits).
+        prediction: the most probable class.
+        components: lesion regions of the label map, largest first.
+        lesion_mass: sum of the lesion probability over the label map's pixels: how much lesion
+            the network sees in this frame, used to weight frames in a clip.
+        spacing_known: whether areas in mm² can be given.
+    """
+
+    frame: int
+    probabilities: dict[str, float]
+    prediction: str
+    components: list[LesionComponent]
+    lesion_mass: float
+    spacing_known: bool
+
+    @property
+    def p_malignant(self) -> float:
+        """Probability of the positive class (the last class name; malignant for MFFMT models)."""
+        return list(self.probabilities.values())[-1]
+
+    @property
+    def lesion_area_px(self) -> int:
+        return sum(component.area_px for component in self.components)
+
+    @property
+    def lesion_area_mm2(self) -> float | None:
+        """Total lesion area in mm², None when the input's spacing is unknown."""
+        if not self.spacing_known:
+            return None
+        return float(sum(component.area_mm2 for component in self.components))
+
+    @property
+    def centroid(self) -> tuple[float, float, float] | None:
+        """Physical centre of the largest lesion region (None without lesion).
+
+        The largest region, not all lesion pixels: with two lesions, the centre of both together
+        lies between them, on no lesion at all.
+        """
+        return self.components[0].centroid if self.components else None
+
+    def to_json(self) -> dict:
+        return {
+            "frame": self.frame,
+            "probabilities": self.probabilities,
+            "prediction": self.prediction,
+            "lesion_mass": self.lesion_mass,
+            "lesion_area_px": self.lesion_area_px,
+            "lesion_area_mm2": self.lesion_area_mm2,
+            "components": [component.to_json() for component in self.components],
+        }
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """One finding for a whole clip (a 3D input of N frames).
+
+    Args:
+        probabilities: class name -> aggregated probability (see :func:`aggregate_frames`).
+        prediction: the most probable class after aggregation.
+        aggregation: ``"lesion-weighted mean"`` or ``"mean"`` (no frame shows a lesion).
+        key_frame: the frame with the largest lesion probability mass (the one to look at).
+        frames_with_lesion: number of frames whose label map is not empty.
+        num_frames: number of frames.
+    """
+
+    probabilities: dict[str, float]
+    prediction: str
+    aggregation: str
+    key_frame: int
+    frames_with_lesion: int
+    num_frames: int
+
+    @property
+    def p_malignant(self) -> float:
+        return list(self.probabilities.values())[-1]
+
+    def to_json(self) -> dict:
+        return {
+            "probabilities": self.probabilities,
+            "p_malignant": self.p_malignant,
+            "prediction": self.prediction,
+            "aggregation": self.aggregation,
+            "key_frame": self.key_frame,
+            "frames_with_lesion": self.frames_with_lesion,
+            "num_frames": self.num_frames,
+        }
+
+
+def aggregate_frames(
+    class_probabilities: np.ndarray, lesion_mass: np.ndarray, class_names: list[str], frame_sums: np.ndarray
+) -> ClipResult:
+    """Combine per-frame class probabilities into one clip-level result.
+
+    Each frame's class probabilities are weighted by its lesion probability mass (the sum of the
+    lesion probability over its label map). Why: in a sweep many frames miss the lesion or catch
+    only its edge, and the classifier learned benign vs malignant from frames that show a lesion
+    (frames without one carry no class label in training), so its output on lesion-free frames is
+    not evidence about the lesion. Frames showing more of the lesion, more surely, count more.
+    When no frame shows a lesion, the plain mean is used: there is nothing better to weight by.
+
+    Args:
+        class_probabilities: (N, C) per-frame class probabilities.
+        lesion_mass: (N,) lesion probability mass per frame.
+        class_names: the C class names.
+        frame_sums: (N,) sum of the lesion probability over each whole frame; picks the key frame
+            when no frame has a lesion.
+    """
+    total = float(lesion_mass.sum())
+    if total > 0:
+        weights, aggregation = lesion_mass / total, "lesion-weighted mean"
+        key_frame = int(np.argmax(lesion_mass))
+    else:
+        weights, aggregation = np.full(len(lesion_mass), 1.0 / len(lesion_mass)), "mean"
+        key_frame = int(np.argmax(frame_sums))
+    probabilities = weights @ class_probabilities.astype(np.float64)
+    return ClipResult(
+        probabilities={name: float(p) for name, p in zip(class_names, probabilities)},
+        prediction=class_names[int(np.argmax(probabilities))],
+        aggregation=aggregation,
+        key_frame=key_frame,
+        frames_with_lesion=int(np.count_nonzero(lesion_mass)),
+        num_frames=len(lesion_mass),
+    )
+
+
+@dataclass
+class PredictionResult:
+    """The prediction for one input (a 2D frame or a 3D stack of frames).
+
+    Args:
+        probability: (N, H, W) float32 lesion probability on the input's pixel grid.
+        class_probabilities: (N, C) float32 class probabilities per frame.
+        class_names: names of the C classes (from the model file).
+        geometry: the input's geometry: 2D input -> 2D outputs, 3D -> 3D.
+        threshold: lesion probability at or above which a pixel is lesion.
+        source: the input's file name or a description of it.
+        roi: (x, y, w, h) pixel box that was classified (ROI mode), or None for whole frames.
+        gradcam: (N, H, W) float32 Grad-CAM of the positive class in [0, 1], or None.
+    """
+
+    probability: np.ndarray
+    class_probabilities: np.ndarray
+    class_names: list[str]
+    geometry: ImageGeometry
+    threshold: float
+    source: str = ""
+    roi: tuple[int, int, int, int] | None = None
+    gradcam: np.ndarray | None = None
+    label: np.ndarray = field(init=False, repr=False)
+    frames: list[FrameResult] = field(init=False, repr=False)
+    clip: ClipResult | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        self.label = (self.probability >= self.threshold).astype(np.uint8)
+        frames, masses, sums = [], np.zeros(len(self.probability)), np.zeros(len(self.probability))
+        for index, (label, probability, classes) in enumerate(
+            zip(self.label, self.probability, self.class_probabilities)
+        ):
+            lesion = label.astype(bool)
+            masses[index] = float(probability[lesion].sum(dtype=np.float64))
+            sums[index] = float(probability.sum(dtype=np.float64))
+            frames.append(
+                FrameResult(
+                    frame=index,
+                    probabilities={name: float(p) for name, p in zip(self.class_names, classes)},
+                    prediction=self.class_names[int(np.argmax(classes))],
+                    components=find_components(lesion, probability, self.geometry, index),
+                    lesion_mass=float(masses[index]),
+                    spacing_known=self.geometry.spacing_known,
+                )
+            )
+        self.frames = frames
+        self.clip = (
+            None
+            if self.is_2d
+            else aggregate_frames(self.class_probabilities, masses, self.class_names, sums)
+        )
+
+    @property
+    def is_2d(self) -> bool:
+        return self.geometry.dimension == 2
+
+    @property
+    def key_frame(self) -> int:
+        """The frame to show: the clip's key frame, or 0 for a single frame."""
+        return self.clip.key_frame if self.clip is not None else 0
+
+    def with_threshold(self, threshold: float) -> PredictionResult:
+        """The same prediction at another threshold, without running the network again."""
+        return PredictionResult(
+            probability=self.probability,
+            class_probabilities=self.class_probabilities,
+            class_names=self.class_names,
+            geometry=self.geometry,
+            threshold=threshold,
+            source=self.source,
+            roi=self.roi,
+            gradcam=self.gradcam,
+        )
+
+    def _image(self, array: np.ndarray) -> sitk.Image:
+        return self.geometry.image_from_array(array[0] if self.is_2d else array)
+
+    def probability_image(self) -> sitk.Image:
+        """Lesion probability (float32) with the input's size, spacing, origin and direction."""
+        return self._image(self.probability)
+
+    def label_image(self) -> sitk.Image:
+        """Label map (uint8, 1 = lesion) with the input's size, spacing, origin and direction."""
+        return self._image(self.label)
+
+    def gradcam_image(self) -> sitk.Image:
+        """Grad-CAM (float32, [0, 1]) in the input's geometry.
+
+        Raises:
+            ValueError: Grad-CAM was not requested for this prediction.
+        """
+        if self.gradcam is None:
+            raise ValueError("this prediction has no Grad-CAM; call predict(..., gradcam=True)")
+        return self._image(self.gradcam)
+
+    def to_json(self) -> dict:
+        """Everything but the pixel maps, as JSON-ready values."""
+        return {
+            "source": self.source,
+            "threshold": self.threshold,
+            "roi": list(self.roi) if self.roi is not None else None,
+            "geometry": self.geometry.to_json(),
+            "size": list(self.probability.shape[::-1][: self.geometry.dimension]),
+            "frames": [frame.to_json() for frame in self.frames],
+            "clip": self.clip.to_json() if self.clip is not None else None,
+        }
