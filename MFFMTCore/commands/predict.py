@@ -1,8 +1,98 @@
-"""`mffmt predict` (being built: see the open issues)."""
+"""``mffmt predict``: lesion segmentation and benign/malignant classification of images and clips.
+
+For each input writes ``<stem>.seg.nrrd`` (Slicer segmentation), ``<stem>_probability.nrrd``,
+``<stem>_overlay.png`` and with ``--gradcam`` ``<stem>_gradcam.nrrd``, plus ``results.csv`` and
+``results.json`` for all inputs (see :mod:`MFFMTCore.inference.batch` for folders, stems, reruns).
+Exit status 0 when every input succeeded, 1 when some failed (listed on stderr), 2 for an error
+that stops everything (no model, bad option), 130 when stopped with Ctrl-C.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from MFFMTCore.inference.batch import InputOutcome, find_inputs, predict_files
+from MFFMTCore.inference.predictor import Predictor
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H in pixels with W and H positive, got {text!r}")
+    return values
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("predict", help="(not built yet)")
-    parser.set_defaults(run=lambda args: parser.error("not built yet"))
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment lesions and classify them benign/malignant in images, clips and folders",
+        description=__doc__.split("\n\n")[0] + " Inputs are only read; outputs are written atomically.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image or clip files (PNG, JPEG, NRRD, NIfTI, DICOM, ...) or folders (searched recursively)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T",
+                        help="lesion probability threshold (default: the model's)")
+    parser.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
+                        help="classify only this pixel box of each frame (x = column, y = row; the paper's protocol)")
+    parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM maps of the malignant class")
+    parser.add_argument("--overwrite", action="store_true", help="redo inputs that an earlier run finished")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="frames per network call")
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="progress as a bar (stderr), JSON lines (stdout) or nothing")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = find_inputs(args.inputs, exclude=args.output)
+    predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+    bar = tqdm(total=len(inputs), unit="input", disable=args.progress != "bar", file=sys.stderr)
+
+    def report(outcome: InputOutcome, done: int, total: int) -> None:
+        bar.update(1)
+        if args.progress == "json":
+            print(json.dumps({"event": "progress", "done": done, "total": total, "input": outcome.input,
+                              "status": outcome.status, "error": outcome.error}), flush=True)
+
+    try:
+        summary = predict_files(predictor, inputs, args.output, threshold=args.threshold, roi=args.roi,
+                                gradcam=args.gradcam, overwrite=args.overwrite, progress=report)
+    except KeyboardInterrupt:
+        bar.close()
+        print("mffmt predict: stopped; finished inputs are in the results files", file=sys.stderr)
+        return 130
+    bar.close()
+    counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
+    if args.progress == "json":
+        print(json.dumps({"event": "done", "total": len(inputs), **counts, "output": str(args.output)}), flush=True)
+    for outcome in summary.failed:
+        print(f"mffmt predict: failed: {outcome.error}", file=sys.stderr)
+    if summary.failed:
+        print(f"mffmt predict: {counts['failed']} of {len(inputs)} inputs failed (see results.csv)", file=sys.stderr)
+        return 1
+    return 0

@@ -141,4 +141,5 @@ class Predictor:
             source=stack.source,
             roi=box,
             gradcam=cam,
+            input_frames=stack,
         )

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from MFFMTCore.inference.components import LesionComponent, find_components
+from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.geometry import ImageGeometry
 
 
@@ -160,6 +161,7 @@ class PredictionResult:
         source: the input's file name or a description of it.
         roi: (x, y, w, h) pixel box that was classified (ROI mode), or None for whole frames.
         gradcam: (N, H, W) float32 Grad-CAM of the positive class in [0, 1], or None.
+        input_frames: the input's frames (a view, not a copy), for pictures such as the overlay.
     """
 
     probability: np.ndarray
@@ -170,6 +172,7 @@ class PredictionResult:
     source: str = ""
     roi: tuple[int, int, int, int] | None = None
     gradcam: np.ndarray | None = None
+    input_frames: FrameStack | None = field(default=None, repr=False)
     label: np.ndarray = field(init=False, repr=False)
     frames: list[FrameResult] = field(init=False, repr=False)
     clip: ClipResult | None = field(init=False, repr=False)
@@ -222,6 +225,7 @@ class PredictionResult:
             source=self.source,
             roi=self.roi,
             gradcam=self.gradcam,
+            input_frames=self.input_frames,
         )
 
     def _image(self, array: np.ndarray) -> sitk.Image:

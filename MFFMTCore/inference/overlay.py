@@ -1,0 +1,73 @@
+"""A picture to check a prediction at a glance: the frame, the lesion contour, the class and its probability."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.io import atomic_path
+
+CONTOUR_COLOR = (255, 220, 0)
+ROI_COLOR = (0, 200, 255)
+
+
+def _caption(result: PredictionResult, frame: int) -> list[str]:
+    positive = result.class_names[-1]
+    finding = result.frames[frame]
+    where = f"frame {frame}: " if not result.is_2d else ""
+    lines = [f"{where}{finding.prediction}  p({positive}) = {finding.p_malignant:.2f}"]
+    if result.clip is not None:
+        lines.append(f"clip: {result.clip.prediction}  p({positive}) = {result.clip.p_malignant:.2f}")
+    if not finding.components:
+        lines.append(f"no lesion at threshold {result.threshold:.2f}")
+    return lines
+
+
+def render_overlay(result: PredictionResult, frame: int | None = None) -> Image.Image:
+    """The frame (the clip's key frame by default) in grey with the lesion contour and the finding.
+
+    Pixels are shown as stored (row 0 at the top), not reoriented by the input's direction.
+
+    Raises:
+        ValueError: the result does not hold its input frames.
+    """
+    if result.input_frames is None:
+        raise ValueError("this result does not hold its input frames; an overlay needs them")
+    frame = result.key_frame if frame is None else frame
+    grey = result.input_frames.grey(frame, frame + 1)[0]
+    low, high = float(grey.min()), float(grey.max())
+    grey = np.zeros_like(grey) if high <= low else (grey - low) * (255.0 / (high - low))
+    rgb = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+
+    # Lines about 1/200 of the image wide, so the contour stays visible on large frames.
+    thickness = max(1, round(min(grey.shape) / 200))
+    lesion = result.label[frame].astype(bool)
+    contour = lesion & ~ndimage.binary_erosion(lesion)
+    if thickness > 1:
+        contour = ndimage.binary_dilation(contour, iterations=thickness - 1)
+    rgb[contour] = CONTOUR_COLOR
+
+    picture = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(picture)
+    if result.roi is not None:
+        x, y, w, h = result.roi
+        draw.rectangle([x, y, x + w - 1, y + h - 1], outline=ROI_COLOR, width=thickness)
+    size = max(10, min(grey.shape) // 22)
+    font = ImageFont.load_default(size=size)
+    for number, line in enumerate(_caption(result, frame)):
+        draw.text((size // 2, size // 2 + number * round(size * 1.3)), line, fill=(255, 255, 255), font=font,
+                  stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0))
+    return picture
+
+
+def write_overlay(path: str | os.PathLike, result: PredictionResult, frame: int | None = None) -> Path:
+    """Write :func:`render_overlay` as a PNG, atomically. Returns the path."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        render_overlay(result, frame).save(temporary, format="PNG")
+    return path

@@ -1,0 +1,92 @@
+"""``results.csv`` and ``results.json``: one row per frame of every input, and the run's context.
+
+Columns: ``input, frame`` (from 0), ``p_<class>`` for each class (``p_benign, p_malignant``),
+``prediction, lesion_area_mm2`` (empty where the spacing is unknown), ``lesion_area_px, components``
+(number of lesion regions), ``centroid_x, centroid_y, centroid_z`` (physical centre of the largest
+region, LPS as SimpleITK gives it; empty without lesion) and ``error`` (why an input failed; its row
+has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
+status, output files and, for clips, the clip-level result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.io import write_text_atomic
+
+CSV_NAME = "results.csv"
+JSON_NAME = "results.json"
+
+
+def result_columns(class_names: list[str]) -> list[str]:
+    """CSV columns for a model with these class names."""
+    return [
+        "input", "frame", *[f"p_{name}" for name in class_names], "prediction", "lesion_area_mm2",
+        "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error",
+    ]
+
+
+def _rounded(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def frame_rows(result: PredictionResult, input_name: str) -> list[dict[str, Any]]:
+    """One row per frame of ``result``."""
+    rows = []
+    for frame in result.frames:
+        centroid = frame.centroid or (None, None, None)
+        row: dict[str, Any] = {"input": input_name, "frame": frame.frame}
+        row.update({f"p_{name}": _rounded(p) for name, p in frame.probabilities.items()})
+        row.update({
+            "prediction": frame.prediction,
+            "lesion_area_mm2": _rounded(frame.lesion_area_mm2, 4),
+            "lesion_area_px": frame.lesion_area_px,
+            "components": len(frame.components),
+            "centroid_x": _rounded(centroid[0], 4),
+            "centroid_y": _rounded(centroid[1], 4),
+            "centroid_z": _rounded(centroid[2], 4),
+            "error": None,
+        })
+        rows.append(row)
+    return rows
+
+
+def error_row(input_name: str, error: str) -> dict[str, Any]:
+    """The row of an input that could not be processed."""
+    return {"input": input_name, "frame": None, "error": error}
+
+
+def write_results(directory: str | os.PathLike, document: dict[str, Any], columns: list[str]) -> None:
+    """Write ``document`` to results.json and its ``rows`` to results.csv, each atomically."""
+    directory = Path(directory)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in document["rows"]:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
+    write_text_atomic(directory / JSON_NAME, json.dumps(document, indent=1))
+    write_text_atomic(directory / CSV_NAME, buffer.getvalue())
+
+
+def read_results(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The results.json of an earlier run in ``directory``, or None when there is none.
+
+    Raises:
+        ValueError: the file exists but is not a results document (damaged or foreign).
+    """
+    path = Path(directory) / JSON_NAME
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read ({error}); remove it or use --overwrite") from error
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise ValueError(f"{path}: is not an `mffmt predict` results file; remove it or use --overwrite")
+    return document
