@@ -16,6 +16,7 @@ from MFFMTCore.data.transforms import (
     DEFAULT_SIZE,
     augmentation_transforms,
     deterministic_transforms,
+    run_chain,
     to_tensors,
 )
 
@@ -88,7 +89,7 @@ class MFFMTDataset(Dataset):
     def _prepared(self, index: int) -> _Prepared:
         if self._cache is not None and self._cache[index] is not None:
             return self._cache[index]
-        data = self._prepare(self.samples[index])
+        data = run_chain(self._prepare, self.samples[index])
         image = torch.as_tensor(data["image"]).numpy()
         prepared = _Prepared(
             image=np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8),
@@ -107,7 +108,7 @@ class MFFMTDataset(Dataset):
                                          .reshape(shape).astype(np.float32))}
         if self._augment is not None:
             self._augment.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-            data = self._augment(data)
+            data = run_chain(self._augment, data)
         data = self._to_tensors(data)
         return {
             "image": data["image"], "mask": data["mask"],

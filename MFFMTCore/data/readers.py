@@ -173,12 +173,16 @@ def _read_busi_groups(path: Path) -> dict[str, str]:
     """Map "label/file.png" to its near-duplicate group from BUSI's groups.csv (empty if absent)."""
     if not path.is_file():
         return {}
-    rows = _read_csv(path, required=("image", "group"))
+    rows = read_csv_table(path, required=("image", "group"))
     return {Path(row["image"]).as_posix(): row["group"].strip() for row in rows if not _blank(row["group"])}
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts, checking that the ``required`` columns exist."""
+def read_csv_table(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts (header names stripped), checking that the ``required`` columns exist.
+
+    Raises:
+        DatasetError: the file cannot be read as CSV, or a required column is missing.
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -214,7 +218,7 @@ def read_busbra(root: str | os.PathLike) -> list[SampleRecord]:
         raise DatasetError(root, "not a BUS-BRA folder: bus_data.csv not found")
     problems = _Problems(root)
     records: list[SampleRecord] = []
-    for line, row in enumerate(_read_csv(table, required=("ID",)), start=2):
+    for line, row in enumerate(read_csv_table(table, required=("ID",)), start=2):
         identifier = _text(row.get("ID"))
         if identifier is None:
             problems.add(f"bus_data.csv line {line}: empty ID")
@@ -250,7 +254,7 @@ def read_datalist_sections(path: str | os.PathLike) -> dict[str, list[SampleReco
     if not path.is_file():
         raise DatasetError(path, "datalist file not found")
     if path.suffix.lower() == ".csv":
-        sections: dict[str, list[Any]] = {"training": _read_csv(path, required=("image",))}
+        sections: dict[str, list[Any]] = {"training": read_csv_table(path, required=("image",))}
     elif path.suffix.lower() == ".json":
         try:
             content = json.loads(path.read_text(encoding="utf-8-sig"))

@@ -13,7 +13,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from MFFMTCore.data.readers import _read_csv, read_busbra
+from MFFMTCore.data.readers import read_busbra, read_csv_table
 from MFFMTCore.data.records import DatasetError, SampleRecord
 
 Split = tuple[list[SampleRecord], list[SampleRecord]]
@@ -123,7 +123,7 @@ def busbra_official_folds(root: str | os.PathLike) -> list[Split]:
     table = root / "5-fold-cv.csv"
     if not table.is_file():
         raise DatasetError(root, "5-fold-cv.csv not found")
-    folds = {row["ID"].strip(): row["kFold"].strip() for row in _read_csv(table, required=("ID", "kFold"))}
+    folds = {row["ID"].strip(): row["kFold"].strip() for row in read_csv_table(table, required=("ID", "kFold"))}
     records = read_busbra(root)
     missing = [record.id for record in records if not folds.get(record.id)]
     if missing:

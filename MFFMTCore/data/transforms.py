@@ -179,7 +179,24 @@ def build_transforms(train: bool, size: Sequence[int] = DEFAULT_SIZE) -> Compose
     return Compose([*deterministic_transforms(size), *random_part, to_tensors()])
 
 
+def run_chain(chain: Compose, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+    """Apply ``chain`` to ``data``, letting a :class:`DatasetError` through as itself.
+
+    MONAI's Compose wraps every exception in "RuntimeError: applying transform ..."; the user needs
+    the file and the problem instead.
+    """
+    try:
+        return chain(data)
+    except RuntimeError as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, DatasetError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
+
+
 def preprocess_frame(grey: np.ndarray, size: Sequence[int] = DEFAULT_SIZE) -> torch.Tensor:
     """A grey (H, W) frame as the network sees it: (1, h, w) float32 in [0, 1], as in training."""
     chain = Compose([*image_transforms(size), to_tensors()])
-    return chain({"image": np.asarray(grey, dtype=np.float32)[None]})["image"]
+    return run_chain(chain, {"image": np.asarray(grey, dtype=np.float32)[None]})["image"]
