@@ -89,8 +89,10 @@ class MFFMTLoss(nn.Module):
         ce, keep = _per_sample_ce(output.class_logits, labels)
         loss_cls = masked_mean(ce, keep)
 
+        has_mask = target["has_mask"].to(output.mask_logits.device).bool()
         mask = target["mask"].to(output.mask_logits.device, output.mask_logits.dtype)
-        has_mask = target["has_mask"].to(mask.device).bool()
+        # Whatever stands in for a missing mask must not reach the gradient (NaN * 0 is NaN).
+        mask = torch.where(has_mask[:, None, None, None], mask, torch.zeros_like(mask))
         coarse = output.coarse_mask_logits
         coarse_target = F.adaptive_avg_pool2d(mask, coarse.shape[-2:])
         loc = F.binary_cross_entropy_with_logits(coarse, coarse_target, reduction="none").flatten(1).mean(1)
