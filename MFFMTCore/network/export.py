@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,18 @@ class MFFMTExportWrapper(nn.Module):
         return (output.class_logits, output.mask_logits, output.coarse_mask_logits) + aux
 
 
+@contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    """Silence torch's DeprecationWarnings for TorchScript and the TorchScript-based ONNX exporter.
+
+    Both still work in torch 2.13 and are what deployment runtimes (LibTorch, onnxruntime) load;
+    their successors need torch.export-compatible code and, for ONNX, the onnxscript package.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
 def export_model(
     model: MFFMT, path: str | os.PathLike, export_format: str = "torchscript", input_size: tuple[int, int] = (256, 256)
 ) -> Path:
@@ -63,29 +77,26 @@ def export_model(
     wrapper = MFFMTExportWrapper(model).eval()
     example = torch.rand(1, model.architecture["in_channels"], *input_size, device=next(model.parameters()).device)
     path = Path(path)
-    with atomic_path(path) as temporary, torch.no_grad():
+    with atomic_path(path) as temporary, torch.no_grad(), _quiet_deprecations():
         if export_format == "torchscript":
             torch.jit.save(torch.jit.trace(wrapper, example), str(temporary))
         else:
-            with warnings.catch_warnings():
-                # The TorchScript-based exporter is deprecated in favour of one that needs onnxscript;
-                # it is what works with the packages we depend on.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
-                dynamic.update({name: {0: "batch"} for name in wrapper.output_names})
-                for name in ("mask_logits", "coarse_mask_logits"):
-                    dynamic[name] = {0: "batch", 2: "height", 3: "width"}
-                torch.onnx.export(
-                    wrapper, (example,), str(temporary), dynamo=False, opset_version=ONNX_OPSET,
-                    input_names=["image"], output_names=wrapper.output_names, dynamic_axes=dynamic,
-                )
+            dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
+            dynamic.update({name: {0: "batch"} for name in wrapper.output_names})
+            for name in ("mask_logits", "coarse_mask_logits"):
+                dynamic[name] = {0: "batch", 2: "height", 3: "width"}
+            torch.onnx.export(
+                wrapper, (example,), str(temporary), dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["image"], output_names=wrapper.output_names, dynamic_axes=dynamic,
+            )
     return path
 
 
 def run_exported(path: str | os.PathLike, export_format: str, x: torch.Tensor) -> list[np.ndarray]:
     """Run an exported model on ``x`` (CPU) and return its outputs as arrays, in export order."""
     if export_format == "torchscript":
-        module = torch.jit.load(str(path), map_location="cpu")
+        with _quiet_deprecations():
+            module = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
             return [tensor.numpy() for tensor in module(x.cpu())]
     if export_format == "onnx":
