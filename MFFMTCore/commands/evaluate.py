@@ -1,8 +1,68 @@
-"""`mffmt evaluate` (being built: see the open issues)."""
+"""``mffmt evaluate``: measure a model on labelled data (malignant is the positive class).
+
+Writes into DIR: metrics.json (accuracy, precision, sensitivity, specificity, F1, AUC, Dice and the
+false-lesion rate on lesion-free images; overall, per dataset and per scanner where known),
+roc.png, confusion_matrix.png and predictions.csv (one row per image). Input size, intensity
+scaling and sample mode come from the model file. Unreadable images are listed and skipped; the
+exit status is then 1.
+"""
+
+from __future__ import annotations
 
 import argparse
+import sys
+
+import torch
+
+from MFFMTCore.evaluation.evaluate import evaluate, read_records
+from MFFMTCore.training.distributed import available_cores
+
+EXAMPLES = """examples:
+  mffmt evaluate --model runs/mffmt18/model.safetensors --data ../shared/data/busbra --output eval/busbra
+  mffmt evaluate --model runs/mffmt18/model.safetensors --data ../shared/data/busi \\
+      --data ../shared/data/busbra --split runs/mffmt18/split.json --output eval/validation"""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="(not built yet)")
-    parser.set_defaults(run=lambda args: parser.error("not built yet"))
+    parser = subparsers.add_parser(
+        "evaluate", help="measure a model on labelled data: metrics.json, ROC curve, confusion matrix",
+        description=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
+    parser.add_argument("--data", action="append", required=True, metavar="PATH",
+                        help="BUSI or BUS-BRA folder, or datalist (.json/.csv); repeat for several")
+    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--split", metavar="SPLIT_JSON",
+                        help="evaluate only the validation images of a training run's split.json")
+    parser.add_argument("--mode", choices=("frame", "lesion"), help="sample mode (default: the model's)")
+    parser.add_argument("--margin", type=float, help="lesion-crop margin (default: the model's)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="malignancy probability from which a case is called malignant (0.5)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: available cores)")
+    parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 < args.threshold < 1.0:
+        raise ValueError(f"--threshold must be between 0 and 1, not {args.threshold}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, not {args.batch_size}")
+    torch.set_num_threads(args.threads or available_cores())
+    records = read_records(args.data, args.split)
+    metrics = evaluate(args.model, records, args.output, mode=args.mode, margin=args.margin,
+                       batch_size=args.batch_size, device=args.device, threshold=args.threshold,
+                       progress=args.progress_bar)
+    overall = metrics["overall"]
+
+    def show(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(f"{metrics['samples']} images: AUC {show(overall['auc'])}, accuracy {show(overall['accuracy'])}, "
+          f"sensitivity {show(overall['sensitivity'])}, specificity {show(overall['specificity'])}, "
+          f"Dice {show(overall['dice'])}; written to {args.output}")
+    for failure in metrics["failed"]:
+        print(f"mffmt evaluate: skipped: {failure['error']}", file=sys.stderr)
+    return 1 if metrics["failed"] else 0

@@ -185,7 +185,8 @@ def summarise(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> dict[st
 
     Args:
         rows: dicts with ``label`` (0/1/-1), ``p_malignant``, ``dice`` (float or None),
-            ``truth_empty`` and ``prediction_empty`` (bools).
+            ``truth_empty`` and ``prediction_empty`` (bools); optionally ``<head>_label`` and
+            ``<head>_prediction`` of an auxiliary head, summarised as ``<head>_accuracy``.
         threshold: probability threshold for calling a case malignant.
     """
     metrics = {"images": len(rows)}
@@ -195,6 +196,12 @@ def summarise(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> dict[st
             [r["dice"] for r in rows], [r["truth_empty"] for r in rows], [r["prediction_empty"] for r in rows]
         )
     )
+    # Auxiliary heads (e.g. BI-RADS): rows carry "<name>_label" (-1 = unknown) and "<name>_prediction".
+    heads = sorted({key[: -len("_label")] for row in rows for key in row if key.endswith("_label")})
+    for name in heads:
+        pairs = [(r[f"{name}_label"], r[f"{name}_prediction"]) for r in rows if r.get(f"{name}_label", -1) >= 0]
+        metrics[f"{name}_accuracy"] = _ratio(sum(label == guess for label, guess in pairs), len(pairs))
+        metrics[f"n_{name}"] = len(pairs)
     return metrics
 
 

@@ -1,0 +1,151 @@
+"""Evaluate a model file on labelled data: metrics.json, roc.png, confusion_matrix.png, predictions.csv.
+
+The network sees each image as it saw its training data: the input size, intensity scaling and
+sample mode (whole frame or lesion crop) come from the model file. Images that cannot be read are
+listed (in ``metrics.json`` and ``predictions.csv``) and the others are still evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset
+from MFFMTCore.evaluation.metrics import grouped_report, json_safe
+from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
+from MFFMTCore.evaluation.predictions import predict_rows
+from MFFMTCore.io import write_text_atomic
+from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
+from MFFMTCore.training.datasplit import record_key
+
+LABEL_NAMES = {0: "benign", 1: "malignant", -1: ""}
+CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
+               "truth_px", "prediction_px", "birads_label", "birads_prediction", "error")
+DICE_NOTE = ("dice: mean per-image Dice over images whose mask holds a lesion, at the network input size; "
+             "dice_all also counts lesion-free images (1.0 when nothing is predicted, else 0.0); "
+             "false_lesion_rate: share of lesion-free images with any predicted lesion pixel")
+
+
+def _readable(dataset: MFFMTDataset, show: bool) -> tuple[list[int], list[dict[str, str]]]:
+    """Indices of the samples that load, and the failures of the others (each named)."""
+    good, failures = [], []
+    for index in tqdm(range(len(dataset)), desc="reading images", unit="image", disable=not show):
+        try:
+            dataset[index]
+        except DatasetError as error:
+            sample = dataset.samples[index]
+            failures.append({"id": str(sample["id"]), "dataset": str(sample.get("dataset") or ""),
+                             "error": str(error)})
+        else:
+            good.append(index)
+    return good, failures
+
+
+def _csv_text(rows: list[dict[str, Any]], failures: list[dict[str, str]], threshold: float) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        called = int(row["p_malignant"] >= threshold)
+        writer.writerow({
+            **row, "label": LABEL_NAMES.get(row["label"], ""), "p_malignant": f"{row['p_malignant']:.6f}",
+            "prediction": LABEL_NAMES[called], "correct": "" if row["label"] < 0 else int(called == row["label"]),
+            "dice": "" if row["dice"] is None else f"{row['dice']:.6f}",
+            "truth_px": "" if row["truth_px"] is None else row["truth_px"], "error": "",
+        })
+    for failure in failures:
+        writer.writerow(failure)
+    return buffer.getvalue()
+
+
+def evaluate(
+    model_path: str | os.PathLike | None,
+    records: list[SampleRecord],
+    output: str | os.PathLike,
+    mode: str | None = None,
+    margin: float | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    threshold: float = 0.5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model on ``records`` and write the results into ``output``.
+
+    Args:
+        model_path: model file; None uses the model shipped with MFFMTCore.
+        records: labelled images.
+        output: folder for metrics.json, roc.png, confusion_matrix.png and predictions.csv.
+        mode: ``frame`` or ``lesion``; None uses the mode the model was trained with.
+        margin: lesion-crop margin; None uses the model's.
+        batch_size: images per network call.
+        device: ``cpu`` or ``cuda``.
+        threshold: malignancy probability from which a case is called malignant.
+        progress: show progress bars.
+
+    Returns:
+        The content of metrics.json.
+
+    Raises:
+        ModelFileError: the model file cannot be used.
+        DatasetError: no image at all could be evaluated.
+    """
+    path = resolve_model_path(model_path)
+    model, info = load_model(path, device=device)
+    if info.intensity != "minmax":
+        raise ModelFileError(path, f"intensity normalisation {info.intensity!r} is not supported (only 'minmax')")
+    recipe = info.training.get("recipe", {})
+    mode = mode or recipe.get("mode", "frame")
+    margin = margin if margin is not None else recipe.get("margin", 0.2)
+    dataset = MFFMTDataset(make_samples(records, mode, margin, progress=progress), train=False,
+                           size=tuple(info.input_size))
+    good, failures = _readable(dataset, progress)
+    if not good:
+        raise DatasetError(f"all {len(failures)} images", f"none can be read; the first: {failures[0]['error']}")
+    loader = DataLoader(Subset(dataset, good), batch_size=batch_size, shuffle=False)
+    batches = tqdm(loader, desc="evaluating", unit="batch", disable=not progress)
+    rows, _ = predict_rows(model, batches, device, threshold=info.threshold)
+    report = grouped_report(rows, threshold)
+    output = Path(output)
+    metrics = json_safe({
+        "model": str(path), "model_name": info.name, "input_size": info.input_size, "mode": mode,
+        "mask_threshold": info.threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
+        **report,
+    })
+    write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text_atomic(output / "predictions.csv", _csv_text(rows, failures, threshold))
+    curves = {"all": ([r["label"] for r in rows], [r["p_malignant"] for r in rows])}
+    for name in report["datasets"]:
+        chosen = [r for r in rows if r["dataset"] == name]
+        curves[name] = ([r["label"] for r in chosen], [r["p_malignant"] for r in chosen])
+    plot_roc(curves if len(curves) > 2 else {"all": curves["all"]}, output / "roc.png",
+             title=f"ROC curve, malignant positive ({info.name})")
+    plot_confusion_matrix(report["overall"]["confusion_matrix"], output / "confusion_matrix.png",
+                          class_names=info.class_names, title=f"Confusion matrix at p >= {threshold:g}")
+    return metrics
+
+
+def read_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:
+    """Read datasets; with ``split`` (a run's split.json) keep only its validation images.
+
+    Raises:
+        DatasetError: a dataset cannot be read, or the split leaves no image.
+    """
+    records = [record for path in paths for record in read_dataset(path)]
+    if split is not None:
+        split = Path(split)
+        try:
+            keep = set(json.loads(split.read_text(encoding="utf-8"))["validation"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise DatasetError(split, f"not a run's split.json ({error})") from error
+        records = [record for record in records if record_key(record) in keep]
+        if not records:
+            raise DatasetError(split, "none of its validation images is in the data given")
+    return records
+
