@@ -1,0 +1,97 @@
+"""Training progress for people (a tqdm bar) and for programs (JSON lines).
+
+``RUN_DIR/progress.jsonl`` holds one JSON object per line, flushed as soon as it is written, so the
+Slicer retraining tab (or ``tail -f``) can follow a run. Every object has ``event`` (``start``,
+``resumed``, ``step``, ``epoch``, ``done``, ``cancelled`` or ``error``) and ``time`` (ISO-8601, UTC);
+the other keys depend on the event: ``epoch``, ``epochs``, ``step``, ``steps``, ``loss``, ``loss_cls``,
+``loss_loc``, ``loss_seg``, ``loss_aux``, ``val_auc``, ``val_dice``, ``val_accuracy``, ``best_auc``,
+``eta_s`` (estimated seconds left) and ``message``. Undefined values are ``null``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from MFFMTCore.evaluation.metrics import json_safe
+
+
+class EtaClock:
+    """Estimates the time left from the steps done so far in this process.
+
+    Validation and checkpoint time are spread over the training steps, so after the first epoch the
+    estimate includes them.
+
+    Args:
+        total_steps: training steps of the whole run.
+        done_steps: steps already done before this process started (on resume).
+    """
+
+    def __init__(self, total_steps: int, done_steps: int = 0) -> None:
+        self.total_steps = total_steps
+        self.first_step = done_steps
+        self.done_steps = done_steps
+        self.started = time.monotonic()
+
+    def update(self, done_steps: int) -> None:
+        self.done_steps = done_steps
+
+    def eta_s(self) -> float | None:
+        """Seconds left, or None before the first step of this process."""
+        steps = self.done_steps - self.first_step
+        if steps <= 0:
+            return None
+        rate = (time.monotonic() - self.started) / steps
+        return round(rate * max(self.total_steps - self.done_steps, 0), 1)
+
+
+class ProgressLog:
+    """Appends JSON-lines events to a file, one flushed line each.
+
+    Args:
+        path: the progress file; None writes nothing (e.g. on ranks other than 0 under torchrun).
+    """
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._handle: TextIO | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = self.path.open("a", encoding="utf-8")
+
+    def event(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one event and return it."""
+        record = {"event": event, **json_safe(fields),
+                  "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if self._handle is not None:
+            self._handle.write(json.dumps(record, allow_nan=False) + "\n")
+            self._handle.flush()
+        return record
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def read_progress(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every complete event of a progress file (a line cut short by a hard kill is skipped)."""
+    events = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool) -> tqdm:
+    """A tqdm bar for one epoch's steps; disabled bars cost nothing."""
+    return tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", dynamic_ncols=True,
+                leave=False, disable=not enabled)
