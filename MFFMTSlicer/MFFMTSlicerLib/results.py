@@ -1,0 +1,186 @@
+"""``mffmt predict`` results (results.json / results.csv rows) as typed rows, table columns and labels.
+
+One row per frame with the contract's fields: input, frame, p_benign, p_malignant, prediction,
+lesion_area_mm2, lesion_area_px, components, centroid_x/y/z (physical LPS, as SimpleITK gives it)
+and error. Slicer shows them in a table node and as a labelled point at each lesion's centroid.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from MFFMTSlicerLib.geometry import lps_to_ras, pixel_area_mm2, ras_to_lps
+
+FIELD_TYPES: dict[str, type] = {
+    "input": str, "frame": int, "p_benign": float, "p_malignant": float, "prediction": str,
+    "lesion_area_mm2": float, "lesion_area_px": float, "components": float,
+    "centroid_x": float, "centroid_y": float, "centroid_z": float, "error": str,
+}
+
+
+def _typed(kind: type, value: Any) -> Any:
+    if kind is str:
+        return "" if value is None else str(value)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return -1 if kind is int else math.nan
+    try:
+        return int(float(value)) if kind is int else float(value)
+    except (TypeError, ValueError):
+        return -1 if kind is int else math.nan
+
+
+def normalise_row(raw: dict[str, Any]) -> dict[str, Any]:
+    """A result row with every contract field present and typed (missing numbers are NaN, frame -1)."""
+    row = {name: _typed(kind, raw.get(name)) for name, kind in FIELD_TYPES.items()}
+    row.update({key: value for key, value in raw.items() if key not in FIELD_TYPES})
+    return row
+
+
+def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows ``mffmt predict`` wrote to ``output_dir`` (results.json, else results.csv).
+
+    Raises:
+        FileNotFoundError: neither file exists.
+        ValueError: the file is not a list of rows.
+    """
+    output_dir = Path(output_dir)
+    json_path, csv_path = output_dir / "results.json", output_dir / "results.csv"
+    if json_path.is_file():
+        try:
+            data = json.loads(json_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{json_path}: not valid JSON ({error})") from error
+        if isinstance(data, dict):
+            data = data.get("results", data.get("rows"))
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise ValueError(f"{json_path}: expected a list of result rows")
+        raw_rows = data
+    elif csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as handle:
+            raw_rows = list(csv.DictReader(handle))
+    else:
+        raise FileNotFoundError(f"{output_dir}: no results.json or results.csv (did mffmt predict finish?)")
+    return [normalise_row(row) for row in raw_rows]
+
+
+def has_lesion(row: dict[str, Any]) -> bool:
+    """True when the frame was processed and a lesion was found in it."""
+    area = row.get("lesion_area_px", math.nan)
+    return not row.get("error") and math.isfinite(area) and area > 0
+
+
+def centroid_ras(row: dict[str, Any]) -> tuple[float, float, float] | None:
+    """The lesion centroid in Slicer's RAS, or None when the frame has no lesion."""
+    point = (row.get("centroid_x", math.nan), row.get("centroid_y", math.nan), row.get("centroid_z", math.nan))
+    if not has_lesion(row) or not all(math.isfinite(value) for value in point):
+        return None
+    return lps_to_ras(point)
+
+
+def lesion_label(row: dict[str, Any], with_frame: bool = False) -> str:
+    """The text shown at the lesion, e.g. "Malignant 0.87" (the predicted class and its probability)."""
+    if row.get("error"):
+        return f"Error: {row['error']}"
+    prediction = str(row.get("prediction", "")).strip().lower()
+    probability = row.get("p_malignant") if prediction == "malignant" else row.get("p_benign")
+    text = prediction.capitalize() or "Unknown"
+    if probability is not None and math.isfinite(probability):
+        text += f" {probability:.2f}"
+    return f"Frame {row.get('frame', 0)}: {text}" if with_frame else text
+
+
+@dataclass
+class TableColumn:
+    """One column of the results table: title, kind ("string", "int" or "double") and values."""
+
+    title: str
+    kind: str
+    values: list[Any]
+
+
+# (title, kind, function of a row)
+_TABLE_LAYOUT = (
+    ("Frame", "int", lambda row: row["frame"]),
+    ("P(benign)", "double", lambda row: row["p_benign"]),
+    ("P(malignant)", "double", lambda row: row["p_malignant"]),
+    ("Prediction", "string", lambda row: row["prediction"]),
+    ("Lesion area (mm2)", "double", lambda row: row["lesion_area_mm2"]),
+    ("Lesion area (px)", "double", lambda row: row["lesion_area_px"]),
+    ("Components", "double", lambda row: row["components"]),
+    ("Centroid R", "double", lambda row: (centroid_ras(row) or (math.nan,) * 3)[0]),
+    ("Centroid A", "double", lambda row: (centroid_ras(row) or (math.nan,) * 3)[1]),
+    ("Centroid S", "double", lambda row: (centroid_ras(row) or (math.nan,) * 3)[2]),
+    ("Input", "string", lambda row: row["input"]),
+    ("Error", "string", lambda row: row["error"]),
+)
+
+
+def results_table(rows: list[dict[str, Any]]) -> list[TableColumn]:
+    """The results as table columns (centroids in RAS), in the order Slicer's table shows them."""
+    rows = [normalise_row(row) for row in rows]
+    return [TableColumn(title, kind, [value(row) for row in rows]) for title, kind, value in _TABLE_LAYOUT]
+
+
+def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np.ndarray) -> list[dict[str, Any]]:
+    """Lesion area, component count and centroid of each frame after thresholding a probability map.
+
+    Lets the Slicer module follow the threshold slider without running the network again. A pixel
+    is lesion when its probability is at least ``threshold``. As in ``mffmt predict``, components
+    are 8-connected and the centroid is that of the largest one; without SciPy the component count
+    is NaN and the centroid is that of all lesion pixels.
+
+    Args:
+        probability: (k, j, i) lesion probabilities of all frames.
+        threshold: lesion probability threshold.
+        ijk_to_ras: the probability volume's IJK-to-RAS matrix.
+
+    Returns:
+        Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components`` and ``centroid_x/y/z``
+        (LPS, like the results files; NaN without lesion).
+    """
+    try:
+        from scipy import ndimage
+    except ImportError:
+        ndimage = None
+    probability = np.asarray(probability)
+    if probability.ndim != 3:
+        raise ValueError(f"probability map must be (k, j, i), got shape {probability.shape}")
+    area_of_pixel = pixel_area_mm2(ijk_to_ras)
+    measurements = []
+    for k, frame in enumerate(probability >= threshold):
+        pixels = int(frame.sum())
+        components, largest = math.nan, frame
+        if ndimage is not None:
+            labels, count = ndimage.label(frame, structure=np.ones((3, 3)))
+            components = float(count)
+            if count > 1:
+                largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        centroid = (math.nan,) * 3
+        if pixels:
+            rows, columns = np.nonzero(largest)
+            ras = np.asarray(ijk_to_ras, dtype=float) @ [columns.mean(), rows.mean(), k, 1.0]
+            centroid = ras_to_lps(ras[:3])
+        measurements.append({"lesion_area_px": float(pixels), "lesion_area_mm2": pixels * area_of_pixel,
+                             "components": components, "centroid_x": centroid[0], "centroid_y": centroid[1],
+                             "centroid_z": centroid[2]})
+    return measurements
+
+
+def apply_measurements(rows: list[dict[str, Any]], measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the lesion measurements of their frame replaced (rows with an error are kept as they are)."""
+    updated = []
+    for row in rows:
+        row = normalise_row(row)
+        frame = row["frame"]
+        if not row["error"] and 0 <= frame < len(measurements):
+            row.update(measurements[frame])
+        updated.append(row)
+    return updated
