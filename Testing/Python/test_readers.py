@@ -10,12 +10,17 @@ import pytest
 from test_data_synthetic import make_busbra, make_busi, square_mask, write_png
 
 from MFFMTCore.data import (
+    BIRADS_CLASSES,
+    LABELS,
     DatasetError,
+    birads_index,
+    label_index,
     read_busbra,
     read_busi,
     read_datalist,
     read_datalist_sections,
     read_dataset,
+    summarize,
 )
 from MFFMTCore.data.readers import parse_box, parse_label
 
@@ -161,3 +166,18 @@ def test_parse_helpers() -> None:
     assert parse_box("[91, 24, 103, 79]") == (91, 24, 103, 79)
     assert parse_box([1.0, 2.4, 3, 4]) == (1, 2, 3, 4) and parse_box("") is None
     assert parse_label(0) == "benign" and parse_label("1") == "malignant" and parse_label("NaN") is None
+
+
+def test_summarize_counts_per_dataset_label_and_scanner(tmp_path: Path) -> None:
+    records = read_busbra(make_busbra(tmp_path / "bra", BUSBRA_ROWS)) + read_busi(make_busi(tmp_path / "busi", {"normal": 2}))
+    summary = summarize(records)
+    assert summary["images"] == 5 and summary["labels"] == {"benign": 1, "malignant": 2, "normal": 2}
+    assert summary["datasets"]["BUS-BRA"]["scanners"] == {"GE Logiq 5": 1, "GE Logiq 7": 2}
+    assert summary["datasets"]["BUSI"] == {"images": 2, "labels": {"normal": 2}, "scanners": {"unknown": 2}}
+    assert json.loads(json.dumps(summary)) == summary
+
+
+def test_class_and_birads_indices() -> None:
+    assert [label_index(name) for name in ("benign", "malignant", "normal", None)] == [0, 1, -1, -1]
+    assert [birads_index(grade) for grade in ("2", "3", "4", "4c", "5", "6", "", None)] == [0, 1, 2, 2, 3, -1, -1, -1]
+    assert BIRADS_CLASSES == ["2", "3", "4", "5"] and LABELS == {"benign": 0, "malignant": 1}
