@@ -201,26 +201,27 @@ class Trainer:
             architecture = config.architecture(self._aux_classes())
         torch.manual_seed(config.seed)
         model = MFFMT(**architecture)
+        self.init_message = "random initialisation"
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
         elif config.init_model:
-            self._load_init_weights(model)
+            self.init_message = self._load_init_weights(model)
         elif config.pretrained_backbone:
             load_torchvision_weights(model.backbone, config.pretrained_backbone)
-            self.echo(f"backbone initialised from {config.pretrained_backbone}")
+            self.init_message = f"backbone initialised from {config.pretrained_backbone}"
         self.network = model.to(self.context.device)
         self.model = (DistributedDataParallel(self.network, device_ids=[self.context.device.index]
                                               if self.context.device.type == "cuda" else None)
                       if self.context.enabled else self.network)
 
-    def _load_init_weights(self, model: MFFMT) -> None:
-        """Copy every tensor of the init model that fits (new auxiliary heads start fresh)."""
+    def _load_init_weights(self, model: MFFMT) -> str:
+        """Copy every tensor of the init model that fits (new auxiliary heads start fresh); say how many."""
         source, _ = load_model(self.config.init_model)
         reference = model.state_dict()
         fitting = {name: tensor for name, tensor in source.state_dict().items()
                    if name in reference and reference[name].shape == tensor.shape}
         model.load_state_dict(fitting, strict=False)
-        self.echo(f"initialised {len(fitting)} of {len(reference)} tensors from {self.config.init_model}")
+        return f"{len(fitting)} of {len(reference)} tensors initialised from {self.config.init_model}"
 
     # ------------------------------------------------------------------- state
     def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
@@ -391,7 +392,8 @@ class Trainer:
             torch.manual_seed(config.seed + 1000 * context.rank)
             message = (f"training {self.network.architecture['backbone']} on {len(self.train_set)} samples, "
                        f"validating on {len(self.val_records)} images; {config.epochs} epochs of "
-                       f"{self.steps_per_epoch} steps, {self._threads()} thread(s), {context.world_size} process(es)")
+                       f"{self.steps_per_epoch} steps, {self._threads()} thread(s), {context.world_size} process(es); "
+                       f"{self.init_message}")
             self.echo(message)
             log.event("start", epoch=0, epochs=config.epochs, steps=self.steps_per_epoch, message=message)
         eta = EtaClock(config.epochs * self.steps_per_epoch, self.start_epoch * self.steps_per_epoch)
