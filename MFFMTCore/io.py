@@ -103,8 +103,9 @@ def read_grey(path: str | os.PathLike) -> np.ndarray:
 def read_mask(paths: str | os.PathLike | list[str | os.PathLike]) -> np.ndarray:
     """Read one or several mask files of one image and combine them by logical OR.
 
-    Any non-zero pixel is lesion, so 1-bit, 0/255, RGB and RGBA masks all work. Adding uint8 arrays
-    would wrap around at 256; OR cannot.
+    A pixel is lesion where it is brighter than half the file's maximum, so 1-bit, 0/1, 0/255, RGB
+    and RGBA masks all work, and JPEG compression noise around a lesion is not taken for lesion.
+    Adding uint8 arrays would wrap around at 256; OR cannot.
 
     Raises:
         ImageReadError: a mask cannot be read, or the masks differ in size.
@@ -113,7 +114,8 @@ def read_mask(paths: str | os.PathLike | list[str | os.PathLike]) -> np.ndarray:
         paths = [paths]
     combined: np.ndarray | None = None
     for path in paths:
-        mask = read_grey(path) > 0
+        grey = read_grey(path)
+        mask = grey > grey.max() / 2 if grey.max() > 0 else grey > 0
         if combined is not None and mask.shape != combined.shape:
             raise ImageReadError(path, f"mask size {mask.shape} differs from {combined.shape} of {paths[0]}")
         combined = mask if combined is None else (combined | mask)

@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="whole frames (default) or one crop per lesion box (the paper's protocol)")
     data.add_argument("--margin", type=float, help="context margin of lesion crops, fraction of the box (0.2)")
     data.add_argument("--input-size", type=int, metavar="S", help="network input side, multiple of 32")
+    data.add_argument("--augment", choices=("paper", "lateral"),
+                      help="paper: random quarter turns and flips (default); lateral: left-right flips only")
     data.add_argument("--num-workers", type=int, metavar="N", help="data-loading processes (default 0)")
 
     network = parser.add_argument_group("network")

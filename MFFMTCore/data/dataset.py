@@ -48,17 +48,18 @@ class MFFMTDataset(Dataset):
         samples: sample dicts from :func:`make_samples`.
         train: apply random augmentation.
         size: network input size (H, W).
+        augment: augmentation recipe when ``train`` (see :func:`augmentation_transforms`).
         cache: keep preprocessed samples in memory. With DataLoader workers, call
             :meth:`build_cache` first: each worker otherwise fills (and loses) its own copy.
     """
 
     def __init__(self, samples: Sequence[dict[str, Any]], train: bool, size: Sequence[int] = DEFAULT_SIZE,
-                 cache: bool = True) -> None:
+                 augment: str = "paper", cache: bool = True) -> None:
         self.samples = list(samples)
         self.train = train
         self.size = tuple(size)
         self._prepare = Compose(deterministic_transforms(self.size))
-        self._augment = Compose(augmentation_transforms(self.size)) if train else None
+        self._augment = Compose(augmentation_transforms(self.size, augment)) if train else None
         self._to_tensors = to_tensors()
         self._cache: list[_Prepared | None] | None = [None] * len(self.samples) if cache else None
 

@@ -167,15 +167,27 @@ def deterministic_transforms(size: Sequence[int] = DEFAULT_SIZE) -> list[MapTran
     return [LoadUltrasoundd("image"), *image_transforms(size)]
 
 
-def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE) -> list[MapTransform]:
-    """Random 90/180/270-degree rotation and flips, one random draw shared by image and mask.
+AUGMENTATIONS = ("paper", "lateral")
 
-    Quarter turns swap height and width, so they are used only for square ``size``; two flips
-    still give the half turn otherwise.
+
+def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE, augment: str = "paper") -> list[MapTransform]:
+    """Random flips (and quarter turns), one random draw shared by image and mask.
+
+    Args:
+        size: network input size; quarter turns swap height and width, so they are used only for a
+            square ``size`` (two flips still give the half turn otherwise).
+        augment: ``"paper"``: random 90/180/270-degree rotation and horizontal and vertical flips, the
+            recipe of Wei et al. 2024; ``"lateral"``: left-right flips only, which keep the depth axis
+            (top = skin) where posterior acoustic shadowing, a malignancy cue, sits below the lesion.
     """
     keys = ["image", "mask"]
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {augment!r}")
+    lateral_flip = RandFlipd(keys=keys, prob=0.5, spatial_axis=1)
+    if augment == "lateral":
+        return [lateral_flip]
     rotation = [RandRotate90d(keys=keys, prob=0.75, max_k=3)] if size[0] == size[1] else []
-    return [*rotation, RandFlipd(keys=keys, prob=0.5, spatial_axis=0), RandFlipd(keys=keys, prob=0.5, spatial_axis=1)]
+    return [*rotation, RandFlipd(keys=keys, prob=0.5, spatial_axis=0), lateral_flip]
 
 
 def to_tensors() -> EnsureTyped:
@@ -184,9 +196,9 @@ def to_tensors() -> EnsureTyped:
                        allow_missing_keys=True)
 
 
-def build_transforms(train: bool, size: Sequence[int] = DEFAULT_SIZE) -> Compose:
+def build_transforms(train: bool, size: Sequence[int] = DEFAULT_SIZE, augment: str = "paper") -> Compose:
     """The whole chain from a sample dict to tensors; random augmentation only when ``train``."""
-    random_part = augmentation_transforms(size) if train else []
+    random_part = augmentation_transforms(size, augment) if train else []
     return Compose([*deterministic_transforms(size), *random_part, to_tensors()])
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.data.transforms import AUGMENTATIONS
 from MFFMTCore.training.presets import preset_values
 
 
@@ -44,6 +45,8 @@ class TrainConfig:
         val_fraction: share of groups (near-duplicate groups, patients) held out for validation.
         mode: ``frame`` (whole images) or ``lesion`` (one crop per lesion box, the paper's protocol).
         margin: context margin around a lesion box in ``lesion`` mode, as a fraction of the box size.
+        augment: ``paper`` (random quarter turns and both flips) or ``lateral`` (left-right flips only,
+            keeping the depth axis of the ultrasound image).
         init_model: model file whose weights start the training (fine-tuning).
         pretrained_backbone: local torchvision-format ResNet weights (.pth or .safetensors) for the
             backbone of a new network (ignored with ``init_model``).
@@ -79,6 +82,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     mode: str = "frame"
     margin: float = 0.2
+    augment: str = "paper"
     init_model: str | None = None
     pretrained_backbone: str | None = None
     seed: int = 0
@@ -107,7 +111,7 @@ class TrainConfig:
         choices = {
             "backbone": ("resnet18", "resnet50"), "fusion": ("mff", "sum", "concat"), "aux": ("auto", "none"),
             "optimizer": ("adam", "adamw"), "schedule": ("constant", "cosine"), "mode": ("frame", "lesion"),
-            "device": ("cpu", "cuda"),
+            "augment": AUGMENTATIONS, "device": ("cpu", "cuda"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

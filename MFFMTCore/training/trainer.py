@@ -156,7 +156,7 @@ class Trainer:
         size = (config.input_size, config.input_size)
         show = config.progress_bar and self.context.is_main
         self.train_set = MFFMTDataset(make_samples(train, config.mode, config.margin, progress=show), train=True,
-                                      size=size)
+                                      size=size, augment=config.augment)
         self.train_set.build_cache(progress=show)
         self.val_set = MFFMTDataset(make_samples(val, config.mode, config.margin, progress=show), train=False,
                                     size=size) if self.context.is_main else None
