@@ -56,7 +56,7 @@ class MFFMT(nn.Module):
         mlp_ratio: MLP width ratio in MFF.
         aux_classes: auxiliary heads on the fused feature, name -> number of classes (e.g. ``{"birads": 4}``).
         embed_dim: MFF token width; ResNet50's 2048 channels are projected to it (MODEL.md).
-        decoder_channels: width of the decoder's top-down path.
+        decoder_channels: width of the decoder's top-down path (48 keeps it under 2% of ResNet18's cost).
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class MFFMT(nn.Module):
         mlp_ratio: float = 3.0,
         aux_classes: dict[str, int] | None = None,
         embed_dim: int = 512,
-        decoder_channels: int = 64,
+        decoder_channels: int = 48,
     ) -> None:
         super().__init__()
         if fusion not in FUSION_CHOICES:
