@@ -55,7 +55,9 @@ def _csv_text(rows: list[dict[str, Any]], failures: list[dict[str, str]], thresh
     for row in rows:
         called = int(row["p_malignant"] >= threshold)
         writer.writerow({
-            **row, "label": LABEL_NAMES.get(row["label"], ""), "p_malignant": f"{row['p_malignant']:.6f}",
+            # "normal": no class label and a lesion-free mask (BUSI's normal images).
+            **row, "label": "normal" if row["label"] < 0 and row["truth_empty"] else LABEL_NAMES[row["label"]],
+            "p_malignant": f"{row['p_malignant']:.6f}",
             "prediction": LABEL_NAMES[called], "correct": "" if row["label"] < 0 else int(called == row["label"]),
             "dice": "" if row["dice"] is None else f"{row['dice']:.6f}",
             "truth_px": "" if row["truth_px"] is None else row["truth_px"], "error": "",
