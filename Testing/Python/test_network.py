@@ -42,17 +42,26 @@ def test_mffmt18_shapes_for_every_switch(switches: dict) -> None:
             _check_output(model(torch.rand(1, 1, height, width)), 1, height, width, model)
 
 
-@pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: json.dumps(s) if s else "paper")
+# Every switch once for ResNet50 too, grouped so that fewer large models are built.
+SWITCHES_50 = [
+    {"use_ca": False, "fusion": "sum"},
+    {"use_cbam": False, "fusion": "concat", "decoder": False},
+    {"cfefm_kv": "loc", "aux_classes": {"birads": 4}},
+]
+
+
+@pytest.mark.parametrize("switches", SWITCHES_50, ids=json.dumps)
 def test_mffmt50_shapes_for_every_switch(switches: dict) -> None:
     model = MFFMT("resnet50", **switches).eval()
     with torch.no_grad():
         _check_output(model(torch.rand(2, 1, 64, 96)), 2, 64, 96, model)
 
 
-def test_mffmt50_at_256_and_token_projection() -> None:
+def test_mffmt50_shapes_and_token_projection() -> None:
     model = MFFMT("resnet50").eval()
     with torch.no_grad():
-        _check_output(model(torch.rand(1, 1, 256, 256)), 1, 256, 256, model)
+        for height, width in ((256, 256), (160, 224)):
+            _check_output(model(torch.rand(1, 1, height, width)), 1, height, width, model)
     # F4 (2048 channels) is projected to 512-wide tokens: the fusion stays far below 100M parameters.
     assert model.fusion.out_features == 512
     assert sum(p.numel() for p in model.fusion.parameters()) < 12_000_000
