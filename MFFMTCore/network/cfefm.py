@@ -6,29 +6,16 @@ Wei, Zhang, Xie, Curr. Oncol. 2024, section 2.2.3, Figure 8 and equations (24)-(
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from MFFMTCore.network.attention import FactorisedCrossAttention
-from MFFMTCore.network.mlp import ResidualMLP
+from MFFMTCore.network.fusion_block import CrossFusionBlock
 
 
-class CFEFM(nn.Module):
+class CFEFM(CrossFusionBlock):
     """Add the features the fused tokens share with a source to the fused tokens.
 
     ``CM = attention(Q=fused, K=source, V=source)`` (eq. 24), ``F_add = Linear(CM) + fused``
-    (eq. 25), ``out = F_add + MLP(LN(F_add))`` (eq. 26).
-
-    Args:
-        dim: token width.
-        num_heads: attention heads.
-        mlp_ratio: hidden width of the MLP as a multiple of ``dim``.
+    (eq. 25), ``out = F_add + MLP(LN(F_add))`` (eq. 26). Arguments as :class:`CrossFusionBlock`.
     """
-
-    def __init__(self, dim: int, num_heads: int = 4, mlp_ratio: float = 3.0) -> None:
-        super().__init__()
-        self.attention = FactorisedCrossAttention(dim, num_heads)
-        self.project = nn.Linear(dim, dim)
-        self.mlp = ResidualMLP(dim, mlp_ratio)
 
     def forward(self, query_tokens: torch.Tensor, source_tokens: torch.Tensor) -> torch.Tensor:
         """

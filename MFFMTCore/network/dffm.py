@@ -6,29 +6,17 @@ Wei, Zhang, Xie, Curr. Oncol. 2024, section 2.2.3, Figure 7 and equations (16)-(
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from MFFMTCore.network.attention import FactorisedCrossAttention
-from MFFMTCore.network.mlp import ResidualMLP
+from MFFMTCore.network.fusion_block import CrossFusionBlock
 
 
-class DFFM(nn.Module):
+class DFFM(CrossFusionBlock):
     """Inject what F4 has and F_loc lacks into the F_loc tokens.
 
     ``CF = attention(Q=F_loc, K=F4, V=F4)`` (eqs. 16-20), ``DF = Linear(V - CF)`` (eq. 21),
     ``F_add = DF + F_loc tokens`` (eq. 22), ``out = F_add + MLP(LN(F_add))`` (eq. 23).
-
-    Args:
-        dim: token width.
-        num_heads: attention heads.
-        mlp_ratio: hidden width of the MLP as a multiple of ``dim``.
+    Arguments as :class:`CrossFusionBlock`.
     """
-
-    def __init__(self, dim: int, num_heads: int = 4, mlp_ratio: float = 3.0) -> None:
-        super().__init__()
-        self.attention = FactorisedCrossAttention(dim, num_heads)
-        self.project = nn.Linear(dim, dim)
-        self.mlp = ResidualMLP(dim, mlp_ratio)
 
     def forward(self, query_tokens: torch.Tensor, source_tokens: torch.Tensor) -> torch.Tensor:
         """

@@ -81,10 +81,9 @@ def export_model(
         if export_format == "torchscript":
             torch.jit.save(torch.jit.trace(wrapper, example), str(temporary))
         else:
-            dynamic = {"image": {0: "batch", 2: "height", 3: "width"}}
-            dynamic.update({name: {0: "batch"} for name in wrapper.output_names})
-            for name in ("mask_logits", "coarse_mask_logits"):
-                dynamic[name] = {0: "batch", 2: "height", 3: "width"}
+            dynamic = {name: {0: "batch"} for name in wrapper.output_names}
+            dynamic["image"] = dynamic["mask_logits"] = {0: "batch", 2: "height", 3: "width"}
+            dynamic["coarse_mask_logits"] = {0: "batch", 2: "height_32", 3: "width_32"}
             torch.onnx.export(
                 wrapper, (example,), str(temporary), dynamo=False, opset_version=ONNX_OPSET,
                 input_names=["image"], output_names=wrapper.output_names, dynamic_axes=dynamic,
