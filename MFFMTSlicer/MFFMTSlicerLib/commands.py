@@ -104,6 +104,7 @@ def train_command(
     device: str = "cpu",
     stop_file: str | os.PathLike | None = None,
     seed: int | None = None,
+    progress_bar: bool | None = None,
 ) -> list[str]:
     """The argument list of ``python -m MFFMTCore train``; None leaves an option to the command's preset.
 
@@ -122,6 +123,8 @@ def train_command(
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
         stop_file: a file whose appearance stops training at the next safe point.
         seed: random seed.
+        progress_bar: show (True) or hide (False) the text progress bar; a program reading
+            RUN_DIR/progress.jsonl hides it.
     """
     data = [str(path) for path in data]
     if not data:
@@ -148,6 +151,8 @@ def train_command(
     for flag, value in options:
         if value is not None:
             args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    if progress_bar is not None:
+        args.append("--progress-bar" if progress_bar else "--no-progress-bar")
     return args
 
 

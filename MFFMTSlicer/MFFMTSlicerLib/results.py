@@ -71,6 +71,29 @@ def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [normalise_row(row) for row in raw_rows]
 
 
+def read_output_files(output_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
+    """Input path -> {output name: file} of the inputs ``mffmt predict`` finished, from results.json.
+
+    Output names are "segmentation", "probability", "overlay" and, with Grad-CAM, "gradcam".
+
+    Raises:
+        FileNotFoundError: there is no results.json.
+        ValueError: results.json is not a results document.
+    """
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (did mffmt predict finish?)")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    entries = document.get("inputs") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: not a results document (no list of inputs)")
+    return {str(entry["input"]): {name: Path(file) for name, file in (entry.get("outputs") or {}).items()}
+            for entry in entries if isinstance(entry, dict) and entry.get("status") in ("done", "skipped")}
+
+
 def has_lesion(row: dict[str, Any]) -> bool:
     """True when the frame was processed and a lesion was found in it."""
     area = row.get("lesion_area_px", math.nan)

@@ -131,6 +131,7 @@ def test_train_command_has_every_option(tmp_path):
 def test_train_command_omits_what_is_not_given():
     args = commands.train_command("python", ["data"], "run")
     assert args == ["python", "-m", "MFFMTCore", "train", "--data", "data", "--output", "run", "--device", "cpu"]
+    assert commands.train_command("python", ["d"], "r", progress_bar=False)[-1] == "--no-progress-bar"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -152,9 +153,10 @@ def test_train_command_parses_with_the_real_cli(tmp_path):
     parser = _subcommand_parser("train")
     args = commands.train_command("python", [tmp_path / "d"], tmp_path / "run", backbone="resnet18", epochs=1,
                                   learning_rate=1e-4, lambda_loc=1.0, batch_size=2, val_fraction=0.3,
-                                  input_size=64, init_model=tmp_path / "m.safetensors", stop_file=tmp_path / "S")
+                                  input_size=64, init_model=tmp_path / "m.safetensors", stop_file=tmp_path / "S",
+                                  progress_bar=False)
     parsed = parser.parse_args(args[3:])
-    assert parsed.command == "train"
+    assert parsed.command == "train" and parsed.progress_bar is False
 
 
 def test_locate_core_package_finds_the_source_checkout_and_skips_other_folders(tmp_path):
@@ -295,6 +297,21 @@ def test_read_results_prefers_json_and_falls_back_to_csv(tmp_path):
     rows_csv = results.read_results(tmp_path)
     assert rows_csv[0]["frame"] == 0 and rows_csv[0]["lesion_area_px"] == 482.0
     assert rows_csv[0]["prediction"] == "malignant" and math.isnan(rows_csv[1]["centroid_y"])
+
+
+def test_read_output_files_maps_finished_inputs_to_their_files(tmp_path):
+    document = {"inputs": [
+        {"input": "/t/a.nrrd", "stem": "a", "status": "done",
+         "outputs": {"segmentation": str(tmp_path / "a.seg.nrrd"), "probability": str(tmp_path / "a_probability.nrrd")}},
+        {"input": "/t/b.png", "stem": "b", "status": "failed", "error": "unreadable"},
+    ], "rows": ROWS}
+    (tmp_path / "results.json").write_text(json.dumps(document))
+    files = results.read_output_files(tmp_path)
+    assert list(files) == ["/t/a.nrrd"]
+    assert files["/t/a.nrrd"]["segmentation"] == tmp_path / "a.seg.nrrd"
+    (tmp_path / "results.json").write_text(json.dumps(ROWS))
+    with pytest.raises(ValueError, match="not a results document"):
+        results.read_output_files(tmp_path)
 
 
 def test_read_results_explains_missing_and_malformed_files(tmp_path):
