@@ -1,0 +1,194 @@
+"""Inference speed and memory of MFFMT18 on this CPU, against the bare ResNet18 it is built on.
+
+Reports, in one process (the 300-frame clip runs in a child process so its peak memory is its own):
+
+- per-frame latency, batch 1, 256x256: bare ResNet18 vs MFFMT18, eager (``torch.inference_mode``),
+  eager channels-last, TorchScript (trace + freeze + optimize_for_inference) and ONNX Runtime;
+- batched throughput (frames/s) at batch 8 and 16;
+- the same latencies with torch's default number of threads;
+- cold model-load time (``load_model`` of a saved MFFMT18 file, first call in the process);
+- peak memory (RSS) and time of ``Predictor.predict`` + ``write_outputs`` on a 300 x 480 x 640
+  uint8 clip, with the per-frame preprocessing cost.
+
+Comparisons run with ``torch.set_num_threads(1)`` (the machine is shared). Weights are random:
+speed does not depend on their values. Goals: MFFMT18 per frame <= 1.3x bare ResNet18; load < 1 s;
+peak < 2 GB.
+
+Run: ``python bench/bench_inference.py [--runs 20] [--clip-frames 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_network import BareResNet
+
+from MFFMTCore.model_file import ModelInfo, load_model, save_model
+from MFFMTCore.network import MFFMT
+from MFFMTCore.network.export import MFFMTExportWrapper
+
+SIZE = 256
+
+
+def paired_timings_ms(first: Callable[[], object], second: Callable[[], object], runs: int,
+                      warmup: int = 3) -> list[tuple[float, float]]:
+    """(median, minimum) ms of two functions timed alternately, so that both see the same load from
+    other processes on a shared machine. The minimum is the least disturbed figure."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: list[list[float]] = [[], []]
+    for _ in range(runs):
+        for slot, function in enumerate((first, second)):
+            start = time.perf_counter()
+            function()
+            times[slot].append(time.perf_counter() - start)
+    return [(statistics.median(t) * 1000, min(t) * 1000) for t in times]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited over fork/exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def eager(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def torchscript(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x).eval()))
+    return eager(module, x)
+
+
+def onnxruntime_run(model: torch.nn.Module, x: torch.Tensor, path: Path, threads: int) -> Callable[[], object]:
+    import onnxruntime
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"],
+                          dynamic_axes={"image": {0: "batch"}})
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"image": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def channels_last_copy(model: torch.nn.Module, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    copy = factory().eval()
+    copy.load_state_dict(model.state_dict())
+    return copy.to(memory_format=torch.channels_last)
+
+
+def variants(bare: torch.nn.Module, mffmt: torch.nn.Module, batch: int, folder: Path, threads: int) -> dict:
+    """name -> (bare ResNet18 runner, MFFMT18 runner) on a batch of ``batch`` 256x256 frames."""
+    x = torch.rand(batch, 1, SIZE, SIZE)
+    wrapped = MFFMTExportWrapper(mffmt).eval()  # flat tuple output, what tracing and ONNX need
+    last = x.contiguous(memory_format=torch.channels_last)
+    return {
+        "eager": (eager(bare, x), eager(mffmt, x)),
+        "channels_last": (eager(channels_last_copy(bare, lambda: BareResNet("resnet18")), last),
+                          eager(channels_last_copy(mffmt, MFFMT), last)),
+        "torchscript": (torchscript(bare, x), torchscript(wrapped, x)),
+        "onnxruntime": (onnxruntime_run(bare, x, folder / f"bare{batch}.onnx", threads),
+                        onnxruntime_run(wrapped, x, folder / f"mffmt{batch}.onnx", threads)),
+    }
+
+
+def clip_child(model_path: str, frames: int, threads: int, queue: multiprocessing.Queue) -> None:
+    """In a fresh process: cold model load, then peak memory and time of predicting and writing a clip."""
+    torch.set_num_threads(threads)
+    from MFFMTCore.data.transforms import preprocess_frame
+    from MFFMTCore.inference import Predictor
+    from MFFMTCore.inference.outputs import write_outputs
+
+    start = time.perf_counter()
+    predictor = Predictor(model_path, batch_size=8)
+    cold = time.perf_counter() - start
+    clip = np.random.default_rng(0).integers(0, 255, size=(frames, 480, 640), dtype=np.uint8)
+    baseline = peak_rss_mb()
+    frame = clip[0].astype(np.float32)
+    preprocess = paired_timings_ms(lambda: preprocess_frame(frame, (SIZE, SIZE)), lambda: None, 10)[0][0]
+    start = time.perf_counter()
+    result = predictor.predict(clip, spacing=(0.1, 0.1, 1.0))
+    predicted = time.perf_counter() - start
+    peak_predict = peak_rss_mb()
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        write_outputs(result, folder, "clip")
+        written = time.perf_counter() - start
+    queue.put({"cold_load_s": cold, "baseline_mb": baseline, "peak_predict_mb": peak_predict,
+               "peak_mb": peak_rss_mb(), "predict_s": predicted, "write_s": written, "preprocess_ms": preprocess})
+
+
+def report(name: str, timings: list[tuple[float, float]], batch: int) -> None:
+    (bare_median, bare_min), (mffmt_median, mffmt_min) = timings
+    per = f"{batch} frames" if batch > 1 else "frame"
+    print(f"  {name:14s} bare ResNet18 {bare_median:7.1f} (min {bare_min:6.1f}) ms/{per}   "
+          f"MFFMT18 {mffmt_median:7.1f} (min {mffmt_min:6.1f})   ratio {mffmt_median / bare_median:.2f} "
+          f"(min {mffmt_min / bare_min:.2f})" + (f"   MFFMT18 {batch * 1000 / mffmt_median:.1f} frames/s"
+                                                  if batch > 1 else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--clip-frames", type=int, default=300)
+    args = parser.parse_args()
+    default_threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    bare, mffmt = BareResNet("resnet18").eval(), MFFMT().eval()
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        torch.set_num_threads(1)
+        for batch, runs in ((1, args.runs), (8, max(3, args.runs // 4)), (16, max(3, args.runs // 8))):
+            print(f"batch {batch}, {SIZE}x{SIZE}, 1 thread, median of {runs} alternated runs:")
+            for name, (run_bare, run_mffmt) in variants(bare, mffmt, batch, folder, 1).items():
+                report(name, paired_timings_ms(run_bare, run_mffmt, runs, warmup=1 if batch > 1 else 3), batch)
+
+        torch.set_num_threads(default_threads)
+        print(f"batch 1, default threads ({default_threads}):")
+        run_bare, run_mffmt = variants(bare, mffmt, 1, folder, default_threads)["eager"]
+        report("eager", paired_timings_ms(run_bare, run_mffmt, args.runs), 1)
+        torch.set_num_threads(1)
+
+        path = folder / "mffmt18.safetensors"
+        save_model(path, mffmt, ModelInfo(architecture=mffmt.architecture))
+        load = paired_timings_ms(lambda: load_model(path), lambda: None, 5, warmup=1)[0]
+        print(f"model load (1 thread, file {path.stat().st_size / 2**20:.1f} MiB): "
+              f"median {load[0]:.0f} ms, min {load[1]:.0f} ms")
+
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        child = context.Process(target=clip_child, args=(str(path), args.clip_frames, 1, queue))
+        child.start()
+        clip = queue.get()
+        child.join()
+        print(f"fresh process: cold Predictor load {clip['cold_load_s'] * 1000:.0f} ms")
+        print(f"{args.clip_frames}x480x640 uint8 clip, 1 thread, batch 8: predict {clip['predict_s']:.1f} s "
+              f"({clip['predict_s'] / args.clip_frames * 1000:.0f} ms/frame, of which preprocessing "
+              f"{clip['preprocess_ms']:.0f} ms), write outputs {clip['write_s']:.1f} s")
+        print(f"  peak RSS: {clip['baseline_mb']:.0f} MB with model and clip loaded, {clip['peak_predict_mb']:.0f} MB "
+              f"after predict, {clip['peak_mb']:.0f} MB after writing the outputs")
+
+
+if __name__ == "__main__":
+    main()
