@@ -1,0 +1,240 @@
+"""MFFMTSlicer: breast-lesion segmentation and benign/malignant classification in ultrasound (MFFMT).
+
+The module file holds what Slicer looks up by name: the module description, the widget, the logic
+and the self-test. The widget and the logic live in MFFMTSlicerLib (slicer_widget, slicer_logic);
+everything that needs no Slicer is in MFFMTSlicerLib's Slicer-free modules, and the network in the
+MFFMTCore package, which runs in a separate process.
+"""
+
+import csv
+import hashlib
+import logging
+import shutil
+import sys
+import unittest
+from pathlib import Path
+
+import slicer
+import vtk
+from MFFMTSlicerLib.slicer_logic import MFFMTSlicerLogic, coreFolder
+from MFFMTSlicerLib.slicer_widget import MFFMTSlicerWidget
+from MFFMTSlicerLib.terminology import LESION_TERMINOLOGY, SEGMENT_NAME
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
+
+__all__ = ["MFFMTSlicer", "MFFMTSlicerLogic", "MFFMTSlicerTest", "MFFMTSlicerWidget"]
+
+# MFFMTCore ships next to this file; in a source checkout it is one folder up.
+_core = coreFolder()
+if _core is not None and str(_core) not in sys.path:
+    sys.path.append(str(_core))
+
+
+class MFFMTSlicer(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MFFMT Breast Ultrasound")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MFFMTSlicer developers"]
+        self.parent.helpText = _("""
+Finds breast lesions in ultrasound images, segments them and says whether each looks benign or
+malignant, with the MFFMT multi-feature fusion multi-task network. Works on a single image, a clip
+(a volume of frames) or a sequence; the network runs in a separate process so the application stays
+responsive, and a threshold slider redraws the lesion without running it again. The Retrain tab
+fine-tunes the model (or trains a new one) on your own annotated data: dataset folders, datalists
+or volumes of the scene. <b>Research use only; not for diagnosis.</b>
+""")
+        self.parent.acknowledgementText = _("""
+MFFMT: Wei, Zhang and Xie, "A Novel Deep Learning Model for Breast Tumor Ultrasound Image
+Classification with Lesion Region Perception", Current Oncology 2024, 31, 5057-5079,
+doi:10.3390/curroncol31090374.<br>
+Sample images: BUS-BRA, Gomez-Flores, Gregorio-Calas and Pereira, "BUS-BRA: a breast ultrasound
+dataset for assessing computer-aided diagnosis systems", Medical Physics 2024 (licence in
+MFFMTCore/samples/BUSBRA_LICENSE.txt).<br>
+Models were trained on BUS-BRA and on BUSI: Al-Dhabyani, Gomaa, Khaled and Fahmy, "Dataset of
+breast ultrasound images", Data in Brief 28 (2020) 104863, doi:10.1016/j.dib.2019.104863.
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the bundled BUS-BRA sample images in the Sample Data module (none when they are missing)."""
+    try:
+        from MFFMTCore.resources import sample_images
+
+        images = sample_images()
+    except ImportError:
+        images = []
+    if not images:
+        logging.info("MFFMTSlicer: no bundled sample images found; Sample Data lists none")
+        return
+    import SampleData
+
+    for image in images:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="MFFMT breast ultrasound",
+            sampleName=image.stem,
+            uris=image.as_uri(),
+            fileNames=image.name,
+            nodeNames=image.stem,
+            thumbnailFileName=str(image),
+            checksums=f"SHA256:{hashlib.sha256(image.read_bytes()).hexdigest()}",
+        )
+
+
+class MFFMTSlicerTest(ScriptedLoadableModuleTest):
+    """The whole flow inside Slicer on the bundled BUS-BRA samples: retrain one short epoch into a
+    temporary models folder, segment and classify an image, a sequence and a folder, check the
+    geometry of the results, redraw at other thresholds, use an ROI and cancel a run."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_MFFMTSlicer_full_flow()
+
+    def _samples(self):
+        from MFFMTCore.resources import sample_datalist
+
+        datalist = sample_datalist()
+        if not datalist.is_file():
+            raise unittest.SkipTest(f"{datalist}: the bundled sample images are missing")
+        with open(datalist, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return datalist, [(datalist.parent / row["image"], datalist.parent / row["mask"], row["label"]) for row in rows]
+
+    def _loadSample(self, image: Path, mask: Path):
+        volume = slicer.util.loadVolume(str(image), {"singleFile": True})
+        labelmap = slicer.util.loadLabelVolume(str(mask), {"singleFile": True})
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} mask")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentation.SetNodeReferenceID(segmentation.GetReferenceImageGeometryReferenceRole(), volume.GetID())
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
+        slicer.mrmlScene.RemoveNode(labelmap)
+        return volume, segmentation
+
+    def _assertSameGeometry(self, segmentation, segmentId, volume):
+        """The segment's voxels lie on the volume's voxels: same grid, same position."""
+        labelmap = slicer.vtkOrientedImageData()
+        segmentation.GetBinaryLabelmapRepresentation(segmentId, labelmap)
+        segmentToWorld, volumeToRas = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(segmentToWorld)
+        volume.GetIJKToRASMatrix(volumeToRas)
+        for row in range(4):
+            for column in range(4):
+                self.assertAlmostEqual(segmentToWorld.GetElement(row, column), volumeToRas.GetElement(row, column), 4)
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
+        self.assertEqual(array.shape, slicer.util.arrayFromVolume(volume).shape)
+        return array
+
+    def test_MFFMTSlicer_full_flow(self):
+        modelsFolder = Path(slicer.util.tempDirectory("MFFMTSlicerTest"))
+        logic = MFFMTSlicerLogic(modelsFolder=modelsFolder)
+        if logic.missingRequirements():
+            self.delayDisplay("Installing MFFMTCore's Python packages (first use)")
+            logic.installRequirements()
+        datalist, samples = self._samples()
+        import SampleData
+
+        registerSampleData()
+        self.assertIsNotNone(SampleData.SampleDataLogic().sourceForSampleName(samples[0][0].stem))
+        benign = next(sample for sample in samples if sample[2] == "benign")
+        malignant = next(sample for sample in samples if sample[2] == "malignant")
+
+        self.delayDisplay("Retraining one short epoch on the samples and two labelled scene volumes")
+        defaultModel = logic.defaultModelPath()
+        defaultDigest = hashlib.sha256(defaultModel.read_bytes()).hexdigest() if defaultModel else None
+        sceneItems = []
+        for image, mask, label in (benign, malignant):
+            volume, segmentation = self._loadSample(image, mask)
+            logic.setTrainingLabel(volume, label)
+            sceneItems.append((volume, segmentation, label))
+        candidates = {volume.GetID(): (segmentation, label) for volume, segmentation, label in
+                      logic.sceneTrainingCandidates()}
+        for volume, segmentation, label in sceneItems:
+            self.assertEqual(candidates[volume.GetID()], (segmentation, label))
+        trained = logic.train([datalist], modelName="self test", sceneItems=sceneItems, backbone="resnet18",
+                              epochs=1, batchSize=2, valFraction=0.4, inputSize=64, device="cpu")
+        self.assertEqual(trained.parent, modelsFolder)
+        self.assertEqual(trained.name, "self_test.safetensors")
+        entry = logic.modelRegistry().find(trained)
+        self.assertIsNotNone(entry)
+        self.assertIsNone(entry.error)
+        self.assertEqual(entry.backbone, "resnet18")
+        if defaultModel:
+            self.assertEqual(hashlib.sha256(defaultModel.read_bytes()).hexdigest(), defaultDigest)
+        model = defaultModel or trained
+
+        self.delayDisplay("Segmenting and classifying a sample image")
+        volume = sceneItems[1][0]
+        segmentation, rows = logic.process(volume, model=model, threshold=0.5, gradcam=True)
+        self.assertEqual(len(rows), 1)
+        row = rows[0]
+        self.assertIn(row["prediction"], ("benign", "malignant"))
+        self.assertAlmostEqual(row["p_benign"] + row["p_malignant"], 1.0, 3)
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
+        self.assertTrue(segmentId)
+        segment = segmentation.GetSegmentation().GetSegment(segmentId)
+        tag = vtk.mutable("")
+        self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), tag))
+        self.assertEqual(str(tag), LESION_TERMINOLOGY)
+        mask = self._assertSameGeometry(segmentation, segmentId, volume)
+        self.assertEqual(int(mask.sum()), int(row["lesion_area_px"]))
+        table = segmentation.GetNodeReference("MFFMT.results")
+        self.assertEqual(table.GetNumberOfRows(), 1)
+        self.assertAlmostEqual(float(table.GetCellText(0, table.GetColumnIndex("P(malignant)"))), row["p_malignant"], 4)
+        points = segmentation.GetNodeReference("MFFMT.lesions")
+        self.assertEqual(points.GetNumberOfControlPoints(), 1 if row["lesion_area_px"] > 0 else 0)
+        heatmap = segmentation.GetNodeReference("MFFMT.gradcam")
+        self.assertEqual(slicer.util.arrayFromVolume(heatmap).shape, slicer.util.arrayFromVolume(volume).shape)
+
+        self.delayDisplay("Redrawing the lesion at other thresholds without the network")
+        strict = logic.updateThreshold(segmentation, 0.9)[0]
+        lenient = logic.updateThreshold(segmentation, 0.1)[0]
+        self.assertLessEqual(strict["lesion_area_px"], lenient["lesion_area_px"])
+        self.assertEqual(lenient["p_malignant"], row["p_malignant"])
+        self.assertEqual(int(self._assertSameGeometry(segmentation, segmentId, volume).sum()),
+                         int(lenient["lesion_area_px"]))
+
+        self.delayDisplay("A region of interest, a sequence of two frames and a cancelled run")
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        roi.SetCenter([(bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2])
+        roi.SetSize([(bounds[1] - bounds[0]) / 2, (bounds[3] - bounds[2]) / 2, 10.0])
+        width, height, _ = volume.GetImageData().GetDimensions()
+        x, y, w, h = logic.roiBox(roi, volume)
+        self.assertTrue(0 < x < width and 0 < y < height and 0 < w < width and 0 < h < height)
+        self.assertEqual(len(logic.process(volume, model=model, roiNode=roi)[1]), 1)
+
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "two frames")
+        sequence.SetDataNodeAtValue(volume, "0")
+        sequence.SetDataNodeAtValue(volume, "1")
+        clipSegmentation, clipRows = logic.process(sequence, model=model, threshold=0.5)
+        self.assertEqual([r["frame"] for r in clipRows], [0, 1])
+        self.assertAlmostEqual(clipRows[0]["p_malignant"], clipRows[1]["p_malignant"], 4)
+        self.assertAlmostEqual(clipRows[0]["p_malignant"], row["p_malignant"], 3)
+        clip = clipSegmentation.GetNodeReference("MFFMT.input")
+        self.assertEqual(slicer.util.arrayFromVolume(clip).shape[0], 2)
+
+        task = logic.process(volume, model=model, waitForCompletion=False)
+        logic.cancel(task)
+        self.assertEqual(task.status, "cancelled")
+        self.assertFalse(task.workDir.exists())
+
+        self.delayDisplay("Processing a folder of image files")
+        folder = Path(slicer.util.tempDirectory("MFFMTSlicerTestInput"))
+        shutil.copy(benign[0], folder)
+        output = folder.parent / f"{folder.name}-output"
+        folderRows = logic.processFolder(folder, output, model=model)
+        self.assertEqual(len(folderRows), 1)
+        self.assertFalse(folderRows[0]["error"])
+        self.assertTrue((output / "results.csv").is_file())
+        self.assertTrue(list(output.glob("*.seg.nrrd")))
+
+        self.delayDisplay("Test passed")

@@ -1,0 +1,219 @@
+"""MRML nodes for MFFMT inputs and results. Slicer only: imported by the module, never outside Slicer.
+
+Voxels and geometry leave the scene as numpy arrays and IJK-to-RAS matrices (written to files by
+:mod:`MFFMTSlicerLib.volumes`); results come back as a segmentation with the "Lesion" segment, a
+hidden probability volume for re-thresholding, a table and a point list of labelled centroids.
+The result nodes of one run refer to each other through node references, so the threshold slider
+and a saved scene find them again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slicer
+import vtk
+
+from MFFMTSlicerLib.progress import EpochRecord
+from MFFMTSlicerLib.results import centroid_ras, lesion_label, results_table
+from MFFMTSlicerLib.terminology import LESION_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_NAME
+from MFFMTSlicerLib.volumes import stack_frames, write_volume
+
+# Node reference roles from a result segmentation to the other nodes of its run.
+INPUT_ROLE = "MFFMT.input"
+PROBABILITY_ROLE = "MFFMT.probability"
+TABLE_ROLE = "MFFMT.results"
+POINTS_ROLE = "MFFMT.lesions"
+GRADCAM_ROLE = "MFFMT.gradcam"
+# Attribute of a clip volume made from a sequence: the sequence node's ID.
+SOURCE_SEQUENCE_ATTRIBUTE = "MFFMT.sourceSequence"
+# Attribute of result volumes (probability, Grad-CAM): not images to segment or train on.
+RESULT_VOLUME_ATTRIBUTE = "MFFMT.resultVolume"
+
+
+def ijkToRasArray(volumeNode) -> np.ndarray:
+    """The volume's IJK-to-RAS matrix as a 4x4 numpy array."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def volumeArray(volumeNode) -> np.ndarray:
+    """The voxels of a volume node, (k, j, i) or (k, j, i, c).
+
+    Raises:
+        ValueError: the node holds no image.
+    """
+    if volumeNode is None or volumeNode.GetImageData() is None:
+        raise ValueError(f"{volumeNode.GetName() if volumeNode else 'No volume'}: the volume holds no image")
+    return slicer.util.arrayFromVolume(volumeNode)
+
+
+def writeVolumeNode(volumeNode, path: str | os.PathLike, compress: bool = False) -> Path:
+    """Write a volume node's voxels with their geometry (its own, without parent transforms) to ``path``."""
+    return write_volume(volumeArray(volumeNode), ijkToRasArray(volumeNode), path, compress)
+
+
+def clipFromSequence(sequenceNode):
+    """A scalar volume whose slices are the frames of a sequence of 2D images (made once, then reused).
+
+    Colour frames become grey; the clip takes the geometry of the first frame.
+
+    Raises:
+        ValueError: the sequence holds no volumes, or frames differ in size or are not 2D.
+    """
+    for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+        if node.GetAttribute(SOURCE_SEQUENCE_ATTRIBUTE) == sequenceNode.GetID():
+            return node
+    count = sequenceNode.GetNumberOfDataNodes()
+    frames = [sequenceNode.GetNthDataNode(index) for index in range(count)]
+    if not frames or not all(frame is not None and frame.IsA("vtkMRMLVolumeNode") for frame in frames):
+        raise ValueError(f"{sequenceNode.GetName()}: the sequence holds no image frames")
+    clip = stack_frames([volumeArray(frame) for frame in frames])
+    clipNode = slicer.util.addVolumeFromArray(clip, ijkToRasArray(frames[0]), f"{sequenceNode.GetName()} clip")
+    clipNode.SetAttribute(SOURCE_SEQUENCE_ATTRIBUTE, sequenceNode.GetID())
+    return clipNode
+
+
+def sequenceOfProxy(volumeNode):
+    """The sequence a volume shows in a sequence browser, or None."""
+    browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForProxyNode(volumeNode)
+    return browser.GetSequenceNode(volumeNode) if browser else None
+
+
+def lesionSegmentId(segmentationNode) -> str:
+    """The ID of the "Lesion" segment, made the standard lesion segment: name, colour and terminology.
+
+    A segmentation with a single segment of another name (drawn by hand, or from an older file) has
+    that segment renamed; one without segments gets an empty "Lesion" segment.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    segmentId = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
+    if not segmentId and segmentation.GetNumberOfSegments() == 1:
+        segmentId = segmentation.GetNthSegmentID(0)
+    if not segmentId:
+        segmentId = segmentation.AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, list(SEGMENT_COLOR))
+    segment = segmentation.GetSegment(segmentId)
+    segment.SetName(SEGMENT_NAME)
+    segment.SetColor(*SEGMENT_COLOR)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY)
+    return segmentId
+
+
+def placeLike(node, referenceVolume) -> None:
+    """Put ``node`` under the same parent transform and subject-hierarchy folder as ``referenceVolume``."""
+    node.SetAndObserveTransformNodeID(referenceVolume.GetTransformNodeID())
+    shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+    parent = shNode.GetItemParent(shNode.GetItemByDataNode(referenceVolume))
+    shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
+
+
+def loadLesionSegmentation(path: str | os.PathLike, inputVolume):
+    """Load a ``<stem>.seg.nrrd`` of ``mffmt predict`` as the lesion segmentation of ``inputVolume``."""
+    segmentationNode = slicer.util.loadSegmentation(str(path))
+    segmentationNode.SetName(slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} lesion"))
+    # The input as source volume: Segment Editor and DICOM SEG export use its geometry.
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+    segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(), inputVolume.GetID())
+    segmentationNode.SetNodeReferenceID(INPUT_ROLE, inputVolume.GetID())
+    lesionSegmentId(segmentationNode)
+    placeLike(segmentationNode, inputVolume)
+    return segmentationNode
+
+
+def loadHiddenVolume(path: str | os.PathLike, name: str, referenceVolume):
+    """Load a result volume (probability, Grad-CAM) without showing it in the slice views."""
+    volumeNode = slicer.util.loadVolume(str(path), {"show": False, "singleFile": True})
+    volumeNode.SetName(slicer.mrmlScene.GenerateUniqueName(name))
+    volumeNode.SetAttribute(RESULT_VOLUME_ATTRIBUTE, "1")
+    placeLike(volumeNode, referenceVolume)
+    return volumeNode
+
+
+def rethreshold(segmentationNode, threshold: float) -> np.ndarray:
+    """Redraw the "Lesion" segment from the run's probability volume at ``threshold``; the probabilities.
+
+    Raises:
+        ValueError: the segmentation was not made by this module (no probability volume).
+    """
+    probabilityNode = segmentationNode.GetNodeReference(PROBABILITY_ROLE)
+    if probabilityNode is None:
+        raise ValueError(f"{segmentationNode.GetName()}: no lesion probability volume; segment the image again")
+    probability = volumeArray(probabilityNode)
+    mask = (probability >= threshold).astype(np.uint8)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, lesionSegmentId(segmentationNode),
+                                                     probabilityNode)
+    return probability
+
+
+def fillResultsTable(tableNode, rows: list[dict[str, Any]]) -> None:
+    """Replace the table's contents with the results: one row per frame."""
+    arrayClasses = {"string": vtk.vtkStringArray, "int": vtk.vtkIntArray, "double": vtk.vtkDoubleArray}
+    wasModifying = tableNode.StartModify()
+    tableNode.RemoveAllColumns()
+    for column in results_table(rows):
+        array = arrayClasses[column.kind]()
+        array.SetName(column.title)
+        for value in column.values:
+            array.InsertNextValue(value)
+        tableNode.AddColumn(array)
+    tableNode.EndModify(wasModifying)
+
+
+def fillLesionPoints(pointsNode, rows: list[dict[str, Any]]) -> None:
+    """One locked point per frame with a lesion, at its centroid, labelled e.g. "Malignant 0.87"."""
+    wasModifying = pointsNode.StartModify()
+    pointsNode.RemoveAllControlPoints()
+    for row in rows:
+        position = centroid_ras(row)
+        if position is None:
+            continue
+        index = pointsNode.AddControlPoint(list(position), lesion_label(row, with_frame=len(rows) > 1))
+        pointsNode.SetNthControlPointLocked(index, True)
+    pointsNode.EndModify(wasModifying)
+
+
+def showHeatmap(backgroundVolume, heatmapVolume, opacity: float = 0.4) -> None:
+    """Show a 0-1 heat map (Grad-CAM) in colour over the input in all slice views."""
+    displayNode = heatmapVolume.GetDisplayNode()
+    if displayNode is None:
+        heatmapVolume.CreateDefaultDisplayNodes()
+        displayNode = heatmapVolume.GetDisplayNode()
+    displayNode.SetAndObserveColorNodeID("vtkMRMLColorTableNodeRainbow")
+    displayNode.AutoWindowLevelOff()
+    displayNode.SetWindowLevelMinMax(0.0, 1.0)
+    slicer.util.setSliceViewerLayers(background=backgroundVolume, foreground=heatmapVolume,
+                                     foregroundOpacity=opacity)
+
+
+# Training curves: table column and plot colour.
+CURVES = (("loss", (0.2, 0.4, 0.8)), ("val AUC", (0.85, 0.33, 0.1)), ("val Dice", (0.2, 0.65, 0.3)))
+
+
+def trainingCurvesChart():
+    """A table of per-epoch values and a chart plotting loss, validation AUC and Dice against epoch."""
+    tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "MFFMT training curves")
+    updateTrainingCurves(tableNode, [])
+    chartNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "MFFMT training")
+    chartNode.SetTitle("Training")
+    chartNode.SetXAxisTitle("epoch")
+    for column, color in CURVES:
+        seriesNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"MFFMT {column}")
+        seriesNode.SetAndObserveTableNodeID(tableNode.GetID())
+        seriesNode.SetXColumnName("epoch")
+        seriesNode.SetYColumnName(column)
+        seriesNode.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        seriesNode.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        seriesNode.SetColor(*color)
+        chartNode.AddAndObservePlotSeriesNodeID(seriesNode.GetID())
+    return tableNode, chartNode
+
+
+def updateTrainingCurves(tableNode, history: list[EpochRecord]) -> None:
+    """Put one row per finished epoch into the curves table (the chart follows)."""
+    columns = [np.array([getattr(record, name) for record in history], dtype=float)
+               for name in ("epoch", "loss", "val_auc", "val_dice")]
+    slicer.util.updateTableFromArray(tableNode, columns, ["epoch"] + [column for column, _ in CURVES])
