@@ -46,9 +46,8 @@ REQUIREMENTS = (
     Requirement("matplotlib", ">=3.7", "matplotlib"),
     Requirement("pillow", ">=10", "PIL"),
     Requirement("pydicom", ">=2.4", "pydicom", "bundled"),
-    # Imported by MFFMTCore (lesion components, Slicer segmentation files) but not yet in pyproject.toml.
     Requirement("scipy", ">=1.10", "scipy"),
-    Requirement("slicerio", ">=1.4", "slicerio"),
+    Requirement("slicerio", ">=1.1", "slicerio"),
 )
 
 

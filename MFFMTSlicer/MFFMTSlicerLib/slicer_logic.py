@@ -10,6 +10,7 @@ exceptions and never opens a dialog.
 
 # No "from __future__ import annotations": parameterNodeWrapper reads the annotations as types.
 import datetime
+import importlib
 import json
 import logging
 import os
@@ -222,6 +223,7 @@ class MFFMTSlicerLogic(ScriptedLoadableModuleLogic):
         others = [str(status.requirement) for status in statuses if status.requirement.installer == "pip"]
         if others:
             slicer.util.pip_install(others)
+        importlib.invalidate_caches()  # let this process find what was just installed
         still = self.missingRequirements()
         if still:
             raise RuntimeError("still missing after installation: " + ", ".join(s.describe() for s in still))
@@ -332,28 +334,35 @@ class MFFMTSlicerLogic(ScriptedLoadableModuleLogic):
         self.requireRequirements()
         roi = self.roiBox(roiNode, volume) if roiNode is not None else None
         workDir = Path(slicer.util.tempDirectory("MFFMTSlicer"))
-        inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd")
-        args = predict_command(self.pythonExecutable(), [inputPath], workDir / "output", model=model,
-                               threshold=threshold, roi=roi, gradcam=gradcam, device=device)
-        task = PredictionTask(volume, workDir, inputPath, self._startProcess(args), threshold, gradcam,
-                              progressCallback, completedCallback, keepFiles)
-        if not waitForCompletion:
-            task.timer = self._startTimer(250, lambda: self._pollPrediction(task))
+        try:
+            inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd")
+            args = predict_command(self.pythonExecutable(), [inputPath], workDir / "output", model=model,
+                                   threshold=threshold, roi=roi, gradcam=gradcam, device=device)
+            process = self._startProcess(args)
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        task = PredictionTask(volume, workDir, inputPath, process, threshold, gradcam, progressCallback,
+                              completedCallback, keepFiles)
+        if not self._drive(task, self._pollPrediction, 0.25, waitForCompletion):
             return task
-        while not task.finished:
-            self._pollPrediction(task)
-            time.sleep(0.1)
         if task.status != "done":
             raise RuntimeError(task.error or f"prediction {task.status}")
         return task.segmentationNode, task.results
 
     @staticmethod
-    def _startTimer(intervalMs: int, callback: Callable[[], None]):
-        timer = qt.QTimer()
-        timer.setInterval(intervalMs)
-        timer.timeout.connect(callback)
-        timer.start()
-        return timer
+    def _drive(task: Any, poll: Callable[[Any], None], intervalS: float, waitForCompletion: bool) -> bool:
+        """Poll a task until it finishes (blocking; True) or from a Qt timer in the GUI's event loop (False)."""
+        if not waitForCompletion:
+            task.timer = qt.QTimer()
+            task.timer.setInterval(int(intervalS * 1000))
+            task.timer.timeout.connect(lambda: poll(task))
+            task.timer.start()
+            return False
+        while not task.finished:
+            poll(task)
+            time.sleep(intervalS)
+        return True
 
     def _pollPrediction(self, task: PredictionTask) -> None:
         if task.finished:
@@ -539,8 +548,10 @@ class MFFMTSlicerLogic(ScriptedLoadableModuleLogic):
         ids = [lesion] if lesion else [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
         mask = None
         for segmentId in ids:
-            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) != 0
-            mask = array if mask is None else mask | array
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+            if array is None:  # an empty segment
+                continue
+            mask = array != 0 if mask is None else mask | (array != 0)
         return mask
 
     def exportSceneTrainingData(self, items: Iterable[tuple[Any, Any, str | None]],
@@ -597,12 +608,8 @@ class MFFMTSlicerLogic(ScriptedLoadableModuleLogic):
                              val_fraction=valFraction, input_size=inputSize, init_model=initModel, device=device,
                              stop_file=runDir / "STOP", progress_bar=False)
         task = TrainingTask(runDir, modelName, self._startProcess(args), progressCallback, completedCallback)
-        if not waitForCompletion:
-            task.timer = self._startTimer(1000, lambda: self._pollTraining(task))
+        if not self._drive(task, self._pollTraining, 1.0, waitForCompletion):
             return task
-        while not task.finished:
-            self._pollTraining(task)
-            time.sleep(1.0)
         if task.status != "done":
             raise RuntimeError(task.error or f"training {task.status}; run folder: {runDir}")
         return task.modelPath

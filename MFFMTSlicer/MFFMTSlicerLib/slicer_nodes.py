@@ -65,10 +65,11 @@ def clipFromSequence(sequenceNode):
     Raises:
         ValueError: the sequence holds no volumes, or frames differ in size or are not 2D.
     """
-    for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-        if node.GetAttribute(SOURCE_SEQUENCE_ATTRIBUTE) == sequenceNode.GetID():
-            return node
     count = sequenceNode.GetNumberOfDataNodes()
+    for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+        if (node.GetAttribute(SOURCE_SEQUENCE_ATTRIBUTE) == sequenceNode.GetID() and node.GetImageData() is not None
+                and node.GetImageData().GetDimensions()[2] == count):
+            return node
     frames = [sequenceNode.GetNthDataNode(index) for index in range(count)]
     if not frames or not all(frame is not None and frame.IsA("vtkMRMLVolumeNode") for frame in frames):
         raise ValueError(f"{sequenceNode.GetName()}: the sequence holds no image frames")
@@ -121,6 +122,8 @@ def loadLesionSegmentation(path: str | os.PathLike, inputVolume):
     segmentationNode.SetNodeReferenceID(INPUT_ROLE, inputVolume.GetID())
     lesionSegmentId(segmentationNode)
     placeLike(segmentationNode, inputVolume)
+    # Its file is in a temporary folder: "Save" must write the data, not refer to that file.
+    segmentationNode.StorableModified()
     return segmentationNode
 
 
@@ -130,6 +133,7 @@ def loadHiddenVolume(path: str | os.PathLike, name: str, referenceVolume):
     volumeNode.SetName(slicer.mrmlScene.GenerateUniqueName(name))
     volumeNode.SetAttribute(RESULT_VOLUME_ATTRIBUTE, "1")
     placeLike(volumeNode, referenceVolume)
+    volumeNode.StorableModified()  # read from a temporary folder: saving must write it
     return volumeNode
 
 
