@@ -139,6 +139,10 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        # mkstemp makes owner-only files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
