@@ -39,6 +39,9 @@ class TrainConfig:
         batch_size: samples per optimisation step (per process under torchrun).
         input_size: side of the square network input; a multiple of 32.
         grad_clip: clip the gradient norm at this value; 0 disables clipping.
+        precision: ``fp32``; ``bf16`` runs the training forward pass under bfloat16 autocast (weights,
+            optimiser and validation stay float32); ``auto`` picks bf16 where the processor computes
+            it natively (AVX512-BF16 or AMX CPUs, CUDA GPUs with bf16), else fp32.
         lambda_loc: weight of the lesion-perception loss L_loc (the paper's lambda).
         seg_weight: weight of the full-resolution segmentation loss.
         aux_weight: weight of the auxiliary (BI-RADS) loss.
@@ -76,6 +79,7 @@ class TrainConfig:
     batch_size: int | None = None
     input_size: int | None = None
     grad_clip: float | None = None
+    precision: str | None = None
     lambda_loc: float | None = None
     seg_weight: float = 1.0
     aux_weight: float = 0.5
@@ -150,8 +154,9 @@ class TrainConfig:
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """Read a JSON config file whose keys are :class:`TrainConfig` fields.
 
-    Relative ``data``, ``output``, ``init_model``, ``pretrained_backbone`` and ``stop_file`` paths are taken relative to the
-    config file, so a config kept in the repository works from any working folder.
+    Keys starting with "_" are comments. Relative ``data``, ``output``, ``init_model``,
+    ``pretrained_backbone`` and ``stop_file`` paths are taken relative to the config file, so a
+    config kept in the repository works from any working folder.
 
     Raises:
         ValueError: the file is missing, not JSON, not an object, or has an unknown key.
@@ -165,6 +170,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not a JSON file ({error})") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must hold one JSON object of option names and values")
+    values = {key: value for key, value in values.items() if not key.startswith("_")}  # "_comment" etc.
     known = {item.name for item in fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:

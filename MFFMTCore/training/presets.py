@@ -26,6 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "input_size": 256,
         "grad_clip": 0.0,
+        "precision": "fp32",
         "lambda_loc": {"resnet18": 1.0, "resnet50": 0.1},
     },
     "cpu": {
@@ -38,6 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 16,
         "input_size": 256,
         "grad_clip": 5.0,
+        "precision": "auto",
         "lambda_loc": {"resnet18": 1.0, "resnet50": 0.1},
     },
 }

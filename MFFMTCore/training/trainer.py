@@ -41,7 +41,7 @@ from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.io import write_text_atomic
 from MFFMTCore.losses import MFFMTLoss
 from MFFMTCore.model_file import ModelInfo, load_model, save_model
-from MFFMTCore.network import MFFMT, load_torchvision_weights
+from MFFMTCore.network import MFFMT, MFFMTOutput, load_torchvision_weights
 from MFFMTCore.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -57,6 +57,20 @@ from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar
 MODEL_NAME = "model.safetensors"
 CHECKPOINT_NAME = "checkpoint.pt"
 LOSS_KEYS = ("loss", "loss_cls", "loss_loc", "loss_seg", "loss_aux")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True when ``device`` computes bfloat16 natively (else bf16 autocast would be slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def float_output(output: MFFMTOutput) -> MFFMTOutput:
+    """The network's output in float32, so that the loss is computed in full precision."""
+    return MFFMTOutput(output.class_logits.float(), output.mask_logits.float(), output.coarse_mask_logits.float(),
+                       {name: logits.float() for name, logits in output.aux_logits.items()})
 
 
 def selection_score(metrics: dict[str, float]) -> tuple[float, float, float]:
@@ -263,6 +277,7 @@ class Trainer:
                 "split": {key: value for key, value in self.split.items() if key not in ("train", "validation")},
                 "samples": {"train": len(self.train_set), "validation": len(self.val_set)},
                 "epoch": epoch, "epochs": config.epochs, "processes": self.context.world_size,
+                "precision": self.precision,
             }),
             validation=json_safe({**report, "epoch": epoch, "loss": val_loss}),
         )
@@ -279,7 +294,9 @@ class Trainer:
         try:
             for step, batch in enumerate(self.train_loader, start=1):
                 images = batch["image"].to(context.device, non_blocking=True)
-                parts = self.loss_fn(self.model(images), batch)
+                with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                    output = self.model(images)
+                parts = self.loss_fn(float_output(output), batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts.total.backward()
                 if config.grad_clip:
@@ -378,6 +395,9 @@ class Trainer:
         self._loaders()
         self._build_model(checkpoint)
         self.loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = "bf16" if native_bf16(context.device) else "fp32"
         self.optimizer = build_optimizer(self.network, config)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         if checkpoint is not None:
@@ -392,7 +412,8 @@ class Trainer:
             torch.manual_seed(config.seed + 1000 * context.rank)
             message = (f"training {self.network.architecture['backbone']} on {len(self.train_set)} samples, "
                        f"validating on {len(self.val_records)} images; {config.epochs} epochs of "
-                       f"{self.steps_per_epoch} steps, {self._threads()} thread(s), {context.world_size} process(es); "
+                       f"{self.steps_per_epoch} steps, {self._threads()} thread(s), {context.world_size} process(es), "
+                       f"{self.precision}; "
                        f"{self.init_message}")
             self.echo(message)
             log.event("start", epoch=0, epochs=config.epochs, steps=self.steps_per_epoch, message=message)
