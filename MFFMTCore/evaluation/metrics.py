@@ -54,6 +54,15 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _labelled(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Labels and scores of the cases with a class, and the numbers of malignant and benign cases."""
+    labels = np.asarray(labels, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    keep = labels >= 0
+    labels, scores = labels[keep], scores[keep]
+    return labels, scores, int((labels == 1).sum()), int((labels == 0).sum())
+
+
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve by the Mann-Whitney U statistic.
 
@@ -63,12 +72,7 @@ def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     Returns:
         The AUC, or ``nan`` when either class is absent.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
-    keep = labels >= 0
-    labels, scores = labels[keep], scores[keep]
-    positives = int((labels == 1).sum())
-    negatives = int((labels == 0).sum())
+    labels, scores, positives, negatives = _labelled(labels, scores)
     if positives == 0 or negatives == 0:
         return math.nan
     ranks = _average_ranks(scores)
@@ -86,12 +90,7 @@ def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarra
         (false positive rates, true positive rates, thresholds); the first threshold is ``inf``.
         Empty arrays when either class is absent.
     """
-    labels = np.asarray(labels, dtype=np.int64)
-    scores = np.asarray(scores, dtype=np.float64)
-    keep = labels >= 0
-    labels, scores = labels[keep], scores[keep]
-    positives = int((labels == 1).sum())
-    negatives = int((labels == 0).sum())
+    labels, scores, positives, negatives = _labelled(labels, scores)
     if positives == 0 or negatives == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     order = np.argsort(-scores, kind="mergesort")

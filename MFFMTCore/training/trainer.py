@@ -206,11 +206,11 @@ class Trainer:
 
     def _build_model(self, checkpoint: dict[str, Any] | None) -> None:
         config = self.config
+        source = load_model(config.init_model)[0] if config.init_model and checkpoint is None else None
         if checkpoint is not None:
             architecture = checkpoint["architecture"]
-        elif config.init_model:
-            _, init_info = load_model(config.init_model)
-            architecture = {**init_info.architecture, "aux_classes": self._aux_classes()}
+        elif source is not None:
+            architecture = {**source.architecture, "aux_classes": self._aux_classes()}
         else:
             architecture = config.architecture(self._aux_classes())
         torch.manual_seed(config.seed)
@@ -218,8 +218,8 @@ class Trainer:
         self.init_message = "random initialisation"
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
-        elif config.init_model:
-            self.init_message = self._load_init_weights(model)
+        elif source is not None:
+            self.init_message = self._load_init_weights(model, source)
         elif config.pretrained_backbone:
             load_torchvision_weights(model.backbone, config.pretrained_backbone)
             self.init_message = f"backbone initialised from {config.pretrained_backbone}"
@@ -228,9 +228,8 @@ class Trainer:
                                               if self.context.device.type == "cuda" else None)
                       if self.context.enabled else self.network)
 
-    def _load_init_weights(self, model: MFFMT) -> str:
-        """Copy every tensor of the init model that fits (new auxiliary heads start fresh); say how many."""
-        source, _ = load_model(self.config.init_model)
+    def _load_init_weights(self, model: MFFMT, source: MFFMT) -> str:
+        """Copy every tensor of ``source`` that fits (new auxiliary heads start fresh); say how many."""
         reference = model.state_dict()
         fitting = {name: tensor for name, tensor in source.state_dict().items()
                    if name in reference and reference[name].shape == tensor.shape}
