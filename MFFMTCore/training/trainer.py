@@ -439,10 +439,10 @@ class Trainer:
 
     def _cancelled(self, stop: StopRequest, epoch: int, log: ProgressLog) -> str:
         last = epoch - 1
-        kept = f"the checkpoint of epoch {last}" if last > 0 else "no checkpoint yet (no epoch finished)"
-        message = (f"cancelled during epoch {epoch} ({stop.reason or 'another process stopped'}); "
-                   f"{kept} and the best model (epoch {self.best['epoch']}) are intact; "
-                   f"continue with --resume")
+        kept = (f"the checkpoint of epoch {last} and the best model (epoch {self.best['epoch']}) are intact; "
+                "continue with --resume" if last > 0 else
+                "no epoch had finished, so nothing was saved; start the run again")
+        message = f"cancelled during epoch {epoch} ({stop.reason or 'another process stopped'}); {kept}"
         self.echo(message)
         log.event("cancelled", epoch=last, epochs=self.config.epochs, message=message,
                   best_auc=(self.best.get("metrics") or {}).get("val_auc"))
