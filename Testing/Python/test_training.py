@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -151,6 +155,35 @@ def test_cancel_then_resume_matches_an_uninterrupted_run(datalist, finished_run,
         for key, value in state.items():
             torch.testing.assert_close(actual["optimizer"]["state"][index][key], value)
     assert actual["scheduler"]["last_epoch"] == expected["scheduler"]["last_epoch"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_cleanly(datalist, tmp_path, signal_number):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "MFFMTCore", "train", "--data", str(datalist), "--output", str(run_dir),
+               *TINY, "--epochs", "200"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(event["event"] == "epoch" for event in _events(run_dir)):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.2)
+        process.send_signal(signal_number)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-2000:]
+    events = read_progress(run_dir / "progress.jsonl")
+    assert events[-1]["event"] == "cancelled" and signal.Signals(signal_number).name in events[-1]["message"]
+    finished = [event["epoch"] for event in events if event["event"] == "epoch"]
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == finished[-1]
+    load_model(run_dir / "model.safetensors")
+    assert not list(run_dir.glob(".*tmp*"))
+
+
+def _events(run_dir):
+    return read_progress(run_dir / "progress.jsonl") if (run_dir / "progress.jsonl").exists() else []
 
 
 def test_fine_tune_from_a_model_file(datalist, finished_run, tmp_path):
