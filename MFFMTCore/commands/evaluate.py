@@ -26,7 +26,7 @@ EXAMPLES = """examples:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="measure a model on labelled data: metrics.json, ROC curve, confusion matrix",
-        description=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), epilog=EXAMPLES,
+        description=__doc__.replace("``", ""), epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
     parser.add_argument("--data", action="append", required=True, metavar="PATH",

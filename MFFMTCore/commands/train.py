@@ -27,7 +27,8 @@ EXAMPLES = """examples:
 
 Option values: preset < --config FILE.json (keys are the option names with underscores, e.g.
 "batch_size") < command line. On --resume the run's config.json is the base, so only what you
-want to change needs to be given."""
+want to change needs to be given; a larger --epochs extends a run (the cosine schedule then stretches
+to the new length)."""
 
 PATH_OPTIONS = ("output", "init_model", "pretrained_backbone", "stop_file")
 
@@ -35,7 +36,7 @@ PATH_OPTIONS = ("output", "init_model", "pretrained_backbone", "stop_file")
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train an MFFMT network (checkpoints, resume, cancel, progress as JSON lines)",
-        description=__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), epilog=EXAMPLES,
+        description=__doc__.replace("``", ""), epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     # Every default is None: unset options do not override the config file or the preset.
     data = parser.add_argument_group("data")
@@ -68,7 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     recipe = parser.add_argument_group("recipe (defaults from the preset)")
     recipe.add_argument("--preset", choices=tuple(PRESETS),
-                        help="cpu: AdamW 1e-3, warm-up + cosine, batch 16, 30 epochs (default); "
+                        help="cpu: AdamW 1e-3, warm-up + cosine, batch 16, 30 epochs, bf16 where native "
+                             "(default); "
                              "paper: Adam 1e-5, 200 epochs, batch 8")
     recipe.add_argument("--epochs", type=int, metavar="N")
     recipe.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")

@@ -4,9 +4,14 @@
   256x256 inputs, lambda = 1.0 for ResNet18 and 0.1 for ResNet50 (their Figures 11-12). A learning
   rate this small suits pretrained weights; from random initialisation it learns very slowly.
 - ``cpu``: a recipe that converges from random initialisation within hours on a 2-core CPU:
-  AdamW at lr 1e-3 with a linear warm-up and a cosine decay, batch 16, 30 epochs at 256x256,
-  gradient norm clipped at 5 (the transformer blocks see large gradients early on). See the training
-  report in the project history for the short runs that chose it.
+  AdamW at lr 1e-3 (weight decay 0.01 on weights only) with a one-epoch linear warm-up and a cosine
+  decay, batch 16, 30 epochs at 256x256, gradient norm clipped at 5, and bfloat16 autocast where
+  the CPU computes it natively (AVX512-BF16: 2.2 s instead of 3.9 s per step of 16 images at
+  256x256 on one core, same losses). On 400 BUSI/BUS-BRA images at 128x128 (83 for validation),
+  six epochs reached training loss / validation Dice / AUC of 2.56 / 0.59 / 0.65 at lr 1e-3,
+  2.94 / 0.39 / 0.68 at lr 3e-4 and 3.51 / 0.16 / 0.69 with the paper preset: the lesion map
+  learns several times faster, classification AUC is alike at that stage (within the noise of 83
+  images), and lr 1e-3 showed no instability.
 
 A preset fills every recipe value that a config file or the command line does not give.
 """
