@@ -36,7 +36,8 @@ def write_image(path: str | os.PathLike, image: sitk.Image) -> Path:
     """Write a SimpleITK image (compressed) atomically. Returns the path."""
     path = Path(path)
     with atomic_path(path) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
+        # gzip level 1: a 300-frame float32 map is written about 4x faster than at the default level.
+        sitk.WriteImage(image, str(temporary), useCompression=True, compressionLevel=1)
     return path
 
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicerio
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ from MFFMTCore.inference import (
     find_components,
     resize_to_frame,
 )
+from MFFMTCore.inference.slicer_segmentation import segment_extent, write_segmentation
 from MFFMTCore.model_file import ModelFileError, ModelInfo, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput
 
@@ -314,3 +316,17 @@ def test_inputs_that_are_not_frames_are_refused(predictor, tmp_path):
     broken.write_bytes(b"not a png")
     with pytest.raises(ValueError, match="broken.png"):
         predictor.predict(broken)
+
+
+def test_segmentation_extent_and_an_empty_lesion(tmp_path):
+    mask = np.zeros((8, 6, 4), dtype=np.uint8)  # (i, j, k)
+    assert segment_extent(mask) == [0, -1, 0, -1, 0, -1]  # Slicer's empty extent
+    mask[2:5, 1, 3] = 1
+    assert segment_extent(mask) == [2, 4, 1, 1, 3, 3]
+
+    geometry = ImageGeometry((0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
+    path = write_segmentation(tmp_path / "empty.seg.nrrd", np.zeros((1, 6, 8), dtype=np.uint8), geometry)
+    segmentation = slicerio.read_segmentation(str(path))
+    assert segmentation["segments"][0]["name"] == "Lesion"
+    assert segmentation["segments"][0]["extent"] == [0, -1, 0, -1, 0, -1]
+    assert not segmentation["voxels"].any()
