@@ -62,8 +62,8 @@ class Predictor:
         A model trained on lesion boxes grown by 20% (``mffmt train --mode lesion``) should see a
         user's box grown the same way; a model trained on whole frames gets the box as drawn.
         """
-        training = self.info.training
-        return float(training.get("margin", 0.0)) if training.get("mode") == "lesion" else 0.0
+        recipe = self.info.training.get("recipe", {})  # the training configuration `mffmt train` records
+        return float(recipe.get("margin", 0.0)) if recipe.get("mode") == "lesion" else 0.0
 
     def _network_input(self, grey: np.ndarray) -> torch.Tensor:
         batch = torch.stack([preprocess_frame(frame, self.input_size) for frame in grey])

@@ -242,7 +242,7 @@ def test_roi_classifies_the_box_and_pastes_its_map_into_the_full_frame(predictor
 
 
 def test_roi_is_grown_by_the_lesion_mode_training_margin(predictor):
-    predictor.info.training = {"mode": "lesion", "margin": 0.2}
+    predictor.info.training = {"recipe": {"mode": "lesion", "margin": 0.2}}  # as `mffmt train` records it
     result = predictor.predict(np.zeros((100, 100), dtype=np.uint8), roi=(40, 40, 20, 10))
     assert result.roi == (36, 38, 28, 14)
 
