@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+import torch
 from tqdm import tqdm
 
 from MFFMTCore.inference.batch import InputOutcome, find_inputs, predict_files
@@ -63,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo inputs that an earlier run finished")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="frames per network call")
+    parser.add_argument("--threads", type=_positive, metavar="N",
+                        help="CPU threads for torch (default: torch's choice); 1 is fastest when other "
+                             "processes keep the cores busy")
     parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                         help="progress as a bar (stderr), JSON lines (stdout) or nothing")
     parser.set_defaults(run=run)
@@ -70,6 +74,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     inputs = find_inputs(args.inputs, exclude=args.output)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
     bar = tqdm(total=len(inputs), unit="input", disable=args.progress != "bar", file=sys.stderr)
 
