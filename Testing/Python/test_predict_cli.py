@@ -160,9 +160,12 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(model_path, input
 
 def test_roi_option_and_bad_options(model_path, inputs, tmp_path, capsys):
     output = tmp_path / "out"
+    threads = torch.get_num_threads()
     assert main(["predict", str(inputs / "left" / "frame.png"), "--output", str(output), "--model",
                  str(model_path), "--roi", "10,5,20,15", "--threshold", "0.01", "--progress", "none",
                  "--threads", "1", "--batch-size", "2"]) == 0
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
     probability = sitk.GetArrayFromImage(sitk.ReadImage(str(output / "frame_probability.nrrd")))
     outside = np.ones_like(probability, dtype=bool)
     outside[5:20, 10:30] = False
