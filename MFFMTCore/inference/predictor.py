@@ -22,7 +22,7 @@ from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
-from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.inference.roi import RoiInput, resolve_roi
 from MFFMTCore.model_file import load_model, resolve_model_path
 
@@ -108,6 +108,7 @@ class Predictor:
             ImageReadError: the file cannot be read.
             ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.
         """
+        threshold = check_threshold(self.info.threshold if threshold is None else threshold)
         stack = as_frame_stack(image, spacing, origin, direction)
         height, width = stack.frame_shape
         box = resolve_roi(roi, stack.geometry, (height, width))
@@ -139,7 +140,7 @@ class Predictor:
             class_probabilities=class_probabilities,
             class_names=self.class_names,
             geometry=stack.geometry,
-            threshold=self.info.threshold if threshold is None else threshold,
+            threshold=threshold,
             source=stack.source,
             roi=box,
             gradcam=cam,

@@ -17,6 +17,13 @@ from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.geometry import ImageGeometry
 
 
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float; ValueError unless it is a probability in (0, 1]."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    return float(threshold)
+
+
 @dataclass(frozen=True)
 class FrameResult:
     """Findings on one frame.
@@ -178,8 +185,7 @@ class PredictionResult:
     clip: ClipResult | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        self.threshold = check_threshold(self.threshold)
         self.label = (self.probability >= self.threshold).astype(np.uint8)
         frames, masses, sums = [], np.zeros(len(self.probability)), np.zeros(len(self.probability))
         for index, (label, probability, classes) in enumerate(

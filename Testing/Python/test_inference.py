@@ -209,6 +209,9 @@ def test_new_threshold_without_running_the_network(predictor):
     assert low.probability is result.probability  # the maps are shared, not recomputed
     with pytest.raises(ValueError, match="threshold"):
         result.with_threshold(0.0)
+    with pytest.raises(ValueError, match="threshold"):
+        predictor.predict(frame, threshold=1.5)
+    assert len(predictor.model.batch_sizes) == calls  # refused before any network run
 
 
 def test_roi_classifies_the_box_and_pastes_its_map_into_the_full_frame(predictor):
