@@ -66,7 +66,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         raise
     except RuntimeError as error:
         # ITK's messages are long C++ traces: keep the first line that says what went wrong.
-        detail = next((line.strip() for line in str(error).splitlines() if "rror" in line), str(error))
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = next((line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line), lines[-1] if lines else "")
         raise ImageReadError(path, f"cannot be read as an image ({detail[:200]})") from error
 
 
