@@ -1,0 +1,61 @@
+"""Turn a training run's best model into the default model shipped inside MFFMTCore.
+
+Stores the weights as float16 (half the size; MFFMTCore loads them back as float32), names the
+model, and checks that the half-precision copy gives the same validation figures: both copies are
+evaluated with ``mffmt evaluate`` on the run's own validation split, and the figures are printed
+side by side.
+
+Example::
+
+    python experiments/package_default_model.py --run runs/default_model \
+        --output MFFMTCore/models/mffmt18_default.safetensors --eval runs/default_model/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from MFFMTCore.model_file import load_model, save_model
+
+KEYS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1", "dice", "false_lesion_rate")
+
+
+def evaluate(model: Path, run: Path, output: Path) -> dict:
+    config = json.loads((run / "config.json").read_text())
+    command = [sys.executable, "-m", "MFFMTCore", "evaluate", "--model", str(model), "--split", str(run / "split.json"),
+               "--output", str(output), "--no-progress-bar"]
+    for path in config["data"]:
+        command += ["--data", path]
+    subprocess.run(command, check=True)
+    return json.loads((output / "metrics.json").read_text())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="finished run folder")
+    parser.add_argument("--output", required=True, type=Path, help="where to write the packaged model")
+    parser.add_argument("--eval", required=True, type=Path, help="folder for the evaluations")
+    parser.add_argument("--name", default="MFFMT18 default (BUSI + BUS-BRA)")
+    args = parser.parse_args()
+
+    model, info = load_model(args.run / "model.safetensors")
+    info.name = args.name
+    save_model(args.output, model, info, half=True)
+    full = evaluate(args.run / "model.safetensors", args.run, args.eval / "float32")
+    half = evaluate(args.output, args.run, args.eval / "float16")
+    sizes = {name: path.stat().st_size / 2**20 for name, path in
+             (("float32", args.run / "model.safetensors"), ("float16", args.output))}
+    print(f"size: float32 {sizes['float32']:.1f} MiB, float16 {sizes['float16']:.1f} MiB")
+    for group in ("overall", *sorted(full["datasets"])):
+        a = full["overall"] if group == "overall" else full["datasets"][group]
+        b = half["overall"] if group == "overall" else half["datasets"][group]
+        print(group, {key: (a.get(key), b.get(key)) for key in KEYS})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
