@@ -38,6 +38,16 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return name.endswith(IMAGE_SUFFIXES)
 
 
+def image_stem(path: str | os.PathLike) -> str:
+    """File name without its image suffix, double suffixes such as ".nii.gz" counting as one.
+
+    A name without a known image suffix loses its last suffix, as ``Path.stem`` does.
+    """
+    name = Path(path).name
+    suffix = next((s for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if name.lower().endswith(s)), "")
+    return name[: -len(suffix)] if suffix and len(name) > len(suffix) else Path(name).stem
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 2D picture, a volume (a stack of frames) or a DICOM file or series folder.
 

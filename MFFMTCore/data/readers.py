@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from MFFMTCore.data.records import LABEL_NAMES, DatasetError, SampleRecord
-from MFFMTCore.io import is_image_file
+from MFFMTCore.io import image_stem, is_image_file
 
 #: How many problems a DatasetError spells out before summarising the rest.
 SHOWN_PROBLEMS = 5
@@ -57,12 +57,6 @@ class _Problems:
         shown = "; ".join(self.items[:SHOWN_PROBLEMS])
         more = f" (and {len(self.items) - SHOWN_PROBLEMS} more)" if len(self.items) > SHOWN_PROBLEMS else ""
         raise DatasetError(self.source, f"{len(self.items)} problems: {shown}{more}")
-
-
-def _stem(path: Path) -> str:
-    """File name without its image suffix (".nii.gz" counts as one suffix)."""
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -150,11 +144,11 @@ def read_busi(root: str | os.PathLike) -> list[SampleRecord]:
         for path in folder.iterdir():
             if not path.is_file() or not is_image_file(path):
                 continue
-            match = _BUSI_MASK.fullmatch(_stem(path))
+            match = _BUSI_MASK.fullmatch(image_stem(path))
             if match:
                 masks[match["image"]].append((int(match["index"] or 0), path))
             else:
-                images[_stem(path)] = path
+                images[image_stem(path)] = path
         for stem in sorted(set(masks) - set(images), key=_natural_key):
             problems.add(f"mask {masks[stem][0][1]} has no image {stem}.png beside it")
         for stem in sorted(images, key=_natural_key):
@@ -324,11 +318,11 @@ def _datalist_record(datalist: Path, item: Any, where: str, problems: _Problems)
         return None
     if not ok:
         return None
-    dataset = _text(item.get("dataset")) or _stem(datalist)
+    dataset = _text(item.get("dataset")) or image_stem(datalist)
     group = _text(item.get("group")) or _text(item.get("patient"))
     written = Path(str(item["image"]).strip())
     # Without an "id", the image path as written (less its suffix) names the item uniquely.
-    identifier = _text(item.get("id")) or (written.parent / _stem(written)).as_posix()
+    identifier = _text(item.get("id")) or (written.parent / image_stem(written)).as_posix()
     return SampleRecord(
         id=identifier, image=str(image), masks=[str(mask) for mask in masks], label=label, box=box,
         birads=_text(item.get("birads")), group=f"{dataset}:{group}" if group else None,

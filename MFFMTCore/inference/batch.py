@@ -34,7 +34,7 @@ from MFFMTCore.inference.results_table import (
     write_results,
 )
 from MFFMTCore.inference.roi import RoiInput
-from MFFMTCore.io import IMAGE_SUFFIXES, is_image_file
+from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file
 from MFFMTCore.version import __version__
 
 
@@ -98,12 +98,6 @@ def find_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike |
     return list(dict.fromkeys(found))  # each file once, in the order given
 
 
-def _base_stem(path: Path) -> str:
-    name = path.name
-    suffix = next((s for s in sorted(IMAGE_SUFFIXES, key=len, reverse=True) if name.lower().endswith(s)), "")
-    return name[: len(name) - len(suffix)] if suffix and len(name) > len(suffix) else name
-
-
 def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path) -> dict[str, str]:
     """Unique output stems for ``inputs`` (absolute paths); ``known`` holds earlier runs' stems.
 
@@ -112,7 +106,7 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     stems = dict(known)
     taken = set(stems.values())
     protected = {str(path.resolve()) for path in inputs}
-    counts = Counter(_base_stem(path) for path in inputs)
+    counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
         paths = output_paths(directory, stem, gradcam=True).values()
@@ -121,7 +115,7 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     for path in inputs:
         if str(path) in stems:
             continue
-        stem = _base_stem(path)
+        stem = image_stem(path)
         if counts[stem] > 1 or not usable(stem):
             stem = f"{stem}_{path.parent.name}" if path.parent.name else stem
         candidate, number = stem, 2
