@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.data.transforms import AUGMENTATIONS
 from MFFMTCore.training.config import TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.presets import PRESETS
 from MFFMTCore.training.trainer import Trainer
@@ -50,8 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="whole frames (default) or one crop per lesion box (the paper's protocol)")
     data.add_argument("--margin", type=float, help="context margin of lesion crops, fraction of the box (0.2)")
     data.add_argument("--input-size", type=int, metavar="S", help="network input side, multiple of 32")
-    data.add_argument("--augment", choices=("paper", "lateral"),
-                      help="paper: random quarter turns and flips (default); lateral: left-right flips only")
+    data.add_argument("--augment", choices=AUGMENTATIONS,
+                      help="paper: random quarter turns and flips (default); lateral: left-right flips only; "
+                           "scanner: lateral flips plus crops, gain/TGC, speckle, blur and synthetic calipers")
     data.add_argument("--num-workers", type=int, metavar="N", help="data-loading processes (default 0)")
 
     network = parser.add_argument_group("network")
@@ -61,6 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     network.add_argument("--cbam", dest="use_cbam", action=argparse.BooleanOptionalAction, help="CBAM")
     network.add_argument("--decoder", action=argparse.BooleanOptionalAction,
                          help="full-resolution lesion decoder (--no-decoder: the paper's upsampled P_mask)")
+    network.add_argument("--embed-dim", type=int, metavar="D", help="MFF token width (512 = the paper)")
+    network.add_argument("--mlp-ratio", type=float, metavar="R", help="MFF MLP width ratio (3.0 = the paper)")
     network.add_argument("--aux", choices=("auto", "none"),
                          help="auto: BI-RADS head when the data carries BI-RADS (default)")
     network.add_argument("--init-model", metavar="MODEL", help="start from this model file (fine-tuning)")

@@ -167,7 +167,9 @@ def deterministic_transforms(size: Sequence[int] = DEFAULT_SIZE) -> list[MapTran
     return [LoadUltrasoundd("image"), *image_transforms(size)]
 
 
-AUGMENTATIONS = ("paper", "lateral")
+#: ``scanner`` draws nothing per sample: the trainer applies :class:`MFFMTCore.data.augment.ScannerAugment`
+#: to whole batches on the training device.
+AUGMENTATIONS = ("paper", "lateral", "scanner")
 
 
 def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE, augment: str = "paper") -> list[MapTransform]:
@@ -178,11 +180,14 @@ def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE, augment: str = "
             square ``size`` (two flips still give the half turn otherwise).
         augment: ``"paper"``: random 90/180/270-degree rotation and horizontal and vertical flips, the
             recipe of Wei et al. 2024; ``"lateral"``: left-right flips only, which keep the depth axis
-            (top = skin) where posterior acoustic shadowing, a malignancy cue, sits below the lesion.
+            (top = skin) where posterior acoustic shadowing, a malignancy cue, sits below the lesion;
+            ``"scanner"``: none here (see :data:`AUGMENTATIONS`).
     """
     keys = ["image", "mask"]
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {augment!r}")
+    if augment == "scanner":
+        return []
     lateral_flip = RandFlipd(keys=keys, prob=0.5, spatial_axis=1)
     if augment == "lateral":
         return [lateral_flip]

@@ -29,6 +29,8 @@ class TrainConfig:
         backbone: ``resnet18`` (MFFMT18) or ``resnet50`` (MFFMT50).
         fusion: feature fusion of the network: ``mff`` (the paper), ``sum`` or ``concat`` (ablations).
         use_ca, use_cbam, decoder: network switches (coordinate attention, CBAM, full-resolution decoder).
+        embed_dim: MFF token width (the paper: 512; 256 keeps MFFMT18 within 1.3x ResNet18's time).
+        mlp_ratio: width ratio of MFF's MLPs (3.0 as in the paper; 2.0 for the narrow MFF).
         aux: ``auto`` adds a BI-RADS head when the training records carry BI-RADS; ``none`` never does.
         optimizer: ``adam`` or ``adamw``.
         lr: peak learning rate.
@@ -48,8 +50,10 @@ class TrainConfig:
         val_fraction: share of groups (near-duplicate groups, patients) held out for validation.
         mode: ``frame`` (whole images) or ``lesion`` (one crop per lesion box, the paper's protocol).
         margin: context margin around a lesion box in ``lesion`` mode, as a fraction of the box size.
-        augment: ``paper`` (random quarter turns and both flips) or ``lateral`` (left-right flips only,
-            keeping the depth axis of the ultrasound image).
+        augment: ``paper`` (random quarter turns and both flips), ``lateral`` (left-right flips only,
+            keeping the depth axis of the ultrasound image) or ``scanner`` (lateral flips, lesion-preserving
+            crops, gain/TGC/gamma, speckle, resolution and synthetic calipers on whole batches on the
+            training device: :class:`MFFMTCore.data.augment.ScannerAugment`).
         init_model: model file whose weights start the training (fine-tuning).
         pretrained_backbone: local torchvision-format ResNet weights (.pth or .safetensors) for the
             backbone of a new network (ignored with ``init_model``).
@@ -69,6 +73,8 @@ class TrainConfig:
     use_ca: bool = True
     use_cbam: bool = True
     decoder: bool = True
+    embed_dim: int = 512
+    mlp_ratio: float = 3.0
     aux: str = "auto"
     optimizer: str | None = None
     lr: float | None = None
@@ -125,7 +131,8 @@ class TrainConfig:
             raise ValueError("no training data: give --data PATH (a dataset folder or a datalist file)")
         if not self.output:
             raise ValueError("no run folder: give --output RUN_DIR")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "input_size": self.input_size}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, "input_size": self.input_size,
+                    "embed_dim": self.embed_dim, "mlp_ratio": self.mlp_ratio}
         for key, value in positive.items():
             if value is None or value <= 0:
                 raise ValueError(f"--{key.replace('_', '-')} must be positive, not {value}")
@@ -148,7 +155,7 @@ class TrainConfig:
         """Keyword arguments of :class:`MFFMTCore.network.MFFMT` for this run."""
         return {"backbone": self.backbone, "in_channels": 1, "num_classes": 2, "fusion": self.fusion,
                 "use_ca": self.use_ca, "use_cbam": self.use_cbam, "decoder": self.decoder,
-                "aux_classes": aux_classes or None}
+                "embed_dim": self.embed_dim, "mlp_ratio": self.mlp_ratio, "aux_classes": aux_classes or None}
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from MFFMTCore.data import BIRADS_CLASSES, MFFMTDataset, make_samples, summarize
+from MFFMTCore.data.augment import ScannerAugment
 from MFFMTCore.evaluation.metrics import grouped_report, json_safe
 from MFFMTCore.evaluation.plots import plot_training_curves
 from MFFMTCore.evaluation.predictions import predict_rows
@@ -71,6 +72,18 @@ def float_output(output: MFFMTOutput) -> MFFMTOutput:
     """The network's output in float32, so that the loss is computed in full precision."""
     return MFFMTOutput(output.class_logits.float(), output.mask_logits.float(), output.coarse_mask_logits.float(),
                        {name: logits.float() for name, logits in output.aux_logits.items()})
+
+
+def augment_batch(augment: ScannerAugment, batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``augment`` applied to its images and masks (on the images' device); lesion-free
+    views lose their class and auxiliary labels (no lesion in view, nothing to classify)."""
+    device = batch["image"].device
+    images, masks, free = augment(batch["image"], batch["mask"].to(device), batch["has_mask"])
+    def unlabel(labels: torch.Tensor) -> torch.Tensor:
+        return torch.where(free.to(labels.device), torch.full_like(labels, -1), labels)
+
+    aux = {name: unlabel(labels) for name, labels in (batch.get("aux") or {}).items()}
+    return {**batch, "image": images, "mask": masks, "label": unlabel(batch["label"]), "aux": aux}
 
 
 def selection_score(metrics: dict[str, float]) -> tuple[float, float, float]:
@@ -293,6 +306,9 @@ class Trainer:
         try:
             for step, batch in enumerate(self.train_loader, start=1):
                 images = batch["image"].to(context.device, non_blocking=True)
+                if self.batch_augment is not None:
+                    batch = augment_batch(self.batch_augment, {**batch, "image": images})
+                    images = batch["image"]
                 with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     output = self.model(images)
                 parts = self.loss_fn(float_output(output), batch)
@@ -394,6 +410,7 @@ class Trainer:
         self._loaders()
         self._build_model(checkpoint)
         self.loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
+        self.batch_augment = ScannerAugment() if config.augment == "scanner" else None
         self.precision = config.precision
         if self.precision == "auto":
             self.precision = "bf16" if native_bf16(context.device) else "fp32"
