@@ -107,3 +107,27 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
     return _save(figure, path)
+
+
+def plot_reliability(curves: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike,
+                     title: str = "Reliability of p(malignant)") -> Path:
+    """Draw reliability diagrams: observed malignant share against mean p(malignant) per bin.
+
+    Args:
+        curves: name -> bins as :func:`MFFMTCore.evaluation.calibration.reliability_bins` gives them
+            (empty bins are skipped); a perfectly calibrated model lies on the diagonal.
+        path: PNG to write.
+        title: figure title.
+    """
+    figure, axes = plt.subplots(figsize=(5, 5))
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1, label="perfect calibration")
+    for name, bins in curves.items():
+        points = [(b["mean_probability"], b["observed"]) for b in bins if b["cases"]]
+        if points:
+            axes.plot(*zip(*points), marker="o", markersize=4, linewidth=1.5, label=name)
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean p(malignant) in bin", ylabel="observed malignant share",
+             title=title)
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize="small")
+    return _save(figure, path)

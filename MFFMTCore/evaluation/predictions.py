@@ -11,9 +11,22 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from MFFMTCore.evaluation.metrics import dice_score
+
+#: 8-connectivity, as the lesion components of inference.
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def largest_component_px(mask: np.ndarray) -> int:
+    """Pixels of the largest 8-connected component of a 2D boolean mask (0 when empty)."""
+    if not mask.any():
+        return 0
+    components, count = ndimage.label(mask, structure=_EIGHT)
+    return int(np.bincount(components.ravel(), minlength=count + 1)[1:].max())
 
 
 def _as_list(value: Any, size: int) -> list:
@@ -47,7 +60,9 @@ def predict_rows(
     Returns:
         (rows, mean loss or nan). Each row has ``id``, ``dataset``, ``scanner``, ``label`` (-1/0/1),
         ``p_malignant``, ``dice`` (None without a full mask), ``truth_empty``, ``prediction_empty``,
-        ``truth_px``, ``prediction_px`` (lesion pixels at the network size) and, per auxiliary head,
+        ``truth_px``, ``prediction_px`` (lesion pixels at the network size), ``logit`` (malignant minus
+        benign logit, for calibration), ``p_lesion`` (highest lesion probability of the map),
+        ``largest_px`` (pixels of the largest predicted component) and, per auxiliary head,
         ``<name>_label`` and ``<name>_prediction``.
     """
     model.eval()
@@ -61,9 +76,13 @@ def predict_rows(
         if loss_fn is not None:
             loss_sum += float(loss_fn(output, batch).total)
             loss_batches += 1
-        p_malignant = torch.softmax(output.class_logits.float(), dim=1)[:, 1].cpu().tolist()
-        predicted = (torch.sigmoid(output.mask_logits.float()) >= threshold).cpu().numpy()[:, 0]
-        truth = (batch["mask"] > 0.5).numpy()[:, 0]
+        class_logits = output.class_logits.float()
+        p_malignant = torch.softmax(class_logits, dim=1)[:, 1].cpu().tolist()
+        logit = (class_logits[:, 1] - class_logits[:, 0]).cpu().tolist()
+        probability = torch.sigmoid(output.mask_logits.float())
+        p_lesion = probability.flatten(1).amax(dim=1).cpu().tolist()
+        predicted = (probability >= threshold).cpu().numpy()[:, 0]
+        truth = (batch["mask"] > 0.5).cpu().numpy()[:, 0]
         size = len(p_malignant)
         usable = [bool(has) and not bool(box) for has, box in
                   zip(_as_list(batch["has_mask"], size), _as_list(batch["mask_is_box"], size))]
@@ -81,6 +100,8 @@ def predict_rows(
                 "prediction_empty": not predicted[index].any(),
                 "truth_px": int(truth[index].sum()) if usable[index] else None,
                 "prediction_px": int(predicted[index].sum()),
+                "logit": logit[index], "p_lesion": p_lesion[index],
+                "largest_px": largest_component_px(predicted[index]),
             }
             for name, (predictions, labels) in aux.items():
                 row[f"{name}_label"] = int(labels[index])

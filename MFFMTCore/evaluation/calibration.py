@@ -1,0 +1,105 @@
+"""Calibration on validation data: what the shown numbers mean.
+
+- Temperature scaling (Guo et al., ICML 2017): one scalar ``T`` divides the malignant-minus-benign
+  logit; it keeps every ranking (AUC unchanged) and makes p(malignant) match observed frequencies.
+  Fitted by minimising the negative log-likelihood over a grid (one parameter: a grid is exact enough
+  and cannot diverge).
+- Expected calibration error: the mean gap between confidence and observed frequency over equal-width
+  probability bins, weighted by the bins' shares of the cases.
+- The frame-level lesion rule (:class:`MFFMTCore.lesion_decision.LesionDecision`): the rule that
+  keeps a lesion on at least ``min_kept`` of the frames with one while giving one to the fewest
+  lesion-free frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from MFFMTCore.lesion_decision import LesionDecision
+
+
+def _labelled(logits: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    keep = labels >= 0
+    return logits[keep], labels[keep].astype(np.float64)
+
+
+def fit_temperature(logits: Sequence[float], labels: Sequence[int]) -> float:
+    """The temperature in [0.05, 20] minimising the log-loss of ``sigmoid(logit / T)``.
+
+    Args:
+        logits: malignant-minus-benign logits (softmax of two logits = sigmoid of their difference).
+        labels: 1 malignant, 0 benign; other values (no class) are ignored.
+
+    Raises:
+        ValueError: fewer than one case of each class.
+    """
+    z, y = _labelled(logits, labels)
+    if y.sum() < 1 or (1 - y).sum() < 1:
+        raise ValueError("temperature scaling needs benign and malignant cases")
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 400))
+    losses = [np.mean(np.logaddexp(0.0, z / t) - y * z / t) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def calibrated_probability(logits: Sequence[float], temperature: float = 1.0) -> np.ndarray:
+    """p(malignant) = sigmoid(logit / temperature)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
+
+
+def reliability_bins(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> list[dict]:
+    """Per equal-width bin of p(malignant): cases, mean probability and observed malignant share."""
+    p, y = _labelled(probabilities, labels)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    return [{"low": float(edges[b]), "high": float(edges[b + 1]), "cases": int((index == b).sum()),
+             "mean_probability": float(p[index == b].mean()) if (index == b).any() else None,
+             "observed": float(y[index == b].mean()) if (index == b).any() else None} for b in range(bins)]
+
+
+def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[int], bins: int = 10) -> float:
+    """ECE of p(malignant) over ``bins`` equal-width bins (cases without a class are ignored)."""
+    table = reliability_bins(probabilities, labels, bins)
+    total = sum(row["cases"] for row in table)
+    if total == 0:
+        return float("nan")
+    return float(sum(row["cases"] * abs(row["mean_probability"] - row["observed"])
+                     for row in table if row["cases"]) / total)
+
+
+def choose_lesion_decision(peaks: Sequence[float], largest_fractions: Sequence[float], has_lesion: Sequence[bool],
+                           min_kept: float = 0.95) -> LesionDecision:
+    """The lesion rule that keeps at least ``min_kept`` of the lesion frames and flags the fewest
+    lesion-free ones (ties: the one keeping more lesion frames, then the milder rule).
+
+    Args:
+        peaks: highest lesion probability of each frame's map.
+        largest_fractions: area of each frame's largest lesion region / the frame's area.
+        has_lesion: whether each frame truly shows a lesion.
+        min_kept: the share of lesion frames that must keep their lesion.
+
+    Raises:
+        ValueError: no lesion-free or no lesion frames.
+    """
+    peaks, fractions = np.asarray(peaks, dtype=np.float64), np.asarray(largest_fractions, dtype=np.float64)
+    lesion = np.asarray(has_lesion, dtype=bool)
+    if lesion.all() or not lesion.any():
+        raise ValueError("choosing a lesion rule needs frames with and frames without a lesion")
+    # Candidate thresholds: the values the lesion frames take (beyond them nothing changes).
+    peak_grid = np.unique(np.concatenate([[0.0], np.quantile(peaks[lesion], np.linspace(0, 1 - min_kept, 26))]))
+    area_grid = np.unique(np.concatenate([[0.0], np.quantile(fractions[lesion], np.linspace(0, 1 - min_kept, 26))]))
+    best: tuple | None = None
+    for min_peak in peak_grid:
+        for min_area in area_grid:
+            found = (peaks >= min_peak) & (fractions > 0) & (fractions >= min_area)
+            kept = found[lesion].mean()
+            if kept + 1e-12 < min_kept:
+                continue
+            key = (found[~lesion].mean(), -kept, min_peak + min_area)
+            if best is None or key < best[0]:
+                best = (key, min_peak, min_area)
+    if best is None:  # even the mildest rule loses lesions (empty maps): count any lesion pixel
+        return LesionDecision()
+    return LesionDecision(float(best[1]), float(best[2]))
