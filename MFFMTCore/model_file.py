@@ -57,6 +57,10 @@ class ModelInfo:
         intensity: how pixel values are scaled before the network: ``"minmax"`` maps each frame's
             minimum and maximum to 0 and 1.
         threshold: default probability threshold for the lesion map.
+        temperature: divides the class logits before the softmax (temperature scaling, fitted on
+            validation so that p(malignant) means what it says); 1.0 leaves them as trained.
+        lesion_decision: the frame-level lesion rule (:class:`MFFMTCore.lesion_decision.LesionDecision`
+            as JSON); empty: any lesion pixel makes a lesion, as in files written before the rule.
         name: short human-readable name.
         training: summary of the training data and recipe.
         validation: validation metrics of this model.
@@ -69,6 +73,8 @@ class ModelInfo:
     input_size: list[int] = field(default_factory=lambda: [256, 256])
     intensity: str = "minmax"
     threshold: float = 0.5
+    temperature: float = 1.0
+    lesion_decision: dict[str, float] = field(default_factory=dict)
     name: str = "MFFMT"
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,8 @@ from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.inference.roi import RoiInput, resolve_roi
-from MFFMTCore.model_file import load_model, resolve_model_path
+from MFFMTCore.lesion_decision import LesionDecision
+from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
 
 
 class Predictor:
@@ -53,6 +54,13 @@ class Predictor:
         self.batch_size = batch_size
         self.class_names = list(self.info.class_names)
         self.input_size = tuple(self.info.input_size)
+        self.temperature = float(self.info.temperature)
+        if not self.temperature > 0:
+            raise ModelFileError(self.model_path, f"temperature must be positive, not {self.info.temperature!r}")
+        try:
+            self.lesion_decision = LesionDecision.from_json(self.info.lesion_decision)
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(self.model_path, str(error)) from error
         self._explainer: GradCamExplainer | None = None
 
     @property
@@ -130,7 +138,8 @@ class Predictor:
                 output = self.model(x)
                 lesion = torch.sigmoid(resize_to_frame(output.mask_logits, (h, w)))
                 probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
-                class_probabilities[start:stop] = torch.softmax(output.class_logits.float(), dim=1).cpu().numpy()
+                logits = output.class_logits.float() / self.temperature
+                class_probabilities[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
             if cam is not None:
                 cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
             if progress is not None:
@@ -145,4 +154,5 @@ class Predictor:
             roi=box,
             gradcam=cam,
             input_frames=stack,
+            lesion_decision=self.lesion_decision,
         )

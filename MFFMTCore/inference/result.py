@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from MFFMTCore.inference.components import LesionComponent, find_components
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.lesion_decision import LesionDecision
 
 
 def check_threshold(threshold: float) -> float:
@@ -36,6 +37,10 @@ class FrameResult:
         lesion_mass: sum of the lesion probability over the label map's pixels: how much lesion
             the network sees in this frame, used to weight frames in a clip.
         spacing_known: whether areas in mm² can be given.
+        p_lesion: the highest lesion probability of the frame's map.
+        lesion_present: the model's frame-level lesion decision (see
+            :class:`MFFMTCore.lesion_decision.LesionDecision`); without a lesion the frame has no
+            components and an empty label map.
     """
 
     frame: int
@@ -44,6 +49,8 @@ class FrameResult:
     components: list[LesionComponent]
     lesion_mass: float
     spacing_known: bool
+    p_lesion: float = 0.0
+    lesion_present: bool = False
 
     @property
     def p_malignant(self) -> float:
@@ -75,6 +82,8 @@ class FrameResult:
             "frame": self.frame,
             "probabilities": self.probabilities,
             "prediction": self.prediction,
+            "lesion_present": self.lesion_present,
+            "p_lesion": self.p_lesion,
             "lesion_mass": self.lesion_mass,
             "lesion_area_px": self.lesion_area_px,
             "lesion_area_mm2": self.lesion_area_mm2,
@@ -169,6 +178,8 @@ class PredictionResult:
         roi: (x, y, w, h) pixel box that was classified (ROI mode), or None for whole frames.
         gradcam: (N, H, W) float32 Grad-CAM of the positive class in [0, 1], or None.
         input_frames: the input's frames (a view, not a copy), for pictures such as the overlay.
+        lesion_decision: the frame-level lesion rule; the default counts any lesion pixel. Frames it
+            finds lesion-free get an empty label map.
     """
 
     probability: np.ndarray
@@ -180,6 +191,7 @@ class PredictionResult:
     roi: tuple[int, int, int, int] | None = None
     gradcam: np.ndarray | None = None
     input_frames: FrameStack | None = field(default=None, repr=False)
+    lesion_decision: LesionDecision = field(default_factory=LesionDecision)
     label: np.ndarray = field(init=False, repr=False)
     frames: list[FrameResult] = field(init=False, repr=False)
     clip: ClipResult | None = field(init=False, repr=False)
@@ -188,10 +200,18 @@ class PredictionResult:
         self.threshold = check_threshold(self.threshold)
         self.label = (self.probability >= self.threshold).astype(np.uint8)
         frames, masses, sums = [], np.zeros(len(self.probability)), np.zeros(len(self.probability))
+        analysed_px = (self.roi[2] * self.roi[3]) if self.roi is not None else self.probability[0].size
         for index, (label, probability, classes) in enumerate(
             zip(self.label, self.probability, self.class_probabilities)
         ):
             lesion = label.astype(bool)
+            components = find_components(lesion, probability, self.geometry, index)
+            peak = float(probability.max()) if probability.size else 0.0
+            largest = components[0].area_px / analysed_px if components else 0.0
+            present = self.lesion_decision.present(peak, largest)
+            if not present:
+                label[...] = 0  # a lesion-free frame shows no lesion (its own row of self.label)
+                lesion, components = label.astype(bool), []
             masses[index] = float(probability[lesion].sum(dtype=np.float64))
             sums[index] = float(probability.sum(dtype=np.float64))
             frames.append(
@@ -199,9 +219,11 @@ class PredictionResult:
                     frame=index,
                     probabilities={name: float(p) for name, p in zip(self.class_names, classes)},
                     prediction=self.class_names[int(np.argmax(classes))],
-                    components=find_components(lesion, probability, self.geometry, index),
+                    components=components,
                     lesion_mass=float(masses[index]),
                     spacing_known=self.geometry.spacing_known,
+                    p_lesion=peak,
+                    lesion_present=present,
                 )
             )
         self.frames = frames
@@ -232,6 +254,7 @@ class PredictionResult:
             roi=self.roi,
             gradcam=self.gradcam,
             input_frames=self.input_frames,
+            lesion_decision=self.lesion_decision,
         )
 
     def _image(self, array: np.ndarray) -> sitk.Image:
@@ -260,6 +283,7 @@ class PredictionResult:
         return {
             "source": self.source,
             "threshold": self.threshold,
+            "lesion_decision": self.lesion_decision.to_json(),
             "roi": list(self.roi) if self.roi is not None else None,
             "geometry": self.geometry.to_json(),
             "size": list(self.probability.shape[::-1][: self.geometry.dimension]),

@@ -1,7 +1,9 @@
 """``results.csv`` and ``results.json``: one row per frame of every input, and the run's context.
 
 Columns: ``input, frame`` (from 0), ``p_<class>`` for each class (``p_benign, p_malignant``),
-``prediction, lesion_area_mm2`` (empty where the spacing is unknown), ``lesion_area_px, components``
+``prediction, lesion_present`` (the model's frame-level lesion decision), ``p_lesion`` (the highest
+lesion probability of the frame), ``lesion_area_mm2`` (empty where the spacing is unknown),
+``lesion_area_px, components``
 (number of lesion regions), ``centroid_x, centroid_y, centroid_z`` (physical centre of the largest
 region, LPS as SimpleITK gives it; empty without lesion) and ``error`` (why an input failed; its row
 has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
@@ -27,7 +29,8 @@ JSON_NAME = "results.json"
 def result_columns(class_names: list[str]) -> list[str]:
     """CSV columns for a model with these class names."""
     return [
-        "input", "frame", *[f"p_{name}" for name in class_names], "prediction", "lesion_area_mm2",
+        "input", "frame", *[f"p_{name}" for name in class_names], "prediction", "lesion_present", "p_lesion",
+        "lesion_area_mm2",
         "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error",
     ]
 
@@ -45,6 +48,8 @@ def frame_rows(result: PredictionResult, input_name: str) -> list[dict[str, Any]
         row.update({f"p_{name}": _rounded(p) for name, p in frame.probabilities.items()})
         row.update({
             "prediction": frame.prediction,
+            "lesion_present": frame.lesion_present,
+            "p_lesion": _rounded(frame.p_lesion),
             "lesion_area_mm2": _rounded(frame.lesion_area_mm2, 4),
             "lesion_area_px": frame.lesion_area_px,
             "components": len(frame.components),

@@ -333,3 +333,62 @@ def test_segmentation_extent_and_an_empty_lesion(tmp_path):
     assert segmentation["segments"][0]["name"] == "Lesion"
     assert segmentation["segments"][0]["extent"] == [0, -1, 0, -1, 0, -1]
     assert not segmentation["voxels"].any()
+
+
+def calibrated_model(tmp_path, **info) -> Predictor:
+    """A predictor over a model file carrying ``info`` (temperature, lesion rule), network IntensityNet."""
+    torch.manual_seed(0)
+    network = MFFMT(backbone="resnet18")
+    path = tmp_path / "calibrated.safetensors"
+    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=list(INPUT_SIZE), **info))
+    predictor = Predictor(path)
+    predictor.model = IntensityNet()
+    return predictor
+
+
+def test_temperature_from_the_model_file_softens_the_class_probabilities(predictor, tmp_path):
+    frame = np.zeros((64, 64), dtype=np.float32)
+    frame[:14] = 1.0  # mean ~0.22 after scaling -> malignant logit 20 * (0.22 - 0.15) ~ 1.4
+    plain = predictor.predict(frame).frames[0].p_malignant
+    softened = calibrated_model(tmp_path, temperature=4.0).predict(frame).frames[0].p_malignant
+    logit = math.log(plain / (1 - plain))
+    assert softened == pytest.approx(1 / (1 + math.exp(-logit / 4.0)), rel=1e-4)
+    assert 0.5 < softened < plain
+
+
+def test_lesion_rule_from_the_model_file_decides_per_frame(tmp_path):
+    predictor = calibrated_model(tmp_path, lesion_decision={"min_peak": 0.9, "min_area_fraction": 0.05})
+    speck = np.zeros((100, 100), dtype=np.uint8)
+    speck[10:13, 10:13] = 255  # 0.09% of the frame: a speck, not a lesion
+    blob = np.zeros((100, 100), dtype=np.uint8)
+    blob[40:70, 30:60] = 255  # 9% of the frame
+    result = predictor.predict(np.stack([speck, blob]))
+    first, second = result.frames
+    assert not first.lesion_present and first.components == [] and result.label[0].sum() == 0
+    assert first.p_lesion > 0.99  # the map still peaks there; only the decision says no
+    assert second.lesion_present and abs(second.lesion_area_px - 900) <= 30  # through the 64x64 network input
+    assert result.label[1].sum() == second.lesion_area_px
+    assert result.clip.frames_with_lesion == 1 and result.clip.key_frame == 1
+    # The decision survives a new threshold, and a plain model counts any lesion pixel.
+    assert not result.with_threshold(0.3).frames[0].lesion_present
+    plain = calibrated_model(tmp_path).predict(speck).frames[0]
+    assert plain.lesion_present and 0 < plain.lesion_area_px <= 16
+
+
+def test_lesion_rule_in_an_roi_is_relative_to_the_roi(tmp_path):
+    predictor = calibrated_model(tmp_path, lesion_decision={"min_peak": 0.5, "min_area_fraction": 0.05})
+    frame = np.zeros((200, 200), dtype=np.uint8)
+    frame[20:30, 20:30] = 255  # 100 px: 0.25% of the frame, 6% of a 40x40 ROI around it
+    assert not predictor.predict(frame).frames[0].lesion_present
+    assert predictor.predict(frame, roi=(5, 5, 40, 40)).frames[0].lesion_present
+
+
+@pytest.mark.parametrize("info, message", [
+    ({"temperature": 0.0}, "temperature must be positive"),
+    ({"lesion_decision": {"min_peak": 2.0}}, "min_peak must be a number in"),
+    ({"lesion_decision": {"area": 0.1}}, "unknown key"),
+])
+def test_bad_calibration_in_a_model_file_is_refused_naming_it(tmp_path, info, message):
+    with pytest.raises(ModelFileError, match=message) as caught:
+        calibrated_model(tmp_path, **info)
+    assert "calibrated.safetensors" in str(caught.value)
