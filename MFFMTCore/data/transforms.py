@@ -28,7 +28,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from MFFMTCore.data.records import DatasetError
-from MFFMTCore.io import ImageReadError, read_grey, read_mask
+from MFFMTCore.io import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
 
 #: The network's input size in the paper (H, W).
 DEFAULT_SIZE = (256, 256)
@@ -81,6 +81,8 @@ class LoadUltrasoundd(MapTransform):
             masks = [str(mask) for mask in d.get("masks") or []]
             try:
                 image = _single_frame(read_grey(path), path)
+                check_frame_size(image.shape, path, what="image")
+                check_frames(image, path)
                 mask = _single_frame(read_mask(masks), masks[0]) if masks else None
             except ImageReadError as error:
                 raise DatasetError(error.path, error.problem) from error
