@@ -254,19 +254,23 @@ def test_a_format_1_file_with_a_weights_only_checksum_still_loads(model_path, tm
 
 def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path):
     sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-    from MFFMTSlicerLib.models import ModelRegistry
+    from MFFMTSlicerLib.models import ModelRegistry, read_model_metadata
 
     folder = tmp_path / "models"
     folder.mkdir()
     rewrite_header(model_path, folder / "no_info.safetensors", lambda metadata: metadata.pop("info"))
     rewrite_header(model_path, folder / "swapped.safetensors", edit_info(class_names=["malignant", "benign"]),
                    resign=False)
+    rewrite_header(model_path, folder / "odd.safetensors", edit_info(architecture="resnet18", validation=[]))
     (folder / "good.safetensors").write_bytes(model_path.read_bytes())
     entries = {entry.path.name: entry for entry in ModelRegistry(folder).entries()}
     assert entries["good.safetensors"].error is None
-    for name in ("no_info.safetensors", "swapped.safetensors"):
+    for name in ("no_info.safetensors", "swapped.safetensors", "odd.safetensors"):
         assert entries[name].title().endswith("(unusable)")
         assert str(folder / name) in entries[name].error
+    # Without MFFMTCore (before torch is installed) the header is read directly, and still checked.
+    with pytest.raises(ValueError, match="'architecture' is not a JSON object"):
+        read_model_metadata(folder / "odd.safetensors", use_core=False)
 
 
 # ------------------------------------------------------------------ the output folder
