@@ -67,7 +67,8 @@ class LoadUltrasoundd(MapTransform):
     Writes keys: ``image``, ``mask`` (1, H, W) float32, ``has_mask``, ``mask_is_box``.
 
     Raises:
-        DatasetError: unreadable or corrupt file, several frames, or image and mask of different sizes.
+        DatasetError: unreadable or corrupt file, several frames, an image under 32x32 pixels or with
+            a NaN or infinite pixel, or image and mask of different sizes.
     """
 
     def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask") -> None:

@@ -179,7 +179,7 @@ def _previous_results(output: Path, overwrite: bool) -> dict[str, Any] | None:
     """The folder's earlier results document; None for a fresh folder (or a damaged one with ``overwrite``)."""
     try:
         previous = read_results(output)
-    except ValueError:
+    except MFFMTError:
         if overwrite:
             return None
         raise

@@ -411,9 +411,15 @@ class Trainer:
         lock = FolderLock(self.run_dir, "mffmt train")
         try:
             self._check_run_dir()
+            problem: Exception | None = None
             if context.is_main:
-                lock.acquire()
-                remove_temporaries(self.run_dir)  # of a save that a kill interrupted
+                try:
+                    lock.acquire()
+                    remove_temporaries(self.run_dir)  # of a save that a kill interrupted
+                except (MFFMTError, OSError) as error:
+                    problem = error
+            if context.any(problem is not None):  # every process stops, not only the one that saw it
+                raise problem or MFFMTError(self.run_dir, "the main process cannot use this run folder")
         except BaseException:
             lock.release()
             context.close()
