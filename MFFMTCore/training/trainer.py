@@ -221,8 +221,9 @@ class Trainer:
         config, context = self.config, self.context
         per_rank = math.ceil(len(self.train_set) / context.world_size)
         if per_rank < 2:
-            raise ValueError(f"{', '.join(config.data)}: too few training samples ({len(self.train_set)}) "
-                             f"for {context.world_size} process(es); batch normalisation needs 2 per step")
+            raise DatasetError(", ".join(config.data), f"too few training samples ({len(self.train_set)}) for "
+                                                       f"{context.world_size} process(es); batch normalisation "
+                                                       "needs 2 per step")
         # A last batch of one sample would break batch normalisation: drop only that case.
         drop_last = per_rank % config.batch_size == 1
         self.sampler = (DistributedSampler(self.train_set, context.world_size, context.rank, shuffle=True,
