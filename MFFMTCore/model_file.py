@@ -200,16 +200,8 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,
     return path
 
 
-def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], ModelInfo]:
-    """(metadata, tensors, info) of a model file whose checksum and metadata fields are correct."""
-    if not path.is_file():
-        raise ModelFileError(path, "model file not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(path, f"not a readable safetensors model file ({error})") from error
+def _check_format(path: Path, metadata: dict[str, str]) -> int:
+    """The format version of an MFFMT model file's metadata; refuses other files and newer formats."""
     if metadata.get("format") != FORMAT:
         raise ModelFileError(path, f"not an MFFMT model file (format is {metadata.get('format')!r})")
     version = metadata.get("format_version", "")
@@ -217,7 +209,23 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor],
         raise ModelFileError(path, f"format_version {version!r} is not a format version")
     if int(version) > FORMAT_VERSION:
         raise ModelFileError(path, f"written by a newer MFFMTCore (format {version}); upgrade MFFMTCore")
-    expected = (model_checksum(tensors, metadata) if int(version) >= _METADATA_CHECKSUM_VERSION
+    return int(version)
+
+
+def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], ModelInfo]:
+    """(metadata, tensors, info) of a model file whose checksum and metadata fields are correct."""
+    if not path.is_file():
+        raise ModelFileError(path, "model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            version = _check_format(path, metadata)  # before the weights are read: they may be large
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except ModelFileError:
+        raise
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(path, f"not a readable safetensors model file ({error})") from error
+    expected = (model_checksum(tensors, metadata) if version >= _METADATA_CHECKSUM_VERSION
                 else weights_checksum(tensors))
     if metadata.get("sha256") != expected:
         raise ModelFileError(path, "checksum mismatch: the weights or the metadata were changed, "
