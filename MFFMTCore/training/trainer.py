@@ -59,8 +59,8 @@ from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar
 MODEL_NAME = "model.safetensors"
 CHECKPOINT_NAME = "checkpoint.pt"
 PROGRESS_NAME = "progress.jsonl"
-#: The files that show a folder holds an earlier run (a progress file alone may be a run that
-#: stopped at a data error: a new run appends to it). Overwrite removes these and the progress file.
+#: The files that show a folder holds an earlier run, and that overwrite removes. The progress file is
+#: not one: alone it may be a run that stopped at a data error, and a new run appends to it.
 RUN_FILES = (MODEL_NAME, CHECKPOINT_NAME, "config.json", "split.json", "history.json", "training_curves.png")
 #: Fewest training images of each class (benign, malignant) a run starts with.
 MIN_CLASS_SAMPLES = 2
