@@ -276,6 +276,7 @@ def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path
 # ------------------------------------------------------------------ the output folder
 
 
+@pytest.mark.slow
 def test_one_run_at_a_time_per_output_folder_with_a_stale_lock_taken_over(model_path, tmp_path):
     output = tmp_path / "out"
     image = write_png(tmp_path / "in" / "a.png")
