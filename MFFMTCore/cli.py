@@ -1,9 +1,11 @@
 """The ``mffmt`` command line: ``mffmt train|evaluate|predict|export``.
 
 Each command lives in its own module under ``MFFMTCore.commands`` and exposes
-``add_parser(subparsers)`` and ``run(args) -> int``. Errors that name a file and a problem
-(unreadable image, bad model file, empty dataset) are printed as one line and exit with status 2;
-anything else is a bug and keeps its traceback.
+``add_parser(subparsers)`` and ``run(args) -> int``. Problems the user can fix
+(:class:`MFFMTCore.errors.MFFMTError`: unreadable image, bad model file, empty dataset, output
+folder in use; and the operating system's refusals: read-only folder, disk full, no permission)
+are printed as one line naming the path and exit with status 2; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
-        # ImageReadError, ModelFileError and DatasetError are ValueErrors whose text names the file.
-        print(f"mffmt {args.command}: error: {error}", file=sys.stderr)
+    except OSError as error:
+        path = error.filename if error.filename is not None else ""
+        reason = error.strerror or str(error)
+        print(f"mffmt {args.command}: error: {path}: {reason}" if path else f"mffmt {args.command}: error: {reason}",
+              file=sys.stderr)
+        return 2
+    except ValueError as error:
+        # MFFMTError, and option checks deeper down that raise a plain ValueError naming the option.
+        print(f"mffmt {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
 
 

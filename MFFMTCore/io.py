@@ -8,28 +8,35 @@ with them; 2D pictures have unit spacing.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from MFFMTCore.errors import MFFMTError
 
 IMAGE_SUFFIXES = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
     ".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm",
 )
+#: Smallest frame side (pixels) MFFMT answers for; smaller images and ROIs are refused. The
+#: network downsamples 32 times, so a smaller region holds less than one pixel of its coarsest map.
+MIN_IMAGE_SIDE = 32
+
+# The temporary names atomic_path makes: "." + stem + "." + mkstemp's 8 random characters + ".tmp" + suffixes.
+_TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\..+)?$")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(MFFMTError):
     """An input image cannot be used. The message names the file and says what is wrong."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -62,7 +69,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     """
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(path, "file not found")
+        raise ImageReadError(path, "symbolic link loop or broken link" if path.is_symlink() else "file not found")
     try:
         if path.is_dir():
             series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
@@ -104,6 +111,43 @@ def grey_from_pixels(array: np.ndarray, components: int) -> np.ndarray:
     if components == 2:  # grey + alpha
         return array[..., 0].astype(np.float32)
     return array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def check_frames(grey: np.ndarray, source: str, first_frame: int = 0) -> None:
+    """Refuse grey frames that cannot give a trustworthy answer: any NaN or infinite pixel.
+
+    Args:
+        grey: (H, W) or (N, H, W) float grey values.
+        source: the input's name, for the message.
+        first_frame: index of ``grey``'s first frame in its input, for the message.
+
+    Raises:
+        ImageReadError: naming the input, the first bad frame and the number of bad pixels.
+    """
+    finite = np.isfinite(grey)
+    if finite.all():
+        return
+    frames = finite.reshape(-1, *grey.shape[-2:]).all(axis=(1, 2))
+    bad = int(np.argmin(frames)) + first_frame
+    raise ImageReadError(source, f"frame {bad} holds {int(finite.size - finite.sum())} NaN or infinite pixel "
+                                 "value(s); such an image cannot be classified")
+
+
+def check_frame_size(shape: Sequence[int], source: str, what: str = "frame") -> None:
+    """Refuse a frame or ROI smaller than :data:`MIN_IMAGE_SIDE` pixels on a side.
+
+    Args:
+        shape: (height, width) in pixels.
+        source: the input's name, for the message.
+        what: what is measured ("frame", "ROI"), for the message.
+
+    Raises:
+        ImageReadError: naming the input and the size.
+    """
+    height, width = (int(side) for side in shape)
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ImageReadError(source, f"{what} of {width}x{height} pixels is smaller than the "
+                                     f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} minimum MFFMT can classify")
 
 
 def read_grey(path: str | os.PathLike) -> np.ndarray:
@@ -163,3 +207,45 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``destination`` atomically (see :func:`atomic_path`)."""
     with atomic_path(destination) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def json_text(value: Any, indent: int | None = 1) -> str:
+    """Strict JSON of ``value``: NaN and infinity are refused (ValueError), never written as bare tokens."""
+    return json.dumps(value, indent=indent, allow_nan=False)
+
+
+def write_json_atomic(destination: str | os.PathLike, value: Any) -> None:
+    """Write ``value`` as strict JSON (see :func:`json_text`) to ``destination`` atomically."""
+    write_text_atomic(destination, json_text(value) + "\n")
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_path` write left in ``directory``.
+
+    Call it only on a folder this process owns (holding its :class:`~MFFMTCore.folder_lock.FolderLock`),
+    so that no other writer's file in progress is removed. Returns the files removed.
+    """
+    directory = Path(directory)
+    removed = []
+    if directory.is_dir():
+        for path in directory.iterdir():
+            if _TEMPORARY_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def describe_write_error(path: str | os.PathLike, error: BaseException) -> str:
+    """A short reason why writing ``path`` failed, for libraries that do not raise OSError (torch, safetensors).
+
+    A full disk is named as such; otherwise the error's first line.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    try:
+        if shutil.disk_usage(Path(path).parent).free < 16 * 2**20:
+            return "no space left on the device"
+    except OSError:
+        pass
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__

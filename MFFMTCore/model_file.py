@@ -8,11 +8,15 @@ Layout: a standard safetensors file whose string metadata holds
 - ``format`` = ``"mffmt-model"`` and ``format_version``;
 - ``info``: JSON of :class:`ModelInfo` (architecture arguments, class names, input size, intensity
   normalisation, threshold, training data summary, validation metrics, software versions);
-- ``sha256``: checksum of the weights (every tensor's name, dtype, shape and bytes, in name order).
+- ``sha256``: checksum of the weights (every tensor's name, dtype, shape and bytes, in name order)
+  and of every other metadata entry, whatever its name (format 2; see :func:`model_checksum`).
+  So a metadata field added later is covered without any change here, and an edited header
+  (class names swapped, another threshold) is refused like damaged weights. Files of format 1
+  (written before metadata was covered) have a weights-only checksum and still load.
 
 Loading never unpickles anything: safetensors holds raw tensors and JSON only. A file whose checksum
-does not match, or whose weights do not fit the architecture it declares, is refused with a
-:class:`ModelFileError` that names the file.
+does not match, whose metadata is missing or out of range, or whose weights do not fit the
+architecture it declares, is refused with a :class:`ModelFileError` that names the file.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,21 +34,25 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from MFFMTCore.io import atomic_path
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.io import atomic_path, describe_write_error
+from MFFMTCore.lesion_decision import LesionDecision
 from MFFMTCore.version import __version__
 
 FORMAT = "mffmt-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The first format whose checksum covers the metadata too.
+_METADATA_CHECKSUM_VERSION = 2
+#: The only intensity normalisation the predictor and the datasets implement.
+INTENSITIES = ("minmax",)
+#: The network downsamples by this factor: input sizes must be multiples of it.
+_INPUT_STRIDE = 32
 MODEL_SUFFIX = ".safetensors"
 DEFAULT_MODEL_NAME = "mffmt18_default.safetensors"
 
 
-class ModelFileError(ValueError):
+class ModelFileError(MFFMTError):
     """A model file cannot be used. The message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass
@@ -82,13 +91,66 @@ class ModelInfo:
     created: str = ""
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
-        values = json.loads(text)
+        """Parse and check the metadata JSON; unknown keys (from newer writers) are ignored.
+
+        Raises:
+            ValueError: not a JSON object, or a field is missing, of the wrong type or out of range.
+        """
+        try:
+            values = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"model metadata 'info' is not JSON ({error})") from error
+        if not isinstance(values, dict):
+            raise ValueError("model metadata 'info' is not a JSON object")
+        if "architecture" not in values:
+            raise ValueError("model metadata has no 'architecture'")
         known = {name for name in cls.__dataclass_fields__}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        info = cls(**{key: value for key, value in values.items() if key in known})
+        info.check()
+        return info
+
+    def check(self) -> None:
+        """Check every field's type and range.
+
+        Raises:
+            ValueError: the first field that is wrong, named with its value.
+        """
+
+        def number(value: Any) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        if not isinstance(self.architecture, dict) or not isinstance(self.architecture.get("backbone"), str):
+            raise ValueError(f"architecture {self.architecture!r} is not an object naming a backbone")
+        names = self.class_names
+        if (not isinstance(names, list) or len(names) < 2 or len(set(map(str, names))) != len(names)
+                or not all(isinstance(name, str) and name.strip() for name in names)):
+            raise ValueError(f"class_names {names!r} must be two or more different names")
+        classes = self.architecture.get("num_classes", 2)
+        if classes != len(names):
+            raise ValueError(f"class_names {names!r} do not match the network's {classes} class outputs")
+        size = self.input_size
+        if (not isinstance(size, list) or len(size) != 2
+                or not all(isinstance(side, int) and side > 0 and side % _INPUT_STRIDE == 0 for side in size)):
+            raise ValueError(f"input_size {size!r} must be two positive multiples of {_INPUT_STRIDE}")
+        if self.intensity not in INTENSITIES:
+            raise ValueError(f"intensity normalisation {self.intensity!r} is not supported ({', '.join(INTENSITIES)})")
+        if not number(self.threshold) or not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold {self.threshold!r} must be a probability in (0, 1]")
+        if not number(self.temperature) or not self.temperature > 0:
+            raise ValueError(f"temperature {self.temperature!r} must be a positive number")
+        if not isinstance(self.lesion_decision, dict):
+            raise ValueError(f"lesion_decision {self.lesion_decision!r} is not an object")
+        LesionDecision.from_json(self.lesion_decision)  # ValueError naming the wrong entry
+        for key in ("name", "created"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"{key} {getattr(self, key)!r} is not a string")
+        for key in ("training", "validation", "software"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"{key} {getattr(self, key)!r} is not an object")
 
 
 def weights_checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -98,6 +160,17 @@ def weights_checksum(tensors: dict[str, torch.Tensor]) -> str:
         tensor = tensors[name].detach().contiguous().cpu()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def model_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the weights (:func:`weights_checksum`) and every metadata entry but ``sha256``.
+
+    The entries are taken by name, in sorted order, so any entry added later is covered too.
+    """
+    digest = hashlib.sha256(weights_checksum(tensors).encode())
+    covered = {key: value for key, value in metadata.items() if key != "sha256"}
+    digest.update(json.dumps(covered, sort_keys=True, ensure_ascii=True, allow_nan=False).encode())
     return digest.hexdigest()
 
 
@@ -127,39 +200,76 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,
         tensors[name] = tensor
     info.software = _software_versions()
     info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    metadata = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "info": info.to_json(),
-        "sha256": weights_checksum(tensors),
-    }
+    info.check()
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "info": info.to_json()}
+    metadata["sha256"] = model_checksum(tensors, metadata)
     path = Path(path)
     with atomic_path(path) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+        try:
+            save_file(tensors, str(temporary), metadata=metadata)
+        except (SafetensorError, OSError) as error:  # e.g. a full disk
+            raise ModelFileError(path, f"cannot be written ({describe_write_error(temporary, error)})") from error
     return path
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
+def _check_format(path: Path, metadata: dict[str, str]) -> int:
+    """The format version of an MFFMT model file's metadata; refuses other files and newer formats."""
+    if metadata.get("format") != FORMAT:
+        raise ModelFileError(path, f"not an MFFMT model file (format is {metadata.get('format')!r})")
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or int(version) < 1:
+        raise ModelFileError(path, f"format_version {version!r} is not a format version")
+    if int(version) > FORMAT_VERSION:
+        raise ModelFileError(path, f"written by a newer MFFMTCore (format {version}); upgrade MFFMTCore")
+    return int(version)
+
+
+def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], ModelInfo]:
+    """(metadata, tensors, info) of a model file whose checksum and metadata fields are correct."""
     if not path.is_file():
         raise ModelFileError(path, "model file not found")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
+            version = _check_format(path, metadata)  # before the weights are read: they may be large
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except ModelFileError:
+        raise
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(path, f"not a readable safetensors model file ({error})") from error
-    if metadata.get("format") != FORMAT:
-        raise ModelFileError(path, f"not an MFFMT model file (format is {metadata.get('format')!r})")
-    if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-        raise ModelFileError(
-            path, f"written by a newer MFFMTCore (format {metadata['format_version']}); upgrade MFFMTCore"
-        )
-    return metadata
+    expected = (model_checksum(tensors, metadata) if version >= _METADATA_CHECKSUM_VERSION
+                else weights_checksum(tensors))
+    if metadata.get("sha256") != expected:
+        raise ModelFileError(path, "checksum mismatch: the weights or the metadata were changed, "
+                                   "or the file is damaged")
+    if "info" not in metadata:
+        raise ModelFileError(path, "model metadata has no 'info'")
+    try:
+        info = ModelInfo.from_json(metadata["info"])
+    except ValueError as error:
+        raise ModelFileError(path, str(error)) from error
+    return metadata, tensors, info
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
-    """Read a model file's metadata without loading its weights (fast; for model lists)."""
-    path = Path(path)
-    return ModelInfo.from_json(_read_metadata(path)["info"])
+    """Read a model file's metadata, after checking its checksum and every field (for model lists).
+
+    Raises:
+        ModelFileError: as :func:`load_model`, except for weights that do not fit the architecture.
+    """
+    return _read_verified(Path(path))[2]
+
+
+def read_model_checksum(path: str | os.PathLike) -> str:
+    """The checksum a model file declares (weights and metadata), which identifies its answers.
+
+    Reads the header only: use it for a file :func:`load_model` has just verified.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return str((handle.metadata() or {}).get("sha256", ""))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(path, f"not a readable safetensors model file ({error})") from error
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
@@ -167,23 +277,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
     Raises:
         ModelFileError: the file is missing, not a model file, its checksum does not match (it was
-            changed or damaged), or its weights do not fit the architecture it declares.
+            changed or damaged), a metadata field is missing or out of range, or its weights do not
+            fit the architecture it declares.
     """
     from MFFMTCore.network import MFFMT
 
     path = Path(path)
-    metadata = _read_metadata(path)
-    info = ModelInfo.from_json(metadata["info"])
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(path, f"weights cannot be read ({error})") from error
-    if weights_checksum(tensors) != metadata.get("sha256"):
-        raise ModelFileError(path, "checksum mismatch: the weights were changed or the file is damaged")
+    _, tensors, info = _read_verified(path)
     try:
         model = MFFMT(**info.architecture)
-    except TypeError as error:
+    except (TypeError, ValueError, KeyError) as error:
         raise ModelFileError(path, f"architecture {info.architecture} is not understood ({error})") from error
     reference = model.state_dict()
     tensors = {

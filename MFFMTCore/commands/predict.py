@@ -4,20 +4,22 @@ For each input writes ``<stem>.seg.nrrd`` (Slicer segmentation), ``<stem>_probab
 ``<stem>_overlay.png`` and with ``--gradcam`` ``<stem>_gradcam.nrrd``, plus ``results.csv`` and
 ``results.json`` for all inputs (see :mod:`MFFMTCore.inference.batch` for folders, stems, reruns).
 Exit status 0 when every input succeeded, 1 when some failed (listed on stderr), 2 for an error
-that stops everything (no model, bad option), 130 when stopped with Ctrl-C.
+that stops everything (no model, bad option, output folder unusable or in use by another run; checked
+before the network runs), 130 when stopped with Ctrl-C. Inputs must be at least 32x32 pixels, as must
+an ROI, and hold no NaN or infinite pixel.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 from tqdm import tqdm
 
-from MFFMTCore.inference.batch import InputOutcome, find_inputs, predict_files
+from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
 from MFFMTCore.inference.predictor import Predictor
+from MFFMTCore.io import json_text
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -61,7 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
                         help="classify only this pixel box of each frame (x = column, y = row; the paper's protocol)")
     parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM maps of the malignant class")
-    parser.add_argument("--overwrite", action="store_true", help="redo inputs that an earlier run finished")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo the inputs given even when an earlier run finished them (other inputs' rows are "
+                             "kept), and replace files in their output names that predict did not write")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="frames per network call")
     parser.add_argument("--threads", type=_positive, metavar="N",
@@ -74,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     inputs = find_inputs(args.inputs, exclude=args.output)
+    check_output_folder(args.output, overwrite=args.overwrite)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
@@ -82,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     def report(outcome: InputOutcome, done: int, total: int) -> None:
         bar.update(1)
         if args.progress == "json":
-            print(json.dumps({"event": "progress", "done": done, "total": total, "input": outcome.input,
-                              "status": outcome.status, "error": outcome.error}), flush=True)
+            print(json_text({"event": "progress", "done": done, "total": total, "input": outcome.input,
+                             "status": outcome.status, "error": outcome.error}, indent=None), flush=True)
 
     try:
         summary = predict_files(predictor, inputs, args.output, threshold=args.threshold, roi=args.roi,
@@ -95,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
     if args.progress == "json":
-        print(json.dumps({"event": "done", "total": len(inputs), **counts, "output": str(args.output)}), flush=True)
+        print(json_text({"event": "done", "total": len(inputs), **counts, "output": str(args.output)}, indent=None),
+              flush=True)
     for outcome in summary.failed:
         print(f"mffmt predict: failed: {outcome.error}", file=sys.stderr)
     if summary.failed:

@@ -3,7 +3,13 @@
 Writes into RUN_DIR: model.safetensors (best by validation AUC), checkpoint.pt (last finished epoch),
 progress.jsonl (one JSON event per line), history.json, training_curves.png, split.json and
 config.json (the effective configuration). Ctrl-C, SIGTERM or the stop file (RUN_DIR/STOP) stop at
-a safe point with exit status 0; ``--resume`` continues from checkpoint.pt. Under torchrun
+a safe point with exit status 0; ``--resume`` continues from checkpoint.pt. A folder holding an earlier
+run is refused unless ``--resume`` or ``--overwrite`` (which deletes that run's files once the new
+data has passed its checks); one run
+at a time per folder (RUN_DIR/.mffmt.lock); temporary files of a save that a kill interrupted are
+removed at the next start. The data must hold at least 2 benign and 2 malignant training images and
+one of each for validation, all at least 32x32 pixels without NaN or infinite pixels; this is
+checked before training starts. Under torchrun
 (``torchrun --nproc_per_node N -m MFFMTCore train ...``) each process trains on its share of every
 epoch (DistributedDataParallel; gloo on CPU, nccl on GPUs) and only rank 0 writes files.
 """
@@ -43,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", action="append", metavar="PATH",
                       help="BUSI or BUS-BRA folder, or datalist (.json/.csv); repeat for several")
-    data.add_argument("--output", metavar="RUN_DIR", help="run folder (created; never overwritten without --resume)")
+    data.add_argument("--output", metavar="RUN_DIR",
+                      help="run folder (created; an earlier run in it is refused without --resume or --overwrite)")
     data.add_argument("--config", metavar="FILE.json", help="JSON file of option values")
     data.add_argument("--val-fraction", type=float, metavar="F",
                       help="share of near-duplicate groups / patients held out for validation (default 0.2)")
@@ -93,7 +100,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--seed", type=int, help="seed of split, initialisation and augmentation (0)")
 
     run_group = parser.add_argument_group("run")
-    run_group.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoint.pt")
+    resume = run_group.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoint.pt")
+    resume.add_argument("--overwrite", action="store_true",
+                        help="start a new run in RUN_DIR, deleting the earlier run's model, checkpoint, config, "
+                             "split, history and curves (new progress events are appended)")
     run_group.add_argument("--device", choices=("cpu", "cuda"))
     run_group.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: available cores)")
     run_group.add_argument("--stop-file", metavar="FILE", help="stop when this file appears (default RUN_DIR/STOP)")
@@ -130,5 +141,5 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    status = Trainer(build_config(args), resume=args.resume).run()
+    status = Trainer(build_config(args), resume=args.resume, overwrite=args.overwrite).run()
     return 0 if status in ("done", "cancelled") else 1

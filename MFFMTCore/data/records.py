@@ -6,8 +6,9 @@ split and write into ``split.json``; pixels are read later by the dataset's load
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+
+from MFFMTCore.errors import MFFMTError
 
 #: Class indices of the classification head; malignant is the positive class.
 LABELS: dict[str, int] = {"benign": 0, "malignant": 1}
@@ -17,13 +18,8 @@ LABEL_NAMES: tuple[str, ...] = ("benign", "malignant", "normal")
 BIRADS_CLASSES: list[str] = ["2", "3", "4", "5"]
 
 
-class DatasetError(ValueError):
+class DatasetError(MFFMTError):
     """A dataset cannot be used. The message names the file or folder and says what is wrong."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass

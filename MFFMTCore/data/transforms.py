@@ -28,7 +28,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from MFFMTCore.data.records import DatasetError
-from MFFMTCore.io import ImageReadError, read_grey, read_mask
+from MFFMTCore.io import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
 
 #: The network's input size in the paper (H, W).
 DEFAULT_SIZE = (256, 256)
@@ -67,7 +67,8 @@ class LoadUltrasoundd(MapTransform):
     Writes keys: ``image``, ``mask`` (1, H, W) float32, ``has_mask``, ``mask_is_box``.
 
     Raises:
-        DatasetError: unreadable or corrupt file, several frames, or image and mask of different sizes.
+        DatasetError: unreadable or corrupt file, several frames, an image under 32x32 pixels or with
+            a NaN or infinite pixel, or image and mask of different sizes.
     """
 
     def __init__(self, keys: KeysCollection = "image", mask_key: str = "mask") -> None:
@@ -81,6 +82,8 @@ class LoadUltrasoundd(MapTransform):
             masks = [str(mask) for mask in d.get("masks") or []]
             try:
                 image = _single_frame(read_grey(path), path)
+                check_frame_size(image.shape, path, what="image")
+                check_frames(image, path)
                 mask = _single_frame(read_mask(masks), masks[0]) if masks else None
             except ImageReadError as error:
                 raise DatasetError(error.path, error.problem) from error

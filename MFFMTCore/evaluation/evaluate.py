@@ -21,7 +21,7 @@ from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_sample
 from MFFMTCore.evaluation.metrics import grouped_report, json_safe
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
-from MFFMTCore.io import write_text_atomic
+from MFFMTCore.io import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
 from MFFMTCore.training.datasplit import record_key
 
@@ -120,7 +120,7 @@ def evaluate(
         "mask_threshold": info.threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
         **report,
     })
-    write_text_atomic(output / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_json_atomic(output / "metrics.json", metrics)
     write_text_atomic(output / "predictions.csv", _csv_text(rows, failures, threshold))
     curves = {"all": ([r["label"] for r in rows], [r["p_malignant"] for r in rows])}
     for name in report["datasets"]:

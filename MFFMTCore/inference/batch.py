@@ -7,15 +7,21 @@
   is several inputs; give such a series as a single multi-frame file or volume instead.
 - Each input gets a unique stem: its file name without the image suffix, followed by its parent
   folder's name when two inputs share a name; an input keeps the stem an earlier run gave it.
-- An input that fails (unreadable, not an image, ROI outside the frame) gets a row with its error;
-  the others go on. results.csv and results.json are rewritten after every input, so stopping
-  (Ctrl-C) loses at most the input in progress.
-- A rerun skips inputs done earlier with the same model, threshold and ROI whose output files are
-  all there, and keeps their rows; ``overwrite`` redoes them. Inputs are only ever read.
+- An input that fails (unreadable, not an image, NaN pixels, too small, ROI outside the frame, a
+  symbolic-link loop) gets a row with its error; the others go on. results.csv and results.json
+  are rewritten after every input, so stopping (Ctrl-C) loses at most the input in progress.
+- One run at a time per output folder (:class:`MFFMTCore.folder_lock.FolderLock`); temporary files
+  of an interrupted earlier run are removed when the next one starts.
+- A rerun skips an input only when an earlier run finished it from the same content (SHA-256 of
+  the file), with the same model (its checksum), threshold and ROI, and its output files are all
+  there; its rows are kept. ``overwrite`` redoes the inputs given and keeps every other input's rows.
+- Inputs are only ever read, and a file predict did not write is never replaced: an input whose
+  output name is taken by such a file fails, naming it, unless ``overwrite``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import Counter
@@ -24,9 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (
+    CSV_NAME,
+    JSON_NAME,
     error_row,
     frame_rows,
     read_results,
@@ -34,7 +44,8 @@ from MFFMTCore.inference.results_table import (
     write_results,
 )
 from MFFMTCore.inference.roi import RoiInput
-from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file
+from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
+from MFFMTCore.model_file import read_model_checksum
 from MFFMTCore.version import __version__
 
 
@@ -76,24 +87,27 @@ def find_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike |
         exclude: a folder whose contents are never inputs (the output folder).
 
     Raises:
-        ValueError: a folder given holds no image file.
+        MFFMTError: a folder given holds no image file, or is (inside) the excluded folder.
     """
-    excluded = Path(exclude).resolve() if exclude is not None else None
+    excluded = Path(os.path.realpath(exclude)) if exclude is not None else None
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
             found.append(path.absolute())
             continue
+        if excluded is not None and Path(os.path.realpath(path)).is_relative_to(excluded):
+            raise MFFMTError(path, "is the output folder or inside it: its images would be mixed with "
+                                   "predict's outputs; choose another --output")
         images = [
             file.absolute()
             for file in sorted(path.rglob("*"))
             if file.is_file()
             and is_image_file(file)
             and not any(part.startswith(".") for part in file.relative_to(path).parts)
-            and (excluded is None or not file.resolve().is_relative_to(excluded))
+            and (excluded is None or not Path(os.path.realpath(file)).is_relative_to(excluded))
         ]
         if not images:
-            raise ValueError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            raise MFFMTError(path, f"folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
         found.extend(images)
     return list(dict.fromkeys(found))  # each file once, in the order given
 
@@ -105,12 +119,13 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     """
     stems = dict(known)
     taken = set(stems.values())
-    protected = {str(path.resolve()) for path in inputs}
+    # realpath, unlike Path.resolve, does not raise on a symbolic-link loop (that input fails later).
+    protected = {os.path.realpath(path) for path in inputs}
     counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
         paths = output_paths(directory, stem, gradcam=True).values()
-        return stem not in taken and not any(str(path.resolve()) in protected for path in paths)
+        return stem not in taken and not any(os.path.realpath(path) in protected for path in paths)
 
     for path in inputs:
         if str(path) in stems:
@@ -126,10 +141,59 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     return stems
 
 
+def content_hash(path: Path) -> str:
+    """SHA-256 of an input's bytes (of a DICOM folder: every file's relative name and bytes).
+
+    Raises:
+        OSError: the input cannot be read (missing, a symbolic-link loop, no permission).
+    """
+    digest = hashlib.sha256()
+    files = sorted(file for file in path.rglob("*") if file.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(f"{file.relative_to(path).as_posix()}|".encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def check_output_folder(output: str | os.PathLike, overwrite: bool = False) -> None:
+    """Check that predict can write into ``output`` before any model is loaded or network run.
+
+    Creates the folder, checks that no other run holds it and that it is writable, and that its
+    results files, if any, are predict's.
+
+    Raises:
+        MFFMTError: ``output`` is a file, another run holds it, or its results files are not predict's.
+        OSError: the folder cannot be created or written (read-only, disk full).
+    """
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise MFFMTError(output, "is a file, not a folder; --output must name a folder")
+    with FolderLock(output, "mffmt predict"):
+        _previous_results(output, overwrite)
+
+
+def _previous_results(output: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The folder's earlier results document; None for a fresh folder (or a damaged one with ``overwrite``)."""
+    try:
+        previous = read_results(output)
+    except MFFMTError:
+        if overwrite:
+            return None
+        raise
+    if previous is None and (output / CSV_NAME).exists() and not overwrite:
+        raise MFFMTError(output / CSV_NAME, f"exists without {JSON_NAME}, so predict did not write it; "
+                                            "remove it, choose another --output, or use --overwrite")
+    return previous
+
+
 def _model_document(predictor: Predictor) -> dict[str, Any]:
     info = predictor.info
     return {
         "path": str(predictor.model_path.resolve()),
+        "sha256": read_model_checksum(predictor.model_path),
         "name": info.name,
         "created": info.created,
         "architecture": info.architecture,
@@ -159,19 +223,37 @@ def predict_files(
         threshold: lesion threshold; default the model's.
         roi: (x, y, w, h) pixel box classified in every frame of every input (ROI mode).
         gradcam: also write Grad-CAM maps.
-        overwrite: redo inputs an earlier run finished.
+        overwrite: redo the inputs given even when an earlier run finished them, and replace
+            files in their output names that predict did not write.
         progress: called as ``progress(outcome, done, total)`` after each input.
 
     Raises:
-        ValueError: the folder's results.json is damaged (unless ``overwrite``).
+        FolderLockedError: another run is writing into ``output``.
+        MFFMTError: the folder's results files are damaged or not predict's (unless ``overwrite``).
+        OSError: the folder or the results files cannot be written.
     """
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    with FolderLock(output, "mffmt predict"):
+        remove_temporaries(output)
+        return _predict_locked(predictor, inputs, output, threshold, roi, gradcam, overwrite, progress)
+
+
+def _predict_locked(
+    predictor: Predictor,
+    inputs: Sequence[Path],
+    output: Path,
+    threshold: float | None,
+    roi: RoiInput | None,
+    gradcam: bool,
+    overwrite: bool,
+    progress: Callable[[InputOutcome, int, int], None] | None,
+) -> BatchSummary:
+    """:func:`predict_files` while holding the folder's lock."""
     threshold = predictor.info.threshold if threshold is None else float(threshold)
     model = _model_document(predictor)
-    settings = {"model": model["path"], "model_created": model["created"], "threshold": threshold,
+    settings = {"model_sha256": model["sha256"], "threshold": threshold,
                 "roi": list(roi) if roi is not None else None}
-    previous = None if overwrite else read_results(output)
+    previous = _previous_results(output, overwrite)
     entries: dict[str, dict[str, Any]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     if previous is not None:
@@ -180,6 +262,8 @@ def predict_files(
             rows.setdefault(row["input"], []).append(row)
     stems = assign_stems(inputs, {key: entry["stem"] for key, entry in entries.items()}, output)
     columns = result_columns(predictor.class_names)
+    # Files this folder's runs wrote: the only ones predict may replace without --overwrite.
+    ours = {os.path.realpath(file) for entry in entries.values() for file in (entry.get("outputs") or {}).values()}
 
     def save() -> None:
         document = {
@@ -197,16 +281,30 @@ def predict_files(
         key, stem = str(path), stems[str(path)]
         paths = output_paths(output, stem, gradcam)
         earlier = entries.get(key)
+        try:
+            digest: str | None = content_hash(path)
+        except OSError:
+            digest = None  # unreadable: _predict_one reports why
+        foreign = [file for file in paths.values()
+                   if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
         if (
-            earlier is not None
+            not overwrite
+            and earlier is not None
             and earlier.get("status") == "done"
             and earlier.get("settings") == settings
+            and digest is not None and earlier.get("sha256") == digest
             and all(file.is_file() for file in paths.values())
         ):
             outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
         else:
-            outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows)
-            entries[key] = entry | {"settings": settings}
+            if foreign and not overwrite:
+                outcome, entry = _failed(path, stem, time.perf_counter(), rows, MFFMTError(
+                    foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} is not "
+                                "predicted; remove it, choose another --output, or use --overwrite"))
+            else:
+                outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows)
+            ours.update(os.path.realpath(file) for file in entry.get("outputs", {}).values())
+            entries[key] = entry | {"settings": settings, "sha256": digest}
             save()
         outcomes.append(outcome)
         if progress is not None:
@@ -230,11 +328,7 @@ def _predict_one(
         result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold)
         written = {name: str(file) for name, file in write_outputs(result, output, stem).items()}
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
-        message = str(error) if key in str(error) else f"{path}: {type(error).__name__}: {error}"
-        message = " ".join(message.split())  # one line: it is a CSV cell and a log line
-        outcome = InputOutcome(key, stem, "failed", error=message, seconds=time.perf_counter() - started)
-        rows[key] = [error_row(key, message)]
-        return outcome, {"input": key, "stem": stem, "status": "failed", "error": message}
+        return _failed(path, stem, started, rows, error)
     outcome = InputOutcome(key, stem, "done", outputs=written, seconds=time.perf_counter() - started)
     rows[key] = frame_rows(result, key)
     summary = result.to_json()
@@ -252,4 +346,21 @@ def _predict_one(
         "clip": summary["clip"],
     }
     return outcome, entry
+
+
+def _failed(
+    path: Path, stem: str, started: float, rows: dict[str, list[dict[str, Any]]], error: BaseException
+) -> tuple[InputOutcome, dict[str, Any]]:
+    """The outcome, error row and entry of an input that failed with ``error``."""
+    key = str(path)
+    if isinstance(error, OSError) and error.strerror:
+        message = f"{error.filename or path}: {error.strerror}"
+    elif isinstance(error, MFFMTError) or key in str(error):
+        message = str(error)
+    else:
+        message = f"{path}: {type(error).__name__}: {error}"
+    message = " ".join(message.split())  # one line: it is a CSV cell and a log line
+    outcome = InputOutcome(key, stem, "failed", error=message, seconds=time.perf_counter() - started)
+    rows[key] = [error_row(key, message)]
+    return outcome, {"input": key, "stem": stem, "status": "failed", "error": message}
 

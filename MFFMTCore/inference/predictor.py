@@ -24,8 +24,9 @@ from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.inference.roi import RoiInput, resolve_roi
+from MFFMTCore.io import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.lesion_decision import LesionDecision
-from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
+from MFFMTCore.model_file import load_model, resolve_model_path
 
 
 class Predictor:
@@ -54,13 +55,8 @@ class Predictor:
         self.batch_size = batch_size
         self.class_names = list(self.info.class_names)
         self.input_size = tuple(self.info.input_size)
-        self.temperature = float(self.info.temperature)
-        if not self.temperature > 0:
-            raise ModelFileError(self.model_path, f"temperature must be positive, not {self.info.temperature!r}")
-        try:
-            self.lesion_decision = LesionDecision.from_json(self.info.lesion_decision)
-        except (TypeError, ValueError) as error:
-            raise ModelFileError(self.model_path, str(error)) from error
+        self.temperature = float(self.info.temperature)  # both checked by ModelInfo.check() at load
+        self.lesion_decision = LesionDecision.from_json(self.info.lesion_decision)
         self._explainer: GradCamExplainer | None = None
 
     @property
@@ -113,16 +109,22 @@ class Predictor:
             Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
 
         Raises:
-            ImageReadError: the file cannot be read.
+            ImageReadError: the file cannot be read; a frame or the ROI is smaller than
+                :data:`MFFMTCore.io.MIN_IMAGE_SIDE` pixels; a pixel is NaN or infinite; or the network
+                gave a non-finite answer. Nothing is returned for such an input: no answer is
+                better than a confident wrong one.
             ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.
         """
         threshold = check_threshold(self.info.threshold if threshold is None else threshold)
         stack = as_frame_stack(image, spacing, origin, direction)
         height, width = stack.frame_shape
+        check_frame_size((height, width), stack.source)
         box = resolve_roi(roi, stack.geometry, (height, width))
         if box is not None and self.roi_margin > 0:
             row0, row1, col0, col1 = expand_box(box, self.roi_margin, (height, width))
             box = (col0, row0, col1 - col0, row1 - row0)
+        if box is not None:  # the region the network sees, context margin included
+            check_frame_size((box[3], box[2]), stack.source, what=f"ROI {box}")
         x0, y0, w, h = box if box is not None else (0, 0, width, height)
 
         count = stack.num_frames
@@ -133,6 +135,7 @@ class Predictor:
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             grey = stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
+            check_frames(grey, stack.source, first_frame=start)
             x = self._network_input(grey)
             with torch.inference_mode():
                 output = self.model(x)
@@ -140,6 +143,10 @@ class Predictor:
                 probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
                 logits = output.class_logits.float() / self.temperature
                 class_probabilities[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
+            if not (np.isfinite(class_probabilities[start:stop]).all()
+                    and np.isfinite(probability[start:stop]).all()):
+                raise ImageReadError(stack.source, f"the network gave non-finite probabilities for frames "
+                                                   f"{start}-{stop - 1}; no answer is given for this input")
             if cam is not None:
                 cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
             if progress is not None:

@@ -19,8 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.result import PredictionResult
-from MFFMTCore.io import write_text_atomic
+from MFFMTCore.io import json_text, write_text_atomic
 
 CSV_NAME = "results.csv"
 JSON_NAME = "results.json"
@@ -75,7 +76,7 @@ def write_results(directory: str | os.PathLike, document: dict[str, Any], column
     writer.writeheader()
     for row in document["rows"]:
         writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
-    write_text_atomic(directory / JSON_NAME, json.dumps(document, indent=1))
+    write_text_atomic(directory / JSON_NAME, json_text(document))
     write_text_atomic(directory / CSV_NAME, buffer.getvalue())
 
 
@@ -83,7 +84,7 @@ def read_results(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The results.json of an earlier run in ``directory``, or None when there is none.
 
     Raises:
-        ValueError: the file exists but is not a results document (damaged or foreign).
+        MFFMTError: the file exists but is not a results document (damaged or foreign).
     """
     path = Path(directory) / JSON_NAME
     if not path.is_file():
@@ -91,7 +92,7 @@ def read_results(directory: str | os.PathLike) -> dict[str, Any] | None:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot be read ({error}); remove it or use --overwrite") from error
+        raise MFFMTError(path, f"cannot be read ({error}); remove it or use --overwrite") from error
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
-        raise ValueError(f"{path}: is not an `mffmt predict` results file; remove it or use --overwrite")
+        raise MFFMTError(path, "is not an `mffmt predict` results file; remove it or use --overwrite")
     return document

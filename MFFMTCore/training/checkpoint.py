@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from MFFMTCore.io import atomic_path
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.io import atomic_path, describe_write_error
 
 CHECKPOINT_VERSION = 1
 
@@ -50,10 +51,18 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically; an interrupted write leaves the previous file intact."""
+    """Write ``state`` to ``path`` atomically; an interrupted write leaves the previous file intact.
+
+    Raises:
+        MFFMTError: the file cannot be written (e.g. the disk is full); the previous file is kept.
+    """
     path = Path(path)
     with atomic_path(path) as temporary:
-        torch.save({"version": CHECKPOINT_VERSION, **state}, temporary)
+        try:
+            torch.save({"version": CHECKPOINT_VERSION, **state}, temporary)
+        except RuntimeError as error:  # torch reports a full disk as "[enforce fail at inline_container.cc...]"
+            raise MFFMTError(path, f"cannot be written ({describe_write_error(temporary, error)}); "
+                                   "the previous checkpoint is kept") from error
     return path
 
 
@@ -61,19 +70,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``).
 
     Raises:
-        ValueError: the file is missing, damaged, holds objects other than plain data, or was written
+        MFFMTError: the file is missing, damaged, holds objects other than plain data, or was written
             by a newer version; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found (nothing to resume)")
+        raise MFFMTError(path, "checkpoint not found (nothing to resume)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{path}: not a readable training checkpoint ({first_line})") from error
+        raise MFFMTError(path, f"not a readable training checkpoint ({first_line})") from error
     if not isinstance(state, dict) or "epoch" not in state:
-        raise ValueError(f"{path}: not a training checkpoint")
+        raise MFFMTError(path, "not a training checkpoint")
     if int(state.get("version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: written by a newer MFFMTCore; upgrade to resume it")
+        raise MFFMTError(path, "written by a newer MFFMTCore; upgrade to resume it")
     return state

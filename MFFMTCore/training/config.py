@@ -149,7 +149,7 @@ class TrainConfig:
                 raise ValueError(f"--{key.replace('_', '-')} must not be negative, not {value}")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2, sort_keys=True, allow_nan=False)
 
     def architecture(self, aux_classes: dict[str, int] | None) -> dict[str, Any]:
         """Keyword arguments of :class:`MFFMTCore.network.MFFMT` for this run."""

@@ -22,7 +22,7 @@ from MFFMTCore.data import (
     split_by_group,
     summarize,
 )
-from MFFMTCore.io import write_text_atomic
+from MFFMTCore.io import write_json_atomic
 
 
 def record_key(record: SampleRecord) -> str:
@@ -92,7 +92,7 @@ def describe_split(train: list[SampleRecord], val: list[SampleRecord], method: s
 
 
 def write_split(path: str | os.PathLike, split: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(split, indent=1) + "\n")
+    write_json_atomic(path, split)
 
 
 def restore_split(paths: list[str], split_path: str | os.PathLike) -> tuple[list[SampleRecord], list[SampleRecord],

@@ -18,7 +18,6 @@ without both classes) fall back to the higher validation Dice, then the lower va
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -36,10 +35,13 @@ from tqdm import tqdm
 
 from MFFMTCore.data import BIRADS_CLASSES, MFFMTDataset, make_samples, summarize
 from MFFMTCore.data.augment import ScannerAugment
+from MFFMTCore.data.records import DatasetError, SampleRecord, label_index
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.evaluation.metrics import grouped_report, json_safe
 from MFFMTCore.evaluation.plots import plot_training_curves
 from MFFMTCore.evaluation.predictions import predict_rows
-from MFFMTCore.io import write_text_atomic
+from MFFMTCore.folder_lock import FolderLock
+from MFFMTCore.io import remove_temporaries, write_json_atomic, write_text_atomic
 from MFFMTCore.losses import MFFMTLoss
 from MFFMTCore.model_file import ModelInfo, load_model, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput, load_torchvision_weights
@@ -57,6 +59,12 @@ from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar
 
 MODEL_NAME = "model.safetensors"
 CHECKPOINT_NAME = "checkpoint.pt"
+PROGRESS_NAME = "progress.jsonl"
+#: The files that show a folder holds an earlier run, and that overwrite removes. The progress file is
+#: not one: alone it may be a run that stopped at a data error, and a new run appends to it.
+RUN_FILES = (MODEL_NAME, CHECKPOINT_NAME, "config.json", "split.json", "history.json", "training_curves.png")
+#: Fewest training images of each class (benign, malignant) a run starts with.
+MIN_CLASS_SAMPLES = 2
 LOSS_KEYS = ("loss", "loss_cls", "loss_loc", "loss_seg", "loss_aux")
 
 
@@ -138,12 +146,19 @@ class Trainer:
     Args:
         config: the run's configuration (its preset values are filled in here).
         resume: continue the run in ``config.output`` from its ``checkpoint.pt``.
+        overwrite: start a new run in a folder holding an earlier one, deleting its files
+            (:data:`RUN_FILES`) once the new run's data has passed its checks. Without it (or
+            ``resume``) such a folder is refused.
         echo: where human-readable messages go (rank 0 only).
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, echo: Callable[[str], None] = tqdm.write) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, echo: Callable[[str], None] = tqdm.write,
+                 overwrite: bool = False) -> None:
+        if resume and overwrite:
+            raise MFFMTError("--overwrite", "cannot be combined with --resume")
         self.config = config.resolved()
         self.resume = resume
+        self.overwrite = overwrite
         self.run_dir = Path(self.config.output)
         self.context = DistributedContext(self.config.device)
         self._echo = echo
@@ -164,13 +179,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _check_run_dir(self) -> None:
+        """Refuse a folder that is a file, or that holds an earlier run (unless resume or overwrite)."""
         checkpoint = self.run_dir / CHECKPOINT_NAME
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise MFFMTError(self.run_dir, "is a file, not a folder; --output must name a run folder")
         if self.resume and not checkpoint.is_file():
-            raise ValueError(f"{checkpoint}: checkpoint not found, nothing to resume "
-                             "(start a new run without --resume)")
-        if not self.resume and checkpoint.exists():
-            raise ValueError(f"{self.run_dir}: already holds a training run; continue it with --resume "
-                             "or choose another --output")
+            raise MFFMTError(checkpoint, "checkpoint not found, nothing to resume (start a new run without --resume)")
+        earlier = [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        # Every process looks before any writes: the collective in any() waits for all of them.
+        if self.context.any(bool(earlier) and not self.resume and not self.overwrite):
+            raise MFFMTError(self.run_dir, f"already holds a training run ({', '.join(earlier)}); continue it "
+                                           "with --resume, replace it with --overwrite, or choose another --output")
+
+    def _check_classes(self, train: list[SampleRecord], validation: list[SampleRecord]) -> None:
+        """Refuse data that cannot teach or measure benign against malignant, before any slow step."""
+        for part, records, least in (("training", train, MIN_CLASS_SAMPLES), ("validation", validation, 1)):
+            counts = {name: sum(label_index(record.label) == index for record in records)
+                      for name, index in (("benign", 0), ("malignant", 1))}
+            if part == "validation" and not records:
+                continue  # no validation part was asked for (--val-fraction 0)
+            if min(counts.values()) < least:
+                raise DatasetError(", ".join(self.config.data),
+                                   f"the {part} part holds {counts['benign']} benign and {counts['malignant']} "
+                                   f"malignant image(s); at least {least} of each are needed "
+                                   "(a model trained or validated on one class cannot be trusted)")
 
     def _prepare_data(self) -> None:
         config = self.config
@@ -179,6 +211,12 @@ class Trainer:
             train, val, self.split = restore_split(config.data, split_path)
         else:
             train, val, self.split = plan_split(config.data, config.val_fraction, config.seed)
+        self._check_classes(train, val)
+        if self.context.is_main:
+            if self.overwrite:  # only now that the new run's data is known to be usable
+                for name in RUN_FILES:
+                    (self.run_dir / name).unlink(missing_ok=True)
+            write_text_atomic(self.run_dir / "config.json", config.to_json() + "\n")
         self.train_records, self.val_records = train, val
         size = (config.input_size, config.input_size)
         show = config.progress_bar and self.context.is_main
@@ -196,8 +234,9 @@ class Trainer:
         config, context = self.config, self.context
         per_rank = math.ceil(len(self.train_set) / context.world_size)
         if per_rank < 2:
-            raise ValueError(f"{', '.join(config.data)}: too few training samples ({len(self.train_set)}) "
-                             f"for {context.world_size} process(es); batch normalisation needs 2 per step")
+            raise DatasetError(", ".join(config.data), f"too few training samples ({len(self.train_set)}) for "
+                                                       f"{context.world_size} process(es); batch normalisation "
+                                                       "needs 2 per step")
         # A last batch of one sample would break batch normalisation: drop only that case.
         drop_last = per_rank % config.batch_size == 1
         self.sampler = (DistributedSampler(self.train_set, context.world_size, context.rank, shuffle=True,
@@ -365,7 +404,7 @@ class Trainer:
         if improved:
             save_model(self.run_dir / MODEL_NAME, self.network, self.model_info(epoch, report, val_loss))
             self.best = {"score": score, "epoch": epoch, "metrics": json_safe(headline)}
-        write_text_atomic(self.run_dir / "history.json", json.dumps(self.history, indent=1) + "\n")
+        write_json_atomic(self.run_dir / "history.json", self.history)
         plot_training_curves(self.history, self.run_dir / "training_curves.png")
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._checkpoint_state(epoch))
         best_auc = self.best["metrics"].get("val_auc")
@@ -386,9 +425,24 @@ class Trainer:
             ``"done"`` or ``"cancelled"``.
         """
         config, context = self.config, self.context
-        self._check_run_dir()
+        lock = FolderLock(self.run_dir, "mffmt train")
+        try:
+            self._check_run_dir()
+            problem: Exception | None = None
+            if context.is_main:
+                try:
+                    lock.acquire()
+                    remove_temporaries(self.run_dir)  # of a save that a kill interrupted
+                except (MFFMTError, OSError) as error:
+                    problem = error
+            if context.any(problem is not None):  # every process stops, not only the one that saw it
+                raise problem or MFFMTError(self.run_dir, "the main process cannot use this run folder")
+        except BaseException:
+            lock.release()
+            context.close()
+            raise
         torch.set_num_threads(self._threads())
-        log = ProgressLog(self.run_dir / "progress.jsonl" if context.is_main else None)
+        log = ProgressLog(self.run_dir / PROGRESS_NAME if context.is_main else None)
         stop_file = Path(config.stop_file) if config.stop_file else self.run_dir / "STOP"
         try:
             with StopRequest(stop_file, self.echo) as stop:
@@ -398,13 +452,11 @@ class Trainer:
             raise
         finally:
             log.close()
+            lock.release()
             context.close()
 
     def _run(self, stop: StopRequest, log: ProgressLog) -> str:
         config, context = self.config, self.context
-        if context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.run_dir / "config.json", config.to_json() + "\n")
         checkpoint = load_checkpoint(self.run_dir / CHECKPOINT_NAME) if self.resume else None
         self._prepare_data()
         self._loaders()

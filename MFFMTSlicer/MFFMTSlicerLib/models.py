@@ -71,6 +71,8 @@ def read_model_metadata(path: str | os.PathLike, use_core: bool = True) -> dict[
 
     Raises:
         ValueError: not a readable MFFMT model file (the message names the file and the problem).
+            Through MFFMTCore this includes a checksum that does not cover the header as written
+            and any field out of range.
     """
     if use_core:
         try:
@@ -88,6 +90,9 @@ def read_model_metadata(path: str | os.PathLike, use_core: bool = True) -> dict[
         raise ValueError(f"{path}: model metadata is not valid JSON ({error})") from error
     if not isinstance(info, dict):
         raise ValueError(f"{path}: model metadata is not a JSON object")
+    for key in ("architecture", "training", "validation"):  # the entry's title and tooltip read into these
+        if not isinstance(info.get(key, {}), dict):
+            raise ValueError(f"{path}: model metadata {key!r} is not a JSON object")
     return info
 
 

@@ -162,15 +162,15 @@ def test_roi_option_and_bad_options(model_path, inputs, tmp_path, capsys):
     output = tmp_path / "out"
     threads = torch.get_num_threads()
     assert main(["predict", str(inputs / "left" / "frame.png"), "--output", str(output), "--model",
-                 str(model_path), "--roi", "10,5,20,15", "--threshold", "0.01", "--progress", "none",
+                 str(model_path), "--roi", "10,4,40,33", "--threshold", "0.01", "--progress", "none",
                  "--threads", "1", "--batch-size", "2"]) == 0
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     probability = sitk.GetArrayFromImage(sitk.ReadImage(str(output / "frame_probability.nrrd")))
     outside = np.ones_like(probability, dtype=bool)
-    outside[5:20, 10:30] = False
+    outside[4:37, 10:50] = False
     assert (probability[outside] == 0).all() and (probability[~outside] > 0).all()
-    assert json.loads((output / "results.json").read_text())["inputs"][0]["roi"] == [10, 5, 20, 15]
+    assert json.loads((output / "results.json").read_text())["inputs"][0]["roi"] == [10, 4, 40, 33]
 
     with pytest.raises(SystemExit):
         main(["predict", "x.png", "--output", str(output), "--roi", "1,2,3"])
