@@ -9,7 +9,10 @@ interleaved run by run, with one thread and with torch's default number of threa
 The "bare" ResNet is the classifier the paper compares with: the same MONAI ResNet (grey input,
 stride-2 stem), global average pooling and one fully connected layer to 2 logits.
 
-Run: ``python bench/bench_network.py [--size 256] [--runs 30]``.
+The shipped model is timed too, at its own input size, against the bare ResNet18 and the
+paper-faithful MFFMT18 (MFF 512 wide, MLP ratio 3) at that size: the speed goal is <= 1.3x bare.
+
+Run: ``python bench/bench_network.py [--size 256] [--runs 30] [--shipped-only]``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from MFFMTCore.model_file import read_model_info, resolve_model_path
 from MFFMTCore.network import MFFMT, backbone_channels, backbone_features, make_backbone
 
 
@@ -76,12 +80,38 @@ def latency_ms(models: dict[str, nn.Module], x: torch.Tensor, runs: int, warmup:
     return {name: 1000.0 * statistics.median(values) for name, values in times.items()}
 
 
+def shipped_latency(runs: int) -> None:
+    """The shipped model against bare ResNet18 and the paper-faithful MFFMT18, one thread, its input size."""
+    info = read_model_info(resolve_model_path(None))
+    height, width = info.input_size
+    x = torch.rand(1, 1, height, width)
+    paper = {**info.architecture, "embed_dim": 512, "mlp_ratio": 3.0}
+    timed = {"ResNet18 (bare)": BareResNet("resnet18").eval(), f"shipped {info.name}": MFFMT(**info.architecture).eval(),
+             "paper-faithful MFFMT18": MFFMT(**paper).eval()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ms = latency_ms(timed, x, runs)
+    torch.set_num_threads(threads)
+    base = ms["ResNet18 (bare)"]
+    print(f"## Shipped model ({info.architecture.get('embed_dim')}-wide MFF, MLP ratio {info.architecture.get('mlp_ratio')}) "
+          f"at {height}x{width}, 1 thread, median of {runs}, interleaved\n")
+    print("| model | ms per frame | over bare |")
+    print("|---|---|---|")
+    for name, value in ms.items():
+        print(f"| {name} | {value:.1f} | {value / base:.3f}x |")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="square input size (multiple of 32)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model and thread setting")
     parser.add_argument("--decoder-channels", type=int, default=None, help="override the decoder width")
+    parser.add_argument("--shipped-only", action="store_true", help="only the shipped model's latency ratio")
     args = parser.parse_args()
+    shipped_latency(args.runs)
+    if args.shipped_only:
+        return
     torch.manual_seed(0)
     x = torch.rand(1, 1, args.size, args.size)
     extra = {} if args.decoder_channels is None else {"decoder_channels": args.decoder_channels}

@@ -460,7 +460,7 @@ def package(args: argparse.Namespace) -> None:
     final = json.loads(Path(args.final_result).read_text())
     records = read_busi(args.busi) + read_busbra(args.busbra)
     info = ModelInfo(
-        architecture=architecture, class_names=["benign", "malignant"],
+        architecture=network.architecture, class_names=["benign", "malignant"],
         input_size=[int(final.get("input_size", 224))] * 2, intensity="minmax", threshold=0.5,
         temperature=round(figures["calibration"]["temperature"], 4),
         lesion_decision={key: round(value, 4) for key, value in figures["lesion_decision"]["rule"].items()},

@@ -213,11 +213,13 @@ def test_an_edited_model_header_is_refused_by_the_checksum(model_path, tmp_path)
     (edit_info(class_names=["x", "x"]), "must be two or more different names"),
     (edit_info(intensity="zscore"), "intensity normalisation 'zscore' is not supported"),
     (edit_info(training="lots"), "training 'lots' is not an object"),
+    (edit_info(temperature=-1.0), "temperature -1.0 must be a positive number"),
+    (edit_info(lesion_decision={"min_peak": 3}), "min_peak must be a number in"),
     (lambda metadata: metadata.update(info="{not json"), "'info' is not JSON"),
     (lambda metadata: metadata.pop("info"), "has no 'info'"),
     (lambda metadata: metadata.update(format_version="x"), "format_version 'x'"),
-], ids=["threshold", "input_size", "one_class", "same_names", "intensity", "training", "not_json", "no_info",
-        "version"])
+], ids=["threshold", "input_size", "one_class", "same_names", "intensity", "training", "temperature",
+        "lesion_decision", "not_json", "no_info", "version"])
 def test_every_metadata_field_is_checked_with_a_message_naming_the_file(model_path, tmp_path, change, message):
     bad = rewrite_header(model_path, tmp_path / "bad.safetensors", change)
     with pytest.raises(ModelFileError, match=f"^{re.escape(str(bad))}: .*{message}"):
