@@ -29,21 +29,19 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from MFFMTCore.base.model_metadata import (
+    DEFAULT_MODEL_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    ModelFileError,
+    check_format,
+    default_model_path,
+)
 from MFFMTCore.io import atomic_path
 from MFFMTCore.version import __version__
 
-FORMAT = "mffmt-model"
-FORMAT_VERSION = 1
-MODEL_SUFFIX = ".safetensors"
-DEFAULT_MODEL_NAME = "mffmt18_default.safetensors"
-
-
-class ModelFileError(ValueError):
-    """A model file cannot be used. The message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        super().__init__(f"{self.path}: {problem}")
+__all__ = ["FORMAT", "FORMAT_VERSION", "DEFAULT_MODEL_NAME", "ModelFileError", "ModelInfo", "default_model_path",
+           "load_model", "read_model_info", "resolve_model_path", "save_model", "weights_checksum"]
 
 
 @dataclass
@@ -141,12 +139,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(path, f"not a readable safetensors model file ({error})") from error
-    if metadata.get("format") != FORMAT:
-        raise ModelFileError(path, f"not an MFFMT model file (format is {metadata.get('format')!r})")
-    if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-        raise ModelFileError(
-            path, f"written by a newer MFFMTCore (format {metadata['format_version']}); upgrade MFFMTCore"
-        )
+    check_format(path, metadata)
     return metadata
 
 
@@ -190,12 +183,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise ModelFileError(path, f"weights do not fit the declared architecture: {' '.join(first)}") from error
     model.to(device).eval()
     return model, info
-
-
-def default_model_path() -> Path | None:
-    """The model shipped inside the package, or None when this installation has none."""
-    path = Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
-    return path if path.is_file() else None
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:

@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.results_schema import result_columns
+from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (
     error_row,
     frame_rows,
     read_results,
-    result_columns,
     write_results,
 )
-from MFFMTCore.inference.roi import RoiInput
 from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file
 from MFFMTCore.version import __version__
 

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
-from MFFMTCore.inference.roi import RoiInput, resolve_roi
 from MFFMTCore.model_file import load_model, resolve_model_path
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from MFFMTCore.inference.components import LesionComponent, find_components
+from MFFMTCore.base.components import LesionComponent, find_components
+from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.inference.frames import FrameStack
-from MFFMTCore.inference.geometry import ImageGeometry
 
 
 def check_threshold(threshold: float) -> float:

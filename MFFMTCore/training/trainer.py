@@ -34,8 +34,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.data import BIRADS_CLASSES, MFFMTDataset, make_samples, summarize
-from MFFMTCore.evaluation.metrics import grouped_report, json_safe
+from MFFMTCore.data.split_file import write_split
+from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_training_curves
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.io import write_text_atomic
@@ -49,7 +51,7 @@ from MFFMTCore.training.checkpoint import (
     save_checkpoint,
 )
 from MFFMTCore.training.config import TrainConfig
-from MFFMTCore.training.datasplit import plan_split, restore_split, write_split
+from MFFMTCore.training.datasplit import plan_split, restore_split
 from MFFMTCore.training.distributed import DistributedContext, available_cores
 from MFFMTCore.training.optim import build_optimizer, build_scheduler
 from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar

@@ -1,8 +1,8 @@
 """``mffmt predict`` results (results.json / results.csv rows) as typed rows, table columns and labels.
 
-One row per frame with the contract's fields: input, frame, p_benign, p_malignant, prediction,
-lesion_area_mm2, lesion_area_px, components, centroid_x/y/z (physical LPS, as SimpleITK gives it)
-and error. Slicer shows them in a table node and as a labelled point at each lesion's centroid.
+One row per frame with the columns of :data:`MFFMTCore.base.results_schema.RESULT_COLUMNS`
+(centroids in physical LPS, as SimpleITK gives them). Slicer shows them in a table node and as a
+labelled point at each lesion's centroid.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from MFFMTSlicerLib.geometry import lps_to_ras, pixel_area_mm2, ras_to_lps
+from MFFMTCore.base.components import find_components
+from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
+from MFFMTCore.base.results_schema import column_types
 
-FIELD_TYPES: dict[str, type] = {
-    "input": str, "frame": int, "p_benign": float, "p_malignant": float, "prediction": str,
-    "lesion_area_mm2": float, "lesion_area_px": float, "components": float,
-    "centroid_x": float, "centroid_y": float, "centroid_z": float, "error": str,
-}
+FIELD_TYPES: dict[str, type] = column_types()
 
 
 def _typed(kind: type, value: Any) -> Any:
@@ -152,48 +150,38 @@ def results_table(rows: list[dict[str, Any]]) -> list[TableColumn]:
     return [TableColumn(title, kind, [value(row) for row in rows]) for title, kind, value in _TABLE_LAYOUT]
 
 
-def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np.ndarray) -> list[dict[str, Any]]:
+def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np.ndarray,
+                       spacing_known: bool = True) -> list[dict[str, Any]]:
     """Lesion area, component count and centroid of each frame after thresholding a probability map.
 
-    Lets the Slicer module follow the threshold slider without running the network again. A pixel
-    is lesion when its probability is at least ``threshold``. As in ``mffmt predict``, components
-    are 8-connected and the centroid is that of the largest one; without SciPy the component count
-    is NaN and the centroid is that of all lesion pixels.
+    Lets the Slicer module follow the threshold slider without running the network again, with the
+    lesion measurement of ``mffmt predict`` (:func:`MFFMTCore.base.components.find_components`): a
+    pixel is lesion when its probability is at least ``threshold``, the area is that of all
+    components and the centroid that of the largest.
 
     Args:
         probability: (k, j, i) lesion probabilities of all frames.
         threshold: lesion probability threshold.
         ijk_to_ras: the probability volume's IJK-to-RAS matrix.
+        spacing_known: whether the input records a pixel spacing (else ``lesion_area_mm2`` is NaN).
 
     Returns:
         Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components`` and ``centroid_x/y/z``
         (LPS, like the results files; NaN without lesion).
     """
-    try:
-        from scipy import ndimage
-    except ImportError:
-        ndimage = None
     probability = np.asarray(probability)
     if probability.ndim != 3:
         raise ValueError(f"probability map must be (k, j, i), got shape {probability.shape}")
-    area_of_pixel = pixel_area_mm2(ijk_to_ras)
+    geometry = ImageGeometry.from_ijk_to_ras(ijk_to_ras, spacing_known)
     measurements = []
-    for k, frame in enumerate(probability >= threshold):
-        pixels = int(frame.sum())
-        components, largest = math.nan, frame
-        if ndimage is not None:
-            labels, count = ndimage.label(frame, structure=np.ones((3, 3)))
-            components = float(count)
-            if count > 1:
-                largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-        centroid = (math.nan,) * 3
-        if pixels:
-            rows, columns = np.nonzero(largest)
-            ras = np.asarray(ijk_to_ras, dtype=float) @ [columns.mean(), rows.mean(), k, 1.0]
-            centroid = ras_to_lps(ras[:3])
-        measurements.append({"lesion_area_px": float(pixels), "lesion_area_mm2": pixels * area_of_pixel,
-                             "components": components, "centroid_x": centroid[0], "centroid_y": centroid[1],
-                             "centroid_z": centroid[2]})
+    for k, frame in enumerate(probability):
+        components = find_components(frame >= threshold, frame, geometry, k)
+        centroid = components[0].centroid if components else (math.nan,) * 3
+        area_px = sum(component.area_px for component in components)
+        area_mm2 = sum(component.area_mm2 for component in components) if spacing_known else math.nan
+        measurements.append({"lesion_area_px": float(area_px), "lesion_area_mm2": float(area_mm2),
+                             "components": float(len(components)), "centroid_x": centroid[0],
+                             "centroid_y": centroid[1], "centroid_z": centroid[2]})
     return measurements
 
 

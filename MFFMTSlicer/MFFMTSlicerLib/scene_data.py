@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from MFFMTSlicerLib.geometry import frame_ijk_to_ras
+from MFFMTCore.base.geometry import frame_ijk_to_ras
+from MFFMTCore.base.labels import LABEL_NAMES
 from MFFMTSlicerLib.volumes import write_volume
 
-LABELS = ("benign", "malignant", "normal")
+LABELS = LABEL_NAMES
 
 
 @dataclass

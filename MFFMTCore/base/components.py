@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.base.geometry import ImageGeometry
 
 # 8-connectivity: pixels touching at a corner belong to one lesion (a thin oblique border stays whole).
 _CONNECTIVITY = np.ones((3, 3), dtype=bool)
