@@ -89,6 +89,14 @@ def _ijkToRas(slicer, volume):
     return slicer.util.arrayFromVTKMatrix(matrix)
 
 
+def _referenceGeometry(slicer, segmentation) -> np.ndarray:
+    """The IJK-to-RAS matrix of the segmentation's stored reference image geometry (what Segment Editor
+    and DICOM SEG export use)."""
+    name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    values = [float(v) for v in segmentation.GetSegmentation().GetConversionParameter(name).split(";")[:16]]
+    return np.array(values).reshape(4, 4)
+
+
 def _sceneNodeIds(scene) -> set[str]:
     return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
 
@@ -222,6 +230,8 @@ def test_process_a_volume_with_spacing_under_a_parent_transform(env, tmp_path):
     # The segment lies on the input's voxels in their own (untransformed) coordinates.
     segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
     np.testing.assert_allclose(_segmentToWorld(slicer, segmentation, segmentId), _ijkToRas(slicer, volume), atol=1e-4)
+    # The stored reference geometry is the input's own, not shifted by the transform.
+    np.testing.assert_allclose(_referenceGeometry(slicer, segmentation), _ijkToRas(slicer, volume), atol=1e-4)
     with pytest.raises(ValueError, match="harden"):
         logic.roiBox(scene.AddNewNodeByClass("vtkMRMLMarkupsROINode"), volume)
 
