@@ -79,8 +79,9 @@ def test_lower_layers_never_import_higher_ones():
 
 def test_one_results_schema_for_mffmt_predict_and_the_slicer_module():
     sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-    from MFFMTCore.base.results_schema import RESULT_COLUMNS, column_types, result_columns
     from MFFMTSlicerLib import results
+
+    from MFFMTCore.base.results_schema import RESULT_COLUMNS, column_types, result_columns
 
     assert result_columns() == ["input", "frame", "p_benign", "p_malignant", "prediction", "lesion_area_mm2",
                                 "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error"]

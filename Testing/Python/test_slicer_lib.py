@@ -22,9 +22,6 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "MFFMTSlicer"))
 
-from MFFMTCore.base import geometry, terminology  # noqa: E402
-from MFFMTCore.base.requirements import REQUIREMENTS, Requirement  # noqa: E402
-from MFFMTCore.base.roi import PhysicalBox, resolve_roi  # noqa: E402
 from MFFMTSlicerLib import (  # noqa: E402
     commands,
     dependencies,
@@ -33,6 +30,10 @@ from MFFMTSlicerLib import (  # noqa: E402
     scene_data,
     volumes,
 )
+
+from MFFMTCore.base import geometry, terminology  # noqa: E402
+from MFFMTCore.base.requirements import REQUIREMENTS, Requirement  # noqa: E402
+from MFFMTCore.base.roi import PhysicalBox, resolve_roi  # noqa: E402
 
 PURE_MODULES = ("commands", "dependencies", "models", "process", "progress", "results", "scene_data", "volumes")
 

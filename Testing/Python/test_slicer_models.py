@@ -12,8 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "MFFMTSlicer"))
 
-from MFFMTCore.base.model_metadata import read_safetensors_metadata  # noqa: E402
 from MFFMTSlicerLib import models  # noqa: E402
+
+from MFFMTCore.base.model_metadata import read_safetensors_metadata  # noqa: E402
 
 
 @pytest.fixture(scope="module")
