@@ -396,6 +396,8 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainProgressBar.value = int(100 * task.state.fraction)
         if task.cancelRequestedAt is None:
             self.ui.trainStatusLabel.text = task.state.summary()
+        if not nodes.curvesInScene(self._curves, slicer.mrmlScene):  # the scene was closed meanwhile
+            self.resetCurves()
         nodes.updateTrainingCurves(self._curves[0], task.state.history)
 
     def onTrainingCompleted(self, task) -> None:

@@ -14,6 +14,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +301,31 @@ def test_a_failed_run_leaves_no_result_nodes(env, tmp_path):
     assert _sceneNodeIds(scene) == before and not task.workDir.exists()
 
 
+def test_bad_requests_are_refused_with_a_message(env, picture_result, tmp_path):
+    scene, slicer, _, logic, _ = env
+    volume, segmentation, _ = picture_result
+    with pytest.raises(ValueError, match="no input"):
+        logic.process(None)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a label map")
+    with pytest.raises(ValueError, match="not an image volume"):
+        logic.process(labelmap)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        logic.updateThreshold(segmentation, 1.5)
+    drawn = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "not a result")
+    with pytest.raises(ValueError, match="not an MFFMT result"):
+        logic.updateThreshold(drawn, 0.5)
+    with pytest.raises(ValueError, match="not a folder"):
+        logic.processFolder(tmp_path / "missing", tmp_path / "out")
+    with pytest.raises(ValueError, match="must be one of"):
+        logic.setTrainingLabel(volume, "cancer")
+    notAModel = tmp_path / "broken.safetensors"
+    notAModel.write_bytes(b"\0" * 64)
+    with pytest.raises(RuntimeError, match="broken.safetensors"):
+        logic.process(volume, model=notAModel)
+    scene.RemoveNode(labelmap)
+    scene.RemoveNode(drawn)
+
+
 def test_process_folder_with_relative_paths_and_a_dash_name(env, tmp_path, monkeypatch):
     _, _, _, logic, _ = env
     folder = tmp_path / "-cases"
@@ -374,3 +400,24 @@ def test_training_curves_follow_a_closed_scene(env):
     assert slicer_nodes.curvesInScene(curves, scene)
     scene.RemoveNode(curves[0])  # as closing the scene does
     assert not slicer_nodes.curvesInScene(curves, scene)
+
+
+def test_training_cancelled_or_failed_adds_no_model(env, tmp_path):
+    _, _, _, logic, _ = env
+    listed = [entry.path for entry in logic.models()]
+    task = logic.startTraining([SAMPLES / "samples.csv"], modelName="stopped", backbone="resnet18", epochs=50,
+                               batchSize=2, valFraction=0.4, inputSize=64)
+    while task.state.status == "waiting" and not task.finished:
+        task.poll()
+        time.sleep(0.2)
+    logic.cancelTraining(task)
+    assert task.stopFile.is_file()
+    task.wait()
+    assert task.status == "cancelled" and task.modelPath is None
+    assert [entry.path for entry in logic.models()] == listed
+    assert task.runDir.is_dir() and list(logic.workRoot.iterdir()) == []
+    broken = tmp_path / "broken.csv"
+    broken.write_text("image,label\nno_such_image.png,benign\nno_such_image_2.png,malignant\n", encoding="utf-8")
+    with pytest.raises(RuntimeError, match="no_such_image"):
+        logic.train([broken], modelName="broken", epochs=1, inputSize=64)
+    assert [entry.path for entry in logic.models()] == listed
