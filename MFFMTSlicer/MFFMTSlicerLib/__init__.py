@@ -25,7 +25,7 @@ from pathlib import Path
 def _addCoreToPath() -> None:
     moduleDir = Path(__file__).resolve().parent.parent
     for folder in (moduleDir, moduleDir.parent):
-        if (folder / "MFFMTCore" / "__init__.py").is_file():
+        if any((folder / "MFFMTCore" / name).is_file() for name in ("__init__.py", "__init__.pyc")):
             if str(folder) not in sys.path:
                 sys.path.append(str(folder))
             return

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
@@ -122,7 +124,7 @@ class PredictionTask(BackgroundTask):
         self.segmentationNode, self.results = segmentation, rows
 
 
-def showResults(segmentationNode, rows: list[dict[str, Any]], threshold: float | None) -> None:
+def showResults(segmentationNode: vtkMRMLSegmentationNode, rows: list[dict[str, Any]], threshold: float | None) -> None:
     """Write ``rows`` into the run's table and points and remember them on the segmentation."""
     nodes.fillResultsTable(segmentationNode.GetNodeReference(nodes.TABLE_ROLE), rows)
     nodes.fillLesionPoints(segmentationNode.GetNodeReference(nodes.POINTS_ROLE), rows)
@@ -131,7 +133,7 @@ def showResults(segmentationNode, rows: list[dict[str, Any]], threshold: float |
         segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, repr(float(threshold)))
 
 
-def isResultSegmentation(segmentationNode) -> bool:
+def isResultSegmentation(segmentationNode: vtkMRMLSegmentationNode) -> bool:
     """Whether a segmentation was made by this module (rather than drawn by a user)."""
     return bool(segmentationNode.GetAttribute(RESULTS_ATTRIBUTE))
 
@@ -143,7 +145,7 @@ class PredictionLogic:
     workRoot: Path
 
     @staticmethod
-    def inputVolume(inputNode):
+    def inputVolume(inputNode) -> vtkMRMLScalarVolumeNode:
         """The volume to process: the node itself, or a clip volume made from a sequence's frames.
 
         Raises:
@@ -158,7 +160,7 @@ class PredictionLogic:
         return inputNode
 
     @staticmethod
-    def roiBox(roiNode, volumeNode) -> tuple[int, int, int, int]:
+    def roiBox(roiNode: vtkMRMLMarkupsROINode, volumeNode: vtkMRMLScalarVolumeNode) -> tuple[int, int, int, int]:
         """The pixel box (x, y, w, h) of each frame of ``volumeNode`` that a markups ROI covers.
 
         Pixels whose centre lies inside count, as ``mffmt predict`` counts them for a physical box.
@@ -216,7 +218,8 @@ class PredictionLogic:
                               keepFiles=keepFiles)
 
     def process(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                roiNode=None, gradcam: bool = False, device: str = "cpu") -> tuple[Any, list[dict[str, Any]]]:
+                roiNode=None, gradcam: bool = False, device: str = "cpu"
+                ) -> tuple[vtkMRMLSegmentationNode, list[dict[str, Any]]]:
         """:meth:`startProcessing` and wait: (segmentation node, one result row per frame).
 
         The rows hold p_benign, p_malignant, prediction, lesion area (mm² only where the input
@@ -236,14 +239,14 @@ class PredictionLogic:
         task.cancel()
 
     @staticmethod
-    def results(segmentationNode) -> list[dict[str, Any]]:
+    def results(segmentationNode: vtkMRMLSegmentationNode) -> list[dict[str, Any]]:
         """The result rows of a segmentation made by :meth:`process` (as the threshold left them)."""
         text = segmentationNode.GetAttribute(RESULTS_ATTRIBUTE) if segmentationNode else None
         if not text:
             raise ValueError(f"{segmentationNode.GetName() if segmentationNode else 'None'}: not an MFFMT result")
         return [normalise_row(row) for row in json.loads(text)]
 
-    def updateThreshold(self, segmentationNode, threshold: float) -> list[dict[str, Any]]:
+    def updateThreshold(self, segmentationNode: vtkMRMLSegmentationNode, threshold: float) -> list[dict[str, Any]]:
         """Redraw a result at another lesion threshold without running the network; the new rows.
 
         The classification stays; lesion area, component count, centroid, table and points follow.

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from MFFMTCore.base.labels import LABEL_NAMES
 from MFFMTCore.base.terminology import SEGMENT_NAME
@@ -99,17 +101,18 @@ class TrainingLogic:
     ``self.requireRequirements`` come from the logic."""
 
     @staticmethod
-    def setTrainingLabel(volumeNode, label: str | None) -> None:
+    def setTrainingLabel(volumeNode: vtkMRMLScalarVolumeNode, label: str | None) -> None:
         """Mark a scene volume benign, malignant or normal for retraining (None: no label)."""
         if label is not None and label not in LABEL_NAMES:
             raise ValueError(f"label must be one of {', '.join(LABEL_NAMES)} or None, got {label!r}")
         volumeNode.SetAttribute(LABEL_ATTRIBUTE, label or "")
 
     @staticmethod
-    def trainingLabel(volumeNode) -> str | None:
+    def trainingLabel(volumeNode: vtkMRMLScalarVolumeNode) -> str | None:
         return volumeNode.GetAttribute(LABEL_ATTRIBUTE) or None
 
-    def sceneTrainingCandidates(self, scene=None) -> list[tuple[Any, Any, str | None]]:
+    def sceneTrainingCandidates(self, scene=None) -> list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode | None,
+                                                                str | None]]:
         """(volume, its segmentation or None, its label or None) for each image volume of a scene.
 
         A segmentation belongs to the volume it takes its geometry from; only segmentations a user
@@ -137,7 +140,7 @@ class TrainingLogic:
         return candidates
 
     @staticmethod
-    def lesionMask(segmentationNode, volumeNode):
+    def lesionMask(segmentationNode: vtkMRMLSegmentationNode, volumeNode: vtkMRMLScalarVolumeNode) -> np.ndarray | None:
         """The lesion mask (boolean, (k, j, i)) of a segmentation on the voxels of ``volumeNode``: its
         "Lesion" segment, or all its segments together when none is called so; None without segments."""
         segmentation = segmentationNode.GetSegmentation()
