@@ -305,9 +305,14 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         lines = [lesion_label(row, with_frame=len(rows) > 1) for row in rows[:8]]
         if len(rows) > 8:
             lines.append(f"... {len(rows) - 8} more frames in the table {table.GetName()}")
-        areas = [row["lesion_area_mm2"] for row in rows if math.isfinite(row["lesion_area_mm2"])]
-        if len(rows) == 1 and areas:
-            lines[0] += f", lesion {areas[0]:.0f} mm\u00b2" if areas[0] > 0 else ", no lesion found"
+        if len(rows) == 1 and not rows[0]["error"]:
+            area, pixels = rows[0]["lesion_area_mm2"], rows[0]["lesion_area_px"]
+            if not pixels > 0:
+                lines[0] += ", no lesion found"
+            elif math.isfinite(area):
+                lines[0] += f", lesion {area:.0f} mm\u00b2"
+            else:  # a picture (PNG, JPEG): no physical pixel spacing
+                lines[0] += f", lesion {pixels:.0f} pixels"
         self.ui.statusLabel.text = "\n".join(lines)
 
     def applyThreshold(self) -> None:
