@@ -415,3 +415,20 @@ def test_training_cancelled_or_failed_adds_no_model(env, tmp_path):
     with pytest.raises(RuntimeError, match="no_such_image"):
         logic.train([broken], modelName="broken", epochs=1, inputSize=64)
     assert [entry.path for entry in logic.models()] == listed
+
+
+def test_spacing_is_known_by_mffmtcores_rule_for_files(env):
+    scene, slicer, _, _, _ = env
+    from MFFMTSlicerLib.slicer_nodes import spacingKnown
+
+    volume = slicer.util.addVolumeFromArray(np.zeros((1, 4, 5), np.uint8), np.diag([-1.0, -1.0, 1.0, 1.0]), "made here")
+    assert not spacingKnown(volume)  # unit spacing, no file: a picture's default, as for an in-memory image
+    volume.SetSpacing(0.2, 0.2, 1.0)
+    assert spacingKnown(volume)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    for name, known in (("scan.nrrd", True), ("scan.nii.gz", True), ("IMG0001.dcm", True), ("scan.png", False),
+                        ("scan.JPG", False), ("scan.bmp", False), ("scan.tif", False)):
+        storage.SetFileName(f"/data/{name}")
+        assert spacingKnown(volume) == known, name
+    scene.RemoveNode(volume)
