@@ -40,9 +40,6 @@ from MFFMTCore.base.model_metadata import (
 from MFFMTCore.io import atomic_path
 from MFFMTCore.version import __version__
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DEFAULT_MODEL_NAME", "ModelFileError", "ModelInfo", "default_model_path",
-           "load_model", "read_model_info", "resolve_model_path", "save_model", "weights_checksum"]
-
 
 @dataclass
 class ModelInfo:
