@@ -10,7 +10,7 @@ hierarchy, volumes, segmentations, sequences, markups, layout), and a loader wit
 ``vtkSlicerVolumesLogic.AddArchetypeVolume``, segmentations through
 ``vtkSlicerSegmentationsModuleLogic.LoadSegmentationFromFile``). Stand-ins for the Python files
 Slicer adds to the ``slicer`` package (``ScriptedLoadableModule``, ``parameterNodeWrapper``,
-``i18n``) and for the ``qt`` and ``ctk`` modules are in this folder; each says what it keeps.
+``i18n``) and for the ``qt`` module are in this folder; each says what it keeps.
 
 Then ``import MFFMTSlicer`` loads the module as Slicer does.
 """

@@ -1,1 +1,0 @@
-"""Stand-in for Slicer's ``ctk`` module in slicer-core tests: importable, and nothing else (see qt.py)."""
