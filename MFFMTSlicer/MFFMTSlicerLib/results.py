@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from MFFMTCore.base.components import find_components
+from MFFMTCore.base.components import LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
 from MFFMTCore.base.results_schema import column_types
 
@@ -155,9 +155,9 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
     """Lesion area, component count and centroid of each frame after thresholding a probability map.
 
     Lets the Slicer module follow the threshold slider without running the network again, with the
-    lesion measurement of ``mffmt predict`` (:func:`MFFMTCore.base.components.find_components`): a
-    pixel is lesion when its probability is at least ``threshold``, the area is that of all
-    components and the centroid that of the largest.
+    lesion measurement of ``mffmt predict`` (:func:`MFFMTCore.base.components.find_components` and
+    :class:`~MFFMTCore.base.components.LesionSummary`); a pixel is lesion when its probability is at
+    least ``threshold``.
 
     Args:
         probability: (k, j, i) lesion probabilities of all frames.
@@ -175,12 +175,11 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
     geometry = ImageGeometry.from_ijk_to_ras(ijk_to_ras, spacing_known)
     measurements = []
     for k, frame in enumerate(probability):
-        components = find_components(frame >= threshold, frame, geometry, k)
-        centroid = components[0].centroid if components else (math.nan,) * 3
-        area_px = sum(component.area_px for component in components)
-        area_mm2 = sum(component.area_mm2 for component in components) if spacing_known else math.nan
-        measurements.append({"lesion_area_px": float(area_px), "lesion_area_mm2": float(area_mm2),
-                             "components": float(len(components)), "centroid_x": centroid[0],
+        lesion = LesionSummary.of(find_components(frame >= threshold, frame, geometry, k), spacing_known)
+        centroid = lesion.centroid or (math.nan,) * 3
+        measurements.append({"lesion_area_px": float(lesion.area_px),
+                             "lesion_area_mm2": math.nan if lesion.area_mm2 is None else lesion.area_mm2,
+                             "components": float(lesion.count), "centroid_x": centroid[0],
                              "centroid_y": centroid[1], "centroid_z": centroid[2]})
     return measurements
 
