@@ -9,6 +9,7 @@ MFFMTCore package, which runs in a separate process.
 import csv
 import hashlib
 import logging
+import math
 import shutil
 import unittest
 from pathlib import Path
@@ -182,6 +183,7 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         self.assertEqual(str(tag), LESION_TERMINOLOGY.tag())
         mask = self._assertSameGeometry(segmentation, segmentId, volume)
         self.assertEqual(int((mask != 0).sum()), int(row["lesion_area_px"]))
+        self.assertTrue(math.isnan(row["lesion_area_mm2"]))  # a PNG has no physical pixel spacing
         table = segmentation.GetNodeReference("MFFMT.results")
         self.assertEqual(table.GetNumberOfRows(), 1)
         self.assertAlmostEqual(float(slicer.util.arrayFromTableColumn(table, "P(malignant)")[0]), row["p_malignant"], 4)
