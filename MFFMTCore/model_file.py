@@ -34,25 +34,28 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from MFFMTCore.errors import MFFMTError
+from MFFMTCore.base.lesion_decision import LesionDecision
+from MFFMTCore.base.model_metadata import (
+    DEFAULT_MODEL_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    MODEL_SUFFIX,
+    ModelFileError,
+    check_format,
+    default_model_path,
+)
 from MFFMTCore.io import atomic_path, describe_write_error
-from MFFMTCore.lesion_decision import LesionDecision
 from MFFMTCore.version import __version__
 
-FORMAT = "mffmt-model"
-FORMAT_VERSION = 2
 #: The first format whose checksum covers the metadata too.
 _METADATA_CHECKSUM_VERSION = 2
 #: The only intensity normalisation the predictor and the datasets implement.
 INTENSITIES = ("minmax",)
 #: The network downsamples by this factor: input sizes must be multiples of it.
 _INPUT_STRIDE = 32
-MODEL_SUFFIX = ".safetensors"
-DEFAULT_MODEL_NAME = "mffmt18_default.safetensors"
 
-
-class ModelFileError(MFFMTError):
-    """A model file cannot be used. The message names the file and the problem."""
+__all__ = ["DEFAULT_MODEL_NAME", "FORMAT", "FORMAT_VERSION", "MODEL_SUFFIX", "ModelFileError", "ModelInfo",
+           "default_model_path", "load_model", "read_model_info", "resolve_model_path", "save_model"]
 
 
 @dataclass
@@ -212,18 +215,6 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,
     return path
 
 
-def _check_format(path: Path, metadata: dict[str, str]) -> int:
-    """The format version of an MFFMT model file's metadata; refuses other files and newer formats."""
-    if metadata.get("format") != FORMAT:
-        raise ModelFileError(path, f"not an MFFMT model file (format is {metadata.get('format')!r})")
-    version = metadata.get("format_version", "")
-    if not version.isdigit() or int(version) < 1:
-        raise ModelFileError(path, f"format_version {version!r} is not a format version")
-    if int(version) > FORMAT_VERSION:
-        raise ModelFileError(path, f"written by a newer MFFMTCore (format {version}); upgrade MFFMTCore")
-    return int(version)
-
-
 def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], ModelInfo]:
     """(metadata, tensors, info) of a model file whose checksum and metadata fields are correct."""
     if not path.is_file():
@@ -231,7 +222,7 @@ def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor],
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            version = _check_format(path, metadata)  # before the weights are read: they may be large
+            version = check_format(path, metadata)  # before the weights are read: they may be large
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except ModelFileError:
         raise
@@ -299,12 +290,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise ModelFileError(path, f"weights do not fit the declared architecture: {' '.join(first)}") from error
     model.to(device).eval()
     return model, info
-
-
-def default_model_path() -> Path | None:
-    """The model shipped inside the package, or None when this installation has none."""
-    path = Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
-    return path if path.is_file() else None
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> Path:

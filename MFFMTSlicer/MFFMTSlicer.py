@@ -9,26 +9,24 @@ MFFMTCore package, which runs in a separate process.
 import csv
 import hashlib
 import logging
+import math
 import shutil
-import sys
 import unittest
 from pathlib import Path
 
 import slicer
 import vtk
-from MFFMTSlicerLib.slicer_logic import MFFMTSlicerLogic, coreFolder
+
+# MFFMTSlicerLib first: importing it puts MFFMTCore (next to this file, or one folder up) on sys.path.
+from MFFMTSlicerLib.slicer_logic import MFFMTSlicerLogic
 from MFFMTSlicerLib.slicer_widget import MFFMTSlicerWidget
-from MFFMTSlicerLib.terminology import LESION_TERMINOLOGY, SEGMENT_NAME
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleTest
 
-__all__ = ["MFFMTSlicer", "MFFMTSlicerLogic", "MFFMTSlicerTest", "MFFMTSlicerWidget"]
+from MFFMTCore.base.terminology import LESION_TERMINOLOGY, SEGMENT_NAME
 
-# MFFMTCore ships next to this file; in a source checkout it is one folder up.
-_core = coreFolder()
-if _core is not None and str(_core) not in sys.path:
-    sys.path.append(str(_core))
+__all__ = ["MFFMTSlicer", "MFFMTSlicerLogic", "MFFMTSlicerTest", "MFFMTSlicerWidget"]
 
 
 class MFFMTSlicer(ScriptedLoadableModule):
@@ -182,9 +180,10 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         segment = segmentation.GetSegmentation().GetSegment(segmentId)
         tag = vtk.mutable("")
         self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), tag))
-        self.assertEqual(str(tag), LESION_TERMINOLOGY)
+        self.assertEqual(str(tag), LESION_TERMINOLOGY.tag())
         mask = self._assertSameGeometry(segmentation, segmentId, volume)
         self.assertEqual(int((mask != 0).sum()), int(row["lesion_area_px"]))
+        self.assertTrue(math.isnan(row["lesion_area_mm2"]))  # a PNG has no physical pixel spacing
         table = segmentation.GetNodeReference("MFFMT.results")
         self.assertEqual(table.GetNumberOfRows(), 1)
         self.assertAlmostEqual(float(slicer.util.arrayFromTableColumn(table, "P(malignant)")[0]), row["p_malignant"], 4)
@@ -222,7 +221,7 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         clip = clipSegmentation.GetNodeReference("MFFMT.input")
         self.assertEqual(slicer.util.arrayFromVolume(clip).shape[0], 2)
 
-        task = logic.process(volume, model=model, waitForCompletion=False)
+        task = logic.startProcessing(volume, model=model)
         logic.cancel(task)
         self.assertEqual(task.status, "cancelled")
         self.assertFalse(task.workDir.exists())

@@ -22,10 +22,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from MFFMTCore.data import read_dataset
+from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.data.records import SampleRecord
 from MFFMTCore.io import write_text_atomic
-from MFFMTCore.training.datasplit import record_key
 
 
 def datalist_item(record: SampleRecord) -> dict:

@@ -22,11 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from MFFMTCore.data import read_dataset
+from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.evaluation.metrics import dice_score
 from MFFMTCore.inference import Predictor
 from MFFMTCore.io import read_mask
-from MFFMTCore.training.datasplit import record_key
 
 
 def main() -> int:

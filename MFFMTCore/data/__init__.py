@@ -10,6 +10,7 @@ from MFFMTCore.data.records import (
     SampleRecord,
     birads_index,
     label_index,
+    record_key,
     summarize,
 )
 from MFFMTCore.data.samples import lesion_boxes, make_samples
@@ -20,5 +21,5 @@ __all__ = [
     "BIRADS_CLASSES", "LABELS", "DatasetError", "MFFMTDataset", "SampleRecord", "birads_index",
     "build_transforms", "busbra_official_folds", "group_kfold", "label_index", "lesion_boxes",
     "make_samples", "preprocess_frame", "read_busbra", "read_busi", "read_datalist", "read_datalist_sections",
-    "read_dataset", "split_by_group", "summarize",
+    "read_dataset", "record_key", "split_by_group", "summarize",
 ]

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from MFFMTCore.base.labels import BIRADS_CLASSES, LABEL_NAMES, LABELS
 from MFFMTCore.errors import MFFMTError
 
-#: Class indices of the classification head; malignant is the positive class.
-LABELS: dict[str, int] = {"benign": 0, "malignant": 1}
-#: Every label a record may carry. "normal" images have no lesion and no class index (-1).
-LABEL_NAMES: tuple[str, ...] = ("benign", "malignant", "normal")
-#: BI-RADS categories of the auxiliary head, in index order (BUS-BRA grades 2 to 5).
-BIRADS_CLASSES: list[str] = ["2", "3", "4", "5"]
+__all__ = ["BIRADS_CLASSES", "LABELS", "LABEL_NAMES", "DatasetError", "SampleRecord", "birads_index",
+           "label_index", "record_key", "summarize"]
 
 
 class DatasetError(MFFMTError):
@@ -52,6 +49,11 @@ class SampleRecord:
     def group_key(self) -> str:
         """The split unit of this record: its group, or the image itself when it has none."""
         return self.group if self.group is not None else f"{self.dataset}:image:{self.id}"
+
+
+def record_key(record: SampleRecord) -> str:
+    """A name for ``record`` that is unique across datasets: ``<dataset>/<id>`` (as split.json lists it)."""
+    return f"{record.dataset}/{record.id}"
 
 
 def label_index(label: str | None) -> int:

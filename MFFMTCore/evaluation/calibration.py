@@ -6,7 +6,7 @@
   and cannot diverge).
 - Expected calibration error: the mean gap between confidence and observed frequency over equal-width
   probability bins, weighted by the bins' shares of the cases.
-- The frame-level lesion rule (:class:`MFFMTCore.lesion_decision.LesionDecision`): the rule that
+- The frame-level lesion rule (:class:`MFFMTCore.base.lesion_decision.LesionDecision`): the rule that
   keeps a lesion on at least ``min_kept`` of the frames with one while giving one to the fewest
   lesion-free frames.
 """
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from MFFMTCore.lesion_decision import LesionDecision
+from MFFMTCore.base.lesion_decision import LesionDecision
 
 
 def _labelled(logits: Sequence[float], labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

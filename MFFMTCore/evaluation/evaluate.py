@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,14 @@ from typing import Any
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset
-from MFFMTCore.evaluation.metrics import grouped_report, json_safe
+from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
+from MFFMTCore.data.split_file import read_split
+from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.io import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
-from MFFMTCore.training.datasplit import record_key
 
 LABEL_NAMES = {0: "benign", 1: "malignant", -1: ""}
 CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
@@ -141,11 +141,7 @@ def read_records(paths: list[str], split: str | os.PathLike | None = None) -> li
     """
     records = [record for path in paths for record in read_dataset(path)]
     if split is not None:
-        split = Path(split)
-        try:
-            keep = set(json.loads(split.read_text(encoding="utf-8"))["validation"])
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise DatasetError(split, f"not a run's split.json ({error})") from error
+        keep = set(read_split(split)["validation"])
         records = [record for record in records if record_key(record) in keep]
         if not records:
             raise DatasetError(split, "none of its validation images is in the data given")

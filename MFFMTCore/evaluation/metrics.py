@@ -5,7 +5,7 @@ Conventions, used by ``mffmt train`` (validation), ``mffmt evaluate`` and the mo
 - Class labels are 0 = benign, 1 = malignant; a label of -1 (e.g. a BUSI "normal" image) has no
   class and is left out of every classification metric.
 - A metric whose denominator is zero (e.g. sensitivity without malignant cases, AUC with one class)
-  is ``nan``; :func:`json_safe` turns it into ``null`` for JSON files.
+  is ``nan``; :func:`MFFMTCore.base.jsonsafe.json_safe` turns it into ``null`` for JSON files.
 - Dice of one image is ``2|P & T| / (|P| + |T|)``; when the ground truth and the prediction are both
   empty it is defined as 1.0 (nothing to find, nothing found). The reported ``dice`` is the mean over
   images whose ground truth holds a lesion, comparable with published figures; images without a
@@ -226,19 +226,3 @@ def grouped_report(rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> di
         "datasets": by("dataset"),
         "scanners": by("scanner"),
     }
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None and numpy scalars made plain (for JSON)."""
-    if isinstance(value, dict):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-

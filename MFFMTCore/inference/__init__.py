@@ -6,14 +6,14 @@
 - The writers put a result on disk as Slicer reads it (segmentation, probability map, overlay).
 """
 
-from MFFMTCore.inference.components import LesionComponent, find_components
+from MFFMTCore.base.components import LesionComponent, find_components
+from MFFMTCore.base.geometry import ImageGeometry
+from MFFMTCore.base.roi import PhysicalBox, resolve_roi
 from MFFMTCore.inference.frames import FrameStack, as_frame_stack
-from MFFMTCore.inference.geometry import ImageGeometry
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.result import ClipResult, FrameResult, PredictionResult, aggregate_frames
-from MFFMTCore.inference.roi import PhysicalBox, resolve_roi
 
 __all__ = [
     "ClipResult", "FrameResult", "FrameStack", "GradCamExplainer", "ImageGeometry", "LesionComponent",

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.results_schema import result_columns
+from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.outputs import output_paths, write_outputs
@@ -40,10 +42,8 @@ from MFFMTCore.inference.results_table import (
     error_row,
     frame_rows,
     read_results,
-    result_columns,
     write_results,
 )
-from MFFMTCore.inference.roi import RoiInput
 from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.model_file import read_model_checksum
 from MFFMTCore.version import __version__

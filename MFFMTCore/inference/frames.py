@@ -15,11 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.base.geometry import ImageGeometry, records_spacing
 from MFFMTCore.io import grey_from_pixels, read_image
-
-# File formats that record a physical pixel spacing; pictures (PNG, JPEG, ...) get ITK's unit default.
-_SPACING_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
 
 ImageInput = str | os.PathLike | sitk.Image | np.ndarray
 
@@ -127,7 +124,7 @@ def as_frame_stack(
     else:
         source = str(image)
         path = Path(image)
-        spacing_known = path.is_dir() or source.lower().endswith(_SPACING_SUFFIXES)
+        spacing_known = records_spacing(path)
         image = read_image(path)
     dimension = image.GetDimension()
     if dimension not in (2, 3):

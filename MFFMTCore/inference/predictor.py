@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from MFFMTCore.base.lesion_decision import LesionDecision
+from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
-from MFFMTCore.inference.roi import RoiInput, resolve_roi
 from MFFMTCore.io import ImageReadError, check_frame_size, check_frames
-from MFFMTCore.lesion_decision import LesionDecision
 from MFFMTCore.model_file import load_model, resolve_model_path
 
 

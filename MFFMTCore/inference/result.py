@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from MFFMTCore.inference.components import LesionComponent, find_components
+from MFFMTCore.base.components import LesionComponent, LesionSummary, find_components
+from MFFMTCore.base.geometry import ImageGeometry
+from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.inference.frames import FrameStack
-from MFFMTCore.inference.geometry import ImageGeometry
-from MFFMTCore.lesion_decision import LesionDecision
 
 
 def check_threshold(threshold: float) -> float:
@@ -39,7 +39,7 @@ class FrameResult:
         spacing_known: whether areas in mm² can be given.
         p_lesion: the highest lesion probability of the frame's map.
         lesion_present: the model's frame-level lesion decision (see
-            :class:`MFFMTCore.lesion_decision.LesionDecision`); without a lesion the frame has no
+            :class:`MFFMTCore.base.lesion_decision.LesionDecision`); without a lesion the frame has no
             components and an empty label map.
     """
 
@@ -58,24 +58,23 @@ class FrameResult:
         return list(self.probabilities.values())[-1]
 
     @property
+    def lesion(self) -> LesionSummary:
+        """Total lesion area, number of regions and centre of the largest (see :class:`LesionSummary`)."""
+        return LesionSummary.of(self.components, self.spacing_known)
+
+    @property
     def lesion_area_px(self) -> int:
-        return sum(component.area_px for component in self.components)
+        return self.lesion.area_px
 
     @property
     def lesion_area_mm2(self) -> float | None:
         """Total lesion area in mm², None when the input's spacing is unknown."""
-        if not self.spacing_known:
-            return None
-        return float(sum(component.area_mm2 for component in self.components))
+        return self.lesion.area_mm2
 
     @property
     def centroid(self) -> tuple[float, float, float] | None:
-        """Physical centre of the largest lesion region (None without lesion).
-
-        The largest region, not all lesion pixels: with two lesions, the centre of both together
-        lies between them, on no lesion at all.
-        """
-        return self.components[0].centroid if self.components else None
+        """Physical centre of the largest lesion region (None without lesion)."""
+        return self.lesion.centroid
 
     def to_json(self) -> dict:
         return {

@@ -1,13 +1,8 @@
 """``results.csv`` and ``results.json``: one row per frame of every input, and the run's context.
 
-Columns: ``input, frame`` (from 0), ``p_<class>`` for each class (``p_benign, p_malignant``),
-``prediction, lesion_present`` (the model's frame-level lesion decision), ``p_lesion`` (the highest
-lesion probability of the frame), ``lesion_area_mm2`` (empty where the spacing is unknown),
-``lesion_area_px, components``
-(number of lesion regions), ``centroid_x, centroid_y, centroid_z`` (physical centre of the largest
-region, LPS as SimpleITK gives it; empty without lesion) and ``error`` (why an input failed; its row
-has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
-status, output files and, for clips, the clip-level result.
+The columns are those of :data:`MFFMTCore.base.results_schema.RESULT_COLUMNS`. ``results.json``
+holds the same rows plus the model, the settings, and per input its status, output files and, for
+clips, the clip-level result.
 """
 
 from __future__ import annotations
@@ -25,15 +20,6 @@ from MFFMTCore.io import json_text, write_text_atomic
 
 CSV_NAME = "results.csv"
 JSON_NAME = "results.json"
-
-
-def result_columns(class_names: list[str]) -> list[str]:
-    """CSV columns for a model with these class names."""
-    return [
-        "input", "frame", *[f"p_{name}" for name in class_names], "prediction", "lesion_present", "p_lesion",
-        "lesion_area_mm2",
-        "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error",
-    ]
 
 
 def _rounded(value: float | None, digits: int = 6) -> float | None:

@@ -1,4 +1,4 @@
-"""Full-resolution lesion decoder: our addition to MFFMT (see docs/MODEL.md, "a full-resolution lesion map").
+"""Full-resolution lesion decoder: our addition to MFFMT (see docs/DESIGN.md, "Our addition: a full-resolution lesion map").
 
 The paper's P_mask lives on the F4 grid (8x8 for a 256x256 input): lesion perception, not a
 segmentation a user can edit. This light top-down decoder turns the CLEP-enhanced F1..F4 into a

@@ -2,7 +2,7 @@
 
 ResNet features F1..F4 (eq. 1) -> CLEP: enhanced maps, F_loc and the coarse lesion map P_mask
 (eqs. 2-12) -> MFF over F4 and F_loc tokens (eqs. 13-26) -> classifier (eq. 27). Our addition: a
-full-resolution lesion decoder over the CLEP-enhanced maps (see docs/MODEL.md).
+full-resolution lesion decoder over the CLEP-enhanced maps (see docs/DESIGN.md).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class MFFMT(nn.Module):
         num_heads: attention heads in MFF.
         mlp_ratio: MLP width ratio in MFF.
         aux_classes: auxiliary heads on the fused feature, name -> number of classes (e.g. ``{"birads": 4}``).
-        embed_dim: MFF token width; ResNet50's 2048 channels are projected to it (MODEL.md).
+        embed_dim: MFF token width; ResNet50's 2048 channels are projected to it (docs/DESIGN.md, "MFF").
         decoder_channels: width of the decoder's top-down path (48 keeps it under 2% of ResNet18's cost).
     """
 

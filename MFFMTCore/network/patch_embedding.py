@@ -14,7 +14,7 @@ class PatchEmbedding(nn.Module):
 
     No positional embedding: the depthwise convolution already mixes each token with its
     neighbours. With ``out_channels < in_channels`` the pointwise conv is also the projection of
-    ResNet50's 2048-channel F4 to 512-wide tokens (a deviation recorded in MODEL.md).
+    ResNet50's 2048-channel F4 to 512-wide tokens (a deviation recorded in docs/DESIGN.md, "MFF").
 
     Args:
         in_channels: channels of the feature map.

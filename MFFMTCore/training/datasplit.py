@@ -9,7 +9,6 @@ on exactly the same images.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,11 @@ from MFFMTCore.data import (
     SampleRecord,
     read_datalist_sections,
     read_dataset,
+    record_key,
     split_by_group,
     summarize,
 )
-from MFFMTCore.io import write_json_atomic
-
-
-def record_key(record: SampleRecord) -> str:
-    """A name for ``record`` that is unique across datasets: ``<dataset>/<id>``."""
-    return f"{record.dataset}/{record.id}"
+from MFFMTCore.data.split_file import read_split
 
 
 def read_records(paths: list[str]) -> tuple[list[SampleRecord], list[SampleRecord], list[SampleRecord]]:
@@ -91,10 +86,6 @@ def describe_split(train: list[SampleRecord], val: list[SampleRecord], method: s
     }
 
 
-def write_split(path: str | os.PathLike, split: dict[str, Any]) -> None:
-    write_json_atomic(path, split)
-
-
 def restore_split(paths: list[str], split_path: str | os.PathLike) -> tuple[list[SampleRecord], list[SampleRecord],
                                                                             dict[str, Any]]:
     """Read the datasets again and rebuild the split recorded in ``split_path``.
@@ -103,11 +94,8 @@ def restore_split(paths: list[str], split_path: str | os.PathLike) -> tuple[list
         DatasetError: ``split.json`` is missing or damaged, or names images the datasets no longer hold.
     """
     split_path = Path(split_path)
-    try:
-        split = json.loads(split_path.read_text(encoding="utf-8"))
-        keys = {"train": list(split["train"]), "validation": list(split["validation"])}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DatasetError(split_path, f"cannot read the run's split ({error})") from error
+    split = read_split(split_path)
+    keys = {"train": split["train"], "validation": split["validation"]}
     pooled, fixed_train, fixed_val = read_records(paths)
     by_key = {record_key(record): record for record in pooled + fixed_train + fixed_val}
     missing = [key for key in keys["train"] + keys["validation"] if key not in by_key]

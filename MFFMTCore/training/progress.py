@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from MFFMTCore.evaluation.metrics import json_safe
+from MFFMTCore.base.jsonsafe import json_safe
 
 
 class EtaClock:

@@ -33,11 +33,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.data import BIRADS_CLASSES, MFFMTDataset, make_samples, summarize
 from MFFMTCore.data.augment import ScannerAugment
 from MFFMTCore.data.records import DatasetError, SampleRecord, label_index
+from MFFMTCore.data.split_file import write_split
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.evaluation.metrics import grouped_report, json_safe
+from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_training_curves
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.folder_lock import FolderLock
@@ -52,7 +54,7 @@ from MFFMTCore.training.checkpoint import (
     save_checkpoint,
 )
 from MFFMTCore.training.config import TrainConfig
-from MFFMTCore.training.datasplit import plan_split, restore_split, write_split
+from MFFMTCore.training.datasplit import plan_split, restore_split
 from MFFMTCore.training.distributed import DistributedContext, available_cores
 from MFFMTCore.training.optim import build_optimizer, build_scheduler
 from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar

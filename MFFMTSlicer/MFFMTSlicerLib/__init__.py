@@ -3,12 +3,32 @@
 Two kinds of modules live here:
 
 - Slicer-free helpers, importable and tested in any Python (no ``slicer``, ``vtk``, ``qt`` or ``ctk``):
-  ``commands`` (the ``mffmt`` command lines), ``dependencies`` (first-use checks), ``geometry``
-  (RAS/LPS, ROI boxes), ``models`` (the models folder), ``process`` (background processes),
-  ``progress`` (predict and train progress), ``results`` (results to table rows), ``scene_data``
-  (scene volumes to a training datalist), ``terminology`` and ``volumes`` (arrays to NRRD files).
-- Slicer-only modules, prefixed ``slicer_``, imported only inside Slicer: ``slicer_nodes``,
-  ``slicer_logic`` and ``slicer_widget``.
+  ``commands`` (the ``mffmt`` command lines), ``dependencies`` (first-use checks), ``models`` (the
+  models folder), ``process`` (background processes), ``progress`` (predict and train progress),
+  ``results`` (results to table rows), ``scene_data`` (scene volumes to a training datalist) and
+  ``volumes`` (arrays to NRRD files). What they share with MFFMTCore (geometry, results columns,
+  terminology, labels, model metadata, requirements) comes from :mod:`MFFMTCore.base`, which needs
+  no torch.
+- Slicer-only modules, prefixed ``slicer_``: ``slicer_nodes`` (MRML nodes), ``slicer_tasks`` (a
+  command running in the background), ``slicer_requirements``, ``slicer_models``,
+  ``slicer_prediction`` and ``slicer_training`` (the logic, by concern), ``slicer_logic`` (the
+  module's logic and parameter node) and ``slicer_widget`` (the panel).
 
-This file imports none of them, so ``import MFFMTSlicerLib`` costs nothing.
+Importing this package puts the folder holding MFFMTCore on ``sys.path``: next to the module when
+the extension is installed, one folder up in a source checkout.
 """
+
+import sys
+from pathlib import Path
+
+
+def _addCoreToPath() -> None:
+    moduleDir = Path(__file__).resolve().parent.parent
+    for folder in (moduleDir, moduleDir.parent):
+        if any((folder / "MFFMTCore" / name).is_file() for name in ("__init__.py", "__init__.pyc")):
+            if str(folder) not in sys.path:
+                sys.path.append(str(folder))
+            return
+
+
+_addCoreToPath()

@@ -3,6 +3,9 @@
 The Slicer module never runs the network in its own process: it starts
 ``<Slicer's python> -m MFFMTCore predict|train ...`` (the contract in the project docs) and reads
 its progress, so the GUI stays responsive and Cancel can stop the work.
+
+Every path is made absolute (the child runs in a temporary working folder, not the caller's) and
+input paths come after ``--``, so names that start with ``-`` are never taken for options.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def predict_command(
         overwrite: replace results already in ``output_dir``.
         progress: ``"json"`` (one JSON line per finished input on stdout), ``"bar"`` or ``"none"``.
     """
-    inputs = [str(path) for path in inputs]
+    inputs = [_absolute(path) for path in inputs]
     if not inputs:
         raise ValueError("nothing to segment: no input files")
     if threshold is not None and not 0.0 < threshold < 1.0:
@@ -71,10 +74,10 @@ def predict_command(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     if progress not in ("json", "bar", "none"):
         raise ValueError(f"progress must be json, bar or none, got {progress!r}")
-    args = [str(python), "-m", "MFFMTCore", "predict", *inputs, "--output", str(output_dir),
+    args = [str(python), "-m", "MFFMTCore", "predict", "--output", _absolute(output_dir),
             "--device", device_argument(device), "--progress", progress]
     if model is not None:
-        args += ["--model", str(model)]
+        args += ["--model", _absolute(model)]
     if threshold is not None:
         args += ["--threshold", repr(float(threshold))]
     if roi is not None:
@@ -85,7 +88,7 @@ def predict_command(
         args += ["--batch-size", str(int(batch_size))]
     if overwrite:
         args.append("--overwrite")
-    return args
+    return [*args, "--", *inputs]
 
 
 def train_command(
@@ -126,7 +129,7 @@ def train_command(
         progress_bar: show (True) or hide (False) the text progress bar; a program reading
             RUN_DIR/progress.jsonl hides it.
     """
-    data = [str(path) for path in data]
+    data = [_absolute(path) for path in data]
     if not data:
         raise ValueError("no training data: give a dataset folder, a datalist or scene volumes")
     if backbone is not None and backbone not in BACKBONES:
@@ -143,17 +146,23 @@ def train_command(
         raise ValueError(f"input size must be a multiple of 32, got {input_size}")
     args = [str(python), "-m", "MFFMTCore", "train"]
     for path in data:
-        args += ["--data", path]
-    args += ["--output", str(output_dir), "--device", device_argument(device)]
+        args.append(f"--data={path}")
+    args += ["--output", _absolute(output_dir), "--device", device_argument(device)]
     options = [("--backbone", backbone), ("--epochs", epochs), ("--lr", learning_rate), ("--lambda-loc", lambda_loc),
                ("--batch-size", batch_size), ("--val-fraction", val_fraction), ("--input-size", input_size),
-               ("--init-model", init_model), ("--stop-file", stop_file), ("--seed", seed)]
+               ("--init-model", init_model and _absolute(init_model)), ("--stop-file", stop_file and _absolute(stop_file)),
+               ("--seed", seed)]
     for flag, value in options:
         if value is not None:
             args += [flag, repr(value) if isinstance(value, float) else str(value)]
     if progress_bar is not None:
         args.append("--progress-bar" if progress_bar else "--no-progress-bar")
     return args
+
+
+def _absolute(path: str | os.PathLike) -> str:
+    """``path`` made absolute against this process's working folder (the child runs elsewhere)."""
+    return os.path.abspath(os.fspath(path))
 
 
 def _check_positive_int(name: str, value: int | None) -> None:

@@ -1,11 +1,5 @@
-"""First use: which Python packages MFFMTCore needs and which of them Slicer's Python lacks.
-
-The list holds the ``dependencies`` of the project's pyproject.toml with the same version ranges,
-and every other package MFFMTCore imports at run time (tests keep both true). How each one is
-installed differs: torch through the PyTorch extension (it picks the build for the
-machine's GPU), packages Slicer ships itself (SimpleITK, numpy, pydicom) never (pip must not
-replace Slicer's own builds), the rest with pip. Nothing here installs anything: the module asks
-the user first.
+"""First use: which of the Python packages MFFMTCore needs (:mod:`MFFMTCore.base.requirements`)
+Slicer's Python lacks or has too old. Nothing here installs anything: the module asks the user first.
 """
 
 from __future__ import annotations
@@ -15,40 +9,7 @@ import importlib.util
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Requirement:
-    """One package MFFMTCore needs.
-
-    Args:
-        name: distribution name (as pip knows it).
-        specifier: version range, e.g. ">=2.2,<3".
-        module: name to import.
-        installer: "pytorch" (PyTorch extension), "pip", or "bundled" (ships with Slicer).
-    """
-
-    name: str
-    specifier: str
-    module: str
-    installer: str = "pip"
-
-    def __str__(self) -> str:
-        return f"{self.name}{self.specifier}"
-
-
-REQUIREMENTS = (
-    Requirement("torch", ">=2.2,<3", "torch", "pytorch"),
-    Requirement("monai", ">=1.6,<2", "monai"),
-    Requirement("SimpleITK", ">=2.3", "SimpleITK", "bundled"),
-    Requirement("numpy", ">=1.24", "numpy", "bundled"),
-    Requirement("safetensors", ">=0.4", "safetensors"),
-    Requirement("tqdm", ">=4.60", "tqdm"),
-    Requirement("matplotlib", ">=3.7", "matplotlib"),
-    Requirement("pillow", ">=10.1", "PIL"),
-    Requirement("pydicom", ">=2.4", "pydicom", "bundled"),
-    Requirement("scipy", ">=1.10", "scipy"),
-    Requirement("slicerio", ">=1.1", "slicerio"),
-)
+from MFFMTCore.base.requirements import REQUIREMENTS, Requirement
 
 
 @dataclass

@@ -1,11 +1,8 @@
 """The models folder: which MFFMT model files the user can choose, with their metadata.
 
-A model file is a safetensors file whose string metadata holds ``format`` = "mffmt-model" and
-``info``, the JSON of :class:`MFFMTCore.model_file.ModelInfo` (architecture, class names, input
-size, threshold, training summary, validation metrics). Listing reads only that metadata:
-through :func:`MFFMTCore.model_file.read_model_info` when MFFMTCore (with torch) is importable,
-else straight from the safetensors header (8-byte little-endian header length, then JSON whose
-``__metadata__`` holds the strings), so the list works before torch is installed.
+Listing reads only each file's metadata header (:mod:`MFFMTCore.base.model_metadata`:
+architecture, class names, input size, threshold, training summary, validation metrics), so the
+list is quick and works before torch is installed.
 
 New models (trained in Slicer, or added with "Add model file...") are copied into the folder
 atomically and never replace an existing file; the default model that ships with the extension
@@ -14,86 +11,17 @@ is listed first and never written.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODEL_SUFFIX = ".safetensors"
-MODEL_FORMAT = "mffmt-model"
-# A safetensors header describes tensors and metadata; anything this large is not a header.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-
-def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``__metadata__`` strings of a safetensors file, read from its header only.
-
-    Raises:
-        ValueError: the file is missing, too short, or its header is not safetensors JSON
-            (the message names the file).
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(8)
-            if len(prefix) < 8:
-                raise ValueError(f"{path}: too short to be a safetensors file")
-            (length,) = struct.unpack("<Q", prefix)
-            if length > min(_MAX_HEADER_BYTES, os.fstat(handle.fileno()).st_size - 8):
-                raise ValueError(f"{path}: not a safetensors file (header length {length} is impossible)")
-            header = json.loads(handle.read(length).decode("utf-8"))
-    except FileNotFoundError as error:
-        raise ValueError(f"{path}: model file not found") from error
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a safetensors file (header is not JSON: {error})") from error
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
-    metadata = header.get("__metadata__") or {}
-    if not isinstance(metadata, dict):
-        raise ValueError(f"{path}: safetensors metadata is not a JSON object")
-    return {str(key): str(value) for key, value in metadata.items()}
-
-
-def read_model_metadata(path: str | os.PathLike, use_core: bool = True) -> dict[str, Any]:
-    """The ModelInfo of an MFFMT model file as a dict, without loading the weights.
-
-    Args:
-        path: the model file.
-        use_core: read through MFFMTCore when it is importable (it checks the format version too);
-            False reads the safetensors header directly.
-
-    Raises:
-        ValueError: not a readable MFFMT model file (the message names the file and the problem).
-            Through MFFMTCore this includes a checksum that does not cover the header as written
-            and any field out of range.
-    """
-    if use_core:
-        try:
-            from MFFMTCore.model_file import read_model_info
-        except ImportError:  # torch or safetensors not installed yet
-            pass
-        else:
-            return dataclasses.asdict(read_model_info(path))
-    metadata = read_safetensors_metadata(path)
-    if metadata.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path}: not an MFFMT model file (format is {metadata.get('format')!r})")
-    try:
-        info = json.loads(metadata.get("info", ""))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: model metadata is not valid JSON ({error})") from error
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: model metadata is not a JSON object")
-    for key in ("architecture", "training", "validation"):  # the entry's title and tooltip read into these
-        if not isinstance(info.get(key, {}), dict):
-            raise ValueError(f"{path}: model metadata {key!r} is not a JSON object")
-    return info
+from MFFMTCore.base.model_metadata import MODEL_SUFFIX, read_model_metadata
 
 
 @dataclass
@@ -215,7 +143,7 @@ class ModelRegistry:
         temporary = Path(temporary)
         try:
             shutil.copyfile(source, temporary)
-            read_model_metadata(temporary, use_core=False)  # the copy is complete and readable
+            read_model_metadata(temporary)  # the copy is complete and readable
             for number in range(1, 10000):
                 target = self.folder / (f"{stem}{MODEL_SUFFIX}" if number == 1 else f"{stem}-{number}{MODEL_SUFFIX}")
                 if _place_without_overwrite(temporary, target):

@@ -1,8 +1,8 @@
 """``mffmt predict`` results (results.json / results.csv rows) as typed rows, table columns and labels.
 
-One row per frame with the contract's fields: input, frame, p_benign, p_malignant, prediction,
-lesion_area_mm2, lesion_area_px, components, centroid_x/y/z (physical LPS, as SimpleITK gives it)
-and error. Slicer shows them in a table node and as a labelled point at each lesion's centroid.
+One row per frame with the columns of :data:`MFFMTCore.base.results_schema.RESULT_COLUMNS`
+(centroids in physical LPS, as SimpleITK gives them). Slicer shows them in a table node and as a
+labelled point at each lesion's centroid.
 """
 
 from __future__ import annotations
@@ -11,24 +11,25 @@ import csv
 import json
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from MFFMTSlicerLib.geometry import lps_to_ras, pixel_area_mm2, ras_to_lps
+from MFFMTCore.base.components import LesionSummary, find_components
+from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
+from MFFMTCore.base.results_schema import column_types
 
-FIELD_TYPES: dict[str, type] = {
-    "input": str, "frame": int, "p_benign": float, "p_malignant": float, "prediction": str,
-    "lesion_area_mm2": float, "lesion_area_px": float, "components": float,
-    "centroid_x": float, "centroid_y": float, "centroid_z": float, "error": str,
-}
+FIELD_TYPES: dict[str, type] = column_types()
 
 
 def _typed(kind: type, value: Any) -> Any:
     if kind is str:
         return "" if value is None else str(value)
+    if kind is bool:  # JSON gives true/false, the CSV "True"/"False"
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1")
     if value is None or (isinstance(value, str) and not value.strip()):
         return -1 if kind is int else math.nan
     try:
@@ -94,6 +95,11 @@ def read_output_files(output_dir: str | os.PathLike) -> dict[str, dict[str, Path
             for entry in entries if isinstance(entry, dict) and entry.get("status") in ("done", "skipped")}
 
 
+def lesion_free_frames(rows: list[dict[str, Any]]) -> set[int]:
+    """The frames the model's lesion rule found lesion-free (their label map stays empty at any threshold)."""
+    return {row["frame"] for row in map(normalise_row, rows) if not row["error"] and not row["lesion_present"]}
+
+
 def has_lesion(row: dict[str, Any]) -> bool:
     """True when the frame was processed and a lesion was found in it."""
     area = row.get("lesion_area_px", math.nan)
@@ -135,6 +141,8 @@ _TABLE_LAYOUT = (
     ("P(benign)", "double", lambda row: row["p_benign"]),
     ("P(malignant)", "double", lambda row: row["p_malignant"]),
     ("Prediction", "string", lambda row: row["prediction"]),
+    ("Lesion present", "string", lambda row: "" if row["error"] else ("yes" if row["lesion_present"] else "no")),
+    ("P(lesion)", "double", lambda row: row["p_lesion"]),
     ("Lesion area (mm2)", "double", lambda row: row["lesion_area_mm2"]),
     ("Lesion area (px)", "double", lambda row: row["lesion_area_px"]),
     ("Components", "double", lambda row: row["components"]),
@@ -152,48 +160,40 @@ def results_table(rows: list[dict[str, Any]]) -> list[TableColumn]:
     return [TableColumn(title, kind, [value(row) for row in rows]) for title, kind, value in _TABLE_LAYOUT]
 
 
-def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np.ndarray) -> list[dict[str, Any]]:
+def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np.ndarray,
+                       spacing_known: bool = True, lesion_free: Collection[int] = ()) -> list[dict[str, Any]]:
     """Lesion area, component count and centroid of each frame after thresholding a probability map.
 
-    Lets the Slicer module follow the threshold slider without running the network again. A pixel
-    is lesion when its probability is at least ``threshold``. As in ``mffmt predict``, components
-    are 8-connected and the centroid is that of the largest one; without SciPy the component count
-    is NaN and the centroid is that of all lesion pixels.
+    Lets the Slicer module follow the threshold slider without running the network again, with the
+    lesion measurement of ``mffmt predict`` (:func:`MFFMTCore.base.components.find_components` and
+    :class:`~MFFMTCore.base.components.LesionSummary`); a pixel is lesion when its probability is at
+    least ``threshold``.
 
     Args:
         probability: (k, j, i) lesion probabilities of all frames.
         threshold: lesion probability threshold.
         ijk_to_ras: the probability volume's IJK-to-RAS matrix.
+        spacing_known: whether the input records a pixel spacing (else ``lesion_area_mm2`` is NaN).
+        lesion_free: frames the model's lesion rule found lesion-free (see :func:`lesion_free_frames`):
+            no lesion at any threshold, as in ``mffmt predict``.
 
     Returns:
         Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components`` and ``centroid_x/y/z``
         (LPS, like the results files; NaN without lesion).
     """
-    try:
-        from scipy import ndimage
-    except ImportError:
-        ndimage = None
     probability = np.asarray(probability)
     if probability.ndim != 3:
         raise ValueError(f"probability map must be (k, j, i), got shape {probability.shape}")
-    area_of_pixel = pixel_area_mm2(ijk_to_ras)
+    geometry = ImageGeometry.from_ijk_to_ras(ijk_to_ras, spacing_known)
     measurements = []
-    for k, frame in enumerate(probability >= threshold):
-        pixels = int(frame.sum())
-        components, largest = math.nan, frame
-        if ndimage is not None:
-            labels, count = ndimage.label(frame, structure=np.ones((3, 3)))
-            components = float(count)
-            if count > 1:
-                largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-        centroid = (math.nan,) * 3
-        if pixels:
-            rows, columns = np.nonzero(largest)
-            ras = np.asarray(ijk_to_ras, dtype=float) @ [columns.mean(), rows.mean(), k, 1.0]
-            centroid = ras_to_lps(ras[:3])
-        measurements.append({"lesion_area_px": float(pixels), "lesion_area_mm2": pixels * area_of_pixel,
-                             "components": components, "centroid_x": centroid[0], "centroid_y": centroid[1],
-                             "centroid_z": centroid[2]})
+    for k, frame in enumerate(probability):
+        found = find_components(frame >= threshold, frame, geometry, k) if k not in lesion_free else []
+        lesion = LesionSummary.of(found, spacing_known)
+        centroid = lesion.centroid or (math.nan,) * 3
+        measurements.append({"lesion_area_px": float(lesion.area_px),
+                             "lesion_area_mm2": math.nan if lesion.area_mm2 is None else lesion.area_mm2,
+                             "components": float(lesion.count), "centroid_x": centroid[0],
+                             "centroid_y": centroid[1], "centroid_z": centroid[2]})
     return measurements
 
 

@@ -4,12 +4,13 @@ Voxels and geometry leave the scene as numpy arrays and IJK-to-RAS matrices (wri
 :mod:`MFFMTSlicerLib.volumes`); results come back as a segmentation with the "Lesion" segment, a
 hidden probability volume for re-thresholding, a table and a point list of labelled centroids.
 The result nodes of one run refer to each other through node references, so the threshold slider
-and a saved scene find them again.
+and a saved scene find them again. Every function takes the scene from the nodes it is given.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ import numpy as np
 import slicer
 import vtk
 
+from MFFMTCore.base.geometry import records_spacing
+from MFFMTCore.base.terminology import LESION_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_NAME
 from MFFMTSlicerLib.progress import EpochRecord
 from MFFMTSlicerLib.results import centroid_ras, lesion_label, results_table
-from MFFMTSlicerLib.terminology import LESION_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_NAME
 from MFFMTSlicerLib.volumes import stack_frames, write_volume
 
 # Node reference roles from a result segmentation to the other nodes of its run.
@@ -32,6 +34,34 @@ GRADCAM_ROLE = "MFFMT.gradcam"
 SOURCE_SEQUENCE_ATTRIBUTE = "MFFMT.sourceSequence"
 # Attribute of result volumes (probability, Grad-CAM): not images to segment or train on.
 RESULT_VOLUME_ATTRIBUTE = "MFFMT.resultVolume"
+# Attribute of a clip volume made from a sequence, and of a result segmentation: "1" when the input
+# records a physical pixel spacing, "0" when it is a picture (lesion areas then have no mm²).
+SPACING_KNOWN_ATTRIBUTE = "MFFMT.spacingKnown"
+
+
+def nodesByClass(scene, className: str) -> list:
+    """The nodes of ``scene`` of a class (``slicer.util.getNodesByClass`` reads the global scene)."""
+    collection = scene.GetNodesByClass(className)
+    nodes = [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]
+    collection.UnRegister(None)
+    return nodes
+
+
+def spacingKnown(volumeNode) -> bool:
+    """Whether a volume's pixel spacing is a measurement, by MFFMTCore's rule for files.
+
+    A volume read from a picture (PNG, JPEG, BMP, TIFF) has ITK's unit spacing, not a physical one;
+    a volume without a file (made in Slicer) is taken as measured when its spacing is not the unit
+    default, as MFFMTCore takes an in-memory image.
+    """
+    recorded = volumeNode.GetAttribute(SPACING_KNOWN_ATTRIBUTE)
+    if recorded is not None:
+        return recorded == "1"
+    storageNode = volumeNode.GetStorageNode()
+    fileName = storageNode.GetFileName() if storageNode is not None else None
+    if fileName:
+        return records_spacing(fileName)
+    return any(abs(spacing - 1.0) > 1e-9 for spacing in volumeNode.GetSpacing())
 
 
 def ijkToRasArray(volumeNode) -> np.ndarray:
@@ -66,7 +96,7 @@ def clipFromSequence(sequenceNode):
         ValueError: the sequence holds no volumes, or frames differ in size or are not 2D.
     """
     count = sequenceNode.GetNumberOfDataNodes()
-    for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+    for node in nodesByClass(sequenceNode.GetScene(), "vtkMRMLScalarVolumeNode"):
         if (node.GetAttribute(SOURCE_SEQUENCE_ATTRIBUTE) == sequenceNode.GetID() and node.GetImageData() is not None
                 and node.GetImageData().GetDimensions()[2] == count):
             return node
@@ -76,6 +106,7 @@ def clipFromSequence(sequenceNode):
     clip = stack_frames([volumeArray(frame) for frame in frames])
     clipNode = slicer.util.addVolumeFromArray(clip, ijkToRasArray(frames[0]), f"{sequenceNode.GetName()} clip")
     clipNode.SetAttribute(SOURCE_SEQUENCE_ATTRIBUTE, sequenceNode.GetID())
+    clipNode.SetAttribute(SPACING_KNOWN_ATTRIBUTE, "1" if spacingKnown(frames[0]) else "0")
     return clipNode
 
 
@@ -100,14 +131,16 @@ def lesionSegmentId(segmentationNode) -> str:
     segment = segmentation.GetSegment(segmentId)
     segment.SetName(SEGMENT_NAME)
     segment.SetColor(*SEGMENT_COLOR)
-    segment.SetTag(segment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY)
+    segment.SetTag(segment.GetTerminologyEntryTagName(), LESION_TERMINOLOGY.tag())
     return segmentId
 
 
 def placeLike(node, referenceVolume) -> None:
-    """Put ``node`` under the same parent transform and subject-hierarchy folder as ``referenceVolume``."""
-    node.SetAndObserveTransformNodeID(referenceVolume.GetTransformNodeID())
-    shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+    """Put ``node`` in the subject-hierarchy folder of ``referenceVolume`` and, when it can be
+    transformed (a table cannot), under the same parent transform."""
+    if node.IsA("vtkMRMLTransformableNode"):
+        node.SetAndObserveTransformNodeID(referenceVolume.GetTransformNodeID())
+    shNode = node.GetScene().GetSubjectHierarchyNode()
     parent = shNode.GetItemParent(shNode.GetItemByDataNode(referenceVolume))
     shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
 
@@ -115,13 +148,15 @@ def placeLike(node, referenceVolume) -> None:
 def loadLesionSegmentation(path: str | os.PathLike, inputVolume):
     """Load a ``<stem>.seg.nrrd`` of ``mffmt predict`` as the lesion segmentation of ``inputVolume``."""
     segmentationNode = slicer.util.loadSegmentation(str(path))
-    segmentationNode.SetName(slicer.mrmlScene.GenerateUniqueName(f"{inputVolume.GetName()} lesion"))
+    segmentationNode.SetName(inputVolume.GetScene().GenerateUniqueName(f"{inputVolume.GetName()} lesion"))
+    # Under the input's transform first: the reference geometry is computed relative to the
+    # segmentation's own transform, so set afterwards it matches the input's voxels exactly.
+    placeLike(segmentationNode, inputVolume)
     # The input as source volume: Segment Editor and DICOM SEG export use its geometry.
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
     segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(), inputVolume.GetID())
     segmentationNode.SetNodeReferenceID(INPUT_ROLE, inputVolume.GetID())
     lesionSegmentId(segmentationNode)
-    placeLike(segmentationNode, inputVolume)
     # Its file is in a temporary folder: "Save" must write the data, not refer to that file.
     segmentationNode.StorableModified()
     return segmentationNode
@@ -130,15 +165,17 @@ def loadLesionSegmentation(path: str | os.PathLike, inputVolume):
 def loadHiddenVolume(path: str | os.PathLike, name: str, referenceVolume):
     """Load a result volume (probability, Grad-CAM) without showing it in the slice views."""
     volumeNode = slicer.util.loadVolume(str(path), {"show": False, "singleFile": True})
-    volumeNode.SetName(slicer.mrmlScene.GenerateUniqueName(name))
+    volumeNode.SetName(referenceVolume.GetScene().GenerateUniqueName(name))
     volumeNode.SetAttribute(RESULT_VOLUME_ATTRIBUTE, "1")
     placeLike(volumeNode, referenceVolume)
     volumeNode.StorableModified()  # read from a temporary folder: saving must write it
     return volumeNode
 
 
-def rethreshold(segmentationNode, threshold: float) -> np.ndarray:
+def rethreshold(segmentationNode, threshold: float, lesionFree: Collection[int] = ()) -> np.ndarray:
     """Redraw the "Lesion" segment from the run's probability volume at ``threshold``; the probabilities.
+
+    Frames in ``lesionFree`` (those the model's lesion rule found lesion-free) stay empty.
 
     Raises:
         ValueError: the segmentation was not made by this module (no probability volume).
@@ -148,6 +185,9 @@ def rethreshold(segmentationNode, threshold: float) -> np.ndarray:
         raise ValueError(f"{segmentationNode.GetName()}: no lesion probability volume; segment the image again")
     probability = volumeArray(probabilityNode)
     mask = (probability >= threshold).astype(np.uint8)
+    for frame in lesionFree:
+        if 0 <= frame < len(mask):
+            mask[frame] = 0
     slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, lesionSegmentId(segmentationNode),
                                                      probabilityNode)
     return probability
@@ -180,6 +220,19 @@ def fillLesionPoints(pointsNode, rows: list[dict[str, Any]]) -> None:
     pointsNode.EndModify(wasModifying)
 
 
+def showResultsTable(tableNode) -> None:
+    """Show a table in the layout's table view, switching to a layout with one when it has none.
+
+    ``PropagateTableSelection`` only fills table views that exist; Slicer's default layouts have none.
+    """
+    layoutNode = tableNode.GetScene().GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layoutNode is not None and "vtkMRMLTableViewNode" not in (layoutNode.GetCurrentLayoutDescription() or ""):
+        layoutNode.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+    applicationLogic = slicer.app.applicationLogic()
+    applicationLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
+    applicationLogic.PropagateTableSelection()
+
+
 def showHeatmap(backgroundVolume, heatmapVolume, opacity: float = 0.4) -> None:
     """Show a 0-1 heat map (Grad-CAM) in colour over the input in all slice views."""
     displayNode = heatmapVolume.GetDisplayNode()
@@ -197,15 +250,15 @@ def showHeatmap(backgroundVolume, heatmapVolume, opacity: float = 0.4) -> None:
 CURVES = (("loss", (0.2, 0.4, 0.8)), ("val AUC", (0.85, 0.33, 0.1)), ("val Dice", (0.2, 0.65, 0.3)))
 
 
-def trainingCurvesChart():
+def trainingCurvesChart(scene):
     """A table of per-epoch values and a chart plotting loss, validation AUC and Dice against epoch."""
-    tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "MFFMT training curves")
+    tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", "MFFMT training curves")
     updateTrainingCurves(tableNode, [])
-    chartNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "MFFMT training")
+    chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "MFFMT training")
     chartNode.SetTitle("Training")
     chartNode.SetXAxisTitle("epoch")
     for column, color in CURVES:
-        seriesNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"MFFMT {column}")
+        seriesNode = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"MFFMT {column}")
         seriesNode.SetAndObserveTableNodeID(tableNode.GetID())
         seriesNode.SetXColumnName("epoch")
         seriesNode.SetYColumnName(column)
@@ -214,6 +267,12 @@ def trainingCurvesChart():
         seriesNode.SetColor(*color)
         chartNode.AddAndObservePlotSeriesNodeID(seriesNode.GetID())
     return tableNode, chartNode
+
+
+def curvesInScene(curves, scene) -> bool:
+    """Whether a (table, chart) pair of :func:`trainingCurvesChart` is still in ``scene`` (a closed
+    scene removes them)."""
+    return curves is not None and all(scene.IsNodePresent(node) for node in curves)
 
 
 def updateTrainingCurves(tableNode, history: list[EpochRecord]) -> None:

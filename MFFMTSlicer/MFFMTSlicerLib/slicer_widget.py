@@ -19,17 +19,19 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from MFFMTCore.base.labels import LABEL_NAMES
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label
-from MFFMTSlicerLib.scene_data import LABELS
-from MFFMTSlicerLib.slicer_logic import FINE_TUNE, FROM_SCRATCH, MFFMTSlicerLogic
+from MFFMTSlicerLib.slicer_logic import FINE_TUNE, MFFMTSlicerLogic
+from MFFMTSlicerLib.slicer_training import learningRateAfterModeChange
 
 # Reloaded in this order by "Reload" in developer mode (dependencies first).
-LIB_MODULES = ("terminology", "geometry", "volumes", "commands", "dependencies", "models", "process", "progress",
-               "results", "scene_data", "slicer_nodes", "slicer_logic", "slicer_widget")
+LIB_MODULES = ("volumes", "commands", "dependencies", "models", "process", "progress", "results", "scene_data",
+               "slicer_nodes", "slicer_tasks", "slicer_requirements", "slicer_models", "slicer_prediction",
+               "slicer_training", "slicer_logic", "slicer_widget")
 NO_LABEL = "(no label)"
-# Learning rates suggested when the user switches between fine-tuning and training from scratch.
-SUGGESTED_LEARNING_RATE = {FINE_TUNE: 1e-4, FROM_SCRATCH: 1e-3}
+# How often running work is polled (milliseconds).
+POLL_INTERVAL_MS = 250
 
 
 class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -46,6 +48,8 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._curves = None  # (table node, chart node) of the training curves
         self._plotWidget = None
         self._thresholdTimer = None
+        self._pollTimer = None
+        self._startFrom = None  # the retraining mode the learning rate was last suggested for
 
     # ----------------------------------------------------------------------------- set-up
 
@@ -67,6 +71,10 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._thresholdTimer.setSingleShot(True)
         self._thresholdTimer.setInterval(250)
         self._thresholdTimer.timeout.connect(self.applyThreshold)
+        # Follows running work from the GUI's event loop, so the panel stays responsive.
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.timeout.connect(self.pollTasks)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -76,7 +84,6 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.thresholdSlider.connect("valueChanged(double)", lambda value: self._thresholdTimer.start())
-        self.ui.startFromComboBox.connect("currentIndexChanged(int)", self.onStartFromChanged)
         self.ui.refreshSceneDataButton.connect("clicked(bool)", self.refreshSceneData)
         self.ui.progressBar.hide()
         self.ui.trainProgressBar.hide()
@@ -93,6 +100,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._trainingTask is not None:
             self.logic.cancelTraining(self._trainingTask)
             self._trainingTask.process.terminate(grace_s=5.0)
+        self._pollTimer.stop()
         self.removeObservers()
 
     def onReload(self) -> None:
@@ -117,6 +125,9 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        # The scene's nodes go: the next training makes new curves.
+        self._curves = None
+        self._plotWidget.setMRMLPlotViewNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -134,6 +145,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = inputParameterNode
+        self._startFrom = inputParameterNode.startFrom if inputParameterNode else None
         if self._parameterNode:
             # Widgets with a "SlicerParameterName" property in the .ui are bound to those parameters.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -141,8 +153,18 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     def updateButtons(self, caller=None, event=None) -> None:
-        """Enable the buttons that can act now; Apply and Train become Cancel while their work runs."""
+        """Enable the buttons that can act now; Apply and Train become Cancel while their work runs.
+
+        Also suggests a learning rate when the user switches the retraining mode: from the parameter
+        node, not from the combo box, which the parameter node wrapper refills whenever the panel is
+        entered (a slot on it would overwrite the user's rate each time).
+        """
         parameters = self._parameterNode
+        if parameters is not None and parameters.startFrom != self._startFrom:
+            if self._startFrom is not None:
+                parameters.learningRate = learningRateAfterModeChange(self._startFrom, parameters.startFrom,
+                                                                      parameters.learningRate)
+            self._startFrom = parameters.startFrom
         hasModel = bool(self.currentModelPath())
         if self._predictionTask is not None:
             self.ui.applyButton.text, self.ui.applyButton.enabled = "Cancel", True
@@ -244,11 +266,11 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"Segment all {sequence.GetNumberOfDataNodes()} frames?"):
             inputNode = sequence
         with slicer.util.tryWithErrorDisplay("Segmentation could not start.", waitCursor=True):
-            self._predictionTask = self.logic.process(
+            self._predictionTask = self.logic.startProcessing(
                 inputNode, model=self.currentModelPath() or None, threshold=parameters.threshold,
                 roiNode=parameters.roiNode, gradcam=parameters.gradcam, device=parameters.device,
-                waitForCompletion=False, progressCallback=self.onPredictionProgress,
-                completedCallback=self.onPredictionCompleted)
+                progressCallback=self.onPredictionProgress, completedCallback=self.onPredictionCompleted)
+            self._pollTimer.start()
         self.ui.statusLabel.text = "Starting..."
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
@@ -279,14 +301,18 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
         segmentationNode.CreateDefaultDisplayNodes()
         table = segmentationNode.GetNodeReference(nodes.TABLE_ROLE)
-        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(table.GetID())
-        slicer.app.applicationLogic().PropagateTableSelection()
+        nodes.showResultsTable(table)
         lines = [lesion_label(row, with_frame=len(rows) > 1) for row in rows[:8]]
         if len(rows) > 8:
             lines.append(f"... {len(rows) - 8} more frames in the table {table.GetName()}")
-        areas = [row["lesion_area_mm2"] for row in rows if math.isfinite(row["lesion_area_mm2"])]
-        if len(rows) == 1 and areas:
-            lines[0] += f", lesion {areas[0]:.0f} mm\u00b2" if areas[0] > 0 else ", no lesion found"
+        if len(rows) == 1 and not rows[0]["error"]:
+            area, pixels = rows[0]["lesion_area_mm2"], rows[0]["lesion_area_px"]
+            if not pixels > 0:
+                lines[0] += ", no lesion found"
+            elif math.isfinite(area):
+                lines[0] += f", lesion {area:.0f} mm\u00b2"
+            else:  # a picture (PNG, JPEG): no physical pixel spacing
+                lines[0] += f", lesion {pixels:.0f} pixels"
         self.ui.statusLabel.text = "\n".join(lines)
 
     def applyThreshold(self) -> None:
@@ -300,15 +326,18 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --------------------------------------------------------------------------------- retrain
 
-    def onStartFromChanged(self, index=None) -> None:
-        if self._parameterNode is not None:
-            self._parameterNode.learningRate = SUGGESTED_LEARNING_RATE[self._parameterNode.startFrom]
-        self.updateButtons()
+    def pollTasks(self) -> None:
+        """Follow running work; the timer stops when nothing runs."""
+        for task in (self._predictionTask, self._trainingTask):
+            if task is not None:
+                task.poll()
+        if self._predictionTask is None and self._trainingTask is None:
+            self._pollTimer.stop()
 
     def refreshSceneData(self) -> None:
         """List the scene's image volumes with their segmentation and a label chooser."""
         table = self.ui.sceneDataTable
-        candidates = self.logic.sceneTrainingCandidates()
+        candidates = self.logic.sceneTrainingCandidates(slicer.mrmlScene)
         table.clearContents()
         table.setColumnCount(3)
         table.setHorizontalHeaderLabels(["Volume", "Segmentation", "Label"])
@@ -317,7 +346,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName()))
             table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName() if segmentation else "(none)"))
             chooser = qt.QComboBox()
-            choices = [NO_LABEL, *LABELS]
+            choices = [NO_LABEL, *LABEL_NAMES]
             chooser.addItems(choices)
             chooser.currentIndex = choices.index(label) if label in choices else 0
             chooser.currentTextChanged.connect(
@@ -339,7 +368,8 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                       self.ui.datalistPathLineEdit.currentPath) if path]
             sceneItems = []
             if parameters.useSceneData:
-                sceneItems = [(v, s, label) for v, s, label in self.logic.sceneTrainingCandidates() if s or label]
+                sceneItems = [(v, s, label) for v, s, label in self.logic.sceneTrainingCandidates(slicer.mrmlScene)
+                              if s or label]
             if not data and not sceneItems:
                 raise ValueError("No training data: choose a dataset folder or a datalist, or label and segment "
                                  "volumes in the scene and tick 'Use scene volumes'.")
@@ -347,20 +377,21 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if parameters.startFrom == FINE_TUNE and not initModel:
                 raise ValueError("No model to fine-tune: choose a model, or train from scratch.")
             self.resetCurves()
-            self._trainingTask = self.logic.train(
+            self._trainingTask = self.logic.startTraining(
                 data, modelName=parameters.modelName or "my_model", sceneItems=sceneItems,
                 backbone=parameters.backbone, epochs=parameters.epochs, learningRate=parameters.learningRate,
                 lambdaLoc=parameters.lambdaLoc, batchSize=parameters.batchSize, valFraction=parameters.valFraction,
-                initModel=initModel, device=parameters.device, waitForCompletion=False,
+                initModel=initModel, device=parameters.device,
                 progressCallback=self.onTrainingProgress, completedCallback=self.onTrainingCompleted)
+            self._pollTimer.start()
         self.ui.trainStatusLabel.text = f"Starting training in {self._trainingTask.runDir}..."
         self.ui.trainProgressBar.value = 0
         self.ui.trainProgressBar.show()
         self.updateButtons()
 
     def resetCurves(self) -> None:
-        if self._curves is None:
-            self._curves = nodes.trainingCurvesChart()
+        if not nodes.curvesInScene(self._curves, slicer.mrmlScene):
+            self._curves = nodes.trainingCurvesChart(slicer.mrmlScene)
             viewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "MFFMT training plot view")
             viewNode.SetPlotChartNodeID(self._curves[1].GetID())
             self._plotWidget.setMRMLPlotViewNode(viewNode)
@@ -370,6 +401,8 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainProgressBar.value = int(100 * task.state.fraction)
         if task.cancelRequestedAt is None:
             self.ui.trainStatusLabel.text = task.state.summary()
+        if not nodes.curvesInScene(self._curves, slicer.mrmlScene):  # the scene was closed meanwhile
+            self.resetCurves()
         nodes.updateTrainingCurves(self._curves[0], task.state.history)
 
     def onTrainingCompleted(self, task) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from MFFMTSlicerLib.geometry import itk_geometry
+from MFFMTCore.base.geometry import ImageGeometry
 
 
 def write_volume(array: np.ndarray, ijk_to_ras: np.ndarray, path: str | os.PathLike, compress: bool = False) -> Path:
@@ -37,11 +37,8 @@ def write_volume(array: np.ndarray, ijk_to_ras: np.ndarray, path: str | os.PathL
     array = np.asarray(array)
     if array.ndim not in (3, 4):
         raise ValueError(f"{path}: voxel array must be (k, j, i) or (k, j, i, c), got shape {array.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 4)
-    geometry = itk_geometry(ijk_to_ras)
-    image.SetSpacing(geometry.spacing)
-    image.SetOrigin(geometry.origin)
-    image.SetDirection(geometry.direction)
+    image = ImageGeometry.from_ijk_to_ras(ijk_to_ras).apply(
+        sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 4))
     path = Path(path)
     with atomic_path(path) as temporary:
         sitk.WriteImage(image, str(temporary), compress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.evaluation.calibration import (
     calibrated_probability,
     choose_lesion_decision,
@@ -12,7 +13,6 @@ from MFFMTCore.evaluation.calibration import (
     fit_temperature,
     reliability_bins,
 )
-from MFFMTCore.lesion_decision import LesionDecision
 
 
 def overconfident(temperature: float, cases: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

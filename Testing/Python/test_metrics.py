@@ -6,12 +6,12 @@ import math
 import numpy as np
 import pytest
 
+from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.evaluation.metrics import (
     classification_metrics,
     confusion_matrix,
     dice_score,
     grouped_report,
-    json_safe,
     roc_auc,
     roc_curve,
     segmentation_metrics,

@@ -25,16 +25,17 @@ sys.path.insert(0, str(REPO / "MFFMTSlicer"))
 from MFFMTSlicerLib import (  # noqa: E402
     commands,
     dependencies,
-    geometry,
     progress,
     results,
     scene_data,
-    terminology,
     volumes,
 )
 
-PURE_MODULES = ("commands", "dependencies", "geometry", "models", "process", "progress", "results", "scene_data",
-                "terminology", "volumes")
+from MFFMTCore.base import geometry, terminology  # noqa: E402
+from MFFMTCore.base.requirements import REQUIREMENTS, Requirement  # noqa: E402
+from MFFMTCore.base.roi import PhysicalBox, resolve_roi  # noqa: E402
+
+PURE_MODULES = ("commands", "dependencies", "models", "process", "progress", "results", "scene_data", "volumes")
 
 
 def test_pure_modules_import_without_slicer_qt_vtk_or_ctk():
@@ -73,13 +74,26 @@ def test_predict_command_has_every_option_in_contract_form(tmp_path):
                                     tmp_path / "out", model=tmp_path / "m.safetensors", threshold=0.35,
                                     roi=(10, 20, 30, 40), gradcam=True, device="GPU", batch_size=4)
     assert args[:4] == ["/opt/Slicer/bin/PythonSlicer", "-m", "MFFMTCore", "predict"]
-    assert args[4:6] == [str(tmp_path / "a.nrrd"), str(tmp_path / "b.png")]
+    # Inputs last, after "--": a name starting with "-" is never taken for an option.
+    assert args[-3:] == ["--", str(tmp_path / "a.nrrd"), str(tmp_path / "b.png")]
     pairs = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
     assert pairs["--output"] == str(tmp_path / "out")
     assert pairs["--device"] == "cuda" and pairs["--progress"] == "json"
     assert pairs["--model"] == str(tmp_path / "m.safetensors")
     assert float(pairs["--threshold"]) == 0.35 and pairs["--roi"] == "10,20,30,40" and pairs["--batch-size"] == "4"
     assert "--gradcam" in args and "--overwrite" in args
+
+
+def test_command_paths_are_absolute_and_inputs_follow_a_double_dash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = commands.predict_command("python", ["-scan.png"], "-out", model="m.safetensors")
+    assert args[-2:] == ["--", str(tmp_path / "-scan.png")]
+    assert args[args.index("--output") + 1] == str(tmp_path / "-out")
+    assert args[args.index("--model") + 1] == str(tmp_path / "m.safetensors")
+    args = commands.train_command("python", ["-data"], "run", init_model="m.safetensors", stop_file="STOP")
+    assert f"--data={tmp_path / '-data'}" in args
+    for flag, name in (("--output", "run"), ("--init-model", "m.safetensors"), ("--stop-file", "STOP")):
+        assert args[args.index(flag) + 1] == str(tmp_path / name)
 
 
 def test_predict_command_leaves_defaults_to_the_command():
@@ -117,8 +131,8 @@ def test_train_command_has_every_option(tmp_path):
                                   val_fraction=0.25, input_size=64, init_model=tmp_path / "m.safetensors",
                                   device="CPU", stop_file=tmp_path / "run" / "STOP", seed=7)
     assert args[:4] == ["python", "-m", "MFFMTCore", "train"]
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--data"] == [str(tmp_path / "busi"),
-                                                                         str(tmp_path / "list.json")]
+    assert [a.removeprefix("--data=") for a in args if a.startswith("--data=")] == [str(tmp_path / "busi"),
+                                                                                     str(tmp_path / "list.json")]
     pairs = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
     assert pairs["--output"] == str(tmp_path / "run") and pairs["--device"] == "cpu"
     assert pairs["--backbone"] == "resnet50" and pairs["--epochs"] == "3" and float(pairs["--lr"]) == 1e-5
@@ -128,9 +142,11 @@ def test_train_command_has_every_option(tmp_path):
     assert pairs["--stop-file"] == str(tmp_path / "run" / "STOP")
 
 
-def test_train_command_omits_what_is_not_given():
+def test_train_command_omits_what_is_not_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     args = commands.train_command("python", ["data"], "run")
-    assert args == ["python", "-m", "MFFMTCore", "train", "--data", "data", "--output", "run", "--device", "cpu"]
+    assert args == ["python", "-m", "MFFMTCore", "train", f"--data={tmp_path / 'data'}", "--output", str(tmp_path / "run"),
+                    "--device", "cpu"]
     assert commands.train_command("python", ["d"], "r", progress_bar=False)[-1] == "--no-progress-bar"
 
 
@@ -353,12 +369,13 @@ def test_frame_measurements_follow_the_threshold():
     strict = results.frame_measurements(probability, 0.8, ijk_to_ras)
     assert strict[0]["lesion_area_px"] == 8 and strict[0]["lesion_area_mm2"] == pytest.approx(8 * 0.125)
     expected_ras = ijk_to_ras @ [4.5, 2.5, 0, 1]
-    assert results.lps_to_ras((strict[0]["centroid_x"], strict[0]["centroid_y"], strict[0]["centroid_z"])
+    assert geometry.lps_to_ras((strict[0]["centroid_x"], strict[0]["centroid_y"], strict[0]["centroid_z"])
                               ) == pytest.approx(tuple(expected_ras[:3]))
     assert strict[1]["lesion_area_px"] == 0 and math.isnan(strict[1]["centroid_x"])
     lenient = results.frame_measurements(probability, 0.5, ijk_to_ras)
     assert lenient[0]["lesion_area_px"] == 9
-    pytest.importorskip("scipy")
+    # A picture's unit spacing is no measurement: no mm².
+    assert math.isnan(results.frame_measurements(probability, 0.5, ijk_to_ras, spacing_known=False)[0]["lesion_area_mm2"])
     assert strict[0]["components"] == 1 and lenient[0]["components"] == 2 and lenient[1]["components"] == 0
     # The centroid is the largest component's, as mffmt predict reports it.
     assert (lenient[0]["centroid_x"], lenient[0]["centroid_y"]) == (strict[0]["centroid_x"], strict[0]["centroid_y"])
@@ -384,18 +401,18 @@ def test_lps_ras_flip_is_its_own_inverse():
     assert geometry.ras_to_lps(geometry.lps_to_ras((4.0, 5.0, -6.0))) == (4.0, 5.0, -6.0)
 
 
-def test_itk_geometry_round_trips_an_oblique_matrix():
+def test_geometry_round_trips_an_oblique_ijk_to_ras_matrix():
     angle = 0.3
     rotation = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
     ijk_to_ras = np.eye(4)
     ijk_to_ras[:3, :3] = rotation @ np.diag([0.2, 0.3, 1.5])
     ijk_to_ras[:3, 3] = [12.0, -7.0, 30.0]
-    itk = geometry.itk_geometry(ijk_to_ras)
+    itk = geometry.ImageGeometry.from_ijk_to_ras(ijk_to_ras)
     assert itk.spacing == pytest.approx((0.2, 0.3, 1.5))
     assert itk.origin == pytest.approx((-12.0, 7.0, 30.0))
-    np.testing.assert_allclose(geometry.ijk_to_ras_matrix(itk), ijk_to_ras, atol=1e-12)
+    np.testing.assert_allclose(itk.ijk_to_ras(), ijk_to_ras, atol=1e-12)
     with pytest.raises(ValueError, match="zero-length"):
-        geometry.itk_geometry(np.diag([1.0, 0.0, 1.0, 1.0]))
+        geometry.ImageGeometry.from_ijk_to_ras(np.diag([1.0, 0.0, 1.0, 1.0]))
 
 
 def test_frame_ijk_to_ras_moves_along_k():
@@ -403,23 +420,24 @@ def test_frame_ijk_to_ras_moves_along_k():
     assert geometry.frame_ijk_to_ras(ijk_to_ras, 3)[:3, 3].tolist() == [0.0, 0.0, 7.5]
 
 
-def test_roi_pixel_box_counts_pixels_whose_centre_is_inside():
+def test_roi_from_ras_bounds_counts_pixels_whose_centre_is_inside():
     # Slicer's usual 2D image: IJK-to-RAS flips i and j (LPS file), spacing 0.5 mm.
-    ijk_to_ras = np.diag([-0.5, -0.5, 1.0, 1.0])
-    ras_to_ijk = np.linalg.inv(ijk_to_ras)
+    frame = geometry.ImageGeometry.from_ijk_to_ras(np.diag([-0.5, -0.5, 1.0, 1.0]))
+
+    def box(bounds):
+        return resolve_roi(PhysicalBox(geometry.ras_to_lps(bounds[0::2]), geometry.ras_to_lps(bounds[1::2])),
+                           frame, (48, 64))
+
     # RAS r in [-10.2, -4.9] -> i in [9.8, 20.4] -> columns 10..20; a in [-3.1, -1.0] -> j in [2, 6.2] -> rows 2..6
-    box = geometry.roi_pixel_box((-10.2, -4.9, -3.1, -1.0, -5.0, 5.0), ras_to_ijk, width=64, height=48)
-    assert box == (10, 2, 11, 5)
-    # Clipped to the image.
-    assert geometry.roi_pixel_box((-100.0, 0.0, -100.0, 0.0, 0.0, 0.0), ras_to_ijk, 64, 48) == (0, 0, 64, 48)
-    with pytest.raises(ValueError, match="does not cover"):
-        geometry.roi_pixel_box((10.0, 20.0, 10.0, 20.0, 0.0, 0.0), ras_to_ijk, 64, 48)
-    with pytest.raises(ValueError, match="do not describe a box"):
-        geometry.roi_pixel_box((1.0, 0.0, 0.0, 1.0, 0.0, 1.0), ras_to_ijk, 64, 48)
+    assert box((-10.2, -4.9, -3.1, -1.0, -5.0, 5.0)) == (10, 2, 11, 5)
+    assert box((-100.0, 0.0, -100.0, 0.0, 0.0, 0.0)) == (0, 0, 64, 48)  # cut to the frame
+    with pytest.raises(ValueError, match="outside"):
+        box((10.0, 20.0, 10.0, 20.0, 0.0, 0.0))
 
 
 def test_pixel_area():
-    assert geometry.pixel_area_mm2(np.diag([-0.5, -0.25, 3.0, 1.0])) == pytest.approx(0.125)
+    assert geometry.pixel_area(np.diag([-0.5, -0.25, 3.0, 1.0])) == pytest.approx(0.125)
+    assert geometry.ImageGeometry.from_ijk_to_ras(np.diag([-0.5, -0.25, 3.0, 1.0])).pixel_area_mm2() == pytest.approx(0.125)
 
 
 # ----------------------------------------------------------------------------------------- volumes
@@ -539,7 +557,7 @@ def test_scene_export_is_read_by_the_project_datalist_reader(tmp_path):
 
 
 def test_lesion_terminology_has_slicers_seven_part_format():
-    parts = terminology.LESION_TERMINOLOGY.split("~")
+    parts = terminology.LESION_TERMINOLOGY.tag().split("~")
     assert len(parts) == 7
     assert parts[0] == "Segmentation category and type - 3D Slicer General Anatomy list"
     assert parts[1] == "SCT^49755003^Morphologically Altered Structure"
@@ -551,17 +569,14 @@ def test_lesion_terminology_has_slicers_seven_part_format():
     assert terminology.SEGMENT_NAME == "Lesion" and all(0 <= c <= 1 for c in terminology.SEGMENT_COLOR)
 
 
-def test_lesion_terminology_matches_what_mffmt_predict_writes():
-    written = pytest.importorskip("MFFMTCore.inference.slicer_segmentation")
-    entry = written.LESION_TERMINOLOGY
-    code = terminology.Code
-    expected = terminology.terminology_entry(
-        entry["contextName"], code(*entry["category"]), code(*entry["type"]),
-        code(*entry.get("typeModifier", ("", "", ""))), entry["anatomicContextName"],
-        code(*entry["anatomicRegion"]), code(*entry.get("anatomicRegionModifier", ("", "", ""))))
-    assert terminology.LESION_TERMINOLOGY == expected
-    assert terminology.SEGMENT_NAME == written.LESION_SEGMENT_NAME
-    assert terminology.SEGMENT_COLOR == pytest.approx(written.LESION_COLOR)
+def test_lesion_terminology_as_slicerio_writes_it():
+    assert terminology.LESION_TERMINOLOGY.slicerio() == {
+        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+        "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+        "type": ["SCT", "4147007", "Mass"],
+        "anatomicContextName": "Anatomic codes - DICOM master list",
+        "anatomicRegion": ["SCT", "76752008", "Breast"],
+    }
 
 
 # ------------------------------------------------------------------------------------ dependencies
@@ -578,7 +593,7 @@ def _pyproject_requirements(section: list[str]) -> dict[str, str]:
 def test_requirements_include_pyproject_dependencies_with_the_same_ranges():
     tomllib = pytest.importorskip("tomllib", reason="needs Python 3.11")
     declared = _pyproject_requirements(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
-    listed = {r.name.lower(): r.specifier for r in dependencies.REQUIREMENTS}
+    listed = {r.name.lower(): r.specifier for r in REQUIREMENTS}
     assert {name: listed.get(name) for name in declared} == declared
 
 
@@ -595,7 +610,7 @@ def test_requirements_cover_every_package_mffmtcore_imports():
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "MFFMTCore"}
-    covered = {r.module for r in dependencies.REQUIREMENTS} | optional
+    covered = {r.module for r in REQUIREMENTS} | optional
     assert third_party - covered == set()
 
 
@@ -614,11 +629,11 @@ def test_check_requirements_reports_missing_and_too_old_packages():
             raise metadata.PackageNotFoundError(name)
         return versions[name]
 
-    reqs = [dependencies.Requirement("torch", ">=2.2,<3", "torch", "pytorch"),
-            dependencies.Requirement("monai", ">=1.6,<2", "monai"),
-            dependencies.Requirement("tqdm", ">=4.60", "tqdm"),
-            dependencies.Requirement("safetensors", ">=0.4", "safetensors"),
-            dependencies.Requirement("SimpleITK", ">=2.3", "SimpleITK", "bundled")]
+    reqs = [Requirement("torch", ">=2.2,<3", "torch", "pytorch"),
+            Requirement("monai", ">=1.6,<2", "monai"),
+            Requirement("tqdm", ">=4.60", "tqdm"),
+            Requirement("safetensors", ">=0.4", "safetensors"),
+            Requirement("SimpleITK", ">=2.3", "SimpleITK", "bundled")]
     statuses = dependencies.check_requirements(reqs, version_of, importable=lambda module: module == "SimpleITK")
     by_name = {s.requirement.name: s for s in statuses}
     assert by_name["torch"].ok and by_name["tqdm"].ok

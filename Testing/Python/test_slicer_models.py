@@ -14,6 +14,8 @@ sys.path.insert(0, str(REPO / "MFFMTSlicer"))
 
 from MFFMTSlicerLib import models  # noqa: E402
 
+from MFFMTCore.base.model_metadata import read_safetensors_metadata  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
@@ -40,8 +42,12 @@ def _write_safetensors(path: Path, metadata: dict[str, str] | None) -> Path:
 
 
 def test_metadata_through_mffmtcore_and_from_the_header_agree(model_file):
-    through_core = models.read_model_metadata(model_file)
-    from_header = models.read_model_metadata(model_file, use_core=False)
+    import dataclasses
+
+    from MFFMTCore.model_file import read_model_info
+
+    through_core = dataclasses.asdict(read_model_info(model_file))
+    from_header = models.read_model_metadata(model_file)
     assert through_core == from_header
     assert from_header["name"] == "tiny" and from_header["threshold"] == 0.4
     assert from_header["architecture"]["backbone"] == "resnet18" and from_header["validation"]["auc"] == 0.8125
@@ -50,23 +56,23 @@ def test_metadata_through_mffmtcore_and_from_the_header_agree(model_file):
 
 def test_header_reader_refuses_files_that_are_not_mffmt_models(tmp_path):
     with pytest.raises(ValueError, match="not an MFFMT model file"):
-        models.read_model_metadata(_write_safetensors(tmp_path / "other.safetensors", {"format": "pt"}), use_core=False)
+        models.read_model_metadata(_write_safetensors(tmp_path / "other.safetensors", {"format": "pt"}))
     with pytest.raises(ValueError, match="not an MFFMT model file"):
-        models.read_model_metadata(_write_safetensors(tmp_path / "bare.safetensors", None), use_core=False)
+        models.read_model_metadata(_write_safetensors(tmp_path / "bare.safetensors", None))
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match="garbage.safetensors.*impossible"):
-        models.read_model_metadata(garbage, use_core=False)
+        models.read_model_metadata(garbage)
     short = tmp_path / "short.safetensors"
     short.write_bytes(b"\x01\x02")
     with pytest.raises(ValueError, match="too short"):
-        models.read_model_metadata(short, use_core=False)
+        models.read_model_metadata(short)
     with pytest.raises(ValueError, match="not found"):
-        models.read_model_metadata(tmp_path / "missing.safetensors", use_core=False)
+        models.read_model_metadata(tmp_path / "missing.safetensors")
     bad_json = tmp_path / "bad.safetensors"
     bad_json.write_bytes(struct.pack("<Q", 5) + b"{oops")
     with pytest.raises(ValueError, match="header is not JSON"):
-        models.read_safetensors_metadata(bad_json)
+        read_safetensors_metadata(bad_json)
 
 
 def test_registry_lists_the_default_first_then_the_folder_by_name(tmp_path, model_file):

@@ -19,8 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "MFFMTSlicer"
 UI_FILE = MODULE / "Resources" / "UI" / "MFFMTSlicer.ui"
 PYTHON_FILES = sorted(MODULE.rglob("*.py"))
-SLICER_ONLY = {"slicer", "qt", "ctk", "vtk", "MRMLCorePython", "vtkSlicerMarkupsModuleMRMLPython", "SampleData",
-               "PyTorchUtils"}
+SLICER_ONLY = {"slicer", "qt", "ctk", "vtk", "SampleData", "PyTorchUtils"}
+# Python modules of Slicer's own build; node classes come from ``slicer`` (they moved between these
+# libraries: since Slicer 5.10 vtkMRMLMarkupsROINode is in MRML Core, not in the Markups module).
+SLICER_LIBRARY_MODULES = {"MRMLCorePython", "vtkSlicerMarkupsModuleMRMLPython", "vtkSlicerSegmentationsModuleMRMLPython",
+                          "vtkSlicerSequencesModuleMRMLPython", "vtkSegmentationCorePython"}
 
 
 def _ui_widgets() -> dict[str, ElementTree.Element]:
@@ -60,11 +63,13 @@ def test_slicer_free_modules_import_nothing_from_slicer():
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module.split(".")[0])
+        assert not imported & SLICER_LIBRARY_MODULES, f"{path.name}: import node classes from slicer"
         if path.stem.startswith("slicer_"):
             continue
         assert not imported & SLICER_ONLY, f"{path.name} imports {imported & SLICER_ONLY}: prefix it slicer_"
     init = ast.parse((MODULE / "MFFMTSlicerLib" / "__init__.py").read_text())
-    assert not [node for node in ast.walk(init) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    imports = [node for node in ast.walk(init) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert {alias.name for node in imports for alias in node.names} <= {"sys", "Path"}
 
 
 def test_ui_file_is_valid_designer_xml():
@@ -146,7 +151,8 @@ def test_module_file_defines_what_slicer_looks_up():
     assert bases["MFFMTSlicerTest"] == ["ScriptedLoadableModuleTest"]
     for file, name, expected in (("slicer_widget.py", "MFFMTSlicerWidget",
                                   ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]),
-                                 ("slicer_logic.py", "MFFMTSlicerLogic", ["ScriptedLoadableModuleLogic"])):
+                                 ("slicer_logic.py", "MFFMTSlicerLogic", ["ScriptedLoadableModuleLogic", "RequirementsLogic",
+                                                                          "ModelsLogic", "PredictionLogic", "TrainingLogic"])):
         lib = ast.parse((MODULE / "MFFMTSlicerLib" / file).read_text())
         cls = next(n for n in lib.body if isinstance(n, ast.ClassDef) and n.name == name)
         assert [ast.unparse(b) for b in cls.bases] == expected
@@ -167,7 +173,7 @@ def _extension_variables() -> dict[str, str]:
 def test_top_level_cmake_follows_the_extension_conventions():
     text = (REPO / "CMakeLists.txt").read_text()
     variables = _extension_variables()
-    for name in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+    for name in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "DEPENDS"):
         assert variables.get(f"EXTENSION_{name}"), f"EXTENSION_{name} missing"
     assert variables["EXTENSION_CATEGORY"] == "Segmentation" and variables["EXTENSION_DEPENDS"] == "PyTorch"
     order = ["project(MFFMTSlicer)", "find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
@@ -189,7 +195,7 @@ def _s4ext() -> dict[str, str]:
 def test_s4ext_is_complete_and_agrees_with_cmake():
     entries = _s4ext()
     for key in ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
-                "category", "iconurl", "status", "description", "screenshoturls", "enabled"):
+                "category", "iconurl", "status", "description", "enabled"):
         assert entries.get(key), f"{key} missing"
     variables = _extension_variables()
     assert entries["scm"] == "git" and entries["scmrevision"] == "main" and entries["enabled"] == "1"
@@ -198,6 +204,15 @@ def test_s4ext_is_complete_and_agrees_with_cmake():
     assert entries["homepage"] == variables["EXTENSION_HOMEPAGE"]
     assert entries["iconurl"] == variables["EXTENSION_ICONURL"]
     assert entries["iconurl"].endswith("MFFMTSlicer/Resources/Icons/MFFMTSlicer.png")
+
+
+def test_every_url_into_this_repository_names_a_file_that_exists():
+    prefix = "https://raw.githubusercontent.com/MFFMTSlicer/MFFMTSlicer/main/"
+    texts = [(REPO / name).read_text() for name in ("CMakeLists.txt", "MFFMTSlicer.s4ext", "MFFMTSlicer.json")]
+    urls = {url for text in texts for url in re.findall(re.escape(prefix) + r"[^\s\"';]+", text)}
+    assert urls, "no URL into the repository found: the check checks nothing"
+    missing = [url for url in urls if not (REPO / url[len(prefix):]).is_file()]
+    assert not missing, f"URLs of files that do not exist: {missing}"
 
 
 def test_catalog_entry_fits_the_extensions_index_schema():

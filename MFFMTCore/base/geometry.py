@@ -3,14 +3,62 @@
 Every output of inference (probability map, label map, Grad-CAM, Slicer segmentation) is put back on
 the input's exact voxel grid with this geometry, and every physical quantity (areas in mm², centroids
 in LPS coordinates as SimpleITK uses them) is computed from it.
+
+Slicer shows the world in RAS (right, anterior, superior); ITK, SimpleITK and every file MFFMTCore
+writes use LPS (left, posterior, superior). The two differ by the sign of the first two axes, a flip
+that is its own inverse. A Slicer volume's geometry is one 4x4 IJK-to-RAS matrix;
+:meth:`ImageGeometry.from_ijk_to_ras` turns it into ITK's spacing, origin and direction.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+
+# diag(-1, -1, 1, 1): maps RAS to LPS and LPS to RAS.
+RAS_LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+# File formats that record a physical pixel spacing; pictures (PNG, JPEG, BMP, TIFF) get ITK's unit default.
+SPACING_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
+
+
+def records_spacing(path: str | os.PathLike) -> bool:
+    """Whether an image file (or a DICOM folder) records a physical pixel spacing."""
+    return os.path.isdir(path) or str(path).lower().endswith(SPACING_SUFFIXES)
+
+
+def lps_to_ras(point) -> tuple[float, float, float]:
+    """A physical point in LPS (as SimpleITK and ``results.json`` give it) in Slicer's RAS."""
+    x, y, z = (float(value) for value in point)
+    return (-x, -y, z)
+
+
+def ras_to_lps(point) -> tuple[float, float, float]:
+    """A point in Slicer's RAS in LPS (the flip is its own inverse)."""
+    return lps_to_ras(point)
+
+
+def frame_ijk_to_ras(ijk_to_ras: np.ndarray, frame: int) -> np.ndarray:
+    """IJK-to-RAS of frame ``frame`` (slice k) of a clip, as a one-slice volume of its own."""
+    shifted = np.array(ijk_to_ras, dtype=float)
+    shifted[:3, 3] = shifted[:3, 3] + frame * shifted[:3, 2]
+    return shifted
+
+
+def pixel_area(index_to_physical: np.ndarray) -> float:
+    """Area of one pixel of a frame: the parallelogram spanned by the column and row steps.
+
+    Args:
+        index_to_physical: homogeneous index-to-physical matrix (3x3 for 2D, 4x4 for 3D; RAS or
+            LPS alike, the flip keeps areas).
+    """
+    matrix = np.asarray(index_to_physical, dtype=float)
+    steps = matrix[:-1, :2]
+    if steps.shape[0] == 2:
+        return float(abs(np.linalg.det(steps)))
+    return float(np.linalg.norm(np.cross(steps[:, 0], steps[:, 1])))
 
 
 @dataclass(frozen=True)
@@ -48,6 +96,28 @@ class ImageGeometry:
     def of(cls, image: sitk.Image, spacing_known: bool = True) -> ImageGeometry:
         """The geometry of a SimpleITK image."""
         return cls(tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()), spacing_known)
+
+    @classmethod
+    def from_ijk_to_ras(cls, ijk_to_ras: np.ndarray, spacing_known: bool = True) -> ImageGeometry:
+        """The 3D geometry of a Slicer volume from its 4x4 IJK-to-RAS matrix.
+
+        Raises:
+            ValueError: the matrix is not 4x4 or an axis has zero length.
+        """
+        matrix = np.asarray(ijk_to_ras, dtype=float)
+        if matrix.shape != (4, 4):
+            raise ValueError(f"IJK-to-RAS matrix must be 4x4, got shape {matrix.shape}")
+        ijk_to_lps = RAS_LPS_FLIP @ matrix
+        spacing = np.linalg.norm(ijk_to_lps[:3, :3], axis=0)
+        if np.any(spacing <= 0):
+            raise ValueError(f"IJK-to-RAS matrix has a zero-length axis: {matrix.tolist()}")
+        direction = ijk_to_lps[:3, :3] / spacing
+        return cls(tuple(float(v) for v in spacing), tuple(float(v) for v in ijk_to_lps[:3, 3]),
+                   tuple(float(v) for v in direction.ravel()), spacing_known)
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 IJK-to-RAS matrix, as Slicer places this geometry (the inverse of :meth:`from_ijk_to_ras`)."""
+        return RAS_LPS_FLIP @ self.ijk_to_lps()
 
     @property
     def dimension(self) -> int:
@@ -90,11 +160,8 @@ class ImageGeometry:
         return (point - matrix[:-1, -1]) @ np.linalg.inv(matrix[:-1, :-1]).T
 
     def pixel_area_mm2(self) -> float:
-        """Physical area of one pixel of a frame: the parallelogram spanned by the column and row steps."""
-        steps = self.direction_matrix[:, :2] * np.asarray(self.spacing[:2])
-        if self.dimension == 2:
-            return float(abs(np.linalg.det(steps)))
-        return float(np.linalg.norm(np.cross(steps[:, 0], steps[:, 1])))
+        """Physical area of one pixel of a frame (see :func:`pixel_area`)."""
+        return pixel_area(self.index_to_physical_matrix())
 
     def apply(self, image: sitk.Image) -> sitk.Image:
         """Give ``image`` (built from an array on this grid) this geometry, in place; returns it."""

@@ -1,4 +1,5 @@
-"""Lesions in a label map: its connected components, measured in pixels and in physical units."""
+"""Lesions in a label map: its connected components, measured in pixels and in physical units, and what
+one frame's components add up to (the lesion columns of a result row)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.base.geometry import ImageGeometry
 
 # 8-connectivity: pixels touching at a corner belong to one lesion (a thin oblique border stays whole).
 _CONNECTIVITY = np.ones((3, 3), dtype=bool)
@@ -77,3 +78,31 @@ def find_components(
             )
         )
     return sorted(components, key=lambda component: component.area_px, reverse=True)
+
+
+@dataclass(frozen=True)
+class LesionSummary:
+    """What one frame's lesion regions add up to.
+
+    Args:
+        area_px: total lesion area in pixels.
+        area_mm2: total lesion area in mm², None when the input's spacing is unknown.
+        count: number of regions.
+        centroid: physical centre (LPS) of the largest region, None without lesion. The largest
+            region, not all lesion pixels: with two lesions, the centre of both lies on neither.
+    """
+
+    area_px: int
+    area_mm2: float | None
+    count: int
+    centroid: tuple[float, float, float] | None
+
+    @classmethod
+    def of(cls, components: list[LesionComponent], spacing_known: bool) -> LesionSummary:
+        """The summary of a frame's components (largest first, as :func:`find_components` gives them)."""
+        return cls(
+            area_px=sum(component.area_px for component in components),
+            area_mm2=float(sum(component.area_mm2 for component in components)) if spacing_known else None,
+            count=len(components),
+            centroid=components[0].centroid if components else None,
+        )

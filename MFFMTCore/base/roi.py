@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.base.geometry import ImageGeometry
 
 
 @dataclass(frozen=True)

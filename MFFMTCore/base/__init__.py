@@ -1,0 +1,18 @@
+"""The torch-free layer of MFFMTCore: what the network code and the Slicer module both need.
+
+Everything here imports only NumPy, SimpleITK and SciPy (never torch or MONAI), so that the Slicer
+module can use it in Slicer's own Python before the network's packages are installed:
+
+- :mod:`~MFFMTCore.base.geometry`: image geometry, RAS/LPS, pixel area, which files record a spacing;
+- :mod:`~MFFMTCore.base.roi`: regions of interest in pixels and in physical space;
+- :mod:`~MFFMTCore.base.components`: lesion measurement (connected components, area, centroid);
+- :mod:`~MFFMTCore.base.results_schema`: the columns of ``results.csv`` / ``results.json``;
+- :mod:`~MFFMTCore.base.lesion_decision`: whether a frame shows a lesion (the model's lesion rule);
+- :mod:`~MFFMTCore.base.terminology`: the "Lesion" segment's name, colour and terminology;
+- :mod:`~MFFMTCore.base.model_metadata`: the model file's format and its metadata, read from the header;
+- :mod:`~MFFMTCore.base.labels`: class labels;
+- :mod:`~MFFMTCore.base.requirements`: the Python packages MFFMTCore needs;
+- :mod:`~MFFMTCore.base.jsonsafe`: values made fit for strict JSON.
+
+This file imports none of them.
+"""

@@ -1,0 +1,59 @@
+"""The columns of ``results.csv`` and the rows of ``results.json`` (one row per frame of every input).
+
+One tuple, :data:`RESULT_COLUMNS`, lists every column in order with its type; ``mffmt predict``
+writes them and the Slicer module reads them. A new column is one more entry here. The entry
+``p_{class}`` stands for one probability column per class of the model (``p_benign, p_malignant``).
+
+- ``input, frame`` (from 0; empty on the row of an input that failed);
+- ``p_<class>``: class probabilities; ``prediction``: the most probable class;
+- ``lesion_present``: the model's frame-level lesion decision
+  (:class:`~MFFMTCore.base.lesion_decision.LesionDecision`; a frame without a lesion has no
+  components); ``p_lesion``: the highest lesion probability of the frame;
+- ``lesion_area_mm2`` (empty where the input records no spacing), ``lesion_area_px``;
+- ``components``: number of lesion regions;
+- ``centroid_x, centroid_y, centroid_z``: physical centre of the largest region, LPS as SimpleITK
+  gives it (empty without lesion);
+- ``error``: why an input failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from MFFMTCore.base.labels import CLASS_NAMES
+
+#: Placeholder in :data:`RESULT_COLUMNS` for one probability column per class.
+CLASS_PROBABILITIES = "p_{class}"
+
+#: (column, type) of every result column, in file order.
+RESULT_COLUMNS: tuple[tuple[str, type], ...] = (
+    ("input", str),
+    ("frame", int),
+    (CLASS_PROBABILITIES, float),
+    ("prediction", str),
+    ("lesion_present", bool),
+    ("p_lesion", float),
+    ("lesion_area_mm2", float),
+    ("lesion_area_px", float),
+    ("components", float),
+    ("centroid_x", float),
+    ("centroid_y", float),
+    ("centroid_z", float),
+    ("error", str),
+)
+
+
+def column_types(class_names: Sequence[str] = CLASS_NAMES) -> dict[str, type]:
+    """Column name -> type, in file order, for a model with these class names."""
+    types: dict[str, type] = {}
+    for name, kind in RESULT_COLUMNS:
+        if name == CLASS_PROBABILITIES:
+            types.update({f"p_{class_name}": kind for class_name in class_names})
+        else:
+            types[name] = kind
+    return types
+
+
+def result_columns(class_names: Sequence[str] = CLASS_NAMES) -> list[str]:
+    """The CSV columns, in order, for a model with these class names."""
+    return list(column_types(class_names))

@@ -1,0 +1,40 @@
+"""The logic's models: the shipped default model and the models folder. Slicer only."""
+
+import os
+from pathlib import Path
+
+from MFFMTCore.base.model_metadata import default_model_path
+from MFFMTSlicerLib.models import ModelEntry, ModelRegistry
+
+
+class ModelsLogic:
+    """The models a user can choose. ``self._modelsFolder`` is set by the logic's constructor."""
+
+    _modelsFolder: Path | None = None
+
+    @property
+    def modelsFolder(self) -> Path:
+        """Where trained and added models are kept: the logic's argument, else the application setting
+        ``MFFMTSlicer/modelsFolder``, else ``~/.MFFMTSlicer/models``."""
+        if self._modelsFolder is not None:
+            return self._modelsFolder
+        import qt  # only here: the folder can be given without Qt (scripts, tests)
+
+        folder = qt.QSettings().value("MFFMTSlicer/modelsFolder")
+        return Path(folder) if folder else Path.home() / ".MFFMTSlicer" / "models"
+
+    @staticmethod
+    def defaultModelPath() -> Path | None:
+        """The model that ships with the extension, or None."""
+        return default_model_path()
+
+    def modelRegistry(self) -> ModelRegistry:
+        return ModelRegistry(self.modelsFolder, self.defaultModelPath())
+
+    def models(self) -> list[ModelEntry]:
+        """The models to choose from: the default model first, then the models folder."""
+        return self.modelRegistry().entries()
+
+    def addModelFile(self, path: str | os.PathLike, name: str | None = None) -> Path:
+        """Copy a model file into the models folder (never replacing one); the new path."""
+        return self.modelRegistry().add(path, name)

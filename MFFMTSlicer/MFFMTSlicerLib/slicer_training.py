@@ -1,0 +1,225 @@
+"""The logic's retraining: scene volumes as training data, ``mffmt train``, the new model added. Slicer only."""
+
+import datetime
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+from MFFMTCore.base.labels import LABEL_NAMES
+from MFFMTCore.base.terminology import SEGMENT_NAME
+from MFFMTSlicerLib import slicer_nodes as nodes
+from MFFMTSlicerLib.commands import train_command
+from MFFMTSlicerLib.models import safe_model_filename
+from MFFMTSlicerLib.progress import JsonlTail, TrainingState
+from MFFMTSlicerLib.scene_data import SceneVolume, TrainingExport, write_training_datalist
+from MFFMTSlicerLib.slicer_prediction import isResultSegmentation
+from MFFMTSlicerLib.slicer_tasks import (
+    BackgroundTask,
+    makeWorkFolder,
+    processError,
+    pythonExecutable,
+    startCommand,
+)
+
+FINE_TUNE = "Fine-tune the selected model"
+FROM_SCRATCH = "Train a new model from scratch"
+# Learning rates suggested for fine-tuning and for training from scratch.
+SUGGESTED_LEARNING_RATE = {FINE_TUNE: 1e-4, FROM_SCRATCH: 1e-3}
+# Volume attribute holding the class label a user gave a scene volume for retraining.
+LABEL_ATTRIBUTE = "MFFMT.label"
+# Seconds a training run gets to reach a safe point after Cancel before it is terminated.
+TRAIN_STOP_GRACE_S = 120.0
+
+
+def learningRateAfterModeChange(previousMode: str, newMode: str, learningRate: float) -> float:
+    """The learning rate to show after the user switches between fine-tuning and training from scratch:
+    the new mode's suggestion, unless the user chose a rate of their own (then it is kept)."""
+    if previousMode != newMode and learningRate == SUGGESTED_LEARNING_RATE.get(previousMode):
+        return SUGGESTED_LEARNING_RATE[newMode]
+    return learningRate
+
+
+class TrainingTask(BackgroundTask):
+    """One run of ``mffmt train``; ``state`` follows RUN_DIR/progress.jsonl.
+
+    ``status`` ends "done" (``modelPath`` is the new model in the models folder), "failed"
+    (``error``) or "cancelled" (the run folder keeps the best model so far; no model is added).
+    """
+
+    name = "mffmt train"
+
+    def __init__(self, runDir: Path, modelName: str, addModel: Callable[[Path, str], Path], **kwargs):
+        super().__init__(**kwargs)
+        self.runDir = runDir
+        self.modelName = modelName
+        self.addModel = addModel
+        self.state = TrainingState()
+        self.tail = JsonlTail(runDir / "progress.jsonl")
+        self.modelPath: Path | None = None
+        self.cancelRequestedAt: float | None = None
+
+    @property
+    def stopFile(self) -> Path:
+        return self.runDir / "STOP"
+
+    def requestStop(self) -> None:
+        """Ask the run to stop at its next safe point (it is terminated if it does not within
+        :data:`TRAIN_STOP_GRACE_S`); its last checkpoint and best model stay in the run folder."""
+        if self.finished or self.cancelRequestedAt is not None:
+            return
+        self.cancelRequestedAt = time.monotonic()
+        self.stopFile.touch()
+
+    def _poll(self) -> None:
+        super()._poll()
+        for event in self.tail.read_events():
+            self.state.update(event)
+        if (self.cancelRequestedAt is not None and not self.process.is_finished()
+                and time.monotonic() - self.cancelRequestedAt > TRAIN_STOP_GRACE_S):
+            self.process.terminate(grace_s=2.0)  # no safe point reached: stop it anyway
+
+    def _finish(self) -> None:
+        model = self.runDir / "model.safetensors"
+        if self.state.status == "done" and self.process.returncode == 0 and model.is_file():
+            self.modelPath = self.addModel(model, self.modelName)
+            self.status = "done"
+        elif self.cancelRequestedAt is not None or self.state.status == "cancelled":
+            self.status = "cancelled"
+        else:
+            self.status = "failed"
+            self.error = self.state.message if self.state.status == "error" else processError("mffmt train", self.process)
+
+
+class TrainingLogic:
+    """Retrain. ``self.workRoot``, ``self.modelsFolder``, ``self.addModelFile`` and
+    ``self.requireRequirements`` come from the logic."""
+
+    @staticmethod
+    def setTrainingLabel(volumeNode: vtkMRMLScalarVolumeNode, label: str | None) -> None:
+        """Mark a scene volume benign, malignant or normal for retraining (None: no label)."""
+        if label is not None and label not in LABEL_NAMES:
+            raise ValueError(f"label must be one of {', '.join(LABEL_NAMES)} or None, got {label!r}")
+        volumeNode.SetAttribute(LABEL_ATTRIBUTE, label or "")
+
+    @staticmethod
+    def trainingLabel(volumeNode: vtkMRMLScalarVolumeNode) -> str | None:
+        return volumeNode.GetAttribute(LABEL_ATTRIBUTE) or None
+
+    def sceneTrainingCandidates(self, scene=None) -> list[tuple[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode | None,
+                                                                str | None]]:
+        """(volume, its segmentation or None, its label or None) for each image volume of a scene.
+
+        A segmentation belongs to the volume it takes its geometry from; only segmentations a user
+        made count (this module's results would teach the model its own answers), and volumes this
+        module made (probabilities, heat maps, clips assembled from a sequence) are left out.
+
+        Args:
+            scene: the scene; None is Slicer's scene.
+        """
+        scene = scene if scene is not None else slicer.mrmlScene
+        segmentations: dict[str, Any] = {}
+        for segmentation in nodes.nodesByClass(scene, "vtkMRMLSegmentationNode"):
+            reference = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+            if reference is not None and not isResultSegmentation(segmentation):
+                segmentations.setdefault(reference.GetID(), segmentation)
+        candidates = []
+        for volume in nodes.nodesByClass(scene, "vtkMRMLScalarVolumeNode"):
+            if volume.IsA("vtkMRMLLabelMapVolumeNode") or volume.GetAttribute(nodes.RESULT_VOLUME_ATTRIBUTE):
+                continue
+            if volume.GetAttribute(nodes.SOURCE_SEQUENCE_ATTRIBUTE):
+                continue
+            if volume.GetImageData() is None or volume.GetHideFromEditors():
+                continue
+            candidates.append((volume, segmentations.get(volume.GetID()), self.trainingLabel(volume)))
+        return candidates
+
+    @staticmethod
+    def lesionMask(segmentationNode: vtkMRMLSegmentationNode, volumeNode: vtkMRMLScalarVolumeNode) -> np.ndarray | None:
+        """The lesion mask (boolean, (k, j, i)) of a segmentation on the voxels of ``volumeNode``: its
+        "Lesion" segment, or all its segments together when none is called so; None without segments."""
+        segmentation = segmentationNode.GetSegmentation()
+        lesion = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
+        ids = [lesion] if lesion else [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+        mask = None
+        for segmentId in ids:
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) != 0
+            mask = array if mask is None else mask | array
+        return mask
+
+    def exportSceneTrainingData(self, items: Iterable[tuple[Any, Any, str | None]],
+                                outputDir: str | os.PathLike) -> TrainingExport:
+        """Write (volume, segmentation or None, label or None) items as files and a datalist for training."""
+        volumes = []
+        for volume, segmentation, label in items:
+            mask = self.lesionMask(segmentation, volume) if segmentation is not None else None
+            volumes.append(SceneVolume(volume.GetName(), nodes.volumeArray(volume), nodes.ijkToRasArray(volume),
+                                       label, mask))
+        return write_training_datalist(volumes, outputDir)
+
+    def startTraining(self, data: Sequence[str | os.PathLike] = (), modelName: str = "my_model",
+                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), backbone: str | None = None,
+                      epochs: int | None = None, learningRate: float | None = None, lambdaLoc: float | None = None,
+                      batchSize: int | None = None, valFraction: float | None = None,
+                      initModel: str | os.PathLike | None = None, device: str = "cpu", inputSize: int | None = None,
+                      progressCallback: Callable[[TrainingTask], None] | None = None,
+                      completedCallback: Callable[[TrainingTask], None] | None = None) -> TrainingTask:
+        """Start training (or fine-tuning) a model with ``mffmt train``; it is added to the models folder.
+
+        Args:
+            data: BUSI or BUS-BRA folders and datalist files.
+            modelName: name of the new model file in the models folder (made unique if taken).
+            sceneItems: (volume, segmentation or None, "benign"/"malignant"/"normal"/None) from the scene.
+            backbone: "resnet18" or "resnet50" for a new model (ignored when fine-tuning).
+            epochs, learningRate, lambdaLoc, batchSize, valFraction, inputSize: the recipe; None
+                leaves the value to ``mffmt train``'s preset.
+            initModel: model file to fine-tune; None trains from scratch.
+            device: "cpu"/"cuda" (or "CPU"/"GPU").
+            progressCallback: called with the task whenever new progress is read.
+            completedCallback: called with the task when it has finished, failed or been cancelled.
+
+        Returns:
+            The running task (poll it or wait for it).
+
+        Raises:
+            ValueError: no or missing data, bad options; RuntimeError: missing packages.
+        """
+        data = [Path(path).absolute() for path in data]
+        missing = [str(path) for path in data if not path.exists()]
+        if missing:
+            raise ValueError(f"training data not found: {', '.join(missing)}")
+        sceneItems = list(sceneItems)
+        self.requireRequirements()
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        runDir = self.modelsFolder.absolute() / "runs" / f"{stamp}-{safe_model_filename(modelName)}"
+        runDir.mkdir(parents=True, exist_ok=False)
+        if sceneItems:
+            data.append(self.exportSceneTrainingData(sceneItems, runDir / "scene_data").datalist)
+        args = train_command(pythonExecutable(), data, runDir, backbone=None if initModel else backbone,
+                             epochs=epochs, learning_rate=learningRate, lambda_loc=lambdaLoc, batch_size=batchSize,
+                             val_fraction=valFraction, input_size=inputSize, init_model=initModel, device=device,
+                             stop_file=runDir / "STOP", progress_bar=False)
+        workDir = makeWorkFolder(self.workRoot)
+        return TrainingTask(runDir, modelName, self.addModelFile, process=startCommand(args, workDir),
+                            workDir=workDir, progressCallback=progressCallback, completedCallback=completedCallback)
+
+    def train(self, data: Sequence[str | os.PathLike] = (), modelName: str = "my_model", **options: Any) -> Path:
+        """:meth:`startTraining` and wait; the path of the new model in the models folder.
+
+        Raises:
+            ValueError: no or missing data, bad options; RuntimeError: training failed or was stopped.
+        """
+        task = self.startTraining(data, modelName, **options).wait(intervalS=1.0)
+        if task.status != "done":
+            raise RuntimeError(task.error or f"training {task.status}; run folder: {task.runDir}")
+        return task.modelPath
+
+    @staticmethod
+    def cancelTraining(task: TrainingTask) -> None:
+        """Ask a running training to stop at its next safe point (see :meth:`TrainingTask.requestStop`)."""
+        task.requestStop()
