@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,20 @@ class ModelEntry:
         return "\n".join(lines)
 
 
+def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
+    """A model file's metadata, verified by MFFMTCore (checksum over weights and header, every field
+    checked) when it is installed, else read from the header alone (before the first-use install).
+
+    Raises:
+        ValueError: not a usable MFFMT model file (the message names the file and the problem).
+    """
+    try:
+        from MFFMTCore.model_file import read_model_info as read_verified
+    except ImportError:  # torch or safetensors not installed yet
+        return read_model_metadata(path)
+    return asdict(read_verified(path))
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -104,7 +118,7 @@ class ModelRegistry:
 
     def _entry(self, path: Path, is_default: bool) -> ModelEntry:
         try:
-            return ModelEntry(path, read_model_metadata(path), is_default)
+            return ModelEntry(path, read_model_info(path), is_default)
         except (ValueError, OSError) as error:
             return ModelEntry(path, {}, is_default, error=str(error))
 
@@ -135,7 +149,7 @@ class ModelRegistry:
             ValueError: ``source`` is not a readable MFFMT model file.
         """
         source = Path(source)
-        read_model_metadata(source)
+        read_model_info(source)
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = safe_model_filename(name if name else source.stem)
         handle, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=self.folder)
@@ -143,7 +157,7 @@ class ModelRegistry:
         temporary = Path(temporary)
         try:
             shutil.copyfile(source, temporary)
-            read_model_metadata(temporary)  # the copy is complete and readable
+            read_model_info(temporary)  # the copy is complete and readable
             for number in range(1, 10000):
                 target = self.folder / (f"{stem}{MODEL_SUFFIX}" if number == 1 else f"{stem}-{number}{MODEL_SUFFIX}")
                 if _place_without_overwrite(temporary, target):

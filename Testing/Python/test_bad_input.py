@@ -256,7 +256,9 @@ def test_a_format_1_file_with_a_weights_only_checksum_still_loads(model_path, tm
 
 def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path):
     sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-    from MFFMTSlicerLib.models import ModelRegistry, read_model_metadata
+    from MFFMTSlicerLib.models import ModelRegistry
+
+    from MFFMTCore.base.model_metadata import read_model_metadata
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -272,7 +274,7 @@ def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path
         assert str(folder / name) in entries[name].error
     # Without MFFMTCore (before torch is installed) the header is read directly, and still checked.
     with pytest.raises(ValueError, match="'architecture' is not a JSON object"):
-        read_model_metadata(folder / "odd.safetensors", use_core=False)
+        read_model_metadata(folder / "odd.safetensors")
 
 
 # ------------------------------------------------------------------ the output folder

@@ -642,3 +642,17 @@ def test_check_requirements_reports_missing_and_too_old_packages():
     # Installed without package metadata (Slicer's own build): importable counts as present.
     assert by_name["SimpleITK"].ok
     assert [s.requirement.name for s in dependencies.missing_requirements(statuses)] == ["monai", "safetensors"]
+
+
+def test_lesion_decision_reaches_the_table_and_keeps_lesion_free_frames_empty(tmp_path):
+    # As mffmt predict writes it: JSON booleans in results.json, "True"/"False" in results.csv.
+    rows = [{**ROWS[0], "lesion_present": True, "p_lesion": 0.99}, {**ROWS[1], "lesion_present": "False", "p_lesion": 0.4}]
+    columns = {c.title: c for c in results.results_table(rows)}
+    assert columns["Lesion present"].values == ["yes", "no"]
+    assert columns["P(lesion)"].values == [0.99, 0.4]
+    assert results.lesion_free_frames(rows) == {1}
+    probability = np.zeros((2, 8, 10), np.float32)
+    probability[:, 2:4, 3:7] = 0.9
+    measured = results.frame_measurements(probability, 0.5, np.eye(4), lesion_free={1})
+    assert measured[0]["lesion_area_px"] == 8 and measured[1]["lesion_area_px"] == 0
+    assert measured[1]["components"] == 0 and math.isnan(measured[1]["centroid_x"])
