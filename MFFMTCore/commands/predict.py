@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from MFFMTCore.inference.batch import InputOutcome, find_inputs, predict_files
+from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
 
 
@@ -60,6 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="lesion probability threshold (default: the model's)")
     parser.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
                         help="classify only this pixel box of each frame (x = column, y = row; the paper's protocol)")
+    parser.add_argument("--imaging-region", choices=IMAGING_REGION_CHOICES, default="auto",
+                        help="where the scan is without --roi: auto = a DICOM file's calibrated ultrasound "
+                             "region, else detected (borders, text and panels left out); dicom = the DICOM "
+                             "region only; none = the whole frame")
     parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM maps of the malignant class")
     parser.add_argument("--overwrite", action="store_true", help="redo inputs that an earlier run finished")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = predict_files(predictor, inputs, args.output, threshold=args.threshold, roi=args.roi,
-                                gradcam=args.gradcam, overwrite=args.overwrite, progress=report)
+                                gradcam=args.gradcam, imaging_region=args.imaging_region, overwrite=args.overwrite, progress=report)
     except KeyboardInterrupt:
         bar.close()
         print("mffmt predict: stopped; finished inputs are in the results files", file=sys.stderr)

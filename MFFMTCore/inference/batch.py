@@ -149,6 +149,7 @@ def predict_files(
     gradcam: bool = False,
     overwrite: bool = False,
     progress: Callable[[InputOutcome, int, int], None] | None = None,
+    imaging_region: str = "auto",
 ) -> BatchSummary:
     """Predict on each input and write its outputs and the results tables into ``output``.
 
@@ -161,6 +162,7 @@ def predict_files(
         gradcam: also write Grad-CAM maps.
         overwrite: redo inputs an earlier run finished.
         progress: called as ``progress(outcome, done, total)`` after each input.
+        imaging_region: where the scan is without an ROI (see :meth:`Predictor.predict`).
 
     Raises:
         ValueError: the folder's results.json is damaged (unless ``overwrite``).
@@ -170,7 +172,7 @@ def predict_files(
     threshold = predictor.info.threshold if threshold is None else float(threshold)
     model = _model_document(predictor)
     settings = {"model": model["path"], "model_created": model["created"], "threshold": threshold,
-                "roi": list(roi) if roi is not None else None}
+                "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region}
     previous = None if overwrite else read_results(output)
     entries: dict[str, dict[str, Any]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -205,7 +207,8 @@ def predict_files(
         ):
             outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
         else:
-            outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows)
+            outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows,
+                                          imaging_region)
             entries[key] = entry | {"settings": settings}
             save()
         outcomes.append(outcome)
@@ -223,11 +226,13 @@ def _predict_one(
     roi: RoiInput | None,
     gradcam: bool,
     rows: dict[str, list[dict[str, Any]]],
+    imaging_region: str = "auto",
 ) -> tuple[InputOutcome, dict[str, Any]]:
     """Predict on one input, write its files and its rows; a failure becomes an error row."""
     key, started = str(path), time.perf_counter()
     try:
-        result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold)
+        result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold,
+                                   imaging_region=imaging_region)
         written = {name: str(file) for name, file in write_outputs(result, output, stem).items()}
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
         message = str(error) if key in str(error) else f"{path}: {type(error).__name__}: {error}"
@@ -250,6 +255,8 @@ def _predict_one(
         "geometry": summary["geometry"],
         "roi": summary["roi"],
         "clip": summary["clip"],
+        "imaging_region": summary["imaging_region"],
+        "notes": summary["notes"],
     }
     return outcome, entry
 

@@ -21,6 +21,7 @@ import torch
 from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
+from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.inference.roi import RoiInput, resolve_roi
@@ -84,6 +85,7 @@ class Predictor:
         gradcam: bool = False,
         threshold: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        imaging_region: str = "auto",
     ) -> PredictionResult:
         """Predict on one image: a 2D frame or a 3D stack of frames (a clip).
 
@@ -100,6 +102,10 @@ class Predictor:
             threshold: lesion probability threshold; default the model's (``ModelInfo.threshold``).
             progress: called as ``progress(frames_done, frames_total)`` after each chunk; raising
                 from it abandons the prediction.
+            imaging_region: where the scan is when no ``roi`` is given (see
+                :mod:`MFFMTCore.inference.imaging_region`): ``"auto"`` the DICOM calibrated region,
+                else the detected scan rectangle; ``"dicom"`` the DICOM region only; ``"none"`` the
+                whole frame. The network sees that rectangle; its maps are pasted back (zero outside).
 
         Returns:
             Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
@@ -115,7 +121,9 @@ class Predictor:
         if box is not None and self.roi_margin > 0:
             row0, row1, col0, col1 = expand_box(box, self.roi_margin, (height, width))
             box = (col0, row0, col1 - col0, row1 - row0)
-        x0, y0, w, h = box if box is not None else (0, 0, width, height)
+        # A user's ROI lies inside the scan already; the imaging region is only looked for without one.
+        region: ImagingRegion | None = None if box is not None else find_imaging_region(stack, imaging_region)
+        x0, y0, w, h = box if box is not None else region.box if region is not None else (0, 0, width, height)
 
         count = stack.num_frames
         # Outside an ROI there is no lesion: the maps start at zero and the box is pasted in.
@@ -145,4 +153,5 @@ class Predictor:
             roi=box,
             gradcam=cam,
             input_frames=stack,
+            imaging_region=region,
         )

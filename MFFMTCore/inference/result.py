@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from MFFMTCore.inference.components import LesionComponent, find_components
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.inference.imaging_region import ImagingRegion
 
 
 def check_threshold(threshold: float) -> float:
@@ -169,6 +170,8 @@ class PredictionResult:
         roi: (x, y, w, h) pixel box that was classified (ROI mode), or None for whole frames.
         gradcam: (N, H, W) float32 Grad-CAM of the positive class in [0, 1], or None.
         input_frames: the input's frames (a view, not a copy), for pictures such as the overlay.
+        imaging_region: the scan rectangle the network saw when no ROI was given (DICOM calibrated
+            region or detected), or None for the whole frame.
     """
 
     probability: np.ndarray
@@ -180,6 +183,7 @@ class PredictionResult:
     roi: tuple[int, int, int, int] | None = None
     gradcam: np.ndarray | None = None
     input_frames: FrameStack | None = field(default=None, repr=False)
+    imaging_region: ImagingRegion | None = None
     label: np.ndarray = field(init=False, repr=False)
     frames: list[FrameResult] = field(init=False, repr=False)
     clip: ClipResult | None = field(init=False, repr=False)
@@ -232,6 +236,7 @@ class PredictionResult:
             roi=self.roi,
             gradcam=self.gradcam,
             input_frames=self.input_frames,
+            imaging_region=self.imaging_region,
         )
 
     def _image(self, array: np.ndarray) -> sitk.Image:
@@ -265,4 +270,13 @@ class PredictionResult:
             "size": list(self.probability.shape[::-1][: self.geometry.dimension]),
             "frames": [frame.to_json() for frame in self.frames],
             "clip": self.clip.to_json() if self.clip is not None else None,
+            **self._input_json(),
+        }
+
+    def _input_json(self) -> dict:
+        """Where the network looked and what the input's calibration said (issue 13's additions)."""
+        dicom = self.input_frames.dicom if self.input_frames is not None else None
+        return {
+            "imaging_region": self.imaging_region.to_json() if self.imaging_region is not None else None,
+            "notes": list(dicom.notes) if dicom is not None else [],
         }
