@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from MFFMTCore.inference.geometry import ImageGeometry
+from MFFMTCore.inference.measurements import LesionMeasurements, measure_lesion
 
 # 8-connectivity: pixels touching at a corner belong to one lesion (a thin oblique border stays whole).
 _CONNECTIVITY = np.ones((3, 3), dtype=bool)
@@ -25,6 +26,8 @@ class LesionComponent:
         centroid: physical position (x, y, z) of the centre, LPS as SimpleITK gives it; a 2D
             frame lies in the plane z = 0, as Slicer places it.
         mean_probability: mean lesion probability over the region.
+        measurements: long and perpendicular diameters and orientation (see
+            :mod:`MFFMTCore.inference.measurements`).
     """
 
     area_px: int
@@ -33,6 +36,7 @@ class LesionComponent:
     centroid_index: tuple[float, float]
     centroid: tuple[float, float, float]
     mean_probability: float
+    measurements: LesionMeasurements | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,6 +78,7 @@ def find_components(
                 centroid_index=(float(index[number, 0]), float(index[number, 1])),
                 centroid=tuple(float(v) for v in physical[number]),
                 mean_probability=float(mean_probability[number]),
+                measurements=measure_lesion(labelled == number + 1, geometry, frame),
             )
         )
     return sorted(components, key=lambda component: component.area_px, reverse=True)

@@ -16,6 +16,7 @@ from MFFMTCore.inference.components import LesionComponent, find_components
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.geometry import ImageGeometry
 from MFFMTCore.inference.imaging_region import ImagingRegion
+from MFFMTCore.inference.measurements import LesionMeasurements
 
 
 def check_threshold(threshold: float) -> float:
@@ -61,6 +62,11 @@ class FrameResult:
         if not self.spacing_known:
             return None
         return float(sum(component.area_mm2 for component in self.components))
+
+    @property
+    def measurements(self) -> LesionMeasurements | None:
+        """Diameters and orientation of the largest lesion region (None without lesion)."""
+        return self.components[0].measurements if self.components else None
 
     @property
     def centroid(self) -> tuple[float, float, float] | None:

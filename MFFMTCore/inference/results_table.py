@@ -3,8 +3,10 @@
 Columns: ``input, frame`` (from 0), ``p_<class>`` for each class (``p_benign, p_malignant``),
 ``prediction, lesion_area_mm2`` (empty where the spacing is unknown), ``lesion_area_px, components``
 (number of lesion regions), ``centroid_x, centroid_y, centroid_z`` (physical centre of the largest
-region, LPS as SimpleITK gives it; empty without lesion) and ``error`` (why an input failed; its row
-has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
+region, LPS as SimpleITK gives it; empty without lesion), the largest region's diameters
+``long_axis_mm, perpendicular_axis_mm`` (empty where the spacing is unknown), ``long_axis_px,
+perpendicular_axis_px`` and ``orientation`` (``parallel`` / ``not parallel``; see
+:mod:`MFFMTCore.inference.measurements`), and ``error`` (why an input failed; its row has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
 status, output files and, for clips, the clip-level result.
 """
 
@@ -17,10 +19,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.io import write_text_atomic
 
 CSV_NAME = "results.csv"
+MEASUREMENT_COLUMNS = (
+    "long_axis_mm", "perpendicular_axis_mm", "long_axis_px", "perpendicular_axis_px", "orientation",
+)
 JSON_NAME = "results.json"
 
 
@@ -28,7 +33,7 @@ def result_columns(class_names: list[str]) -> list[str]:
     """CSV columns for a model with these class names."""
     return [
         "input", "frame", *[f"p_{name}" for name in class_names], "prediction", "lesion_area_mm2",
-        "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error",
+        "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", *MEASUREMENT_COLUMNS, "error",
     ]
 
 
@@ -51,10 +56,25 @@ def frame_rows(result: PredictionResult, input_name: str) -> list[dict[str, Any]
             "centroid_x": _rounded(centroid[0], 4),
             "centroid_y": _rounded(centroid[1], 4),
             "centroid_z": _rounded(centroid[2], 4),
+            **_measurement_cells(frame),
             "error": None,
         })
         rows.append(row)
     return rows
+
+
+def _measurement_cells(frame: FrameResult) -> dict[str, Any]:
+    """The largest lesion region's diameters and orientation; empty cells without lesion."""
+    measured = frame.measurements
+    if measured is None:
+        return dict.fromkeys(MEASUREMENT_COLUMNS)
+    return {
+        "long_axis_mm": _rounded(measured.long_axis.length_mm, 3),
+        "perpendicular_axis_mm": _rounded(measured.perpendicular_axis.length_mm, 3),
+        "long_axis_px": _rounded(measured.long_axis.length_px, 2),
+        "perpendicular_axis_px": _rounded(measured.perpendicular_axis.length_px, 2),
+        "orientation": measured.orientation,
+    }
 
 
 def error_row(input_name: str, error: str) -> dict[str, Any]:
