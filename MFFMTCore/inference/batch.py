@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (
@@ -109,7 +110,7 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
-        paths = output_paths(directory, stem, gradcam=True).values()
+        paths = [*output_paths(directory, stem, gradcam=True).values(), *dicom_output_paths(directory, stem).values()]
         return stem not in taken and not any(str(path.resolve()) in protected for path in paths)
 
     for path in inputs:
@@ -150,6 +151,7 @@ def predict_files(
     overwrite: bool = False,
     progress: Callable[[InputOutcome, int, int], None] | None = None,
     imaging_region: str = "auto",
+    dicom: bool = False,
 ) -> BatchSummary:
     """Predict on each input and write its outputs and the results tables into ``output``.
 
@@ -163,6 +165,8 @@ def predict_files(
         overwrite: redo inputs an earlier run finished.
         progress: called as ``progress(outcome, done, total)`` after each input.
         imaging_region: where the scan is without an ROI (see :meth:`Predictor.predict`).
+        dicom: for DICOM inputs, also write a DICOM Segmentation and Structured Report
+            (:mod:`MFFMTCore.inference.dicom_export`).
 
     Raises:
         ValueError: the folder's results.json is damaged (unless ``overwrite``).
@@ -172,7 +176,8 @@ def predict_files(
     threshold = predictor.info.threshold if threshold is None else float(threshold)
     model = _model_document(predictor)
     settings = {"model": model["path"], "model_created": model["created"], "threshold": threshold,
-                "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region}
+                "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region,
+                "dicom": dicom}
     previous = None if overwrite else read_results(output)
     entries: dict[str, dict[str, Any]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -208,7 +213,7 @@ def predict_files(
             outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
         else:
             outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows,
-                                          imaging_region)
+                                          imaging_region, dicom)
             entries[key] = entry | {"settings": settings}
             save()
         outcomes.append(outcome)
@@ -227,6 +232,7 @@ def _predict_one(
     gradcam: bool,
     rows: dict[str, list[dict[str, Any]]],
     imaging_region: str = "auto",
+    dicom: bool = False,
 ) -> tuple[InputOutcome, dict[str, Any]]:
     """Predict on one input, write its files and its rows; a failure becomes an error row."""
     key, started = str(path), time.perf_counter()
@@ -234,6 +240,8 @@ def _predict_one(
         result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold,
                                    imaging_region=imaging_region)
         written = {name: str(file) for name, file in write_outputs(result, output, stem).items()}
+        if dicom and result.input_frames is not None and result.input_frames.dicom is not None:
+            written.update({name: str(file) for name, file in write_dicom_results(result, output, stem).items()})
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
         message = str(error) if key in str(error) else f"{path}: {type(error).__name__}: {error}"
         message = " ".join(message.split())  # one line: it is a CSV cell and a log line

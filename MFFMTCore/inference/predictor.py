@@ -22,6 +22,7 @@ from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
+from MFFMTCore.inference.input_check import FeatureRecorder, check_frames, colour_share, read_statistics
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.inference.roi import RoiInput, resolve_roi
@@ -55,6 +56,8 @@ class Predictor:
         self.class_names = list(self.info.class_names)
         self.input_size = tuple(self.info.input_size)
         self._explainer: GradCamExplainer | None = None
+        # Where breast B-mode frames lie in feature space (None: the model file has no statistics).
+        self.input_statistics = read_statistics(self.model_path)
 
     @property
     def roi_margin(self) -> float:
@@ -130,19 +133,26 @@ class Predictor:
         probability = np.zeros((count, height, width), dtype=np.float32)
         cam = np.zeros((count, height, width), dtype=np.float32) if gradcam else None
         class_probabilities = np.empty((count, len(self.class_names)), dtype=np.float32)
+        colour, features = np.empty(count), []
+        recorder = FeatureRecorder(self.model)
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             grey = stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
+            colour[start:stop] = colour_share(stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], stack.components)
             x = self._network_input(grey)
-            with torch.inference_mode():
+            with torch.inference_mode(), recorder:
                 output = self.model(x)
                 lesion = torch.sigmoid(resize_to_frame(output.mask_logits, (h, w)))
                 probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
                 class_probabilities[start:stop] = torch.softmax(output.class_logits.float(), dim=1).cpu().numpy()
+            features.append(recorder.take())
             if cam is not None:
                 cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
             if progress is not None:
                 progress(stop, count)
+        distance = None
+        if self.input_statistics is not None and recorder.available:
+            distance = self.input_statistics.distance(np.concatenate(features))
         return PredictionResult(
             probability=probability,
             class_probabilities=class_probabilities,
@@ -154,4 +164,5 @@ class Predictor:
             gradcam=cam,
             input_frames=stack,
             imaging_region=region,
+            input_checks=check_frames(colour, distance),
         )

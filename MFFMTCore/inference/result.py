@@ -7,6 +7,7 @@ derived from them, so :meth:`PredictionResult.with_threshold` never runs the net
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,7 @@ from MFFMTCore.inference.components import LesionComponent, find_components
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.geometry import ImageGeometry
 from MFFMTCore.inference.imaging_region import ImagingRegion
+from MFFMTCore.inference.input_check import UNSUITABLE, InputCheck
 from MFFMTCore.inference.measurements import LesionMeasurements
 
 
@@ -38,6 +40,8 @@ class FrameResult:
         lesion_mass: sum of the lesion probability over the label map's pixels: how much lesion
             the network sees in this frame, used to weight frames in a clip.
         spacing_known: whether areas in mm² can be given.
+        input_check: whether the frame looks like breast B-mode (see
+            :mod:`MFFMTCore.inference.input_check`); a flagged frame's prediction is ``UNSUITABLE``.
     """
 
     frame: int
@@ -46,6 +50,7 @@ class FrameResult:
     components: list[LesionComponent]
     lesion_mass: float
     spacing_known: bool
+    input_check: InputCheck | None = None
 
     @property
     def p_malignant(self) -> float:
@@ -86,6 +91,7 @@ class FrameResult:
             "lesion_area_px": self.lesion_area_px,
             "lesion_area_mm2": self.lesion_area_mm2,
             "components": [component.to_json() for component in self.components],
+            "input_check": self.input_check.to_json() if self.input_check is not None else None,
         }
 
 
@@ -100,6 +106,8 @@ class ClipResult:
         key_frame: the frame with the largest lesion probability mass (the one to look at).
         frames_with_lesion: number of frames whose label map is not empty.
         num_frames: number of frames.
+        frames_assessed: frames the finding is taken over (those the input check did not flag);
+            ``prediction`` is ``UNSUITABLE`` when every frame is flagged.
     """
 
     probabilities: dict[str, float]
@@ -108,6 +116,7 @@ class ClipResult:
     key_frame: int
     frames_with_lesion: int
     num_frames: int
+    frames_assessed: int | None = None
 
     @property
     def p_malignant(self) -> float:
@@ -122,6 +131,7 @@ class ClipResult:
             "key_frame": self.key_frame,
             "frames_with_lesion": self.frames_with_lesion,
             "num_frames": self.num_frames,
+            "frames_assessed": self.num_frames if self.frames_assessed is None else self.frames_assessed,
         }
 
 
@@ -178,6 +188,8 @@ class PredictionResult:
         input_frames: the input's frames (a view, not a copy), for pictures such as the overlay.
         imaging_region: the scan rectangle the network saw when no ROI was given (DICOM calibrated
             region or detected), or None for the whole frame.
+        input_checks: per frame, whether it looks like breast B-mode; flagged frames get the
+            prediction ``UNSUITABLE`` and a clip's finding is taken over the other frames.
     """
 
     probability: np.ndarray
@@ -190,6 +202,7 @@ class PredictionResult:
     gradcam: np.ndarray | None = None
     input_frames: FrameStack | None = field(default=None, repr=False)
     imaging_region: ImagingRegion | None = None
+    input_checks: list[InputCheck] | None = None
     label: np.ndarray = field(init=False, repr=False)
     frames: list[FrameResult] = field(init=False, repr=False)
     clip: ClipResult | None = field(init=False, repr=False)
@@ -198,28 +211,38 @@ class PredictionResult:
         self.threshold = check_threshold(self.threshold)
         self.label = (self.probability >= self.threshold).astype(np.uint8)
         frames, masses, sums = [], np.zeros(len(self.probability)), np.zeros(len(self.probability))
-        for index, (label, probability, classes) in enumerate(
-            zip(self.label, self.probability, self.class_probabilities)
+        checks = self.input_checks or [None] * len(self.probability)
+        for index, (label, probability, classes, check) in enumerate(
+            zip(self.label, self.probability, self.class_probabilities, checks)
         ):
             lesion = label.astype(bool)
             masses[index] = float(probability[lesion].sum(dtype=np.float64))
             sums[index] = float(probability.sum(dtype=np.float64))
+            flagged = check is not None and check.flagged
             frames.append(
                 FrameResult(
                     frame=index,
                     probabilities={name: float(p) for name, p in zip(self.class_names, classes)},
-                    prediction=self.class_names[int(np.argmax(classes))],
+                    prediction=UNSUITABLE if flagged else self.class_names[int(np.argmax(classes))],
                     components=find_components(lesion, probability, self.geometry, index),
                     lesion_mass=float(masses[index]),
                     spacing_known=self.geometry.spacing_known,
+                    input_check=check,
                 )
             )
         self.frames = frames
-        self.clip = (
-            None
-            if self.is_2d
-            else aggregate_frames(self.class_probabilities, masses, self.class_names, sums)
-        )
+        self.clip = None if self.is_2d else self._clip(masses, sums)
+
+    def _clip(self, masses: np.ndarray, sums: np.ndarray) -> ClipResult:
+        """The clip's finding over the frames the input check did not flag (all frames when none is checked)."""
+        kept = np.array([frame.input_check is None or not frame.input_check.flagged for frame in self.frames])
+        if not kept.any():
+            clip = aggregate_frames(self.class_probabilities, masses, self.class_names, sums)
+            return dataclasses.replace(clip, prediction=UNSUITABLE, frames_assessed=0)
+        indices = np.flatnonzero(kept)
+        clip = aggregate_frames(self.class_probabilities[indices], masses[indices], self.class_names, sums[indices])
+        return dataclasses.replace(clip, key_frame=int(indices[clip.key_frame]), num_frames=len(self.frames),
+                                   frames_assessed=len(indices))
 
     @property
     def is_2d(self) -> bool:
@@ -243,6 +266,7 @@ class PredictionResult:
             gradcam=self.gradcam,
             input_frames=self.input_frames,
             imaging_region=self.imaging_region,
+            input_checks=self.input_checks,
         )
 
     def _image(self, array: np.ndarray) -> sitk.Image:

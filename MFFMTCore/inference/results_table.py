@@ -6,7 +6,9 @@ Columns: ``input, frame`` (from 0), ``p_<class>`` for each class (``p_benign, p_
 region, LPS as SimpleITK gives it; empty without lesion), the largest region's diameters
 ``long_axis_mm, perpendicular_axis_mm`` (empty where the spacing is unknown), ``long_axis_px,
 perpendicular_axis_px`` and ``orientation`` (``parallel`` / ``not parallel``; see
-:mod:`MFFMTCore.inference.measurements`), and ``error`` (why an input failed; its row has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
+:mod:`MFFMTCore.inference.measurements`), the input check ``input_flagged, input_score,
+input_reason`` (a flagged frame's ``prediction`` is ``not breast B-mode``; see
+:mod:`MFFMTCore.inference.input_check`), and ``error`` (why an input failed; its row has no frame). ``results.json`` holds the same rows plus the model, the settings, and per input its
 status, output files and, for clips, the clip-level result.
 """
 
@@ -23,6 +25,9 @@ from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.io import write_text_atomic
 
 CSV_NAME = "results.csv"
+# Whether the frame looks like breast B-mode (MFFMTCore.inference.input_check); a flagged frame's
+# prediction is "not breast B-mode".
+INPUT_CHECK_COLUMNS = ("input_flagged", "input_score", "input_reason")
 MEASUREMENT_COLUMNS = (
     "long_axis_mm", "perpendicular_axis_mm", "long_axis_px", "perpendicular_axis_px", "orientation",
 )
@@ -33,7 +38,8 @@ def result_columns(class_names: list[str]) -> list[str]:
     """CSV columns for a model with these class names."""
     return [
         "input", "frame", *[f"p_{name}" for name in class_names], "prediction", "lesion_area_mm2",
-        "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", *MEASUREMENT_COLUMNS, "error",
+        "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", *MEASUREMENT_COLUMNS,
+        *INPUT_CHECK_COLUMNS, "error",
     ]
 
 
@@ -57,6 +63,7 @@ def frame_rows(result: PredictionResult, input_name: str) -> list[dict[str, Any]
             "centroid_y": _rounded(centroid[1], 4),
             "centroid_z": _rounded(centroid[2], 4),
             **_measurement_cells(frame),
+            **_input_check_cells(frame),
             "error": None,
         })
         rows.append(row)
@@ -75,6 +82,14 @@ def _measurement_cells(frame: FrameResult) -> dict[str, Any]:
         "perpendicular_axis_px": _rounded(measured.perpendicular_axis.length_px, 2),
         "orientation": measured.orientation,
     }
+
+
+def _input_check_cells(frame: FrameResult) -> dict[str, Any]:
+    check = frame.input_check
+    if check is None:
+        return dict.fromkeys(INPUT_CHECK_COLUMNS)
+    return {"input_flagged": check.flagged, "input_score": _rounded(check.score, 4),
+            "input_reason": check.reason or None}
 
 
 def error_row(input_name: str, error: str) -> dict[str, Any]:
