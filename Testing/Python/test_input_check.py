@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +145,79 @@ def test_feature_statistics_in_the_model_file_flag_unlike_frames(tmp_path, model
     same_kind = checked_predictor.predict(speckle(1, seed=99)[0], imaging_region="none")
     assert same_kind.frames[0].input_check.distance < 1
     assert METADATA_KEY == "input_check"
+
+
+@pytest.mark.slow
+def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(tmp_path):
+    from test_train_synthetic import write_dataset
+
+    from MFFMTCore.cli import main
+    from MFFMTCore.model_file import read_model_info
+
+    datalist = write_dataset(tmp_path / "data", count=48)
+    torch.manual_seed(0)
+    network = MFFMT(backbone="resnet18")
+    model = tmp_path / "m.safetensors"
+    save_model(model, network, ModelInfo(architecture=network.architecture, input_size=[SIZE, SIZE],
+                                         training={"data": [str(datalist)], "split": {"val_fraction": 0.25, "seed": 0}}))
+    before = model.read_bytes()
+    odd = tmp_path / "odd.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((72, 72, 3), (255, 0, 0), dtype=np.uint8)).save(odd)
+    output = tmp_path / "checked.safetensors"
+    assert main(["fit-input-check", str(model), "--output", str(output), "--others", str(odd)]) == 0
+    assert model.read_bytes() == before
+    report = json.loads((tmp_path / "checked.safetensors.input_check.json").read_text())
+    assert report["train_frames"] + report["validation_frames"] == 48
+    assert 0.0 <= report["validation_flagged"] <= 1.0 and report["others_all_flagged"] is True
+    statistics = read_statistics(output)
+    assert statistics.fitted["frames"] == report["train_frames"] and statistics.neighbours == 20
+    assert read_model_info(output).architecture == read_model_info(model).architecture
+    assert main(["fit-input-check", str(output), "--output", str(output)]) == 2  # never overwrites its input
+
+
+# --- the shipped model on real files ---------------------------------------------------------------
+
+NON_BREAST = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_jpeg2k.dcm", "examples_rgb_color.dcm",
+              "ExplVR_BigEnd.dcm"]
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from MFFMTCore.model_file import default_model_path
+
+    if default_model_path() is None:
+        pytest.skip("no default model installed")
+    predictor = Predictor()
+    if predictor.input_statistics is None:
+        pytest.skip("the default model has no input-check statistics (run mffmt fit-input-check)")
+    return predictor
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NON_BREAST)
+def test_shipped_model_flags_every_frame_of_the_real_non_breast_files(shipped, name):
+    from pydicom.data import get_testdata_file
+
+    result = shipped.predict(get_testdata_file(name))
+    assert all(frame.input_check.flagged for frame in result.frames)
+    assert {frame.prediction for frame in result.frames} == {UNSUITABLE}
+    if result.clip is not None:  # the cardiac cine: no malignant clip any more
+        assert result.clip.prediction == UNSUITABLE
+
+
+@pytest.mark.realdata
+def test_shipped_model_passes_real_breast_images():
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} is absent")
+    from MFFMTCore.model_file import default_model_path
+
+    if default_model_path() is None or read_statistics(default_model_path()) is None:
+        pytest.skip("the default model has no input-check statistics")
+    predictor = Predictor()
+    images = sorted((DATA / "busbra" / "Images").glob("*.png"))[:3] + sorted((DATA / "busi" / "malignant").glob("*).png"))[:3]
+    for image in images:
+        (frame,) = predictor.predict(image).frames
+        assert not frame.input_check.flagged, (image, frame.input_check)
