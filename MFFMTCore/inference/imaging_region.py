@@ -19,6 +19,9 @@ outside). The rectangle comes from:
    - the largest connected region that remains is the scan; dark parts inside it (cysts, shadows)
      are kept by filling its holes; its bounding box (less the texture window's reach past the
      scan's edge) is the imaging region;
+   - a side is only cut where the strip cut off is mostly black (at least 60% of its pixels at or
+     below 8 of 255): screen borders are, with text and marks on them; dark deep tissue and
+     acoustic shadows below a lesion are not, and are kept;
    - nothing is cropped when that box covers nearly all (98%) of both sides of the frame (an
      image that is already the scan), or when no region of at least 5% of the frame is found (an
      image too flat or too small to tell; then the whole frame is used, as before).
@@ -51,6 +54,11 @@ _WHOLE_FRAME = 0.98
 _MIN_AREA = 0.05
 # Frames of a clip looked at.
 _SAMPLED_FRAMES = 8
+# Grey level (of 255) at or below which a pixel is black, and the share of black pixels a cut-off
+# strip needs to be border: screen borders measured 0.72-1.0 (text on black), deep dark breast
+# tissue 0-0.33 (BUSI and BUS-BRA validation images).
+_BLACK = 8.0
+_BORDER_BLACK_SHARE = 0.6
 # Longest side of the working resolution (larger frames are subsampled for speed).
 _WORKING_SIZE = 480
 
@@ -103,6 +111,11 @@ def _working_frames(pixels: np.ndarray, components: int, step: int) -> tuple[np.
     return grey * scale, chroma
 
 
+def _is_border(strip: np.ndarray) -> bool:
+    """Whether a strip cut off the frame is screen border: mostly black (text and marks may lie on it)."""
+    return strip.size == 0 or float(np.mean(strip <= _BLACK)) >= _BORDER_BLACK_SHARE
+
+
 def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingRegion | None:
     """Find the scan rectangle of a frame or clip (see the module docstring for the method).
 
@@ -137,12 +150,19 @@ def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingReg
     rows = np.flatnonzero(largest.any(axis=1))
     columns = np.flatnonzero(largest.any(axis=0))
     # The texture window reaches half its width past the scan's edge (not past the frame's): take that
-    # back, less one pixel of slack.
+    # back, less one pixel of slack. A side whose cut-off strip is not mostly black is dark scan
+    # (deep tissue, shadowing), not border: nothing is cut there.
     shrink = _TEXTURE_WINDOW // 2 - 1
-    y0 = (rows[0] + shrink if rows[0] > 0 else 0) * step
-    y1 = min(height, (rows[-1] + 1 - shrink if rows[-1] < small - 1 else small) * step)
-    x0 = (columns[0] + shrink if columns[0] > 0 else 0) * step
-    x1 = min(width, (columns[-1] + 1 - shrink if columns[-1] < large - 1 else large) * step)
+    top = rows[0] + shrink if rows[0] > 0 else 0
+    bottom = rows[-1] + 1 - shrink if rows[-1] < small - 1 else small
+    left = columns[0] + shrink if columns[0] > 0 else 0
+    right = columns[-1] + 1 - shrink if columns[-1] < large - 1 else large
+    top = top if _is_border(grey[:, :top]) else 0
+    bottom = bottom if _is_border(grey[:, bottom:]) else small
+    left = left if _is_border(grey[:, top:bottom, :left]) else 0
+    right = right if _is_border(grey[:, top:bottom, right:]) else large
+    y0, y1 = top * step, min(height, bottom * step)
+    x0, x1 = left * step, min(width, right * step)
     if (x1 - x0) >= _WHOLE_FRAME * width and (y1 - y0) >= _WHOLE_FRAME * height:
         return None
     return ImagingRegion((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), (width, height), "detected")

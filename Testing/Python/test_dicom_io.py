@@ -6,6 +6,8 @@ with pydicom check what a scanner's capture gives.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -263,3 +265,27 @@ def test_png_capture_gets_a_detected_region(tmp_path, dark_lesion_predictor):
     assert result.imaging_region.method == "detected"
     assert not result.geometry.spacing_known and result.frames[0].lesion_area_mm2 is None
     assert result.probability[0, :, :20].max() == 0.0
+
+
+def test_dark_deep_tissue_below_the_scan_is_not_cut_off():
+    """A scan whose lower part is dark (deep tissue, shadowing: grey 10-30, weakly textured) keeps it."""
+    rng = np.random.default_rng(0)
+    frame = np.zeros((1, 120, 160), dtype=np.uint8)
+    frame[0, 10:70, 10:150] = rng.integers(60, 200, size=(60, 140))
+    frame[0, 70:120, 10:150] = rng.integers(12, 16, size=(50, 140))  # texture below the limit
+    region = detect_imaging_region(frame)
+    x, y, w, h = region.box
+    assert y + h == 120 and abs(x - 10) <= 2 and abs(y - 10) <= 2  # black sides cut, dark bottom kept
+
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+
+@pytest.mark.realdata
+def test_real_breast_images_without_border_are_not_cropped():
+    images = sorted((DATA / "busbra" / "Images").glob("*.png"))[:30]
+    if not images:
+        pytest.skip(f"{DATA} is absent")
+    for image in images:
+        stack = as_frame_stack(image)
+        assert detect_imaging_region(stack.pixels, stack.components) is None, image
