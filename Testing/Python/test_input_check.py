@@ -21,6 +21,7 @@ from MFFMTCore.inference.input_check import (
     read_statistics,
     write_statistics,
 )
+from MFFMTCore.inference.overlay import _caption
 from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.model_file import ModelInfo, load_model, save_model
 from MFFMTCore.network import MFFMT
@@ -115,6 +116,9 @@ def test_coloured_frames_of_a_clip_are_flagged_and_left_out_of_the_clip_finding(
     assert rows[2]["prediction"] == UNSUITABLE and rows[2]["input_flagged"] is True
     assert "colour" in rows[2]["input_reason"] and rows[0]["input_reason"] is None
     assert result.with_threshold(0.3).frames[2].prediction == UNSUITABLE
+    # The overlay's caption shows the flag, not a class probability, for a flagged frame.
+    assert _caption(result, 2)[0] == f"frame 2: {UNSUITABLE}"
+    assert _caption(result, 0)[0].startswith(f"frame 0: {result.frames[0].prediction}  p(malignant) = ")
 
 
 def test_clip_with_every_frame_flagged_has_no_class(model_path):
@@ -123,6 +127,7 @@ def test_clip_with_every_frame_flagged_has_no_class(model_path):
     clip[..., 0] = 250  # all red
     result = predictor.predict(clip, imaging_region="none")
     assert result.clip.prediction == UNSUITABLE and result.clip.frames_assessed == 0
+    assert _caption(result, 0)[1] == f"clip: {UNSUITABLE}"
 
 
 def test_feature_statistics_in_the_model_file_flag_unlike_frames(tmp_path, model_path):
