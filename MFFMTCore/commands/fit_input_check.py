@@ -38,6 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-train-frames", type=int, metavar="N", help="fit on at most N training images")
     parser.add_argument("--quantile", type=float, default=0.995,
                         help="quantile of the training frames' distances that becomes the limit (default 0.995)")
+    parser.add_argument("--neighbours", type=int, default=20, metavar="K",
+                        help="a frame's distance is its cosine distance to the K-th nearest training frame (default 20)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.set_defaults(run=run)
 
@@ -45,11 +47,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0.5 < args.quantile < 1.0:
         raise ValueError(f"--quantile must be in (0.5, 1), got {args.quantile}")
+    if args.neighbours < 1:
+        raise ValueError(f"--neighbours must be at least 1, got {args.neighbours}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     bar = tqdm(unit="file", file=sys.stderr)
     report = fit_input_check(args.model, args.output, data=args.data, others=args.others,
-                             max_train_frames=args.max_train_frames, quantile=args.quantile, device=args.device,
+                             max_train_frames=args.max_train_frames, quantile=args.quantile,
+                             neighbours=args.neighbours, device=args.device,
                              progress=lambda _name: bar.update(1))
     bar.close()
     text = json.dumps(report, indent=1, allow_nan=False)

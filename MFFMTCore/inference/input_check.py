@@ -104,7 +104,8 @@ class FeatureStatistics:
         statistics = cls(_normalised(features).astype(np.float16).astype(np.float32), neighbours, 1.0,
                          dict(fitted or {}))
         own = statistics.raw_distance(features, skip_self=True)
-        statistics.limit = float(np.quantile(own, quantile))
+        # A floor keeps scores finite when the training frames are (near-)duplicates of each other.
+        statistics.limit = max(float(np.quantile(own, quantile)), 1e-6)
         statistics.fitted.update({"frames": len(features), "quantile": quantile, "neighbours": neighbours})
         return statistics
 

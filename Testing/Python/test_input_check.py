@@ -171,13 +171,14 @@ def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(tmp_path
 
     Image.fromarray(np.full((72, 72, 3), (255, 0, 0), dtype=np.uint8)).save(odd)
     output = tmp_path / "checked.safetensors"
-    assert main(["fit-input-check", str(model), "--output", str(output), "--others", str(odd)]) == 0
+    assert main(["fit-input-check", str(model), "--output", str(output), "--others", str(odd),
+                 "--neighbours", "5"]) == 0
     assert model.read_bytes() == before
     report = json.loads((tmp_path / "checked.safetensors.input_check.json").read_text())
     assert report["train_frames"] + report["validation_frames"] == 48
     assert 0.0 <= report["validation_flagged"] <= 1.0 and report["others_all_flagged"] is True
     statistics = read_statistics(output)
-    assert statistics.fitted["frames"] == report["train_frames"] and statistics.neighbours == 20
+    assert statistics.fitted["frames"] == report["train_frames"] and statistics.neighbours == 5
     assert read_model_info(output).architecture == read_model_info(model).architecture
     assert main(["fit-input-check", str(output), "--output", str(output)]) == 2  # never overwrites its input
 
