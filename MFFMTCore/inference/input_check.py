@@ -19,7 +19,8 @@ Two checks, each scored so that 1 is its limit; a frame's score is the larger, f
   model file's metadata under
   :data:`METADATA_KEY`, written by :func:`MFFMTCore.evaluation.input_check_fit.fit_input_check`
   (``mffmt fit-input-check``). A model file without them gets the colour check only, and says so
-  (``InputCheck.distance`` is None).
+  (``InputCheck.distance`` is None); so does a prediction in ROI mode, since the statistics
+  describe whole scans, not lesion boxes.
 """
 
 from __future__ import annotations

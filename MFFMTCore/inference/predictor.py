@@ -150,8 +150,9 @@ class Predictor:
                 cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
             if progress is not None:
                 progress(stop, count)
+        # The statistics describe whole scans (fitted without ROI): a lesion box is not compared with them.
         distance = None
-        if self.input_statistics is not None and recorder.available:
+        if self.input_statistics is not None and recorder.available and roi is None:
             distance = self.input_statistics.distance(np.concatenate(features))
         return PredictionResult(
             probability=probability,

@@ -147,6 +147,8 @@ def test_feature_statistics_in_the_model_file_flag_unlike_frames(tmp_path, model
     (frame,) = result.frames
     assert frame.input_check.distance > 1 and frame.input_check.flagged
     assert frame.prediction == UNSUITABLE and "unlike" in frame.input_check.reason
+    in_roi = checked_predictor.predict(odd, roi=(10, 10, 64, 64)).frames[0]
+    assert in_roi.input_check.distance is None  # statistics of whole scans say nothing about a lesion box
     same_kind = checked_predictor.predict(speckle(1, seed=99)[0], imaging_region="none")
     assert same_kind.frames[0].input_check.distance < 1
     assert METADATA_KEY == "input_check"
