@@ -1,7 +1,8 @@
 """Synthetic ultrasound DICOM files for the tests: a speckled scan inside a black screen with text bars.
 
 Test helper only (not a test module): ``ultrasound_dicom`` writes a file with any photometric
-interpretation, transfer syntax, frame count and Sequence of Ultrasound Regions.
+interpretation, transfer syntax, frame count and Sequence of Ultrasound Regions;
+``dark_lesion_predictor`` is a predictor whose network has a known answer on such captures.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -17,6 +19,10 @@ from pydicom.uid import (
     UltrasoundMultiFrameImageStorage,
     generate_uid,
 )
+
+from MFFMTCore.inference import Predictor
+from MFFMTCore.model_file import ModelInfo, save_model
+from MFFMTCore.network import MFFMT, MFFMTOutput
 
 FRAME_SHAPE = (120, 160)
 # The scan inside the capture: rows 20..99, columns 30..139 (inclusive), as a region gives it.
@@ -104,3 +110,22 @@ def ultrasound_dicom(
         ds.compress(transfer_syntax)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+class DarkLesionNet(torch.nn.Module):
+    """Stand-in network: lesion where the (normalised) input is dark; malignant, p = sigmoid(1) ~ 0.73."""
+
+    def forward(self, x: torch.Tensor) -> MFFMTOutput:
+        logits = torch.stack([torch.zeros(len(x)), torch.ones(len(x))], dim=1)
+        return MFFMTOutput(logits, 40 * (0.2 - x), x[:, :, ::32, ::32], {})
+
+
+def dark_lesion_predictor(directory: Path) -> Predictor:
+    """A predictor (64x64 model file written into ``directory``) whose network is :class:`DarkLesionNet`."""
+    torch.manual_seed(0)
+    network = MFFMT(backbone="resnet18")
+    path = directory / "m.safetensors"
+    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
+    predictor = Predictor(path)
+    predictor.model = DarkLesionNet()
+    return predictor

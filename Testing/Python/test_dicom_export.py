@@ -9,37 +9,19 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
-from dicom_samples import capture, region_item, ultrasound_dicom
+from dicom_samples import capture, dark_lesion_predictor, region_item, ultrasound_dicom
 from PIL import Image
 from pydicom.sr.codedict import codes
 
-from MFFMTCore.inference import Predictor
 from MFFMTCore.inference.batch import predict_files
 from MFFMTCore.inference.dicom_export import CLASS_CONCEPT, PROBABILITY_CONCEPT, write_dicom_results
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT, MFFMTOutput
 
 LESION = (60, 40, 40, 20)
 
 
-class DarkLesionNet(torch.nn.Module):
-    """Lesion where the normalised input is dark; malignant with probability sigmoid(1) ~ 0.73."""
-
-    def forward(self, x: torch.Tensor) -> MFFMTOutput:
-        logits = torch.stack([torch.zeros(len(x)), torch.ones(len(x))], dim=1)
-        return MFFMTOutput(logits, 40 * (0.2 - x), x[:, :, ::32, ::32], {})
-
-
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory):
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
-    predictor = Predictor(path)
-    predictor.model = DarkLesionNet()
-    return predictor
+    return dark_lesion_predictor(tmp_path_factory.mktemp("model"))
 
 
 def read_back(paths):

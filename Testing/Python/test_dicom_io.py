@@ -10,18 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from dicom_samples import SCAN, capture, region_item, ultrasound_dicom
+from dicom_samples import SCAN, capture, dark_lesion_predictor, region_item, ultrasound_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from MFFMTCore.dicom_io import calibrated_region, is_dicom_file, read_dicom
-from MFFMTCore.inference import Predictor, as_frame_stack
+from MFFMTCore.inference import as_frame_stack
 from MFFMTCore.inference.imaging_region import detect_imaging_region
 from MFFMTCore.io import ImageReadError
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT, MFFMTOutput
 
 BOX = (SCAN[0], SCAN[1], SCAN[2] - SCAN[0] + 1, SCAN[3] - SCAN[1] + 1)
 
@@ -206,34 +203,15 @@ def test_synthetic_capture_region_is_found():
 # --- the predictor on calibrated captures ----------------------------------------------------------
 
 
-class RecordingNet(torch.nn.Module):
-    """Stand-in network: lesion where the (normalised) input is dark; remembers what it was shown."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> MFFMTOutput:
-        self.seen.append(x.clone())
-        logits = torch.stack([torch.zeros(len(x)), torch.ones(len(x))], dim=1)
-        return MFFMTOutput(logits, 40 * (0.2 - x), x[:, :, ::32, ::32], {})
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    return dark_lesion_predictor(tmp_path_factory.mktemp("model"))
 
 
-@pytest.fixture
-def dark_lesion_predictor(tmp_path_factory):
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
-    predictor = Predictor(path)
-    predictor.model = RecordingNet()
-    return predictor
-
-
-def test_network_runs_on_the_calibrated_region_and_maps_come_back_on_the_full_frame(tmp_path, dark_lesion_predictor):
+def test_network_runs_on_the_calibrated_region_and_maps_come_back_on_the_full_frame(tmp_path, predictor):
     lesion = (60, 40, 40, 20)
     path = ultrasound_dicom(tmp_path / "a.dcm", capture(lesion=lesion), regions=[region_item(delta_cm=(0.02, 0.03))])
-    result = dark_lesion_predictor.predict(path)
+    result = predictor.predict(path)
     assert result.probability.shape == (1, *capture().shape[1:])  # the full frame
     x0, y0, x1, y1 = SCAN
     outside = np.ones(result.probability.shape[1:], dtype=bool)
@@ -249,19 +227,19 @@ def test_network_runs_on_the_calibrated_region_and_maps_come_back_on_the_full_fr
     assert result.label_image().GetSpacing() == pytest.approx((0.2, 0.3))
 
 
-def test_imaging_region_none_runs_on_the_whole_frame(tmp_path, dark_lesion_predictor):
+def test_imaging_region_none_runs_on_the_whole_frame(tmp_path, predictor):
     path = ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=[region_item()])
-    result = dark_lesion_predictor.predict(path, imaging_region="none")
+    result = predictor.predict(path, imaging_region="none")
     assert result.imaging_region is None
     assert result.probability[0, :, :5].min() > 0.5  # the dark border is taken for lesion by this network
     with pytest.raises(ValueError, match="imaging_region"):
-        dark_lesion_predictor.predict(path, imaging_region="everything")
+        predictor.predict(path, imaging_region="everything")
 
 
-def test_png_capture_gets_a_detected_region(tmp_path, dark_lesion_predictor):
+def test_png_capture_gets_a_detected_region(tmp_path, predictor):
     path = tmp_path / "capture.png"
     Image.fromarray(capture()[0]).save(path)
-    result = dark_lesion_predictor.predict(path)
+    result = predictor.predict(path)
     assert result.imaging_region.method == "detected"
     assert not result.geometry.spacing_known and result.frames[0].lesion_area_mm2 is None
     assert result.probability[0, :, :20].max() == 0.0
