@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -170,7 +171,20 @@ def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, 
     dicom = result.input_frames.dicom if result.input_frames is not None else None
     if dicom is None:
         raise ValueError(f"{result.source}: DICOM results need a DICOM input")
-    source = dicom.header
+    with warnings.catch_warnings():
+        # highdicom warns about source attributes it cannot fix (e.g. a one-part patient name):
+        # they are the scanner's, copied as they are.
+        warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
+        segmentation, document = _documents(result, dicom.header)
+    paths = dicom_output_paths(directory, stem)
+    for name, dataset in (("dicom_segmentation", segmentation), ("dicom_report", document)):
+        with atomic_path(paths[name]) as temporary:
+            dataset.save_as(temporary, enforce_file_format=True)
+    return paths
+
+
+def _documents(result: PredictionResult, source: Dataset) -> tuple[hd.seg.Segmentation, hd.sr.EnhancedSR]:
+    """The Segmentation and the Structured Report of ``result`` for its DICOM ``source``."""
     frame = result.key_frame
     multiframe = "NumberOfFrames" in source
     segmentation = _segmentation(source, result.label, frame, multiframe)
@@ -196,8 +210,4 @@ def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, 
         series_description="MFFMT lesion report",
         is_complete=True,
     )
-    paths = dicom_output_paths(directory, stem)
-    for name, dataset in (("dicom_segmentation", segmentation), ("dicom_report", document)):
-        with atomic_path(paths[name]) as temporary:
-            dataset.save_as(temporary, enforce_file_format=True)
-    return paths
+    return segmentation, document
