@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from dicom_samples import SCAN, capture, dark_lesion_predictor, region_item, ultrasound_dicom
 from PIL import Image
@@ -267,3 +268,18 @@ def test_real_breast_images_without_border_are_not_cropped():
     for image in images:
         stack = as_frame_stack(image)
         assert detect_imaging_region(stack.pixels, stack.components) is None, image
+
+
+def test_undecodable_pixel_data_names_the_file_and_its_transfer_syntax(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    path = ultrasound_dicom(tmp_path / "a.dcm", capture())
+
+    dataset = pydicom.dcmread(path)
+    dataset.file_meta.TransferSyntaxUID = JPEGLSLossless
+    dataset.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream \xff\xd9"])
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match=r"a\.dcm: DICOM pixel data \(JPEG-LS Lossless Image Compression\) cannot be decoded"):
+        read_dicom(path)
