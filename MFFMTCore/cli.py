@@ -16,7 +16,7 @@ import sys
 
 from MFFMTCore.version import __version__
 
-COMMANDS = ("train", "evaluate", "predict", "export")
+COMMANDS = ("train", "evaluate", "predict", "export", "fit_input_check")
 
 
 def build_parser() -> argparse.ArgumentParser:

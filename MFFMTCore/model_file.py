@@ -55,7 +55,8 @@ INTENSITIES = ("minmax",)
 _INPUT_STRIDE = 32
 
 __all__ = ["DEFAULT_MODEL_NAME", "FORMAT", "FORMAT_VERSION", "MODEL_SUFFIX", "ModelFileError", "ModelInfo",
-           "default_model_path", "load_model", "read_model_info", "resolve_model_path", "save_model"]
+           "copy_with_metadata", "default_model_path", "load_model", "read_model_info", "resolve_model_path",
+           "save_model"]
 
 
 @dataclass
@@ -205,14 +206,38 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,
     info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     info.check()
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "info": info.to_json()}
+    return _write_signed(Path(path), tensors, metadata)
+
+
+def _write_signed(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``tensors`` and ``metadata`` atomically with the checksum over both."""
+    metadata = {key: value for key, value in metadata.items() if key != "sha256"}
     metadata["sha256"] = model_checksum(tensors, metadata)
-    path = Path(path)
     with atomic_path(path) as temporary:
         try:
             save_file(tensors, str(temporary), metadata=metadata)
         except (SafetensorError, OSError) as error:  # e.g. a full disk
             raise ModelFileError(path, f"cannot be written ({describe_write_error(temporary, error)})") from error
     return path
+
+
+def copy_with_metadata(source: str | os.PathLike, output: str | os.PathLike, entries: dict[str, str]) -> Path:
+    """Write a copy of the model file ``source`` with extra metadata ``entries`` (e.g. input-check statistics),
+    signed anew; the source is verified first, so a damaged or edited file is never re-signed.
+
+    Raises:
+        ModelFileError: ``source`` is not a valid model file, ``output`` is ``source`` itself (a model
+            file is never overwritten in place), an entry would replace one of the format's own, or
+            ``output`` cannot be written.
+    """
+    source, output = Path(source), Path(output)
+    if output.exists() and output.resolve() == source.resolve():
+        raise ModelFileError(output, "refusing to overwrite the model file it is made from; give another output")
+    metadata, tensors, _ = _read_verified(source)
+    reserved = sorted(set(entries) & {"format", "format_version", "info", "sha256"})
+    if reserved:
+        raise ModelFileError(output, f"metadata entries {', '.join(reserved)} belong to the model format")
+    return _write_signed(output, tensors, {**metadata, **entries})
 
 
 def _read_verified(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor], ModelInfo]:

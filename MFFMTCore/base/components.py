@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from MFFMTCore.base.geometry import ImageGeometry
+from MFFMTCore.base.measurements import LesionMeasurements, measure_lesion
 
 # 8-connectivity: pixels touching at a corner belong to one lesion (a thin oblique border stays whole).
 _CONNECTIVITY = np.ones((3, 3), dtype=bool)
@@ -26,6 +27,8 @@ class LesionComponent:
         centroid: physical position (x, y, z) of the centre, LPS as SimpleITK gives it; a 2D
             frame lies in the plane z = 0, as Slicer places it.
         mean_probability: mean lesion probability over the region.
+        measurements: long and perpendicular diameters and orientation (see
+            :mod:`MFFMTCore.base.measurements`).
     """
 
     area_px: int
@@ -34,6 +37,7 @@ class LesionComponent:
     centroid_index: tuple[float, float]
     centroid: tuple[float, float, float]
     mean_probability: float
+    measurements: LesionMeasurements | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,6 +79,7 @@ def find_components(
                 centroid_index=(float(index[number, 0]), float(index[number, 1])),
                 centroid=tuple(float(v) for v in physical[number]),
                 mean_probability=float(mean_probability[number]),
+                measurements=measure_lesion(labelled == number + 1, geometry, frame),
             )
         )
     return sorted(components, key=lambda component: component.area_px, reverse=True)

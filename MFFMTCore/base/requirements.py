@@ -41,7 +41,11 @@ REQUIREMENTS = (
     Requirement("tqdm", ">=4.60", "tqdm"),
     Requirement("matplotlib", ">=3.7", "matplotlib"),
     Requirement("pillow", ">=10.1", "PIL"),
-    Requirement("pydicom", ">=2.4", "pydicom", "bundled"),
+    Requirement("pydicom", ">=3.0,<4", "pydicom", "bundled"),
+    Requirement("pylibjpeg", ">=2.0,<3", "pylibjpeg"),
+    Requirement("pylibjpeg-libjpeg", ">=2.1,<3", "libjpeg"),
+    Requirement("pylibjpeg-openjpeg", ">=2.3,<3", "openjpeg"),
+    Requirement("highdicom", ">=0.28,<1", "highdicom"),
     Requirement("scipy", ">=1.10", "scipy"),
     Requirement("slicerio", ">=1.1", "slicerio"),
 )

@@ -13,6 +13,11 @@ writes them and the Slicer module reads them. A new column is one more entry her
 - ``components``: number of lesion regions;
 - ``centroid_x, centroid_y, centroid_z``: physical centre of the largest region, LPS as SimpleITK
   gives it (empty without lesion);
+- ``long_axis_mm, perpendicular_axis_mm`` (empty where the spacing is unknown), ``long_axis_px,
+  perpendicular_axis_px``, ``orientation`` (``parallel`` / ``not parallel``): the largest region's
+  diameters as a breast report gives them (:mod:`MFFMTCore.base.measurements`);
+- ``input_flagged, input_score, input_reason``: whether the frame looks unlike breast B-mode
+  (:mod:`MFFMTCore.inference.input_check`); a flagged frame's ``prediction`` is ``not breast B-mode``;
 - ``error``: why an input failed.
 """
 
@@ -24,6 +29,13 @@ from MFFMTCore.base.labels import CLASS_NAMES
 
 #: Placeholder in :data:`RESULT_COLUMNS` for one probability column per class.
 CLASS_PROBABILITIES = "p_{class}"
+
+#: The largest lesion region's diameters and orientation.
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "long_axis_mm", "perpendicular_axis_mm", "long_axis_px", "perpendicular_axis_px", "orientation",
+)
+#: Whether the frame looks like breast B-mode.
+INPUT_CHECK_COLUMNS: tuple[str, ...] = ("input_flagged", "input_score", "input_reason")
 
 #: (column, type) of every result column, in file order.
 RESULT_COLUMNS: tuple[tuple[str, type], ...] = (
@@ -39,6 +51,14 @@ RESULT_COLUMNS: tuple[tuple[str, type], ...] = (
     ("centroid_x", float),
     ("centroid_y", float),
     ("centroid_z", float),
+    ("long_axis_mm", float),
+    ("perpendicular_axis_mm", float),
+    ("long_axis_px", float),
+    ("perpendicular_axis_px", float),
+    ("orientation", str),
+    ("input_flagged", bool),
+    ("input_score", float),
+    ("input_reason", str),
     ("error", str),
 )
 

@@ -1,7 +1,8 @@
 """``mffmt predict``: lesion segmentation and benign/malignant classification of images and clips.
 
 For each input writes ``<stem>.seg.nrrd`` (Slicer segmentation), ``<stem>_probability.nrrd``,
-``<stem>_overlay.png`` and with ``--gradcam`` ``<stem>_gradcam.nrrd``, plus ``results.csv`` and
+``<stem>_overlay.png``, with ``--gradcam`` ``<stem>_gradcam.nrrd``, with ``--dicom`` for DICOM inputs
+``<stem>_seg.dcm`` and ``<stem>_sr.dcm``, plus ``results.csv`` and
 ``results.json`` for all inputs (see :mod:`MFFMTCore.inference.batch` for folders, stems, reruns).
 Exit status 0 when every input succeeded, 1 when some failed (listed on stderr), 2 for an error
 that stops everything (no model, bad option, output folder unusable or in use by another run; checked
@@ -18,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
+from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.io import json_text
 
@@ -62,6 +64,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="lesion probability threshold (default: the model's)")
     parser.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
                         help="classify only this pixel box of each frame (x = column, y = row; the paper's protocol)")
+    parser.add_argument("--imaging-region", choices=IMAGING_REGION_CHOICES, default="auto",
+                        help="where the scan is without --roi: auto = a DICOM file's calibrated ultrasound "
+                             "region, else detected (borders, text and panels left out); dicom = the DICOM "
+                             "region only; none = the whole frame")
+    parser.add_argument("--dicom", action="store_true",
+                        help="for DICOM inputs also write <stem>_seg.dcm (DICOM Segmentation) and <stem>_sr.dcm "
+                             "(DICOM Structured Report, TID 1500: class, probability, diameters, orientation), "
+                             "referencing the input, for PACS")
     parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM maps of the malignant class")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo the inputs given even when an earlier run finished them (other inputs' rows are "
@@ -92,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = predict_files(predictor, inputs, args.output, threshold=args.threshold, roi=args.roi,
-                                gradcam=args.gradcam, overwrite=args.overwrite, progress=report)
+                                gradcam=args.gradcam, overwrite=args.overwrite, progress=report,
+                                imaging_region=args.imaging_region, dicom=args.dicom)
     except KeyboardInterrupt:
         bar.close()
         print("mffmt predict: stopped; finished inputs are in the results files", file=sys.stderr)

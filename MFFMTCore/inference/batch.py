@@ -34,6 +34,7 @@ from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.folder_lock import FolderLock
+from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (
@@ -124,7 +125,7 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
-        paths = output_paths(directory, stem, gradcam=True).values()
+        paths = [*output_paths(directory, stem, gradcam=True).values(), *dicom_output_paths(directory, stem).values()]
         return stem not in taken and not any(os.path.realpath(path) in protected for path in paths)
 
     for path in inputs:
@@ -213,6 +214,8 @@ def predict_files(
     gradcam: bool = False,
     overwrite: bool = False,
     progress: Callable[[InputOutcome, int, int], None] | None = None,
+    imaging_region: str = "auto",
+    dicom: bool = False,
 ) -> BatchSummary:
     """Predict on each input and write its outputs and the results tables into ``output``.
 
@@ -226,6 +229,9 @@ def predict_files(
         overwrite: redo the inputs given even when an earlier run finished them, and replace
             files in their output names that predict did not write.
         progress: called as ``progress(outcome, done, total)`` after each input.
+        imaging_region: where the scan is without an ROI (see :meth:`Predictor.predict`).
+        dicom: for DICOM inputs, also write a DICOM Segmentation and Structured Report
+            (:mod:`MFFMTCore.inference.dicom_export`).
 
     Raises:
         FolderLockedError: another run is writing into ``output``.
@@ -235,7 +241,8 @@ def predict_files(
     output = Path(output)
     with FolderLock(output, "mffmt predict"):
         remove_temporaries(output)
-        return _predict_locked(predictor, inputs, output, threshold, roi, gradcam, overwrite, progress)
+        return _predict_locked(predictor, inputs, output, threshold, roi, gradcam, overwrite, progress,
+                               imaging_region, dicom)
 
 
 def _predict_locked(
@@ -247,12 +254,14 @@ def _predict_locked(
     gradcam: bool,
     overwrite: bool,
     progress: Callable[[InputOutcome, int, int], None] | None,
+    imaging_region: str,
+    dicom: bool,
 ) -> BatchSummary:
     """:func:`predict_files` while holding the folder's lock."""
     threshold = predictor.info.threshold if threshold is None else float(threshold)
     model = _model_document(predictor)
     settings = {"model_sha256": model["sha256"], "threshold": threshold,
-                "roi": list(roi) if roi is not None else None}
+                "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region, "dicom": dicom}
     previous = _previous_results(output, overwrite)
     entries: dict[str, dict[str, Any]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -302,7 +311,8 @@ def _predict_locked(
                     foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} is not "
                                 "predicted; remove it, choose another --output, or use --overwrite"))
             else:
-                outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows)
+                outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows,
+                                              imaging_region, dicom)
             ours.update(os.path.realpath(file) for file in entry.get("outputs", {}).values())
             entries[key] = entry | {"settings": settings, "sha256": digest}
             save()
@@ -321,12 +331,17 @@ def _predict_one(
     roi: RoiInput | None,
     gradcam: bool,
     rows: dict[str, list[dict[str, Any]]],
+    imaging_region: str = "auto",
+    dicom: bool = False,
 ) -> tuple[InputOutcome, dict[str, Any]]:
     """Predict on one input, write its files and its rows; a failure becomes an error row."""
     key, started = str(path), time.perf_counter()
     try:
-        result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold)
+        result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold,
+                                   imaging_region=imaging_region)
         written = {name: str(file) for name, file in write_outputs(result, output, stem).items()}
+        if dicom and result.input_frames is not None and result.input_frames.dicom is not None:
+            written.update({name: str(file) for name, file in write_dicom_results(result, output, stem).items()})
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
         return _failed(path, stem, started, rows, error)
     outcome = InputOutcome(key, stem, "done", outputs=written, seconds=time.perf_counter() - started)
@@ -344,6 +359,8 @@ def _predict_one(
         "geometry": summary["geometry"],
         "roi": summary["roi"],
         "clip": summary["clip"],
+        "imaging_region": summary["imaging_region"],
+        "notes": summary["notes"],
     }
     return outcome, entry
 

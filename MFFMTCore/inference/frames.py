@@ -16,6 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from MFFMTCore.base.geometry import ImageGeometry, records_spacing
+from MFFMTCore.dicom_io import DicomImage, is_dicom_file, read_dicom
+from MFFMTCore.inference.imaging_region import ImagingRegion
 from MFFMTCore.io import grey_from_pixels, read_image
 
 ImageInput = str | os.PathLike | sitk.Image | np.ndarray
@@ -31,6 +33,8 @@ class FrameStack:
         geometry: the input's geometry, 2D for a single frame and 3D for a stack.
         source: the file name, or a description of an in-memory input, for messages.
         keep_alive: the SimpleITK image ``pixels`` is a view of (it must outlive the view).
+        region: the calibrated imaging region of an ultrasound DICOM file, or None.
+        dicom: the DICOM file's pixels and header, for results that reference it; None for other inputs.
     """
 
     pixels: np.ndarray
@@ -38,6 +42,8 @@ class FrameStack:
     geometry: ImageGeometry
     source: str
     keep_alive: sitk.Image | None = None
+    region: ImagingRegion | None = None
+    dicom: DicomImage | None = None
 
     @property
     def is_2d(self) -> bool:
@@ -117,6 +123,8 @@ def as_frame_stack(
         frames = image if dimension == 3 else image[np.newaxis]
         return FrameStack(frames, components, geometry, f"array{tuple(image.shape)}")
 
+    if not isinstance(image, sitk.Image) and _is_ultrasound_dicom(image):
+        return _dicom_frame_stack(Path(image), spacing, origin, direction)
     if isinstance(image, sitk.Image):
         source = "SimpleITK image"
         # A unit spacing on an in-memory image is ITK's default for pictures, not a measurement.
@@ -133,3 +141,40 @@ def as_frame_stack(
     pixels = sitk.GetArrayViewFromImage(image)
     frames = pixels if dimension == 3 else pixels[np.newaxis]
     return FrameStack(frames, image.GetNumberOfComponentsPerPixel(), geometry, source, keep_alive=image)
+
+
+def _is_ultrasound_dicom(path: str | os.PathLike) -> bool:
+    """A DICOM file without patient-space geometry (a screen capture or cine loop, as ultrasound stores).
+
+    Files with Image Orientation (Patient) (CT, MR, enhanced multi-frame) keep SimpleITK's reader,
+    which places them in patient space.
+    """
+    import pydicom
+
+    if not is_dicom_file(path):
+        return False
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception:  # not readable as DICOM here: SimpleITK's reader reports the problem
+        return False
+    return "ImageOrientationPatient" not in header and "SharedFunctionalGroupsSequence" not in header
+
+
+def _dicom_frame_stack(
+    path: Path, spacing: Sequence[float] | None, origin: Sequence[float] | None, direction: Sequence[float] | None
+) -> FrameStack:
+    """Frames of an ultrasound DICOM file with the calibration of its Sequence of Ultrasound Regions.
+
+    A one-frame file is a 2D frame; a file of several frames is a clip (frames along k, unit frame step).
+    """
+    dicom = read_dicom(path)
+    count, height, width = dicom.pixels.shape[:3]
+    dimension = 2 if count == 1 else 3
+    in_plane = dicom.spacing if dicom.spacing is not None else (1.0, 1.0)
+    base = ImageGeometry(
+        spacing=(*in_plane, 1.0)[:dimension], origin=(0.0,) * dimension,
+        direction=tuple(np.eye(dimension).ravel()), spacing_known=dicom.spacing is not None,
+    )
+    region = ImagingRegion(dicom.region, (width, height), "dicom") if dicom.region is not None else None
+    geometry = _geometry_override(base, spacing, origin, direction)
+    return FrameStack(dicom.pixels, dicom.components, geometry, str(path), region=region, dicom=dicom)

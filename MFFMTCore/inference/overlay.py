@@ -20,9 +20,13 @@ def _caption(result: PredictionResult, frame: int) -> list[str]:
     positive = result.class_names[-1]
     finding = result.frames[frame]
     where = f"frame {frame}: " if not result.is_2d else ""
-    lines = [f"{where}{finding.prediction}  p({positive}) = {finding.p_malignant:.2f}"]
+    # A frame (or clip) the input check flagged shows the flag, not a class probability.
+    flagged = finding.input_check is not None and finding.input_check.flagged
+    lines = [f"{where}{finding.prediction}" + ("" if flagged else f"  p({positive}) = {finding.p_malignant:.2f}")]
     if result.clip is not None:
-        lines.append(f"clip: {result.clip.prediction}  p({positive}) = {result.clip.p_malignant:.2f}")
+        clip_flagged = result.clip.frames_assessed == 0
+        lines.append(f"clip: {result.clip.prediction}"
+                     + ("" if clip_flagged else f"  p({positive}) = {result.clip.p_malignant:.2f}"))
     if not finding.components:
         lines.append(f"no lesion at threshold {result.threshold:.2f}")
     return lines

@@ -23,6 +23,8 @@ from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
+from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
+from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.io import ImageReadError, check_frame_size, check_frames
@@ -58,6 +60,8 @@ class Predictor:
         self.temperature = float(self.info.temperature)  # both checked by ModelInfo.check() at load
         self.lesion_decision = LesionDecision.from_json(self.info.lesion_decision)
         self._explainer: GradCamExplainer | None = None
+        # Where breast B-mode frames lie in feature space (None: the model file has no statistics).
+        self.input_statistics = read_statistics(self.model_path)
 
     @property
     def roi_margin(self) -> float:
@@ -88,6 +92,7 @@ class Predictor:
         gradcam: bool = False,
         threshold: float | None = None,
         progress: Callable[[int, int], None] | None = None,
+        imaging_region: str = "auto",
     ) -> PredictionResult:
         """Predict on one image: a 2D frame or a 3D stack of frames (a clip).
 
@@ -104,6 +109,10 @@ class Predictor:
             threshold: lesion probability threshold; default the model's (``ModelInfo.threshold``).
             progress: called as ``progress(frames_done, frames_total)`` after each chunk; raising
                 from it abandons the prediction.
+            imaging_region: where the scan is when no ``roi`` is given (see
+                :mod:`MFFMTCore.inference.imaging_region`): ``"auto"`` the DICOM calibrated region,
+                else the detected scan rectangle; ``"dicom"`` the DICOM region only; ``"none"`` the
+                whole frame. The network sees that rectangle; its maps are pasted back (zero outside).
 
         Returns:
             Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
@@ -125,24 +134,30 @@ class Predictor:
             box = (col0, row0, col1 - col0, row1 - row0)
         if box is not None:  # the region the network sees, context margin included
             check_frame_size((box[3], box[2]), stack.source, what=f"ROI {box}")
-        x0, y0, w, h = box if box is not None else (0, 0, width, height)
+        # A user's ROI lies inside the scan already; the imaging region is only looked for without one.
+        region: ImagingRegion | None = None if box is not None else find_imaging_region(stack, imaging_region)
+        x0, y0, w, h = box if box is not None else region.box if region is not None else (0, 0, width, height)
 
         count = stack.num_frames
         # Outside an ROI there is no lesion: the maps start at zero and the box is pasted in.
         probability = np.zeros((count, height, width), dtype=np.float32)
         cam = np.zeros((count, height, width), dtype=np.float32) if gradcam else None
         class_probabilities = np.empty((count, len(self.class_names)), dtype=np.float32)
+        colour, features = np.empty(count), []
+        recorder = FeatureRecorder(self.model)
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             grey = stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
             check_frames(grey, stack.source, first_frame=start)
+            colour[start:stop] = colour_share(stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], stack.components)
             x = self._network_input(grey)
-            with torch.inference_mode():
+            with torch.inference_mode(), recorder:
                 output = self.model(x)
                 lesion = torch.sigmoid(resize_to_frame(output.mask_logits, (h, w)))
                 probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
                 logits = output.class_logits.float() / self.temperature
                 class_probabilities[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
+            features.append(recorder.take())
             if not (np.isfinite(class_probabilities[start:stop]).all()
                     and np.isfinite(probability[start:stop]).all()):
                 raise ImageReadError(stack.source, f"the network gave non-finite probabilities for frames "
@@ -151,6 +166,10 @@ class Predictor:
                 cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
             if progress is not None:
                 progress(stop, count)
+        # The statistics describe whole scans (fitted without ROI): a lesion box is not compared with them.
+        distance = None
+        if self.input_statistics is not None and recorder.available and roi is None:
+            distance = self.input_statistics.distance(np.concatenate(features))
         return PredictionResult(
             probability=probability,
             class_probabilities=class_probabilities,
@@ -162,4 +181,6 @@ class Predictor:
             gradcam=cam,
             input_frames=stack,
             lesion_decision=self.lesion_decision,
+            imaging_region=region,
+            input_checks=assess_frames(colour, distance),
         )

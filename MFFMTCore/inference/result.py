@@ -7,6 +7,7 @@ derived from them, so :meth:`PredictionResult.with_threshold` never runs the net
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,10 @@ import SimpleITK as sitk
 from MFFMTCore.base.components import LesionComponent, LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.lesion_decision import LesionDecision
+from MFFMTCore.base.measurements import LesionMeasurements
 from MFFMTCore.inference.frames import FrameStack
+from MFFMTCore.inference.imaging_region import ImagingRegion
+from MFFMTCore.inference.input_check import UNSUITABLE, InputCheck
 
 
 def check_threshold(threshold: float) -> float:
@@ -41,6 +45,8 @@ class FrameResult:
         lesion_present: the model's frame-level lesion decision (see
             :class:`MFFMTCore.base.lesion_decision.LesionDecision`); without a lesion the frame has no
             components and an empty label map.
+        input_check: whether the frame looks like breast B-mode (see
+            :mod:`MFFMTCore.inference.input_check`); a flagged frame's prediction is ``UNSUITABLE``.
     """
 
     frame: int
@@ -51,6 +57,7 @@ class FrameResult:
     spacing_known: bool
     p_lesion: float = 0.0
     lesion_present: bool = False
+    input_check: InputCheck | None = None
 
     @property
     def p_malignant(self) -> float:
@@ -72,6 +79,11 @@ class FrameResult:
         return self.lesion.area_mm2
 
     @property
+    def measurements(self) -> LesionMeasurements | None:
+        """Diameters and orientation of the largest lesion region (None without lesion)."""
+        return self.components[0].measurements if self.components else None
+
+    @property
     def centroid(self) -> tuple[float, float, float] | None:
         """Physical centre of the largest lesion region (None without lesion)."""
         return self.lesion.centroid
@@ -87,6 +99,7 @@ class FrameResult:
             "lesion_area_px": self.lesion_area_px,
             "lesion_area_mm2": self.lesion_area_mm2,
             "components": [component.to_json() for component in self.components],
+            "input_check": self.input_check.to_json() if self.input_check is not None else None,
         }
 
 
@@ -101,6 +114,8 @@ class ClipResult:
         key_frame: the frame with the largest lesion probability mass (the one to look at).
         frames_with_lesion: number of frames whose label map is not empty.
         num_frames: number of frames.
+        frames_assessed: frames the finding is taken over (those the input check did not flag);
+            ``prediction`` is ``UNSUITABLE`` when every frame is flagged.
     """
 
     probabilities: dict[str, float]
@@ -109,6 +124,7 @@ class ClipResult:
     key_frame: int
     frames_with_lesion: int
     num_frames: int
+    frames_assessed: int | None = None
 
     @property
     def p_malignant(self) -> float:
@@ -123,6 +139,7 @@ class ClipResult:
             "key_frame": self.key_frame,
             "frames_with_lesion": self.frames_with_lesion,
             "num_frames": self.num_frames,
+            "frames_assessed": self.num_frames if self.frames_assessed is None else self.frames_assessed,
         }
 
 
@@ -179,6 +196,10 @@ class PredictionResult:
         input_frames: the input's frames (a view, not a copy), for pictures such as the overlay.
         lesion_decision: the frame-level lesion rule; the default counts any lesion pixel. Frames it
             finds lesion-free get an empty label map.
+        imaging_region: the scan rectangle the network saw when no ROI was given (DICOM calibrated
+            region or detected), or None for the whole frame.
+        input_checks: per frame, whether it looks like breast B-mode; flagged frames get the
+            prediction ``UNSUITABLE`` and a clip's finding is taken over the other frames.
     """
 
     probability: np.ndarray
@@ -191,6 +212,8 @@ class PredictionResult:
     gradcam: np.ndarray | None = None
     input_frames: FrameStack | None = field(default=None, repr=False)
     lesion_decision: LesionDecision = field(default_factory=LesionDecision)
+    imaging_region: ImagingRegion | None = None
+    input_checks: list[InputCheck] | None = None
     label: np.ndarray = field(init=False, repr=False)
     frames: list[FrameResult] = field(init=False, repr=False)
     clip: ClipResult | None = field(init=False, repr=False)
@@ -199,9 +222,12 @@ class PredictionResult:
         self.threshold = check_threshold(self.threshold)
         self.label = (self.probability >= self.threshold).astype(np.uint8)
         frames, masses, sums = [], np.zeros(len(self.probability)), np.zeros(len(self.probability))
-        analysed_px = (self.roi[2] * self.roi[3]) if self.roi is not None else self.probability[0].size
-        for index, (label, probability, classes) in enumerate(
-            zip(self.label, self.probability, self.class_probabilities)
+        # The lesion rule's area is relative to what the network saw: the ROI, the imaging region or the frame.
+        box = self.roi or (self.imaging_region.box if self.imaging_region is not None else None)
+        analysed_px = box[2] * box[3] if box is not None else self.probability[0].size
+        checks = self.input_checks or [None] * len(self.probability)
+        for index, (label, probability, classes, check) in enumerate(
+            zip(self.label, self.probability, self.class_probabilities, checks)
         ):
             lesion = label.astype(bool)
             components = find_components(lesion, probability, self.geometry, index)
@@ -213,24 +239,33 @@ class PredictionResult:
                 lesion, components = label.astype(bool), []
             masses[index] = float(probability[lesion].sum(dtype=np.float64))
             sums[index] = float(probability.sum(dtype=np.float64))
+            flagged = check is not None and check.flagged
             frames.append(
                 FrameResult(
                     frame=index,
                     probabilities={name: float(p) for name, p in zip(self.class_names, classes)},
-                    prediction=self.class_names[int(np.argmax(classes))],
+                    prediction=UNSUITABLE if flagged else self.class_names[int(np.argmax(classes))],
                     components=components,
                     lesion_mass=float(masses[index]),
                     spacing_known=self.geometry.spacing_known,
                     p_lesion=peak,
                     lesion_present=present,
+                    input_check=check,
                 )
             )
         self.frames = frames
-        self.clip = (
-            None
-            if self.is_2d
-            else aggregate_frames(self.class_probabilities, masses, self.class_names, sums)
-        )
+        self.clip = None if self.is_2d else self._clip(masses, sums)
+
+    def _clip(self, masses: np.ndarray, sums: np.ndarray) -> ClipResult:
+        """The clip's finding over the frames the input check did not flag (all frames when none is checked)."""
+        kept = np.array([frame.input_check is None or not frame.input_check.flagged for frame in self.frames])
+        if not kept.any():
+            clip = aggregate_frames(self.class_probabilities, masses, self.class_names, sums)
+            return dataclasses.replace(clip, prediction=UNSUITABLE, frames_assessed=0)
+        indices = np.flatnonzero(kept)
+        clip = aggregate_frames(self.class_probabilities[indices], masses[indices], self.class_names, sums[indices])
+        return dataclasses.replace(clip, key_frame=int(indices[clip.key_frame]), num_frames=len(self.frames),
+                                   frames_assessed=len(indices))
 
     @property
     def is_2d(self) -> bool:
@@ -254,6 +289,8 @@ class PredictionResult:
             gradcam=self.gradcam,
             input_frames=self.input_frames,
             lesion_decision=self.lesion_decision,
+            imaging_region=self.imaging_region,
+            input_checks=self.input_checks,
         )
 
     def _image(self, array: np.ndarray) -> sitk.Image:
@@ -288,4 +325,13 @@ class PredictionResult:
             "size": list(self.probability.shape[::-1][: self.geometry.dimension]),
             "frames": [frame.to_json() for frame in self.frames],
             "clip": self.clip.to_json() if self.clip is not None else None,
+            **self._input_json(),
+        }
+
+    def _input_json(self) -> dict:
+        """Where the network looked and what the input's calibration said (issue 13's additions)."""
+        dicom = self.input_frames.dicom if self.input_frames is not None else None
+        return {
+            "imaging_region": self.imaging_region.to_json() if self.imaging_region is not None else None,
+            "notes": list(dicom.notes) if dicom is not None else [],
         }

@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.results_schema import INPUT_CHECK_COLUMNS, MEASUREMENT_COLUMNS
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.io import json_text, write_text_atomic
 
 CSV_NAME = "results.csv"
@@ -43,10 +44,34 @@ def frame_rows(result: PredictionResult, input_name: str) -> list[dict[str, Any]
             "centroid_x": _rounded(centroid[0], 4),
             "centroid_y": _rounded(centroid[1], 4),
             "centroid_z": _rounded(centroid[2], 4),
+            **_measurement_cells(frame),
+            **_input_check_cells(frame),
             "error": None,
         })
         rows.append(row)
     return rows
+
+
+def _measurement_cells(frame: FrameResult) -> dict[str, Any]:
+    """The largest lesion region's diameters and orientation; empty cells without lesion."""
+    measured = frame.measurements
+    if measured is None:
+        return dict.fromkeys(MEASUREMENT_COLUMNS)
+    return {
+        "long_axis_mm": _rounded(measured.long_axis.length_mm, 3),
+        "perpendicular_axis_mm": _rounded(measured.perpendicular_axis.length_mm, 3),
+        "long_axis_px": _rounded(measured.long_axis.length_px, 2),
+        "perpendicular_axis_px": _rounded(measured.perpendicular_axis.length_px, 2),
+        "orientation": measured.orientation,
+    }
+
+
+def _input_check_cells(frame: FrameResult) -> dict[str, Any]:
+    check = frame.input_check
+    if check is None:
+        return dict.fromkeys(INPUT_CHECK_COLUMNS)
+    return {"input_flagged": check.flagged, "input_score": _rounded(check.score, 4),
+            "input_reason": check.reason or None}
 
 
 def error_row(input_name: str, error: str) -> dict[str, Any]:

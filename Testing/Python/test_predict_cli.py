@@ -77,8 +77,10 @@ def test_batch_writes_every_output_and_reports_the_corrupt_file(model_path, inpu
     assert not list(output.glob(".*"))  # no temporary files left
 
     rows = read_csv(output / "results.csv")
-    assert list(rows[0]) == ["input", "frame", "p_benign", "p_malignant", "prediction", "lesion_present", "p_lesion", "lesion_area_mm2",
-                             "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error"]
+    assert list(rows[0]) == ["input", "frame", "p_benign", "p_malignant", "prediction", "lesion_present", "p_lesion",
+                             "lesion_area_mm2", "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z",
+                             "long_axis_mm", "perpendicular_axis_mm", "long_axis_px", "perpendicular_axis_px",
+                             "orientation", "input_flagged", "input_score", "input_reason", "error"]
     by_input = {}
     for row in rows:
         by_input.setdefault(Path(row["input"]).relative_to(inputs).as_posix(), []).append(row)

@@ -1,0 +1,245 @@
+"""Ultrasound DICOM files as scanners and PACS send them, read with pydicom.
+
+SimpleITK reads a DICOM file's pixels but not the Sequence of Ultrasound Regions (0018,6011), where
+an ultrasound scanner records which rectangle of the screen capture is the image and how large its
+pixels are; it also drops palette colour and some compressed colour encodings. This module reads:
+
+- single- and multi-frame files; MONOCHROME1/2, RGB, YBR_* (returned as RGB) and PALETTE COLOR
+  (returned as RGB); uncompressed, RLE, JPEG (baseline, extended, lossless) and JPEG 2000, with the
+  decoders pydicom finds (pylibjpeg-libjpeg, pylibjpeg-openjpeg, Pillow; RLE is built in);
+- the calibration: the 2D tissue region (RegionSpatialFormat 1 = 2D, RegionDataType 1 = tissue) whose
+  physical units are cm in both directions gives the pixel spacing (converted to mm) and the imaging
+  region (the rectangle the network should see). Regions of other kinds (M-mode, spectral Doppler,
+  waveforms) or other units are ignored. Without such a region, PixelSpacing (or ImagerPixelSpacing)
+  gives the spacing when present; otherwise the spacing is unknown and areas stay in pixels.
+
+A region that reaches past the frame's edge on one axis only (a capture cropped after acquisition)
+is cut to the frame and used; one that reaches past both the right and the bottom edge by more
+than a pixel comes from a larger frame (the capture was resized), so its deltas do not describe
+these pixels: the calibration is then ignored, and the reason is kept in :attr:`DicomImage.notes`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from MFFMTCore.io import ImageReadError
+
+# Codes of the Sequence of Ultrasound Regions (DICOM PS3.3 C.8.5.5.1).
+SPATIAL_FORMAT_2D = 1
+DATA_TYPE_TISSUE = 1
+UNITS_CM = 3
+# How far (pixels) a region may reach past the frame and still be taken as drawn on this frame:
+# scanners write the exclusive end column/row (800 for an 800-column frame) as often as the inclusive one.
+_EDGE_TOLERANCE = 1
+
+
+@dataclass(frozen=True)
+class UltrasoundRegion:
+    """One item of the Sequence of Ultrasound Regions.
+
+    Args:
+        x0, y0, x1, y1: RegionLocationMinX0/MinY0/MaxX1/MaxY1 (pixel columns and rows, inclusive).
+        spatial_format: RegionSpatialFormat (1 = 2D, 2 = M-mode, 3 = spectral, 4 = waveform, ...).
+        data_type: RegionDataType (1 = tissue, 2 = colour flow, 3 = PW Doppler, ...).
+        units_x, units_y: PhysicalUnitsX/YDirection (3 = cm, 4 = seconds, ...).
+        delta_x, delta_y: PhysicalDeltaX/Y: physical size of one pixel in those units.
+    """
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    spatial_format: int
+    data_type: int
+    units_x: int
+    units_y: int
+    delta_x: float
+    delta_y: float
+
+    @classmethod
+    def from_item(cls, item: Dataset) -> UltrasoundRegion:
+        return cls(
+            x0=int(item.RegionLocationMinX0), y0=int(item.RegionLocationMinY0),
+            x1=int(item.RegionLocationMaxX1), y1=int(item.RegionLocationMaxY1),
+            spatial_format=int(item.get("RegionSpatialFormat", 0)), data_type=int(item.get("RegionDataType", 0)),
+            units_x=int(item.get("PhysicalUnitsXDirection", 0)), units_y=int(item.get("PhysicalUnitsYDirection", 0)),
+            delta_x=float(item.get("PhysicalDeltaX", 0.0)), delta_y=float(item.get("PhysicalDeltaY", 0.0)),
+        )
+
+    @property
+    def is_calibrated_tissue(self) -> bool:
+        """A 2D tissue image with a positive pixel size in cm along both axes."""
+        return (
+            self.spatial_format == SPATIAL_FORMAT_2D and self.data_type == DATA_TYPE_TISSUE
+            and self.units_x == UNITS_CM and self.units_y == UNITS_CM
+            and abs(self.delta_x) > 0 and abs(self.delta_y) > 0
+        )
+
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        """(column, row) pixel spacing in mm (the deltas' sign only says which way is positive)."""
+        return abs(self.delta_x) * 10.0, abs(self.delta_y) * 10.0
+
+    def to_json(self) -> dict:
+        return {
+            "location": [self.x0, self.y0, self.x1, self.y1], "spatial_format": self.spatial_format,
+            "data_type": self.data_type, "units": [self.units_x, self.units_y],
+            "delta": [self.delta_x, self.delta_y],
+        }
+
+
+@dataclass
+class DicomImage:
+    """Pixels and calibration of one DICOM file.
+
+    Args:
+        pixels: (N, H, W) grey or (N, H, W, 3) RGB frames (N = 1 for a single-frame file).
+        spacing: (column, row) pixel spacing in mm, or None when the file has no usable calibration.
+        region: (x, y, w, h) pixel box of the calibrated tissue region inside the frame, or None.
+        regions: every item of the file's Sequence of Ultrasound Regions.
+        multiframe: whether the file is a multi-frame image (a clip), even of one frame.
+        header: the file's data set without its pixel data (UIDs and patient/study attributes for
+            DICOM results that reference it).
+        notes: why a calibration present in the file was not used, or was cut to the frame.
+    """
+
+    pixels: np.ndarray
+    spacing: tuple[float, float] | None
+    region: tuple[int, int, int, int] | None
+    regions: list[UltrasoundRegion]
+    multiframe: bool
+    header: Dataset
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def components(self) -> int:
+        return 1 if self.pixels.ndim == 3 else int(self.pixels.shape[-1])
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a file with the DICOM preamble ("DICM" at byte 128) or the .dcm suffix."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.name.lower().endswith(".dcm"):
+        return True
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
+def calibrated_region(
+    regions: list[UltrasoundRegion], frame_shape: tuple[int, int]
+) -> tuple[UltrasoundRegion | None, tuple[int, int, int, int] | None, list[str]]:
+    """The calibrated 2D tissue region of a frame, its pixel box (x, y, w, h) cut to the frame, and notes.
+
+    The first calibrated tissue region whose top-left corner lies in the frame is taken (a capture
+    with two side-by-side B-mode images has two; the first is the one scanners list first, the
+    active one). See the module docstring for regions reaching past the frame.
+
+    Args:
+        regions: the file's ultrasound regions.
+        frame_shape: (rows, columns) of a frame.
+    """
+    height, width = frame_shape
+    notes = []
+    for region in regions:
+        if not region.is_calibrated_tissue:
+            continue
+        if not (0 <= region.x0 < width and 0 <= region.y0 < height) or region.x1 < region.x0 or region.y1 < region.y0:
+            notes.append(f"ultrasound region {region.to_json()['location']} does not lie in the "
+                         f"{width}x{height} frame: calibration ignored")
+            continue
+        past_right = region.x1 > width - 1 + _EDGE_TOLERANCE
+        past_bottom = region.y1 > height - 1 + _EDGE_TOLERANCE
+        if past_right and past_bottom:
+            notes.append(f"ultrasound region {region.to_json()['location']} reaches past the {width}x{height} "
+                         "frame on both axes (the capture was resized after calibration): calibration ignored")
+            continue
+        x1, y1 = min(region.x1, width - 1), min(region.y1, height - 1)
+        if past_right or past_bottom:
+            notes.append(f"ultrasound region {region.to_json()['location']} cut to the {width}x{height} frame")
+        return region, (region.x0, region.y0, x1 - region.x0 + 1, y1 - region.y0 + 1), notes
+    return None, None, notes
+
+
+def _rgb_pixels(dataset: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Pixels as grey or RGB, whatever the photometric interpretation.
+
+    pydicom (3.0+) already returns YBR_* data as RGB; palette colour and MONOCHROME1 are handled here.
+    """
+    from pydicom.pixels import apply_color_lut
+
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(pixels, dataset)
+        # Palette entries are 8- or 16-bit (PS3.3 C.7.6.3.1.5); bring 16-bit ones to 8 bits.
+        return (rgb >> 8).astype(np.uint8) if rgb.dtype.itemsize > 1 and rgb.max() > 255 else rgb.astype(np.uint8)
+    if photometric == "MONOCHROME1":  # 0 is white: invert so that bright is tissue, as everywhere else
+        return pixels.max() - pixels if pixels.size else pixels
+    return pixels
+
+
+def read_dicom(path: str | os.PathLike) -> DicomImage:
+    """Read a DICOM image file with its ultrasound calibration.
+
+    Args:
+        path: a DICOM file (Part 10, or a bare data set).
+
+    Raises:
+        ImageReadError: the file is missing, not DICOM, holds no image, or its pixels cannot be
+            decoded (the message says which decoder package is missing).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty")
+    try:
+        dataset = pydicom.dcmread(str(path), force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
+        raise ImageReadError(path, f"cannot be read as DICOM ({error})") from error
+    if "PixelData" not in dataset or "Rows" not in dataset:
+        raise ImageReadError(path, "DICOM file holds no image (no Pixel Data)")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # pydicom raises RuntimeError, NotImplementedError, ValueError, ...
+        transfer = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
+        name = transfer.name if transfer is not None else "unknown transfer syntax"
+        detail = " ".join(str(error).split())[:200]
+        raise ImageReadError(path, f"DICOM pixel data ({name}) cannot be decoded ({detail})") from error
+    if not hasattr(dataset, "file_meta") or "TransferSyntaxUID" not in dataset.file_meta:
+        dataset.file_meta = dataset.get("file_meta", pydicom.dataset.FileMetaDataset())
+        dataset.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    pixels = _rgb_pixels(dataset, np.asarray(pixels))
+    samples = int(dataset.get("SamplesPerPixel", 1))
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    multiframe = "NumberOfFrames" in dataset
+    # pydicom drops the frame axis of a one-frame file and keeps it otherwise.
+    scalar_rank = 2 if samples == 1 and dataset.PhotometricInterpretation != "PALETTE COLOR" else 3
+    if pixels.ndim == scalar_rank:
+        pixels = pixels[np.newaxis]
+    if pixels.shape[0] != frames:
+        raise ImageReadError(path, f"DICOM file declares {frames} frames but holds {pixels.shape[0]}")
+    if not np.issubdtype(pixels.dtype, np.integer) and not np.isfinite(pixels).all():
+        raise ImageReadError(path, "DICOM pixels are not finite")
+
+    regions = [UltrasoundRegion.from_item(item) for item in dataset.get("SequenceOfUltrasoundRegions", [])]
+    chosen, box, notes = calibrated_region(regions, pixels.shape[1:3])
+    spacing = chosen.spacing_mm if chosen is not None else None
+    if spacing is None:
+        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+            values = dataset.get(keyword)
+            if values is not None and len(values) == 2 and all(float(v) > 0 for v in values):
+                spacing = (float(values[1]), float(values[0]))  # DICOM gives (row, column) spacing
+                break
+    del dataset.PixelData
+    return DicomImage(pixels, spacing, box, regions, multiframe, dataset, notes)

@@ -1,0 +1,213 @@
+"""Results back to PACS: a DICOM Segmentation and a DICOM Structured Report (TID 1500) per DICOM input.
+
+For a prediction whose input was a DICOM file (:attr:`FrameStack.dicom`), written with highdicom:
+
+- ``<stem>_seg.dcm``: a binary DICOM Segmentation with the "Lesion" segment (category
+  Morphologically abnormal structure, type Lesion; algorithm MFFMT), on the source's pixel grid,
+  in the source's study, referencing the source instance (and its frame);
+- ``<stem>_sr.dcm``: an Enhanced SR "Imaging Measurement Report" (TID 1500) with, per lesion
+  region of the reported frame, a planar ROI measurement group (TID 1410) referencing the
+  segment, holding the long axis, the short (perpendicular) axis and the area (mm and mm² where the
+  input is calibrated, pixels otherwise), the orientation, the class (or "not breast B-mode" when
+  the input check flagged the frame) and the probability of the positive class. A frame without
+  lesion gets one group for the frame with the class and probability only.
+
+The reported frame is frame 0 of a single-frame input and the key frame of a clip. For a clip, the
+Segmentation holds that frame only: highdicom (0.28) builds Segmentations of multi-frame sources
+only for images in a patient coordinate system, which ultrasound cine loops are not; it references
+the source frame by number.
+
+Class, orientation and probability concepts without a standard code use the private coding
+scheme :data:`SCHEME` ("99MFFMT"), as DICOM allows for local codes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UltrasoundImageStorage
+
+from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.inference.result import FrameResult, PredictionResult
+from MFFMTCore.io import atomic_path
+from MFFMTCore.version import __version__
+
+SCHEME = "99MFFMT"
+CLASS_CONCEPT = hd.sr.CodedConcept("class", SCHEME, "Lesion class (MFFMT)")
+PROBABILITY_CONCEPT = hd.sr.CodedConcept("p-positive", SCHEME, "Probability of the positive class (MFFMT)")
+ORIENTATION_CONCEPT = codes.DCM.Orientation
+PIXEL_UNIT = hd.sr.CodedConcept("{pixel}", "UCUM", "pixel")
+SQUARE_PIXEL_UNIT = hd.sr.CodedConcept("{pixel}2", "UCUM", "square pixel")
+UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
+SERIES_NUMBERS = {"segmentation": 9301, "report": 9302}
+
+
+def dicom_output_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Name -> path of the files :func:`write_dicom_results` writes for ``stem``."""
+    directory = Path(directory)
+    return {"dicom_segmentation": directory / f"{stem}_seg.dcm", "dicom_report": directory / f"{stem}_sr.dcm"}
+
+
+def _value_code(text: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(text.replace(" ", "-")[:16], SCHEME, text)
+
+
+def _algorithm() -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(name="MFFMT", version=__version__)
+
+
+def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bool) -> hd.seg.Segmentation:
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Lesion",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="MFFMT", version=__version__, family=codes.cid7162.ArtificialIntelligence),
+    )
+    single = copy.deepcopy(source)  # Dataset.copy() is shallow: its elements are the source's own
+    if multiframe:
+        # highdicom segments a multi-frame ultrasound source (no patient coordinates, no functional
+        # groups) only as a single-frame image: give it a one-frame view of the source, then put the
+        # source's own SOP class and the frame's number into the references.
+        del single.NumberOfFrames
+        single.SOPClassUID = UltrasoundImageStorage
+    segmentation = hd.seg.Segmentation(
+        source_images=[single],
+        pixel_array=label[frame].astype(np.uint8)[np.newaxis],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBERS["segmentation"],
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="MFFMTSlicer",
+        manufacturer_model_name="MFFMT",
+        software_versions=__version__,
+        device_serial_number="none",
+        series_description="MFFMT lesion segmentation",
+        omit_empty_frames=False,
+    )
+    if multiframe:
+        references = [item for group in segmentation.PerFrameFunctionalGroupsSequence
+                      for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
+        references += [item for series in segmentation.ReferencedSeriesSequence
+                       for item in series.ReferencedInstanceSequence]
+        for item in references:
+            item.ReferencedSOPClassUID = source.SOPClassUID
+            item.ReferencedFrameNumber = frame + 1
+    return segmentation
+
+
+def _lengths(measured: LesionMeasurements, area_px: int, area_mm2: float | None) -> list[hd.sr.Measurement]:
+    calibrated = measured.long_axis.length_mm is not None and area_mm2 is not None
+    long_axis = measured.long_axis.length_mm if calibrated else measured.long_axis.length_px
+    short_axis = measured.perpendicular_axis.length_mm if calibrated else measured.perpendicular_axis.length_px
+    length_unit = codes.UCUM.Millimeter if calibrated else PIXEL_UNIT
+    return [
+        hd.sr.Measurement(name=codes.SCT.LongAxis, value=float(long_axis), unit=length_unit, algorithm_id=_algorithm()),
+        hd.sr.Measurement(name=codes.SCT.ShortAxis, value=float(short_axis), unit=length_unit,
+                          algorithm_id=_algorithm()),
+        hd.sr.Measurement(name=codes.SCT.Area, value=float(area_mm2 if calibrated else area_px),
+                          unit=codes.UCUM.SquareMillimeter if calibrated else SQUARE_PIXEL_UNIT,
+                          algorithm_id=_algorithm()),
+    ]
+
+
+def _groups(
+    finding: FrameResult, segmentation: hd.seg.Segmentation, source: Dataset, frame: int, positive: str
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    referenced = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=segmentation.SOPClassUID,
+        sop_instance_uid=segmentation.SOPInstanceUID,
+        frame_number=1,
+        segment_number=1,
+        source_image=hd.sr.SourceImageForSegmentation(
+            source.SOPClassUID, source.SOPInstanceUID,
+            referenced_frame_numbers=[frame + 1] if "NumberOfFrames" in source else None),
+    )
+    verdict = [
+        hd.sr.QualitativeEvaluation(CLASS_CONCEPT, _value_code(finding.prediction)),
+    ]
+    probability = hd.sr.Measurement(
+        name=PROBABILITY_CONCEPT, value=float(finding.probabilities[positive]), unit=UNITY,
+        algorithm_id=_algorithm())
+    groups = []
+    components = finding.components or [None]
+    for number, component in enumerate(components, start=1):
+        measurements = [probability]
+        evaluations = list(verdict)
+        if component is not None and component.measurements is not None:
+            measurements = _lengths(component.measurements, component.area_px, component.area_mm2) + measurements
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                ORIENTATION_CONCEPT, _value_code(component.measurements.orientation)))
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=hd.UID(), identifier=f"Lesion {number}" if component is not None else "Frame"),
+            referenced_segment=referenced,
+            finding_type=codes.SCT.Lesion,
+            finding_sites=[hd.sr.FindingSite(codes.SCT.Breast)],
+            algorithm_id=_algorithm(),
+            measurements=measurements,
+            qualitative_evaluations=evaluations,
+        ))
+    return groups
+
+
+def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """Write the DICOM Segmentation and Structured Report of ``result``; returns name -> path.
+
+    Raises:
+        ValueError: the input was not a DICOM file (there is nothing to reference).
+    """
+    dicom = result.input_frames.dicom if result.input_frames is not None else None
+    if dicom is None:
+        raise ValueError(f"{result.source}: DICOM results need a DICOM input")
+    with warnings.catch_warnings():
+        # highdicom warns about source attributes it cannot fix (e.g. a one-part patient name):
+        # they are the scanner's, copied as they are.
+        warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
+        segmentation, document = _documents(result, dicom.header)
+    paths = dicom_output_paths(directory, stem)
+    for name, dataset in (("dicom_segmentation", segmentation), ("dicom_report", document)):
+        with atomic_path(paths[name]) as temporary:
+            dataset.save_as(temporary, enforce_file_format=True)
+    return paths
+
+
+def _documents(result: PredictionResult, source: Dataset) -> tuple[hd.seg.Segmentation, hd.sr.EnhancedSR]:
+    """The Segmentation and the Structured Report of ``result`` for its DICOM ``source``."""
+    frame = result.key_frame
+    multiframe = "NumberOfFrames" in source
+    segmentation = _segmentation(source, result.label, frame, multiframe)
+    finding = result.frames[frame]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="MFFMT", manufacturer_name="MFFMTSlicer", model_name=f"MFFMT {__version__}"),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.SCT.UltrasonographyOfBreast,
+        imaging_measurements=_groups(finding, segmentation, source, frame, result.class_names[-1]),
+    )
+    document = hd.sr.EnhancedSR(
+        evidence=[source, segmentation],
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=SERIES_NUMBERS["report"],
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="MFFMTSlicer",
+        series_description="MFFMT lesion report",
+        is_complete=True,
+    )
+    return segmentation, document
