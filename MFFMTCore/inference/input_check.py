@@ -17,7 +17,7 @@ Two checks, each scored so that 1 is its limit; a frame's score is the larger, f
   nearest training frame; its limit is the 99.5% quantile of the training frames' own distances.
   The statistics (the training frames' normalised features as float16, the limit) live in the
   model file's metadata under
-  :data:`METADATA_KEY`, written by :func:`MFFMTCore.evaluation.input_check_fit.fit_input_check`
+  :data:`METADATA_KEY`, written by :func:`MFFMTCore.commands.fit_input_check.fit_input_check`
   (``mffmt fit-input-check``). A model file without them gets the colour check only, and says so
   (``InputCheck.distance`` is None); so does a prediction in ROI mode, since the statistics
   describe whole scans, not lesion boxes.

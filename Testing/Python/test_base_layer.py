@@ -84,7 +84,9 @@ def test_one_results_schema_for_mffmt_predict_and_the_slicer_module():
     from MFFMTCore.base.results_schema import RESULT_COLUMNS, column_types, result_columns
 
     assert result_columns() == ["input", "frame", "p_benign", "p_malignant", "prediction", "lesion_present",
-                                "p_lesion", "lesion_area_mm2", "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z", "error"]
+                                "p_lesion", "lesion_area_mm2", "lesion_area_px", "components", "centroid_x", "centroid_y", "centroid_z",
+                                "long_axis_mm", "perpendicular_axis_mm", "long_axis_px", "perpendicular_axis_px",
+                                "orientation", "input_flagged", "input_score", "input_reason", "error"]
     assert result_columns(["a", "b", "c"])[2:5] == ["p_a", "p_b", "p_c"]
     assert results.FIELD_TYPES == column_types()
     assert len({name for name, _ in RESULT_COLUMNS}) == len(RESULT_COLUMNS)

@@ -349,8 +349,8 @@ def calibrated_model(tmp_path, **info) -> Predictor:
 def test_temperature_from_the_model_file_softens_the_class_probabilities(predictor, tmp_path):
     frame = np.zeros((64, 64), dtype=np.float32)
     frame[:14] = 1.0  # mean ~0.22 after scaling -> malignant logit 20 * (0.22 - 0.15) ~ 1.4
-    plain = predictor.predict(frame).frames[0].p_malignant
-    softened = calibrated_model(tmp_path, temperature=4.0).predict(frame).frames[0].p_malignant
+    plain = predictor.predict(frame, imaging_region="none").frames[0].p_malignant
+    softened = calibrated_model(tmp_path, temperature=4.0).predict(frame, imaging_region="none").frames[0].p_malignant
     logit = math.log(plain / (1 - plain))
     assert softened == pytest.approx(1 / (1 + math.exp(-logit / 4.0)), rel=1e-4)
     assert 0.5 < softened < plain
@@ -362,7 +362,7 @@ def test_lesion_rule_from_the_model_file_decides_per_frame(tmp_path):
     speck[10:13, 10:13] = 255  # 0.09% of the frame: a speck, not a lesion
     blob = np.zeros((100, 100), dtype=np.uint8)
     blob[40:70, 30:60] = 255  # 9% of the frame
-    result = predictor.predict(np.stack([speck, blob]))
+    result = predictor.predict(np.stack([speck, blob]), imaging_region="none")  # synthetic: no scan area to find
     first, second = result.frames
     assert not first.lesion_present and first.components == [] and result.label[0].sum() == 0
     assert first.p_lesion > 0.99  # the map still peaks there; only the decision says no
@@ -371,7 +371,7 @@ def test_lesion_rule_from_the_model_file_decides_per_frame(tmp_path):
     assert result.clip.frames_with_lesion == 1 and result.clip.key_frame == 1
     # The decision survives a new threshold, and a plain model counts any lesion pixel.
     assert not result.with_threshold(0.3).frames[0].lesion_present
-    plain = calibrated_model(tmp_path).predict(speck).frames[0]
+    plain = calibrated_model(tmp_path).predict(speck, imaging_region="none").frames[0]
     assert plain.lesion_present and 0 < plain.lesion_area_px <= 16
 
 
@@ -379,7 +379,7 @@ def test_lesion_rule_in_an_roi_is_relative_to_the_roi(tmp_path):
     predictor = calibrated_model(tmp_path, lesion_decision={"min_peak": 0.5, "min_area_fraction": 0.05})
     frame = np.zeros((200, 200), dtype=np.uint8)
     frame[20:30, 20:30] = 255  # 100 px: 0.25% of the frame, 6% of a 40x40 ROI around it
-    assert not predictor.predict(frame).frames[0].lesion_present
+    assert not predictor.predict(frame, imaging_region="none").frames[0].lesion_present
     assert predictor.predict(frame, roi=(5, 5, 40, 40)).frames[0].lesion_present
 
 

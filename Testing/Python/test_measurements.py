@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from MFFMTCore.base.measurements import NOT_PARALLEL, PARALLEL, measure_lesion
+from MFFMTCore.base.results_schema import MEASUREMENT_COLUMNS, result_columns
 from MFFMTCore.inference import ImageGeometry, find_components
 from MFFMTCore.inference.result import PredictionResult
-from MFFMTCore.inference.results_table import MEASUREMENT_COLUMNS, frame_rows, result_columns
+from MFFMTCore.inference.results_table import frame_rows
 
 PLAIN = ImageGeometry((1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), spacing_known=False)
 
