@@ -131,7 +131,8 @@ def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingReg
     grey, chroma = _working_frames(pixels, components, step)
     mean = ndimage.uniform_filter(grey, size=(1, _TEXTURE_WINDOW, _TEXTURE_WINDOW))
     square = ndimage.uniform_filter(grey * grey, size=(1, _TEXTURE_WINDOW, _TEXTURE_WINDOW))
-    texture = np.sqrt(np.maximum(square - mean * mean, 0.0))
+    with np.errstate(invalid="ignore"):  # inf - inf in a non-finite frame, which the predictor refuses next
+        texture = np.sqrt(np.maximum(square - mean * mean, 0.0))
     scan = texture > _TEXTURE_STD
     if chroma is not None:
         scan &= chroma <= _OVERLAY_CHROMA
