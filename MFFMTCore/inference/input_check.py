@@ -39,8 +39,6 @@ from safetensors import safe_open
 from MFFMTCore.model_file import copy_with_metadata
 
 METADATA_KEY = "input_check"
-# What a flagged frame shows instead of a class.
-UNSUITABLE = "not breast B-mode"
 # Chroma (of 255) above which a pixel is coloured, and the share of such pixels that flags a frame.
 COLOUR_CHROMA = 40.0
 COLOUR_LIMIT = 0.02

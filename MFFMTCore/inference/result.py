@@ -15,11 +15,12 @@ import SimpleITK as sitk
 
 from MFFMTCore.base.components import LesionComponent, LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry
+from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.measurements import LesionMeasurements
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.imaging_region import ImagingRegion
-from MFFMTCore.inference.input_check import UNSUITABLE, InputCheck
+from MFFMTCore.inference.input_check import InputCheck
 
 
 def check_threshold(threshold: float) -> float:

@@ -20,6 +20,7 @@ import numpy as np
 
 from MFFMTCore.base.components import LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
+from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.base.results_schema import column_types
 
 FIELD_TYPES: dict[str, type] = column_types()
@@ -119,10 +120,13 @@ def lesion_label(row: dict[str, Any], with_frame: bool = False) -> str:
     if row.get("error"):
         return f"Error: {row['error']}"
     prediction = str(row.get("prediction", "")).strip().lower()
-    probability = row.get("p_malignant") if prediction == "malignant" else row.get("p_benign")
     text = prediction.capitalize() or "Unknown"
-    if probability is not None and math.isfinite(probability):
-        text += f" {probability:.2f}"
+    if prediction == UNSUITABLE.lower():  # no class is presented for a frame unlike breast B-mode
+        text = UNSUITABLE[0].upper() + UNSUITABLE[1:]
+    else:
+        probability = row.get("p_malignant") if prediction == "malignant" else row.get("p_benign")
+        if probability is not None and math.isfinite(probability):
+            text += f" {probability:.2f}"
     return f"Frame {row.get('frame', 0)}: {text}" if with_frame else text
 
 
@@ -146,6 +150,12 @@ _TABLE_LAYOUT = (
     ("Lesion area (mm2)", "double", lambda row: row["lesion_area_mm2"]),
     ("Lesion area (px)", "double", lambda row: row["lesion_area_px"]),
     ("Components", "double", lambda row: row["components"]),
+    ("Long axis (mm)", "double", lambda row: row["long_axis_mm"]),
+    ("Perpendicular axis (mm)", "double", lambda row: row["perpendicular_axis_mm"]),
+    ("Long axis (px)", "double", lambda row: row["long_axis_px"]),
+    ("Perpendicular axis (px)", "double", lambda row: row["perpendicular_axis_px"]),
+    ("Orientation", "string", lambda row: row["orientation"]),
+    ("Input check", "string", lambda row: row["input_reason"] if row["input_flagged"] else ""),
     ("Centroid R", "double", lambda row: (centroid_ras(row) or (math.nan,) * 3)[0]),
     ("Centroid A", "double", lambda row: (centroid_ras(row) or (math.nan,) * 3)[1]),
     ("Centroid S", "double", lambda row: (centroid_ras(row) or (math.nan,) * 3)[2]),
@@ -178,8 +188,8 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
             no lesion at any threshold, as in ``mffmt predict``.
 
     Returns:
-        Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components`` and ``centroid_x/y/z``
-        (LPS, like the results files; NaN without lesion).
+        Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components``, ``centroid_x/y/z`` (LPS,
+        like the results files; NaN without lesion) and the largest region's diameters and orientation.
     """
     probability = np.asarray(probability)
     if probability.ndim != 3:
@@ -190,11 +200,26 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
         found = find_components(frame >= threshold, frame, geometry, k) if k not in lesion_free else []
         lesion = LesionSummary.of(found, spacing_known)
         centroid = lesion.centroid or (math.nan,) * 3
+        measured = found[0].measurements if found else None
         measurements.append({"lesion_area_px": float(lesion.area_px),
                              "lesion_area_mm2": math.nan if lesion.area_mm2 is None else lesion.area_mm2,
                              "components": float(lesion.count), "centroid_x": centroid[0],
-                             "centroid_y": centroid[1], "centroid_z": centroid[2]})
+                             "centroid_y": centroid[1], "centroid_z": centroid[2], **_diameters(measured)})
     return measurements
+
+
+def _diameters(measured: Any) -> dict[str, Any]:
+    """Result-row cells of a region's diameters and orientation (NaN and "" without a region)."""
+    if measured is None:
+        return {"long_axis_mm": math.nan, "perpendicular_axis_mm": math.nan, "long_axis_px": math.nan,
+                "perpendicular_axis_px": math.nan, "orientation": ""}
+
+    def mm(value: float | None) -> float:
+        return math.nan if value is None else float(value)
+
+    return {"long_axis_mm": mm(measured.long_axis.length_mm), "perpendicular_axis_mm": mm(measured.perpendicular_axis.length_mm),
+            "long_axis_px": float(measured.long_axis.length_px),
+            "perpendicular_axis_px": float(measured.perpendicular_axis.length_px), "orientation": measured.orientation}
 
 
 def apply_measurements(rows: list[dict[str, Any]], measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.inference import Predictor
 from MFFMTCore.inference.input_check import (
     COLOUR_LIMIT,
     METADATA_KEY,
-    UNSUITABLE,
     FeatureRecorder,
     FeatureStatistics,
     assess_frames,
