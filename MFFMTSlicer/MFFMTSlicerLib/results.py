@@ -73,6 +73,21 @@ def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [normalise_row(row) for row in raw_rows]
 
 
+def read_threshold(output_dir: str | os.PathLike) -> float:
+    """The lesion threshold ``mffmt predict`` used for the results in ``output_dir`` (its results.json).
+
+    Raises:
+        FileNotFoundError: there is no results.json; ValueError: it records no threshold.
+    """
+    path = Path(output_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (did mffmt predict finish?)")
+    threshold = (json.loads(path.read_text(encoding="utf-8")).get("settings") or {}).get("threshold")
+    if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+        raise ValueError(f"{path}: records no lesion threshold")
+    return float(threshold)
+
+
 def read_output_files(output_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
     """Input path -> {output name: file} of the inputs ``mffmt predict`` finished, from results.json.
 
@@ -189,7 +204,8 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
 
     Returns:
         Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components``, ``centroid_x/y/z`` (LPS,
-        like the results files; NaN without lesion) and the largest region's diameters and orientation.
+        like the results files; NaN without lesion), the largest region's diameters and orientation,
+        and ``calipers``: its two diameters as :func:`caliper_line` dicts (empty without lesion).
     """
     probability = np.asarray(probability)
     if probability.ndim != 3:
@@ -212,14 +228,29 @@ def _diameters(measured: Any) -> dict[str, Any]:
     """Result-row cells of a region's diameters and orientation (NaN and "" without a region)."""
     if measured is None:
         return {"long_axis_mm": math.nan, "perpendicular_axis_mm": math.nan, "long_axis_px": math.nan,
-                "perpendicular_axis_px": math.nan, "orientation": ""}
+                "perpendicular_axis_px": math.nan, "orientation": "", "calipers": []}
 
     def mm(value: float | None) -> float:
         return math.nan if value is None else float(value)
 
     return {"long_axis_mm": mm(measured.long_axis.length_mm), "perpendicular_axis_mm": mm(measured.perpendicular_axis.length_mm),
             "long_axis_px": float(measured.long_axis.length_px),
-            "perpendicular_axis_px": float(measured.perpendicular_axis.length_px), "orientation": measured.orientation}
+            "perpendicular_axis_px": float(measured.perpendicular_axis.length_px), "orientation": measured.orientation,
+            "calipers": [caliper_line(name, caliper) for name, caliper in
+                         (("long axis", measured.long_axis), ("perpendicular axis", measured.perpendicular_axis))]}
+
+
+def caliper_line(name: str, caliper: Any) -> dict[str, Any]:
+    """A caliper as Slicer draws it: end points in RAS and a label with its length (mm, else px)."""
+    length = (f"{caliper.length_mm:.1f} mm" if caliper.length_mm is not None else f"{caliper.length_px:.0f} px")
+    return {"name": name, "start": lps_to_ras(caliper.start), "end": lps_to_ras(caliper.end),
+            "label": f"{name} {length}"}
+
+
+def key_frame(rows: list[dict[str, Any]]) -> int | None:
+    """The frame to draw calipers on: the one with the largest lesion (None when no frame has one)."""
+    found = [row for row in map(normalise_row, rows) if has_lesion(row)]
+    return max(found, key=lambda row: row["lesion_area_px"])["frame"] if found else None
 
 
 def apply_measurements(rows: list[dict[str, Any]], measurements: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -229,6 +260,6 @@ def apply_measurements(rows: list[dict[str, Any]], measurements: list[dict[str, 
         row = normalise_row(row)
         frame = row["frame"]
         if not row["error"] and 0 <= frame < len(measurements):
-            row.update(measurements[frame])
+            row.update({key: value for key, value in measurements[frame].items() if key != "calipers"})
         updated.append(row)
     return updated

@@ -30,6 +30,8 @@ PROBABILITY_ROLE = "MFFMT.probability"
 TABLE_ROLE = "MFFMT.results"
 POINTS_ROLE = "MFFMT.lesions"
 GRADCAM_ROLE = "MFFMT.gradcam"
+#: The two caliper lines (markups line nodes) of the key frame's lesion: long and perpendicular axis.
+CALIPER_ROLES = ("MFFMT.longAxis", "MFFMT.perpendicularAxis")
 # Attribute of a clip volume made from a sequence: the sequence node's ID.
 SOURCE_SEQUENCE_ATTRIBUTE = "MFFMT.sourceSequence"
 # Attribute of result volumes (probability, Grad-CAM): not images to segment or train on.
@@ -218,6 +220,21 @@ def fillLesionPoints(pointsNode, rows: list[dict[str, Any]]) -> None:
         index = pointsNode.AddControlPoint(list(position), lesion_label(row, with_frame=len(rows) > 1))
         pointsNode.SetNthControlPointLocked(index, True)
     pointsNode.EndModify(wasModifying)
+
+
+def fillCaliperLines(lineNodes: list, calipers: list[dict[str, Any]]) -> None:
+    """Draw the lesion's long and perpendicular diameters as locked two-point lines, caliper style,
+    each labelled with its length; empty lines when there is no lesion."""
+    for index, lineNode in enumerate(lineNodes):
+        wasModifying = lineNode.StartModify()
+        lineNode.RemoveAllControlPoints()
+        if index < len(calipers):
+            caliper = calipers[index]
+            lineNode.AddControlPoint(list(caliper["start"]), caliper["label"])
+            lineNode.AddControlPoint(list(caliper["end"]), "")
+            for point in range(2):
+                lineNode.SetNthControlPointLocked(point, True)
+        lineNode.EndModify(wasModifying)
 
 
 def showResultsTable(tableNode) -> None:

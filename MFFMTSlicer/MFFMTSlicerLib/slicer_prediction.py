@@ -27,10 +27,12 @@ from MFFMTSlicerLib.progress import PredictProgress, parse_event_line
 from MFFMTSlicerLib.results import (
     apply_measurements,
     frame_measurements,
+    key_frame,
     lesion_free_frames,
     normalise_row,
     read_output_files,
     read_results,
+    read_threshold,
 )
 from MFFMTSlicerLib.slicer_tasks import (
     BackgroundTask,
@@ -101,7 +103,7 @@ class PredictionTask(BackgroundTask):
         for row in rows:
             row["input"] = volume.GetName()
             if not spacingKnown:  # written as NRRD, but the image itself has no physical spacing
-                row["lesion_area_mm2"] = math.nan
+                row.update(lesion_area_mm2=math.nan, long_axis_mm=math.nan, perpendicular_axis_mm=math.nan)
         segmentation = nodes.loadLesionSegmentation(files["segmentation"], volume)
         created.append(segmentation)
         segmentation.SetAttribute(nodes.SPACING_KNOWN_ATTRIBUTE, "1" if spacingKnown else "0")
@@ -113,7 +115,14 @@ class PredictionTask(BackgroundTask):
         points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(f"{volume.GetName()} finding"))
         created.append(points)
         points.CreateDefaultDisplayNodes()
-        for node, role in ((table, nodes.TABLE_ROLE), (points, nodes.POINTS_ROLE)):
+        lines = []
+        for name in ("long axis", "perpendicular axis"):
+            line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", scene.GenerateUniqueName(f"{volume.GetName()} {name}"))
+            created.append(line)
+            line.CreateDefaultDisplayNodes()
+            lines.append(line)
+        roles = ((table, nodes.TABLE_ROLE), (points, nodes.POINTS_ROLE), *zip(lines, nodes.CALIPER_ROLES))
+        for node, role in roles:
             segmentation.SetNodeReferenceID(role, node.GetID())
             nodes.placeLike(node, volume)
         if self.gradcam and "gradcam" in files:
@@ -121,14 +130,22 @@ class PredictionTask(BackgroundTask):
             created.append(heatmap)
             segmentation.SetNodeReferenceID(nodes.GRADCAM_ROLE, heatmap.GetID())
             nodes.showHeatmap(volume, heatmap)
-        showResults(segmentation, rows, self.threshold)
+        threshold = read_threshold(outputDir)
+        measurements = frame_measurements(nodes.volumeArray(probability), threshold, nodes.ijkToRasArray(probability),
+                                          spacingKnown, lesion_free_frames(rows))
+        showResults(segmentation, rows, self.threshold, measurements)
         self.segmentationNode, self.results = segmentation, rows
 
 
-def showResults(segmentationNode: vtkMRMLSegmentationNode, rows: list[dict[str, Any]], threshold: float | None) -> None:
-    """Write ``rows`` into the run's table and points and remember them on the segmentation."""
+def showResults(segmentationNode: vtkMRMLSegmentationNode, rows: list[dict[str, Any]], threshold: float | None,
+                measurements: list[dict[str, Any]]) -> None:
+    """Write ``rows`` into the run's table, points and caliper lines (from ``measurements``, per frame, as
+    :func:`frame_measurements` gives them) and remember them on the segmentation."""
     nodes.fillResultsTable(segmentationNode.GetNodeReference(nodes.TABLE_ROLE), rows)
     nodes.fillLesionPoints(segmentationNode.GetNodeReference(nodes.POINTS_ROLE), rows)
+    frame = key_frame(rows)
+    calipers = measurements[frame]["calipers"] if frame is not None and frame < len(measurements) else []
+    nodes.fillCaliperLines([segmentationNode.GetNodeReference(role) for role in nodes.CALIPER_ROLES], calipers)
     segmentationNode.SetAttribute(RESULTS_ATTRIBUTE, json.dumps(json_safe(rows), allow_nan=False))
     if threshold is not None:
         segmentationNode.SetAttribute(THRESHOLD_ATTRIBUTE, repr(float(threshold)))
@@ -262,7 +279,7 @@ class PredictionLogic:
         measurements = frame_measurements(probability, threshold, nodes.ijkToRasArray(probabilityNode), spacingKnown,
                                           lesionFree)
         rows = apply_measurements(rows, measurements)
-        showResults(segmentationNode, rows, threshold)
+        showResults(segmentationNode, rows, threshold, measurements)
         return rows
 
     def processFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,

@@ -185,6 +185,19 @@ def test_process_segments_and_classifies_a_picture(env, picture_result):
     centroid = [0.0, 0.0, 0.0]
     points.GetNthControlPointPosition(0, centroid)
     assert centroid == pytest.approx([-row["centroid_x"], -row["centroid_y"], row["centroid_z"]], abs=1e-3)
+    # The lesion's diameters drawn caliper style: two locked two-point lines, in pixels for a picture,
+    # whose lengths are the reported ones (in the picture's unit spacing) and which cross at right angles.
+    assert row["long_axis_px"] >= row["perpendicular_axis_px"] > 0 and math.isnan(row["long_axis_mm"])
+    long_axis, perpendicular = (segmentation.GetNodeReference(role)
+                                for role in ("MFFMT.longAxis", "MFFMT.perpendicularAxis"))
+    for line, length in ((long_axis, row["long_axis_px"]), (perpendicular, row["perpendicular_axis_px"])):
+        assert line.IsA("vtkMRMLMarkupsLineNode") and line.GetNumberOfControlPoints() == 2
+        assert line.GetNthControlPointLocked(0) and line.GetNthControlPointLabel(0).endswith(" px")
+        ends = [np.array(line.GetNthControlPointPosition(i)) for i in range(2)]
+        assert np.linalg.norm(ends[1] - ends[0]) == pytest.approx(length, rel=0.05, abs=1.5)
+    directions = [np.subtract(line.GetNthControlPointPosition(1), line.GetNthControlPointPosition(0))
+                  for line in (long_axis, perpendicular)]
+    assert abs(np.dot(*directions)) / (np.linalg.norm(directions[0]) * np.linalg.norm(directions[1])) < 0.1
     # The table is shown: the layout switches to one with a table view, which selects it.
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     from MFFMTSlicerLib import slicer_nodes
@@ -213,6 +226,12 @@ def test_update_threshold_redraws_without_the_network(env, picture_result):
     assert back["centroid_x"] == pytest.approx(rows[0]["centroid_x"], abs=1e-3)
     assert json.loads(segmentation.GetAttribute("MFFMT.resultRows"))  # strict JSON (NaN as null)
     assert logic.results(segmentation)[0]["lesion_area_px"] == back["lesion_area_px"]
+    # The calipers follow: a stricter threshold never gives a longer long axis.
+    long_axis = segmentation.GetNodeReference("MFFMT.longAxis")
+    logic.updateThreshold(segmentation, 0.9)
+    strict_length = np.linalg.norm(np.subtract(long_axis.GetNthControlPointPosition(1), long_axis.GetNthControlPointPosition(0)))
+    assert strict_length <= back["long_axis_px"] + 1.5 and strict_length == pytest.approx(strict["long_axis_px"], abs=1.5)
+    logic.updateThreshold(segmentation, 0.5)
 
 
 def test_process_a_volume_with_spacing_under_a_parent_transform(env, tmp_path):
