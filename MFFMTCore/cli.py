@@ -1,4 +1,4 @@
-"""The ``mffmt`` command line: ``mffmt train|evaluate|predict|export``.
+"""The ``mffmt`` command line: ``mffmt train|evaluate|predict|export|serve|live``.
 
 Each command lives in its own module under ``MFFMTCore.commands`` and exposes
 ``add_parser(subparsers)`` and ``run(args) -> int``. Errors that name a file and a problem
@@ -14,7 +14,7 @@ import sys
 
 from MFFMTCore.version import __version__
 
-COMMANDS = ("train", "evaluate", "predict", "export")
+COMMANDS = ("train", "evaluate", "predict", "export", "serve", "live")
 
 
 def build_parser() -> argparse.ArgumentParser:

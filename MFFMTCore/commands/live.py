@@ -1,0 +1,84 @@
+"""``mffmt live``: segment every frame an OpenIGTLink server sends, and send the results back to it.
+
+Connects to HOST:PORT (a PLUS server, 3D Slicer's OpenIGTLinkIF in server mode, a scanner) and
+reconnects when the server restarts. Each IMAGE frame comes back as an IMAGE label map on device
+``MFFMTLabel`` (same geometry) and a STRING of JSON on ``MFFMTResult`` (class, probabilities,
+lesion present, area), both with the frame's timestamp; see :mod:`MFFMTCore.serving.live`. When
+frames come faster than they are segmented, the newest wins and the others are dropped and
+counted. Runs until Ctrl-C or SIGTERM (exit status 0); prints its counts to stderr as it goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+import torch
+
+from MFFMTCore.commands.predict import _positive, _threshold
+from MFFMTCore.inference.predictor import Predictor
+from MFFMTCore.serving.igtl import parse_address
+from MFFMTCore.serving.live import LABEL_DEVICE, MODEL_DEVICE, RESULT_DEVICE, LiveSegmenter
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "live",
+        help="segment live frames from an OpenIGTLink server (PLUS, 3D Slicer) and send the results back",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--igtl", type=_address, required=True, metavar="HOST:PORT", help="the OpenIGTLink server")
+    parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
+    parser.add_argument("--threshold", type=_threshold, metavar="T", help="lesion probability threshold (default: the model's)")
+    parser.add_argument("--input-device", metavar="NAME", help="segment only IMAGE messages of this device (default: any)")
+    parser.add_argument("--label-device", default=LABEL_DEVICE, metavar="NAME", help="device name of the label maps sent")
+    parser.add_argument("--result-device", default=RESULT_DEVICE, metavar="NAME", help="device name of the result strings sent")
+    parser.add_argument("--model-device", default=MODEL_DEVICE, metavar="NAME",
+                        help="device name of STRING messages asking for another model (see --allow-model-swap)")
+    parser.add_argument("--allow-model-swap", action="store_true",
+                        help="let the server switch models by sending a model path on --model-device")
+    parser.add_argument("--queue", type=_positive, default=1, metavar="N",
+                        help="frames kept waiting while one is segmented; older ones are dropped (default 1)")
+    parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--report-every", type=float, default=10.0, metavar="S", help="seconds between status lines")
+    parser.add_argument("--progress", choices=("text", "json"), default="text",
+                        help="status lines as text (stderr) or JSON lines (stdout)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    host, port = args.igtl
+    live = LiveSegmenter(
+        Predictor(args.model, device=args.device, batch_size=1), host, port, input_device=args.input_device,
+        threshold=args.threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap,
+        label_device=args.label_device, result_device=args.result_device, model_device=args.model_device,
+    )
+
+    def report(stats: dict[str, Any]) -> None:
+        if args.progress == "json":
+            print(json.dumps({"event": "progress", **stats}), flush=True)
+        else:
+            print("mffmt live: " + ", ".join(f"{key} {value}" for key, value in stats.items()), file=sys.stderr, flush=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        live.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"mffmt live: model {live.predictor.model_path}; connecting to {host}:{port} (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    live.run(args.report_every, report)
+    return 0
