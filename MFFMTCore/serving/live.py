@@ -224,8 +224,8 @@ class LiveSegmenter:
 
     def step(self, timeout: float = 0.2) -> bool:
         """Segment the next waiting frame and send its results; False when none came within ``timeout``."""
-        self._swap_model()
         message = self.frames.get(timeout)
+        self._swap_model()  # after the wait: a swap asked for before this frame came applies to it
         if message is None:
             return False
         try:
