@@ -250,6 +250,12 @@ class Worker:
         if any(name not in MAPS for name in maps):
             raise ValueError(f"'maps' may name {', '.join(MAPS)}, got {maps!r}")
         gradcam = bool(message.get("gradcam")) or "gradcam" in maps
+
+        def frames_done(done: int, total: int) -> None:
+            check()
+            if total > done:  # a frame's only chunk ends with its result: no progress event for it
+                self.send({"id": request_id, "event": "progress", "frames_done": done, "frames_total": total})
+
         result = self.predictor.predict(
             arrays["image"],
             spacing=_optional(message, "spacing", list),
@@ -258,7 +264,7 @@ class Worker:
             roi=_roi(message),
             gradcam=gradcam,
             threshold=_optional(message, "threshold", (int, float)),
-            progress=check,
+            progress=frames_done,
         )
         source = _optional(message, "source", str) or result.source
         layout = slice(None) if not result.is_2d else 0  # a frame's maps come back as (H, W)
