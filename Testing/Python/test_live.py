@@ -16,26 +16,14 @@ import numpy as np
 import pyigtl
 import pytest
 import SimpleITK as sitk
-import torch
+from serving_helpers import SAMPLES, random_model
 
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT
 from MFFMTCore.serving.live import LESION_PRESENT_RULE, LiveSegmenter, frame_image
-
-SAMPLES = sorted((Path(__file__).resolve().parents[2] / "MFFMTCore" / "samples").glob("bus_*.png"))
-
-
-def random_model(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    network = MFFMT(backbone="resnet18")
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64], name=f"seed{seed}"))
-    return path
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    """A small random-weight MFFMT18 model file with a 64x64 input."""
     return random_model(tmp_path_factory.mktemp("model") / "mffmt18.safetensors", 0)
 
 
@@ -75,6 +63,16 @@ def running(live: LiveSegmenter):
         assert not thread.is_alive()
 
 
+@contextlib.contextmanager
+def live_session(predictor: Predictor, **options):
+    """A pyigtl server and a live segmenter connected to it: yields (server, segmenter)."""
+    port = free_port()
+    live = LiveSegmenter(predictor, "127.0.0.1", port, log=lambda _: None, **options)
+    with igtl_server(port) as server, running(live):
+        wait_connected(server)
+        yield server, live
+
+
 def wait_connected(server: pyigtl.OpenIGTLinkServer, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not server.is_connected():
@@ -112,9 +110,7 @@ def oblique_matrix(spacing=(0.12, 0.08), origin=(10.0, -4.0, 30.0), angle=0.5) -
 
 
 def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometry(predictor):
-    port = free_port()
-    with igtl_server(port) as server, running(LiveSegmenter(predictor, "127.0.0.1", port, log=lambda _: None)):
-        wait_connected(server)
+    with live_session(predictor) as (server, _):
         for index, path in enumerate(SAMPLES):
             pixels, timestamp = sample_frame(path), 1_700_000_000.25 + index
             matrix, system = oblique_matrix(), ("ras" if index % 2 else "lps")
@@ -141,11 +137,8 @@ def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometr
 
 
 def test_latest_frame_wins_and_dropped_frames_are_counted(predictor):
-    port = free_port()
     frames = sample_frame(SAMPLES[0])
-    live = LiveSegmenter(predictor, "127.0.0.1", port, log=lambda _: None)
-    with igtl_server(port) as server, running(live):
-        wait_connected(server)
+    with live_session(predictor) as (server, live):
         for index in range(40):  # a burst, much faster than frames are segmented
             server.send_message(frame_message(frames, 100.0 + index), wait=False)
         summary = json.loads(wait_for(server, "MFFMTResult", 139.0).string)
@@ -189,11 +182,8 @@ class BrokenImage(pyigtl.MessageBase):
 
 
 def test_malformed_zero_size_and_degenerate_frames_get_error_replies_and_the_stream_goes_on(predictor):
-    port = free_port()
     pixels = sample_frame(SAMPLES[2])
-    live = LiveSegmenter(predictor, "127.0.0.1", port, log=lambda _: None)
-    with igtl_server(port) as server, running(live):
-        wait_connected(server)
+    with live_session(predictor) as (server, live):
         server.send_message(BrokenImage(1.0))
         assert "IMAGE message from 'Image_Reference'" in json.loads(server.wait_for_message("MFFMTResult", 20).string)["error"]
         cases = {
@@ -217,10 +207,7 @@ def test_model_swap_is_refused_unless_allowed_and_then_applies_from_the_next_fra
     other = random_model(tmp_path / "other.safetensors", 1)
     pixels = sample_frame(SAMPLES[3])
     for allowed in (False, True):
-        port = free_port()
-        live = LiveSegmenter(predictor, "127.0.0.1", port, allow_model_swap=allowed, log=lambda _: None)
-        with igtl_server(port) as server, running(live):
-            wait_connected(server)
+        with live_session(predictor, allow_model_swap=allowed) as (server, live):
             server.send_message(frame_message(pixels, 1.0))
             assert json.loads(wait_for(server, "MFFMTResult", 1.0).string)["model"] == "seed0"
             server.send_message(pyigtl.StringMessage(str(tmp_path / "missing.safetensors"), timestamp=2.0,

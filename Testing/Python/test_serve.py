@@ -13,24 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from serving_helpers import SAMPLES, random_model
 
 from MFFMTCore.cli import main
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import frame_rows
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT
 from MFFMTCore.serving.client import RequestCancelledError, RequestError, WorkerClient, WorkerError
 from MFFMTCore.serving.protocol import ProtocolError, read_message, write_message
-
-SAMPLES = sorted((Path(__file__).resolve().parents[2] / "MFFMTCore" / "samples").glob("bus_*.png"))
-
-
-def random_model(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    network = MFFMT(backbone="resnet18")
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64], name=f"seed{seed}"))
-    return path
 
 
 @pytest.fixture(scope="module")
