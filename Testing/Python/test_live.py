@@ -18,7 +18,10 @@ import pytest
 import SimpleITK as sitk
 from serving_helpers import SAMPLES, random_model
 
+from MFFMTCore.cli import main
 from MFFMTCore.inference.predictor import Predictor
+from MFFMTCore.serving.igtl import parse_address
+from MFFMTCore.serving.latest import LatestItems
 from MFFMTCore.serving.live import LESION_PRESENT_RULE, LiveSegmenter, frame_image
 
 
@@ -245,3 +248,25 @@ def test_mffmt_live_command_answers_and_stops_cleanly(model_path):
     final = json.loads(stdout.strip().splitlines()[-1])
     assert final["frames_segmented"] == 1 and final["frames_received"] == 1
     assert "connected to 127.0.0.1" in stderr
+
+
+def test_latest_items_keep_the_newest_and_count_the_rest():
+    items = LatestItems(capacity=3)
+    for number in range(10):
+        items.put(number)
+    assert (items.received, items.dropped, len(items)) == (10, 7, 3)
+    assert [items.get(0), items.get(0), items.get(0), items.get(0.01)] == [7, 8, 9, None]
+    with pytest.raises(ValueError):
+        LatestItems(capacity=0)
+
+
+def test_bad_address_and_device_names_are_refused(predictor, capsys):
+    assert parse_address("[::1]:18944") == ("::1", 18944)
+    for text in ("localhost", "localhost:0", "localhost:port", ":18944"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_address(text)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["live", "--igtl", "localhost"])
+    assert exit_info.value.code == 2 and "HOST:PORT" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="20 bytes"):
+        LiveSegmenter(predictor, "127.0.0.1", 1, label_device="A_label_name_too_long_for_igtl")
