@@ -168,11 +168,15 @@ class Worker:
                 if flag is not None:
                     flag.set()
                 continue
+            request_id = message.get("id")
+            if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+                self._reply_error(request_id, "every request needs an 'id' (a string or a whole number)")
+                continue
             with self._cancel_lock:
-                if message.get("id") in self._cancel:
-                    self._reply_error(message.get("id"), f"request id {message.get('id')!r} is already in use")
+                if request_id in self._cancel:
+                    self._reply_error(request_id, f"request id {request_id!r} is already in use")
                     continue
-                self._cancel[message.get("id")] = threading.Event()
+                self._cancel[request_id] = threading.Event()
             self._requests.put(item)
 
     def _reply_error(self, request_id: Any, text: str) -> None:
@@ -193,8 +197,6 @@ class Worker:
         handlers = {"info": self._info, "load": self._load, "predict": self._predict, "segment": self._segment}
         try:
             handler = handlers.get(message.get("op"))
-            if request_id is None or not isinstance(request_id, str | int) or isinstance(request_id, bool):
-                raise ValueError("every request needs an 'id' (a string or a whole number)")
             if handler is None:
                 raise ValueError(f"unknown op {message.get('op')!r}; expected one of {', '.join(handlers)}, cancel")
             check()

@@ -133,7 +133,7 @@ def test_bad_requests_get_error_replies_and_the_next_one_is_served(worker, tmp_p
     worker._send({"id": "bad", "op": "segment", "arrays": [{"name": "image", "dtype": "uint8", "shape": [99]}]},
                  {"x": np.zeros(3, np.uint8)})
     with worker._send_lock:
-        worker.process.stdin.write(b"{not json\n")
+        worker.process.stdin.write(b'{not json\n{"id": [1], "op": "info"}\n{"op": "info"}\n')
         worker.process.stdin.flush()
     reply = worker.segment(np.full((30, 40), 7, np.uint8))
     assert reply.maps["label"].shape == (30, 40) and worker.alive()
