@@ -113,7 +113,7 @@ class FrameSource:
             if delay > 0:
                 time.sleep(delay)
             self.send(images[index % len(images)], start + index)
-        time.sleep(1.0)  # let the last results come back
+        self.wait_answer(start + count - 1)  # the newest frame is never dropped: its result ends the run
         with self.lock:
             done = [t for t in (start + i for i in range(count)) if round(t, 6) in self.answered]
             latencies = [1000 * (self.answered[round(t, 6)] - self.sent[round(t, 6)]) for t in done]
