@@ -123,9 +123,9 @@ def test_bad_requests_get_error_replies_and_the_next_one_is_served(worker, tmp_p
     with pytest.raises(RequestError, match="needs an array named 'image'"):
         worker.request("segment")
     with pytest.raises(RequestError, match="'roi' must be"):
-        worker.segment(np.zeros((20, 20), np.uint8), roi=[1, 2, 0, 5])
+        worker.segment(np.zeros((40, 40), np.uint8), roi=[1, 2, 0, 5])
     with pytest.raises(RequestError, match="threshold"):
-        worker.segment(np.zeros((20, 20), np.uint8), threshold=2.0)
+        worker.segment(np.zeros((40, 40), np.uint8), threshold=2.0)
     (tmp_path / "empty").mkdir()
     with pytest.raises(RequestError, match="empty: folder holds no image files"):
         worker.predict([tmp_path / "empty"], tmp_path / "out")
@@ -135,8 +135,8 @@ def test_bad_requests_get_error_replies_and_the_next_one_is_served(worker, tmp_p
     with worker._send_lock:
         worker.process.stdin.write(b'{not json\n{"id": [1], "op": "info"}\n{"op": "info"}\n')
         worker.process.stdin.flush()
-    reply = worker.segment(np.full((30, 40), 7, np.uint8))
-    assert reply.maps["label"].shape == (30, 40) and worker.alive()
+    reply = worker.segment(np.full((40, 48), 7, np.uint8))
+    assert reply.maps["label"].shape == (40, 48) and worker.alive()
 
 
 def test_a_running_request_is_cancelled_and_the_worker_goes_on(worker):
@@ -153,7 +153,7 @@ def test_a_running_request_is_cancelled_and_the_worker_goes_on(worker):
         pending.wait(120)
     assert progress[0]["frames_done"] < progress[0]["frames_total"] == 400
     assert len(progress) < 400 // 8
-    assert worker.segment(np.full((30, 40), 7, np.uint8)).rows[0]["frame"] == 0
+    assert worker.segment(np.full((40, 48), 7, np.uint8)).rows[0]["frame"] == 0
 
 
 def test_load_swaps_the_model_between_requests_and_a_bad_model_keeps_the_old_one(model_path, tmp_path):
