@@ -49,6 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="let the server switch models by sending a model path on --model-device")
     parser.add_argument("--queue", type=_positive, default=1, metavar="N",
                         help="frames kept waiting while one is segmented; older ones are dropped (default 1)")
+    parser.add_argument("--workers", type=_positive, default=1, metavar="N",
+                        help="frames segmented at once (on N cores: --workers N --threads 1 is fastest); results "
+                             "still go out in frame order")
     parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--report-every", type=float, default=10.0, metavar="S", help="seconds between status lines")
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         Predictor(args.model, device=args.device, batch_size=1), host, port, input_device=args.input_device,
         threshold=args.threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap,
         label_device=args.label_device, result_device=args.result_device, model_device=args.model_device,
+        workers=args.workers,
     )
 
     def report(stats: dict[str, Any]) -> None:

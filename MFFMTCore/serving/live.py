@@ -23,6 +23,7 @@ a queue of ``queue_size`` (default 1); older waiting frames are dropped and coun
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -106,6 +107,10 @@ class LiveSegmenter:
         input_device: segment only IMAGE messages of this device; None for any device.
         threshold: lesion threshold; default the model's.
         queue_size: frames kept waiting while one is segmented (older ones are dropped).
+        workers: frames segmented at the same time, each in its own thread. On a CPU, two workers
+            with one torch thread each keep two cores busier than one worker with two threads (a
+            single frame does not split well over cores). Results still go out in the order their
+            frames came; one finished after a newer frame's result went out is dropped (counted).
         allow_model_swap: accept model paths on ``model_device``.
         label_device, result_device, model_device: device names (see the module's docstring).
         log: called with one-line status messages (connection, errors).
@@ -123,8 +128,11 @@ class LiveSegmenter:
         label_device: str = LABEL_DEVICE,
         result_device: str = RESULT_DEVICE,
         model_device: str = MODEL_DEVICE,
+        workers: int = 1,
         log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
     ):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         for name in (label_device, result_device, model_device):
             if len(name.encode("utf-8")) > 20:
                 raise ValueError(f"device name {name!r} is longer than OpenIGTLink's 20 bytes")
@@ -133,11 +141,17 @@ class LiveSegmenter:
         self.allow_model_swap = allow_model_swap
         self.label_device, self.result_device, self.model_device = label_device, result_device, model_device
         self.log = log
-        self.frames: LatestItems[pyigtl.ImageMessage] = LatestItems(queue_size)
-        self.segmented = 0  # frames whose results were computed
+        self.workers = workers
+        # Frames waiting, numbered in arrival order (the number decides which result is newest).
+        self.frames: LatestItems[tuple[int, pyigtl.ImageMessage]] = LatestItems(queue_size)
+        self._arrivals = itertools.count()
+        self.segmented = 0  # frames whose results were sent
+        self.late = 0  # results dropped because a newer frame's result had gone out (workers > 1)
         self.failed = 0  # frames that could not be segmented (error replies)
         self.malformed = 0  # messages whose body could not be read
         self.unsent = 0  # results computed while the connection was down
+        self._newest_sent = -1
+        self._count_lock = threading.Lock()  # counters and the order of results, across workers
         self._model_request: str | None = None
         self._model_lock = threading.Lock()
         self._stop = threading.Event()
@@ -151,7 +165,7 @@ class LiveSegmenter:
                 self.input_device is not None and message.device_name != self.input_device
             ):
                 return
-            self.frames.put(message)
+            self.frames.put((next(self._arrivals), message))
         elif message.message_type == "STRING" and message.device_name == self.model_device:
             if not self.allow_model_swap:
                 self._send_error(message.timestamp, message.device_name,
@@ -164,14 +178,19 @@ class LiveSegmenter:
         self.malformed += 1
         self.log(f"mffmt live: skipped a malformed message: {error}")
         if error.message_type == "IMAGE":
-            self.failed += 1
-            self._send_error(time.time(), error.device_name, str(error))
+            self._fail(time.time(), error.device_name, str(error))
 
     def _connection(self, connected: bool) -> None:
         where = f"{self.client.host}:{self.client.port}"
         self.log(f"mffmt live: connected to {where}" if connected else f"mffmt live: lost {where}; reconnecting")
 
     # Segmenting thread ---------------------------------------------------------------------------
+
+    def _fail(self, timestamp: float, source_device: str, error: str) -> None:
+        """Count a frame that could not be segmented and say why on the result device."""
+        with self._count_lock:
+            self.failed += 1
+        self._send_error(timestamp, source_device, error)
 
     def _send_error(self, timestamp: float, source_device: str, error: str) -> None:
         text = json.dumps({"timestamp": timestamp, "source_device": source_device, "error": " ".join(error.split())})
@@ -193,7 +212,8 @@ class LiveSegmenter:
     def segment(self, message: pyigtl.ImageMessage) -> tuple[pyigtl.ImageMessage, pyigtl.StringMessage]:
         """The label map and result messages for one frame (raises ValueError for an unusable frame)."""
         started = time.perf_counter()
-        result = self.predictor.predict(frame_image(message), threshold=self.threshold)
+        predictor = self.predictor  # one model for the whole frame, even if a swap comes meanwhile
+        result = predictor.predict(frame_image(message), threshold=self.threshold)
         frame = result.frames[0]
         label = pyigtl.ImageMessage(
             result.label.reshape(message.image.shape[:3]),
@@ -213,10 +233,10 @@ class LiveSegmenter:
             "lesion_area_px": frame.lesion_area_px,
             "lesion_area_mm2": frame.lesion_area_mm2,
             "centroid": list(frame.centroid) if frame.centroid is not None else None,
-            "model": self.predictor.info.name,
+            "model": predictor.info.name,
             "seconds": round(time.perf_counter() - started, 4),
             "frames_received": self.frames.received,
-            "frames_dropped": self.frames.dropped,
+            "frames_dropped": self.frames.dropped + self.late,
             "frames_failed": self.failed,
         }
         text = json.dumps(summary, allow_nan=False)
@@ -224,30 +244,34 @@ class LiveSegmenter:
 
     def step(self, timeout: float = 0.2) -> bool:
         """Segment the next waiting frame and send its results; False when none came within ``timeout``."""
-        message = self.frames.get(timeout)
+        item = self.frames.get(timeout)
         self._swap_model()  # after the wait: a swap asked for before this frame came applies to it
-        if message is None:
+        if item is None:
             return False
+        arrival, message = item
         try:
             replies = self.segment(message)
         except ValueError as error:
-            self.failed += 1
-            self._send_error(message.timestamp, message.device_name, str(error))
+            self._fail(message.timestamp, message.device_name, str(error))
             return True
         except Exception as error:  # a bug on one frame must not end a live session
             traceback.print_exc(file=sys.stderr)
-            self.failed += 1
-            self._send_error(message.timestamp, message.device_name, f"{type(error).__name__}: {error}")
+            self._fail(message.timestamp, message.device_name, f"{type(error).__name__}: {error}")
             return True
-        self.segmented += 1
-        if not self.client.send(*replies):
-            self.unsent += 1
+        with self._count_lock:  # held while sending, so that results leave in arrival order
+            if arrival < self._newest_sent:
+                self.late += 1
+                return True
+            self._newest_sent = arrival
+            self.segmented += 1
+            if not self.client.send(*replies):
+                self.unsent += 1
         return True
 
     def stats(self) -> dict[str, Any]:
         return {"connected": self.client.connected, "connections": self.client.connections,
                 "frames_received": self.frames.received, "frames_segmented": self.segmented,
-                "frames_dropped": self.frames.dropped, "frames_failed": self.failed,
+                "frames_dropped": self.frames.dropped + self.late, "frames_failed": self.failed,
                 "messages_malformed": self.malformed, "results_unsent": self.unsent}
 
     def run(self, report_every: float = 10.0, report: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -259,6 +283,10 @@ class LiveSegmenter:
         """
         self.client.start()
         last = time.monotonic()
+        helpers = [threading.Thread(target=self._work, name=f"mffmt-live-worker-{number}", daemon=True)
+                   for number in range(1, self.workers)]
+        for helper in helpers:
+            helper.start()
         try:
             while not self._stop.is_set():
                 self.step()
@@ -266,9 +294,16 @@ class LiveSegmenter:
                     last = time.monotonic()
                     report(self.stats())
         finally:
+            self._stop.set()
+            for helper in helpers:
+                helper.join()
             self.client.stop()
             if report is not None:
                 report(self.stats())
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            self.step()
 
     def stop(self) -> None:
         self._stop.set()
