@@ -2,7 +2,7 @@
 
 A frame source (an OpenIGTLink server in this process, sending 480x640 grey frames made from the
 bundled samples) talks to ``mffmt live`` running in its own process with the default model
-(224x224 input) and 2 torch threads (``--threads``). Reports, in one run:
+(224x224 input), 1 worker with 2 torch threads (``--workers``, ``--threads``). Reports, in one run:
 
 - throughput: results per second with frames offered at 30 frames/s (latest frame wins);
 - latency from frame sent to result received (STRING) at 10 frames/s offered: p50, p95;
@@ -11,12 +11,14 @@ bundled samples) talks to ``mffmt live`` running in its own process with the def
   without segmenting) and the neural network alone (the default model's forward pass, batch 1,
   2 threads); the ratio of the end-to-end latency to the forward pass is the cost of transport and
   pre/post-processing;
+- the offered-rate figures again with the same cores used the other way (2 workers of 1 thread,
+  suffix ``_2x1``: frames segmented side by side; or 1 worker of 2 threads, ``_1x2``);
 - memory (RSS of the ``mffmt live`` process) over ``--frames`` frames sent one after the other's
   result (first vs last tenth, and the peak);
 - one frame with Grad-CAM: a warm worker (``WorkerClient.predict``, and ``segment`` in memory) vs a
   cold ``mffmt predict`` process (start, import torch, load the model, predict, write files).
 
-Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--threads 2]``; ``--echo PORT`` is the bare
+Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--threads 2] [--workers 1]``; ``--echo PORT`` is the bare
 network client it starts itself.
 """
 
@@ -150,10 +152,12 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int) -> dict:
+def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int, workers: int) -> dict:
+    """Figures of one ``mffmt live`` process; the memory run is left out when ``frame_count`` is 0."""
     source = FrameSource()
     process = subprocess.Popen([sys.executable, "-m", "MFFMTCore", "live", "--igtl", f"127.0.0.1:{source.port}",
-                                "--threads", str(threads), "--report-every", "100000"], stderr=subprocess.DEVNULL)
+                                "--threads", str(threads), "--workers", str(workers), "--report-every", "100000"],
+                               stderr=subprocess.DEVNULL)
     try:
         source.ready.wait(300)
         source.send(images[0], 1.0)  # warm-up: the first frame pays for lazy initialisation
@@ -174,15 +178,17 @@ def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, thr
     finally:
         process.terminate()
         process.wait(30)
+    figures = {"frames_per_second_at_30_offered": round(fps, 2), "latency_ms_p50_at_10": round(percentile(latencies, 50), 1),
+               "latency_ms_p95_at_10": round(percentile(latencies, 95), 1), "answered_at_10": len(latencies),
+               "offered_at_10": int(10 * seconds), "compute_ms_p50_at_10": round(percentile(compute, 50), 1),
+               "error_replies": source.errors}
+    if not memory:
+        return figures
     tenth = max(1, len(memory) // 10)
-    return {"frames_per_second_at_30_offered": round(fps, 2), "latency_ms_p50_at_10": round(percentile(latencies, 50), 1),
-            "latency_ms_p95_at_10": round(percentile(latencies, 95), 1), "answered_at_10": len(latencies),
-            "offered_at_10": int(10 * seconds), "compute_ms_p50_at_10": round(percentile(compute, 50), 1),
-            "memory_frames": frame_count,
-            "lockstep_frames_per_second": round(lockstep_fps, 2),
-            "rss_mib_first_tenth": round(statistics.mean(memory[:tenth]), 1),
-            "rss_mib_last_tenth": round(statistics.mean(memory[-tenth:]), 1), "rss_mib_peak": round(max(memory), 1),
-            "error_replies": source.errors}
+    return figures | {"memory_frames": frame_count, "lockstep_frames_per_second": round(lockstep_fps, 2),
+                      "rss_mib_first_tenth": round(statistics.mean(memory[:tenth]), 1),
+                      "rss_mib_last_tenth": round(statistics.mean(memory[-tenth:]), 1),
+                      "rss_mib_peak": round(max(memory), 1)}
 
 
 def network_figures(images: list[np.ndarray], seconds: float) -> dict:
@@ -253,15 +259,22 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=2000, help="frames for the memory run (the goal names 10,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of the warm/cold comparison (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the live process, worker and predict")
+    parser.add_argument("--workers", type=int, default=1, help="frames the live process segments at once")
     parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
         echo(args.echo)
         return
     images = frames()
-    figures = {"cpus": len(os.sched_getaffinity(0)), "threads": args.threads, "load_average_at_start": os.getloadavg()[0]}
+    figures = {"cpus": len(os.sched_getaffinity(0)), "threads": args.threads, "workers": args.workers,
+               "load_average_at_start": os.getloadavg()[0]}
     figures.update(network_figures(images, args.seconds))
-    figures.update(live_figures(images, args.seconds, args.frames, args.threads))
+    figures.update(live_figures(images, args.seconds, args.frames, args.threads, args.workers))
+    if args.threads * args.workers > 1:
+        # The same cores used the other way: one frame on all threads vs one frame per core.
+        threads, workers = (1, args.threads) if args.workers == 1 else (args.workers, 1)
+        other = live_figures(images, args.seconds, 0, threads, workers)
+        figures.update({f"{key}_{workers}x{threads}": value for key, value in other.items()})
     figures.update(forward_figures(args.threads))
     # End to end against the network forward pass alone: transport, pre- and post-processing on top.
     figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"] / figures["forward_ms_p50"], 2)
