@@ -3,7 +3,8 @@
 Requests are JSON lines, frames travel as binary attachments (see :mod:`MFFMTCore.serving.protocol`
 for the format and why, :mod:`MFFMTCore.serving.worker` for the ops). Start it through
 :class:`MFFMTCore.serving.client.WorkerClient` rather than by hand. Exits with status 0 when its
-input closes, 2 when the model cannot be loaded.
+input closes, 2 when the model cannot be loaded, 130 on Ctrl-C; files it was writing are written
+atomically, so none is left half-written.
 """
 
 from __future__ import annotations
@@ -40,4 +41,7 @@ def run(args: argparse.Namespace) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
     with replies:
-        return Worker(sys.stdin.buffer, replies, args.model, args.device, args.batch_size).run()
+        try:
+            return Worker(sys.stdin.buffer, replies, args.model, args.device, args.batch_size).run()
+        except KeyboardInterrupt:  # Ctrl-C in the client's terminal reaches its worker too
+            return 130
