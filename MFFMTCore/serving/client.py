@@ -25,6 +25,7 @@ import queue
 import subprocess
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,10 @@ class PendingRequest:
     def _deliver(self, message: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         if message.get("event") not in FINAL_EVENTS:
             if self._progress is not None:
-                self._progress(message)
+                try:
+                    self._progress(message)
+                except Exception:  # the reader thread must live on: every other request waits on it
+                    traceback.print_exc(file=sys.stderr)
             return
         if message["event"] == "error":
             self._failure = RequestError(message.get("error", "unknown error"))
@@ -197,13 +201,16 @@ class WorkerClient:
             if item is None:
                 break
             message, arrays = item
-            if message.get("id") is None:
+            request_id = message.get("id")
+            if request_id is None:
                 self._ready.put(message)
                 continue
+            if not isinstance(request_id, str):
+                continue  # an answer to a request that did not come from us (ours have string ids)
             with self._lock:
-                pending = self._pending.get(message["id"])
+                pending = self._pending.get(request_id)
                 if pending is not None and message.get("event") in FINAL_EVENTS:
-                    del self._pending[message["id"]]
+                    del self._pending[request_id]
             if pending is not None:
                 pending._deliver(message, arrays)
         status = self.process.wait()
@@ -236,7 +243,8 @@ class WorkerClient:
         Args:
             op: ``"info"``, ``"load"``, ``"predict"`` or ``"segment"`` (see :mod:`MFFMTCore.serving.worker`).
             arrays: arrays to attach (``{"image": frame}`` for ``segment``).
-            progress: called with each progress event, in the client's reader thread.
+            progress: called with each progress event, in the client's reader thread (keep it
+                short; an exception it raises is printed and otherwise ignored).
             fields: the op's fields.
         """
         pending = PendingRequest(self, f"r{next(self._ids)}", progress)

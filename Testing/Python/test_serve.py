@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -141,19 +142,21 @@ def test_bad_requests_get_error_replies_and_the_next_one_is_served(worker, tmp_p
 
 def test_a_running_request_is_cancelled_and_the_worker_goes_on(worker):
     clip = np.random.default_rng(2).integers(0, 255, (400, 64, 64), dtype=np.uint8)
-    progress = []
+    progress, started = [], threading.Event()
 
-    def cancel_on_first_progress(event: dict) -> None:
+    def record(event: dict) -> None:
         progress.append(event)
-        if len(progress) == 1:
-            pending.cancel()
+        started.set()
+        raise RuntimeError("a progress callback that fails must not stop the client")
 
-    pending = worker.submit("segment", {"image": clip}, cancel_on_first_progress)
+    pending = worker.submit("segment", {"image": clip}, record)
+    assert started.wait(120)
+    pending.cancel()
     with pytest.raises(RequestCancelledError):
         pending.wait(120)
     assert progress[0]["frames_done"] < progress[0]["frames_total"] == 400
     assert len(progress) < 400 // 8
-    assert worker.segment(np.full((40, 48), 7, np.uint8)).rows[0]["frame"] == 0
+    assert worker.segment(np.full((40, 48), 7, np.uint8), timeout=120).rows[0]["frame"] == 0
 
 
 def test_load_swaps_the_model_between_requests_and_a_bad_model_keeps_the_old_one(model_path, tmp_path):
