@@ -2,23 +2,23 @@
 
 A frame source (an OpenIGTLink server in this process, sending 480x640 grey frames made from the
 bundled samples) talks to ``mffmt live`` running in its own process with the default model
-(224x224 input), 1 worker with 2 torch threads (``--workers``, ``--threads``). Reports, in one run:
+(224x224 input), 2 workers of 1 torch thread (``--workers``, ``--threads``). Reports, in one run:
 
 - throughput: results per second with frames offered at 30 frames/s (latest frame wins);
 - latency from frame sent to result received (STRING) at 10 frames/s offered: p50, p95;
 - the bare network time per frame, two ways: the transport alone (the same server and rate, but a
   client that answers each frame at once with a label map of the same size and a result string,
   without segmenting) and the neural network alone (the default model's forward pass, batch 1,
-  2 threads); the ratio of the end-to-end latency to the forward pass is the cost of transport and
+  1 and 2 threads); the ratio of the end-to-end latency to the forward pass is the cost of transport and
   pre/post-processing;
-- the offered-rate figures again with the same cores used the other way (2 workers of 1 thread,
-  suffix ``_2x1``: frames segmented side by side; or 1 worker of 2 threads, ``_1x2``);
+- the offered-rate figures again with the same cores used the other way (1 worker of 2 threads,
+  suffix ``_1x2``: one frame at a time on both cores; or 2 workers of 1 thread, ``_2x1``);
 - memory (RSS of the ``mffmt live`` process) over ``--frames`` frames sent one after the other's
   result (first vs last tenth, and the peak);
 - one frame with Grad-CAM: a warm worker (``WorkerClient.predict``, and ``segment`` in memory) vs a
   cold ``mffmt predict`` process (start, import torch, load the model, predict, write files).
 
-Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--threads 2] [--workers 1]``; ``--echo PORT`` is the bare
+Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--workers 2] [--threads 1]``; ``--echo PORT`` is the bare
 network client it starts itself.
 """
 
@@ -206,22 +206,25 @@ def network_figures(images: list[np.ndarray], seconds: float) -> dict:
             "network_ms_p95_at_10": round(percentile(latencies, 95), 2)}
 
 
-def forward_figures(threads: int, runs: int = 30) -> dict:
-    """The default model's forward pass alone (batch 1, its input size), as the Predictor runs it."""
+def forward_figures(runs: int = 30) -> dict:
+    """The default model's forward pass alone (batch 1, its input size) on 1 and 2 threads, as the Predictor runs it."""
     import torch
 
     from MFFMTCore.inference.predictor import Predictor
 
-    torch.set_num_threads(threads)
     predictor = Predictor()
     x = torch.rand(1, 1, *predictor.input_size).contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode():
-        for _ in range(runs + 3):
-            started = time.perf_counter()
-            predictor.model(x)
-            times.append(1000 * (time.perf_counter() - started))
-    return {"forward_ms_p50": round(statistics.median(times[3:]), 1)}
+    figures = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        times = []
+        with torch.inference_mode():
+            for _ in range(runs + 3):
+                started = time.perf_counter()
+                predictor.model(x)
+                times.append(1000 * (time.perf_counter() - started))
+        figures[f"forward_ms_p50_{threads}thread"] = round(statistics.median(times[3:]), 1)
+    return figures
 
 
 def warm_vs_cold(runs: int, threads: int) -> dict:
@@ -258,8 +261,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each offered-rate run")
     parser.add_argument("--frames", type=int, default=2000, help="frames for the memory run (the goal names 10,000)")
     parser.add_argument("--runs", type=int, default=3, help="runs of the warm/cold comparison (median)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the live process, worker and predict")
-    parser.add_argument("--workers", type=int, default=1, help="frames the live process segments at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the live process, worker and predict")
+    parser.add_argument("--workers", type=int, default=2, help="frames the live process segments at once")
     parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
@@ -275,10 +278,11 @@ def main() -> None:
         threads, workers = (1, args.threads) if args.workers == 1 else (args.workers, 1)
         other = live_figures(images, args.seconds, 0, threads, workers)
         figures.update({f"{key}_{workers}x{threads}": value for key, value in other.items()})
-    figures.update(forward_figures(args.threads))
+    figures.update(forward_figures())
     # End to end against the network forward pass alone: transport, pre- and post-processing on top.
-    figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"] / figures["forward_ms_p50"], 2)
-    figures.update(warm_vs_cold(args.runs, args.threads))
+    forward = figures[f"forward_ms_p50_{min(args.threads, 2)}thread"]
+    figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"] / forward, 2)
+    figures.update(warm_vs_cold(args.runs, args.threads * args.workers))
     figures["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(figures, indent=1))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -49,10 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="let the server switch models by sending a model path on --model-device")
     parser.add_argument("--queue", type=_positive, default=1, metavar="N",
                         help="frames kept waiting while one is segmented; older ones are dropped (default 1)")
-    parser.add_argument("--workers", type=_positive, default=1, metavar="N",
-                        help="frames segmented at once (on N cores: --workers N --threads 1 is fastest); results "
+    parser.add_argument("--workers", type=_positive, metavar="N",
+                        help="frames segmented at once (default: one per usable core on cpu, 1 on cuda); results "
                              "still go out in frame order")
-    parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=_positive, metavar="N",
+                        help="torch threads per frame (default on cpu: 1; one frame per core is much faster than "
+                             "one frame on all cores while frames keep arriving, see bench/bench_live.py)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--report-every", type=float, default=10.0, metavar="S", help="seconds between status lines")
     parser.add_argument("--progress", choices=("text", "json"), default="text",
@@ -61,14 +64,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = args.workers or (cores if args.device == "cpu" else 1)
+    threads = args.threads or (1 if args.device == "cpu" else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
     host, port = args.igtl
     live = LiveSegmenter(
         Predictor(args.model, device=args.device, batch_size=1), host, port, input_device=args.input_device,
         threshold=args.threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap,
         label_device=args.label_device, result_device=args.result_device, model_device=args.model_device,
-        workers=args.workers,
+        workers=workers,
     )
 
     def report(stats: dict[str, Any]) -> None:
@@ -82,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    print(f"mffmt live: model {live.predictor.model_path}; connecting to {host}:{port} (Ctrl-C stops)",
-          file=sys.stderr, flush=True)
+    print(f"mffmt live: model {live.predictor.model_path}, {workers} worker(s) of {torch.get_num_threads()} thread(s); "
+          f"connecting to {host}:{port} (Ctrl-C stops)", file=sys.stderr, flush=True)
     live.run(args.report_every, report)
     return 0
