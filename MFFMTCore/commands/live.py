@@ -21,8 +21,18 @@ import torch
 
 from MFFMTCore.commands.predict import _positive, _threshold
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.serving.igtl import parse_address
-from MFFMTCore.serving.live import LABEL_DEVICE, MODEL_DEVICE, RESULT_DEVICE, LiveSegmenter
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port).
+
+    Raises:
+        ValueError: not HOST:PORT with a port in 1-65535.
+    """
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. localhost:18944), got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -42,10 +52,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
     parser.add_argument("--threshold", type=_threshold, metavar="T", help="lesion probability threshold (default: the model's)")
     parser.add_argument("--input-device", metavar="NAME", help="segment only IMAGE messages of this device (default: any)")
-    parser.add_argument("--label-device", default=LABEL_DEVICE, metavar="NAME", help="device name of the label maps sent")
-    parser.add_argument("--result-device", default=RESULT_DEVICE, metavar="NAME", help="device name of the result strings sent")
-    parser.add_argument("--model-device", default=MODEL_DEVICE, metavar="NAME",
-                        help="device name of STRING messages asking for another model (see --allow-model-swap)")
+    # Device names default to LiveSegmenter's (MFFMTLabel, MFFMTResult, MFFMTModel).
+    parser.add_argument("--label-device", metavar="NAME", help="device name of the label maps sent (default: MFFMTLabel)")
+    parser.add_argument("--result-device", metavar="NAME",
+                        help="device name of the result strings sent (default: MFFMTResult)")
+    parser.add_argument("--model-device", metavar="NAME",
+                        help="device name of STRING messages asking for another model (default: MFFMTModel; "
+                             "see --allow-model-swap)")
     parser.add_argument("--allow-model-swap", action="store_true",
                         help="let the server switch models by sending a model path on --model-device")
     parser.add_argument("--queue", type=_positive, default=1, metavar="N",
@@ -64,17 +77,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        from MFFMTCore.serving.live import LiveSegmenter
+    except ModuleNotFoundError as error:  # pyigtl is the `live` extra
+        raise ValueError(f"mffmt live needs {error.name}: pip install 'MFFMTCore[live]'") from error
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = args.workers or (cores if args.device == "cpu" else 1)
     threads = args.threads or (1 if args.device == "cpu" else None)
     if threads is not None:
         torch.set_num_threads(threads)
     host, port = args.igtl
+    devices = {name: getattr(args, name) for name in ("label_device", "result_device", "model_device")}
     live = LiveSegmenter(
         Predictor(args.model, device=args.device, batch_size=1), host, port, input_device=args.input_device,
-        threshold=args.threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap,
-        label_device=args.label_device, result_device=args.result_device, model_device=args.model_device,
-        workers=workers,
+        threshold=args.threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap, workers=workers,
+        **{name: value for name, value in devices.items() if value is not None},
     )
 
     def report(stats: dict[str, Any]) -> None:

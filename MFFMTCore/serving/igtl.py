@@ -195,14 +195,3 @@ class IgtlClient:
                 return
             self.on_message(message)
 
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port).
-
-    Raises:
-        ValueError: not HOST:PORT with a port in 1-65535.
-    """
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT (e.g. localhost:18944), got {text!r}")
-    return host.strip("[]"), int(port)

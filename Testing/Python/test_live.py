@@ -19,8 +19,8 @@ import SimpleITK as sitk
 from serving_helpers import SAMPLES, random_model
 
 from MFFMTCore.cli import main
+from MFFMTCore.commands.live import parse_address
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.serving.igtl import parse_address
 from MFFMTCore.serving.latest import LatestItems
 from MFFMTCore.serving.live import LESION_PRESENT_RULE, LiveSegmenter, frame_image
 
