@@ -1,4 +1,4 @@
-"""The ``mffmt`` command line: ``mffmt train|evaluate|predict|export``.
+"""The ``mffmt`` command line: ``mffmt train|evaluate|predict|export|fit-input-check|serve|live``.
 
 Each command lives in its own module under ``MFFMTCore.commands`` and exposes
 ``add_parser(subparsers)`` and ``run(args) -> int``. Problems the user can fix
@@ -16,7 +16,7 @@ import sys
 
 from MFFMTCore.version import __version__
 
-COMMANDS = ("train", "evaluate", "predict", "export", "fit_input_check")
+COMMANDS = ("train", "evaluate", "predict", "export", "fit_input_check", "serve", "live")
 
 
 def build_parser() -> argparse.ArgumentParser:

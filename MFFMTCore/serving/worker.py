@@ -1,0 +1,276 @@
+"""The long-lived inference worker behind ``mffmt serve``: a model loaded once, requests answered in turn.
+
+Requests and replies travel as described in :mod:`MFFMTCore.serving.protocol`. Ops:
+
+- ``{"op": "info"}`` -> ``{"event": "info", "model": {...}, "protocol": 1, "version": ...}``.
+- ``{"op": "predict", "inputs": [files or folders], "output": DIR, "threshold"?, "roi"? [x, y, w, h],
+  "gradcam"?, "overwrite"?}``: exactly what ``mffmt predict`` does (same files, same results.csv and
+  results.json, same reruns). Progress: ``{"event": "progress", "done", "total", "input", "status",
+  "error"}`` after each input (the events of ``mffmt predict --progress json``) and ``{"event":
+  "progress", "input", "frames_done", "frames_total"}`` within a clip. Final: ``{"event": "done",
+  "total", "done", "skipped", "failed", "output", "outcomes": [{input, stem, status, error, outputs,
+  seconds}]}``.
+- ``{"op": "segment", "arrays": [{"name": "image", ...}], "spacing"?, "origin"?, "direction"?,
+  "threshold"?, "roi"?, "gradcam"?, "maps"? ["label", "probability", "gradcam"], "source"?}``: one
+  frame or clip held in memory (array layouts of :func:`MFFMTCore.inference.frames.as_frame_stack`,
+  geometry in ITK order). Final: ``{"event": "result", "result": PredictionResult.to_json(), "rows":
+  [the results.csv rows], "model": {...}}`` with the requested maps attached ("label" by default),
+  each with the input's frame layout: (H, W) for a frame, (N, H, W) for a clip.
+- ``{"op": "load", "model": PATH or null}``: replace the model (null: the default one). The
+  requests before it finish with the old model; if the new one cannot be loaded the old one stays
+  and the reply is an error. Final: ``{"event": "loaded", "model": {...}}``.
+- ``{"op": "cancel", "target": ID}``: the request ``ID`` (queued or running) ends with ``{"event":
+  "cancelled"}`` at its next chunk of frames; inputs it finished keep their files. No reply of its own.
+
+A request that cannot be served gets ``{"event": "error", "error": "one line"}`` and the next one is
+served. Requests run one at a time in arrival order (the network uses all the cores it is given).
+The worker says ``{"id": null, "event": "ready", ...}`` once the model is loaded, and exits with
+status 0 when its stdin closes (the client went away), cancelling what was left.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import IO, Any
+
+import numpy as np
+
+from MFFMTCore.inference.batch import _model_document, find_inputs, predict_files
+from MFFMTCore.inference.predictor import Predictor
+from MFFMTCore.inference.results_table import frame_rows
+from MFFMTCore.serving.protocol import PROTOCOL_VERSION, ProtocolError, read_message, write_message
+from MFFMTCore.version import __version__
+
+MAPS = ("label", "probability", "gradcam")
+
+
+class RequestCancelled(BaseException):
+    """Raised from a request's progress callback once its client cancelled it.
+
+    A BaseException, as KeyboardInterrupt is, so that the batch runner's ``except Exception`` (one
+    bad input must not stop a batch) does not record a cancel as a failed input.
+    """
+
+
+class _ReportingPredictor:
+    """A :class:`Predictor` whose every ``predict`` reports after each chunk of frames.
+
+    ``predict_files`` calls ``predictor.predict(path, ...)`` without a progress callback; this adds
+    one, so that a cancel is honoured between chunks of a long clip and not only between inputs.
+    """
+
+    def __init__(self, predictor: Predictor, progress: Callable[[str, int, int], None]):
+        self._predictor = predictor
+        self._progress = progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._predictor, name)
+
+    def predict(self, image: Any, **options: Any) -> Any:
+        def report(done: int, total: int) -> None:
+            self._progress(str(image), done, total)
+
+        return self._predictor.predict(image, progress=report, **options)
+
+
+def _optional(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = message.get(key)
+    if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+        raise ValueError(f"'{key}' must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _roi(message: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    roi = _optional(message, "roi", list)
+    if roi is None:
+        return None
+    if len(roi) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in roi) or min(roi[2:]) <= 0:
+        raise ValueError(f"'roi' must be [x, y, w, h] whole pixels with w and h positive, got {roi!r}")
+    return tuple(roi)
+
+
+class Worker:
+    """Serve requests from ``reader`` with replies to ``writer`` until the reader ends.
+
+    Args:
+        reader: binary stream of requests (the worker's stdin).
+        writer: binary stream of replies (the worker's stdout, and nothing else may write to it).
+        model_path: model file; None for the default model.
+        device: ``"cpu"`` or ``"cuda"``.
+        batch_size: frames per network call.
+    """
+
+    def __init__(
+        self,
+        reader: IO[bytes],
+        writer: IO[bytes],
+        model_path: str | os.PathLike | None = None,
+        device: str = "cpu",
+        batch_size: int = 8,
+    ):
+        self.reader, self.writer = reader, writer
+        self.model_path, self.device, self.batch_size = model_path, device, batch_size
+        self.predictor: Predictor | None = None
+        self._write_lock = threading.Lock()
+        self._requests: queue.Queue[tuple[dict[str, Any], dict[str, np.ndarray]] | None] = queue.Queue()
+        self._cancel: dict[Any, threading.Event] = {}  # id -> cancel flag of each queued or running request
+        self._cancel_lock = threading.Lock()
+
+    def send(self, message: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Write one reply; the reader thread and the serving thread both reply."""
+        with self._write_lock:
+            write_message(self.writer, message, arrays)
+
+    def run(self) -> int:
+        """Load the model, serve until the client goes away. Returns the exit status."""
+        try:
+            self.predictor = Predictor(self.model_path, device=self.device, batch_size=self.batch_size)
+        except (ValueError, FileNotFoundError) as error:
+            self.send({"id": None, "event": "error", "error": " ".join(str(error).split())})
+            return 2
+        self.send({"id": None, "event": "ready", "model": _model_document(self.predictor),
+                   "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()})
+        threading.Thread(target=self._read_requests, name="mffmt-serve-reader", daemon=True).start()
+        try:
+            while (item := self._requests.get()) is not None:
+                self._serve(*item)
+        except (BrokenPipeError, ValueError) as error:
+            # The reply stream is gone (ValueError: written to a closed file): so is the client.
+            print(f"mffmt serve: client went away ({type(error).__name__})", file=sys.stderr)
+        return 0
+
+    def _read_requests(self) -> None:
+        """Reader thread: queue requests, apply cancels at once, end the queue at end of input."""
+        while True:
+            try:
+                item = read_message(self.reader)
+            except ProtocolError as error:
+                self._reply_error(error.request_id, str(error))
+                continue
+            except (OSError, ValueError):
+                item = None  # the input pipe broke: the client is gone
+            if item is None:
+                with self._cancel_lock:
+                    for flag in self._cancel.values():
+                        flag.set()
+                self._requests.put(None)
+                return
+            message = item[0]
+            if message.get("op") == "cancel":
+                with self._cancel_lock:
+                    flag = self._cancel.get(message.get("target"))
+                if flag is not None:
+                    flag.set()
+                continue
+            request_id = message.get("id")
+            if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+                self._reply_error(request_id, "every request needs an 'id' (a string or a whole number)")
+                continue
+            with self._cancel_lock:
+                if request_id in self._cancel:
+                    self._reply_error(request_id, f"request id {request_id!r} is already in use")
+                    continue
+                self._cancel[request_id] = threading.Event()
+            self._requests.put(item)
+
+    def _reply_error(self, request_id: Any, text: str) -> None:
+        try:
+            self.send({"id": request_id, "event": "error", "error": " ".join(text.split())})
+        except (BrokenPipeError, ValueError):
+            pass  # the client is gone; the serving thread notices at its next reply
+
+    def _serve(self, message: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        request_id = message.get("id")
+        with self._cancel_lock:
+            flag = self._cancel[request_id]
+
+        def check(*_: Any) -> None:
+            if flag.is_set():
+                raise RequestCancelled
+
+        handlers = {"info": self._info, "load": self._load, "predict": self._predict, "segment": self._segment}
+        try:
+            handler = handlers.get(message.get("op"))
+            if handler is None:
+                raise ValueError(f"unknown op {message.get('op')!r}; expected one of {', '.join(handlers)}, cancel")
+            check()
+            reply, reply_arrays = handler(request_id, message, arrays, check)
+            self.send({"id": request_id, **reply}, reply_arrays)
+        except RequestCancelled:
+            self.send({"id": request_id, "event": "cancelled"})
+        except (ValueError, FileNotFoundError) as error:
+            self._reply_error(request_id, str(error))
+        except Exception as error:  # a bug on one request must not take the worker down for the next
+            traceback.print_exc(file=sys.stderr)
+            self._reply_error(request_id, f"{type(error).__name__}: {error}")
+        finally:
+            with self._cancel_lock:
+                self._cancel.pop(request_id, None)
+
+    def _info(self, request_id: Any, message: dict, arrays: dict, check: Callable) -> tuple[dict, None]:
+        return {"event": "info", "model": _model_document(self.predictor), "protocol": PROTOCOL_VERSION,
+                "version": __version__}, None
+
+    def _load(self, request_id: Any, message: dict, arrays: dict, check: Callable) -> tuple[dict, None]:
+        model = _optional(message, "model", str)
+        self.predictor = Predictor(model, device=self.device, batch_size=self.batch_size)
+        return {"event": "loaded", "model": _model_document(self.predictor)}, None
+
+    def _predict(self, request_id: Any, message: dict, arrays: dict, check: Callable) -> tuple[dict, None]:
+        inputs, output = _optional(message, "inputs", list), _optional(message, "output", str)
+        if not inputs or not all(isinstance(path, str) for path in inputs) or not output:
+            raise ValueError("'predict' needs 'inputs' (a list of paths) and 'output' (a folder)")
+
+        def frames_done(image: str, done: int, total: int) -> None:
+            check()
+            self.send({"id": request_id, "event": "progress", "input": image,
+                       "frames_done": done, "frames_total": total})
+
+        def input_done(outcome: Any, done: int, total: int) -> None:
+            self.send({"id": request_id, "event": "progress", "done": done, "total": total,
+                       "input": outcome.input, "status": outcome.status, "error": outcome.error})
+
+        paths = find_inputs(inputs, exclude=output)
+        summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=_optional(message, "threshold", (int, float)),
+                                roi=_roi(message), gradcam=bool(message.get("gradcam")),
+                                overwrite=bool(message.get("overwrite")), progress=input_done)
+        counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
+        return {"event": "done", "total": len(paths), **counts, "output": output,
+                "outcomes": [asdict(outcome) for outcome in summary.outcomes]}, None
+
+    def _segment(self, request_id: Any, message: dict, arrays: dict, check: Callable) -> tuple[dict, dict]:
+        if "image" not in arrays:
+            raise ValueError("'segment' needs an array named 'image' attached")
+        maps = _optional(message, "maps", list)
+        maps = ["label"] if maps is None else maps
+        if any(name not in MAPS for name in maps):
+            raise ValueError(f"'maps' may name {', '.join(MAPS)}, got {maps!r}")
+        gradcam = bool(message.get("gradcam")) or "gradcam" in maps
+
+        def frames_done(done: int, total: int) -> None:
+            check()
+            if total > done:  # a frame's only chunk ends with its result: no progress event for it
+                self.send({"id": request_id, "event": "progress", "frames_done": done, "frames_total": total})
+
+        result = self.predictor.predict(
+            arrays["image"],
+            spacing=_optional(message, "spacing", list),
+            origin=_optional(message, "origin", list),
+            direction=_optional(message, "direction", list),
+            roi=_roi(message),
+            gradcam=gradcam,
+            threshold=_optional(message, "threshold", (int, float)),
+            progress=frames_done,
+        )
+        source = _optional(message, "source", str) or result.source
+        layout = slice(None) if not result.is_2d else 0  # a frame's maps come back as (H, W)
+        values = {"label": result.label, "probability": result.probability, "gradcam": result.gradcam}
+        reply = {"event": "result", "result": result.to_json() | {"source": source},
+                 "rows": frame_rows(result, source), "model": _model_document(self.predictor)}
+        return reply, {name: values[name][layout] for name in maps}

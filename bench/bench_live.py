@@ -1,0 +1,291 @@
+"""Live segmentation over OpenIGTLink on loopback, and a warm ``mffmt serve`` worker against a cold ``mffmt predict``.
+
+A frame source (an OpenIGTLink server in this process, sending 480x640 grey frames made from the
+bundled samples) talks to ``mffmt live`` running in its own process with the default model
+(224x224 input), 2 workers of 1 torch thread (``--workers``, ``--threads``). Reports, in one run:
+
+- throughput: results per second with frames offered at 30 frames/s (latest frame wins);
+- latency from frame sent to result received (STRING) at 10 frames/s offered: p50, p95;
+- the bare network time per frame, two ways: the transport alone (the same server and rate, but a
+  client that answers each frame at once with a label map of the same size and a result string,
+  without segmenting) and the neural network alone (the default model's forward pass, batch 1,
+  1 and 2 threads); the ratio of the end-to-end latency to the forward pass is the cost of transport and
+  pre/post-processing;
+- the offered-rate figures again with the same cores used the other way (1 worker of 2 threads,
+  suffix ``_1x2``: one frame at a time on both cores; or 2 workers of 1 thread, ``_2x1``);
+- memory (RSS of the ``mffmt live`` process) over ``--frames`` frames sent one after the other's
+  result (first vs last tenth, and the peak);
+- one frame with Grad-CAM: a warm worker (``WorkerClient.predict``, and ``segment`` in memory) vs a
+  cold ``mffmt predict`` process (start, import torch, load the model, predict, write files).
+
+Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--workers 2] [--threads 1]``; ``--echo PORT`` is the bare
+network client it starts itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyigtl
+import SimpleITK as sitk
+
+from MFFMTCore.serving.igtl import IgtlClient, receive_message
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((ROOT / "MFFMTCore" / "samples").glob("bus_*.png"))
+HEIGHT, WIDTH = 480, 640
+
+
+def frames() -> list[np.ndarray]:
+    """The bundled samples as 480x640 grey uint8 frames."""
+    result = []
+    for path in SAMPLES:
+        image = sitk.ReadImage(str(path), sitk.sitkUInt8)
+        resampled = sitk.Resample(image, [WIDTH, HEIGHT], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                                  [image.GetSpacing()[0] * image.GetWidth() / WIDTH,
+                                   image.GetSpacing()[1] * image.GetHeight() / HEIGHT])
+        result.append(sitk.GetArrayFromImage(resampled))
+    return result
+
+
+class FrameSource:
+    """An OpenIGTLink server for one client: sends frames, records when each result comes back."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent: dict[float, float] = {}  # frame timestamp -> time sent (perf_counter)
+        self.answered: dict[float, float] = {}  # frame timestamp -> time its result STRING came
+        self.errors = 0
+        self.compute: list[float] = []  # the live process's own time per frame ("seconds" of its result)
+        self.connection: socket.socket | None = None
+        self.ready = threading.Event()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.connection, _ = self.listener.accept()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ready.set()
+        while (message := receive_message(self.connection)) is not None:
+            if message.message_type == "STRING":
+                arrived = time.perf_counter()
+                summary = json.loads(message.string)
+                if "error" in summary:
+                    self.errors += 1
+                elif "seconds" in summary:
+                    self.compute.append(1000 * summary["seconds"])
+                with self.lock:
+                    self.answered[round(message.timestamp, 6)] = arrived
+
+    def send(self, pixels: np.ndarray, timestamp: float) -> None:
+        message = pyigtl.ImageMessage(pixels[np.newaxis], ijk_to_world_matrix=np.diag([0.1, 0.1, 1.0, 1.0]),
+                                      timestamp=timestamp, device_name="Image_Reference")
+        data = message.pack()
+        with self.lock:
+            self.sent[round(timestamp, 6)] = time.perf_counter()
+        self.connection.sendall(data)
+
+    def wait_answer(self, timestamp: float, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if round(timestamp, 6) in self.answered:
+                    return True
+            time.sleep(0.001)
+        return False
+
+    def offer(self, images: list[np.ndarray], rate: float, seconds: float, start: float) -> tuple[float, list[float]]:
+        """Send frames at ``rate`` for ``seconds``; returns (results per second, latencies in ms)."""
+        count = int(rate * seconds)
+        began = time.perf_counter()
+        for index in range(count):
+            delay = began + index / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.send(images[index % len(images)], start + index)
+        self.wait_answer(start + count - 1)  # the newest frame is never dropped: its result ends the run
+        with self.lock:
+            done = [t for t in (start + i for i in range(count)) if round(t, 6) in self.answered]
+            latencies = [1000 * (self.answered[round(t, 6)] - self.sent[round(t, 6)]) for t in done]
+            arrivals = sorted(self.answered[round(t, 6)] for t in done)
+        span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
+        return (len(arrivals) - 1) / span, latencies
+
+
+def echo(port: int) -> None:
+    """The bare-network client: answer each frame at once with a same-size label map and a result string."""
+    client: IgtlClient
+
+    def answer(message: pyigtl.MessageBase) -> None:
+        if message.message_type != "IMAGE":
+            return
+        label = pyigtl.ImageMessage(np.zeros(message.image.shape, np.uint8), ijk_to_world_matrix=message.ijk_to_world_matrix,
+                                    timestamp=message.timestamp, device_name="MFFMTLabel")
+        text = json.dumps({"timestamp": message.timestamp, "prediction": "benign", "p_malignant": 0.5})
+        client.send(label, pyigtl.StringMessage(text, timestamp=message.timestamp, device_name="MFFMTResult"))
+
+    client = IgtlClient("127.0.0.1", port, answer).start()
+    sys.stdin.read()  # until the benchmark closes our stdin
+    client.stop()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int, workers: int) -> dict:
+    """Figures of one ``mffmt live`` process; the memory run is left out when ``frame_count`` is 0."""
+    source = FrameSource()
+    process = subprocess.Popen([sys.executable, "-m", "MFFMTCore", "live", "--igtl", f"127.0.0.1:{source.port}",
+                                "--threads", str(threads), "--workers", str(workers), "--report-every", "100000"],
+                               stderr=subprocess.DEVNULL)
+    try:
+        source.ready.wait(300)
+        source.send(images[0], 1.0)  # warm-up: the first frame pays for lazy initialisation
+        source.wait_answer(1.0, 300)
+        fps, _ = source.offer(images, 30.0, seconds, 1000.0)
+        source.compute.clear()
+        _, latencies = source.offer(images, 10.0, seconds, 100000.0)
+        compute = list(source.compute)
+        memory, began = [], time.perf_counter()
+        for index in range(frame_count):
+            timestamp = 1_000_000.0 + index
+            source.send(images[index % len(images)], timestamp)
+            if not source.wait_answer(timestamp):
+                raise RuntimeError(f"no result for frame {index}")
+            if index % 20 == 0:
+                memory.append(rss_mib(process.pid))
+        lockstep_fps = frame_count / (time.perf_counter() - began)
+    finally:
+        process.terminate()
+        process.wait(30)
+    figures = {"frames_per_second_at_30_offered": round(fps, 2), "latency_ms_p50_at_10": round(percentile(latencies, 50), 1),
+               "latency_ms_p95_at_10": round(percentile(latencies, 95), 1), "answered_at_10": len(latencies),
+               "offered_at_10": int(10 * seconds), "compute_ms_p50_at_10": round(percentile(compute, 50), 1),
+               "error_replies": source.errors}
+    if not memory:
+        return figures
+    tenth = max(1, len(memory) // 10)
+    return figures | {"memory_frames": frame_count, "lockstep_frames_per_second": round(lockstep_fps, 2),
+                      "rss_mib_first_tenth": round(statistics.mean(memory[:tenth]), 1),
+                      "rss_mib_last_tenth": round(statistics.mean(memory[-tenth:]), 1),
+                      "rss_mib_peak": round(max(memory), 1)}
+
+
+def network_figures(images: list[np.ndarray], seconds: float) -> dict:
+    source = FrameSource()
+    process = subprocess.Popen([sys.executable, __file__, "--echo", str(source.port)], stdin=subprocess.PIPE)
+    try:
+        source.ready.wait(60)
+        source.send(images[0], 1.0)
+        source.wait_answer(1.0)
+        _, latencies = source.offer(images, 10.0, seconds, 100000.0)
+    finally:
+        process.stdin.close()
+        process.wait(30)
+    return {"network_ms_p50_at_10": round(percentile(latencies, 50), 2),
+            "network_ms_p95_at_10": round(percentile(latencies, 95), 2)}
+
+
+def forward_figures(runs: int = 30) -> dict:
+    """The default model's forward pass alone (batch 1, its input size) on 1 and 2 threads, as the Predictor runs it."""
+    import torch
+
+    from MFFMTCore.inference.predictor import Predictor
+
+    predictor = Predictor()
+    x = torch.rand(1, 1, *predictor.input_size).contiguous(memory_format=torch.channels_last)
+    figures = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        times = []
+        with torch.inference_mode():
+            for _ in range(runs + 3):
+                started = time.perf_counter()
+                predictor.model(x)
+                times.append(1000 * (time.perf_counter() - started))
+        figures[f"forward_ms_p50_{threads}thread"] = round(statistics.median(times[3:]), 1)
+    return figures
+
+
+def warm_vs_cold(runs: int, threads: int) -> dict:
+    from MFFMTCore.serving.client import WorkerClient
+
+    sample = str(SAMPLES[0])
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(sample, sitk.sitkUInt8))
+    with tempfile.TemporaryDirectory() as folder:
+        cold = []
+        for run in range(runs):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "MFFMTCore", "predict", sample, "--output", f"{folder}/cold{run}",
+                            "--gradcam", "--threads", str(threads), "--progress", "none"], check=True)
+            cold.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with WorkerClient(threads=threads) as worker:
+            start_seconds = time.perf_counter() - started
+            worker.predict([sample], f"{folder}/warmup", gradcam=True)
+            warm_files, warm_memory = [], []
+            for run in range(runs):
+                started = time.perf_counter()
+                worker.predict([sample], f"{folder}/warm{run}", gradcam=True)
+                warm_files.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                worker.segment(pixels, gradcam=True, maps=("label", "probability", "gradcam"))
+                warm_memory.append(time.perf_counter() - started)
+    return {"cold_predict_s": round(statistics.median(cold), 3), "worker_start_s": round(start_seconds, 3),
+            "warm_predict_files_s": round(statistics.median(warm_files), 3),
+            "warm_segment_in_memory_s": round(statistics.median(warm_memory), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each offered-rate run")
+    parser.add_argument("--frames", type=int, default=2000, help="frames for the memory run (the goal names 10,000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of the warm/cold comparison (median)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the live process, worker and predict")
+    parser.add_argument("--workers", type=int, default=2, help="frames the live process segments at once")
+    parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo is not None:
+        echo(args.echo)
+        return
+    images = frames()
+    figures = {"cpus": len(os.sched_getaffinity(0)), "threads": args.threads, "workers": args.workers,
+               "load_average_at_start": os.getloadavg()[0]}
+    figures.update(network_figures(images, args.seconds))
+    figures.update(live_figures(images, args.seconds, args.frames, args.threads, args.workers))
+    if args.threads * args.workers > 1:
+        # The same cores used the other way: one frame on all threads vs one frame per core.
+        threads, workers = (1, args.threads) if args.workers == 1 else (args.workers, 1)
+        other = live_figures(images, args.seconds, 0, threads, workers)
+        figures.update({f"{key}_{workers}x{threads}": value for key, value in other.items()})
+    figures.update(forward_figures())
+    # End to end against the network forward pass alone: transport, pre- and post-processing on top.
+    forward = figures[f"forward_ms_p50_{min(args.threads, 2)}thread"]
+    figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"] / forward, 2)
+    figures.update(warm_vs_cold(args.runs, args.threads * args.workers))
+    figures["load_average_at_end"] = os.getloadavg()[0]
+    print(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
