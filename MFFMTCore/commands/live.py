@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(stats: dict[str, Any]) -> None:
         if args.progress == "json":
-            print(json.dumps({"event": "progress", **stats}), flush=True)
+            print(json.dumps({"event": "progress", **stats}, allow_nan=False), flush=True)
         else:
             print("mffmt live: " + ", ".join(f"{key} {value}" for key, value in stats.items()), file=sys.stderr, flush=True)
 

@@ -184,7 +184,8 @@ class LiveSegmenter:
         self._send_error(timestamp, source_device, error)
 
     def _send_error(self, timestamp: float, source_device: str, error: str) -> None:
-        text = json.dumps({"timestamp": timestamp, "source_device": source_device, "error": " ".join(error.split())})
+        text = json.dumps({"timestamp": timestamp, "source_device": source_device, "error": " ".join(error.split())},
+                          allow_nan=False)
         if not self.client.send(pyigtl.StringMessage(text, timestamp=timestamp, device_name=self.result_device)):
             self.unsent += 1
 
