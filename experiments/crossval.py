@@ -8,7 +8,8 @@ Three steps, each one command:
    ``.npz``. Folds: BUS-BRA's official patient-level folds (``5-fold-cv.csv``; the folds present in
    ../shared/data are kFold 1-4, the fifth is held back), BUSI by near-duplicate group into as many
    folds (:func:`group_kfold`, stratified by label). Images are stored as JPEG (quality 95, an error
-   of about 1 grey level, far below speckle) so that the data travel to a GPU machine in 30 MB.
+   of about 1 grey level, far below speckle; ``jpeg_transport_check.py`` measures its effect) so that
+   the data travel to a GPU machine in 36 MiB.
 2. ``run`` (on the GPU machine; needs torch, numpy, scipy, safetensors, MONAI, not SimpleITK): the jobs
    (recipe x fold, recipe x left-out domain, and the final model on all data) each in its own process,
    all at once. Data live on the GPU; :class:`ScannerAugment` (or flips only) augments whole batches
@@ -20,13 +21,21 @@ Three steps, each one command:
    drops), temperature scaling fitted on out-of-fold logits (nested: each fold's temperature from
    the other folds), expected calibration error and reliability diagram before and after, and the
    lesion-present rule chosen on out-of-fold lesion maps.
+4. ``package`` (here): a final job's weights with the report's temperature and lesion rule and its
+   figures as a model file.
 
-Example::
+The model card's figures (the GPU calls through ``crossval_device.sh``, which also brings the
+results back)::
 
     python experiments/crossval.py pack --busi ../shared/data/busi --busbra ../shared/data/busbra \
         --output .gpu/packed.npz
-    python experiments/crossval.py run --packed .gpu/packed.npz --output runs/crossval --budget-s 420
-    python experiments/crossval.py report --results runs/crossval --output runs/crossval/report
+    bash experiments/crossval_device.sh 500 --only baseline_fold0 baseline_fold1 baseline_fold2 \
+        baseline_fold3 narrow_fold0 narrow_fold1 narrow_fold2 narrow_fold3 scanner_fold0 scanner_fold1 \
+        scanner_fold2 scanner_fold3 baseline_no_logiq5 baseline_no_busi scanner_no_logiq5 \
+        scanner_no_busi scanner_final narrow_final                       # -> runs/crossval
+    bash experiments/crossval_device.sh 290 --recipes free --max-epochs 24   # -> runs/crossval_free
+    python experiments/crossval.py report --results runs/crossval runs/crossval_free \
+        --output runs/crossval/report --calibration-plot scanner
 """
 
 from __future__ import annotations
@@ -64,7 +73,8 @@ _allow_missing_simpleitk()
 
 import torch  # noqa: E402
 
-#: Recipes compared. ``augment``: "scanner" = ScannerAugment; "lateral" = left-right flips only.
+#: Recipes compared. ``augment``: "scanner" = ScannerAugment; "lateral" = left-right flips only;
+#: ``lesion_free``: share of lesion images turned into lesion-free views (ScannerAugment).
 RECIPES: dict[str, dict] = {
     "baseline": {"embed_dim": 512, "mlp_ratio": 3.0, "augment": "lateral"},
     "narrow": {"embed_dim": 256, "mlp_ratio": 2.0, "augment": "lateral"},
