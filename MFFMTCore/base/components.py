@@ -43,6 +43,13 @@ class LesionComponent:
         return asdict(self)
 
 
+def largest_component_px(label: np.ndarray) -> int:
+    """Pixels of the largest connected component (8-connected, as :func:`find_components`) of a 2D
+    boolean label map; 0 when it is empty."""
+    labelled, count = ndimage.label(label, structure=_CONNECTIVITY)
+    return int(np.bincount(labelled.ravel(), minlength=count + 1)[1:].max()) if count else 0
+
+
 def find_components(
     label: np.ndarray, probability: np.ndarray, geometry: ImageGeometry, frame: int
 ) -> list[LesionComponent]:

@@ -11,22 +11,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import ndimage
 
+from MFFMTCore.base.components import largest_component_px
 from MFFMTCore.evaluation.metrics import dice_score
-
-#: 8-connectivity, as the lesion components of inference.
-_EIGHT = np.ones((3, 3), dtype=bool)
-
-
-def largest_component_px(mask: np.ndarray) -> int:
-    """Pixels of the largest 8-connected component of a 2D boolean mask (0 when empty)."""
-    if not mask.any():
-        return 0
-    components, count = ndimage.label(mask, structure=_EIGHT)
-    return int(np.bincount(components.ravel(), minlength=count + 1)[1:].max())
 
 
 def _as_list(value: Any, size: int) -> list:
