@@ -24,8 +24,10 @@ writes them and the Slicer module reads them. A new column is one more entry her
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from MFFMTCore.base.labels import CLASS_NAMES
+from MFFMTCore.base.measurements import LesionMeasurements
 
 #: Placeholder in :data:`RESULT_COLUMNS` for one probability column per class.
 CLASS_PROBABILITIES = "p_{class}"
@@ -61,6 +63,20 @@ RESULT_COLUMNS: tuple[tuple[str, type], ...] = (
     ("input_reason", str),
     ("error", str),
 )
+
+
+def measurement_cells(measured: LesionMeasurements | None) -> dict[str, Any]:
+    """The :data:`MEASUREMENT_COLUMNS` of a lesion region (None where there is no region, and for mm
+    where the spacing is unknown)."""
+    if measured is None:
+        return dict.fromkeys(MEASUREMENT_COLUMNS)
+    return {
+        "long_axis_mm": measured.long_axis.length_mm,
+        "perpendicular_axis_mm": measured.perpendicular_axis.length_mm,
+        "long_axis_px": measured.long_axis.length_px,
+        "perpendicular_axis_px": measured.perpendicular_axis.length_px,
+        "orientation": measured.orientation,
+    }
 
 
 def column_types(class_names: Sequence[str] = CLASS_NAMES) -> dict[str, type]:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.base.results_schema import INPUT_CHECK_COLUMNS, MEASUREMENT_COLUMNS
+from MFFMTCore.base.results_schema import INPUT_CHECK_COLUMNS, measurement_cells
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.io import json_text, write_text_atomic
@@ -52,18 +52,15 @@ def frame_rows(result: PredictionResult, input_name: str) -> list[dict[str, Any]
     return rows
 
 
+# Decimals kept in the files: hundredths of a pixel, thousandths of a mm.
+_MEASUREMENT_DIGITS = {"long_axis_mm": 3, "perpendicular_axis_mm": 3, "long_axis_px": 2, "perpendicular_axis_px": 2}
+
+
 def _measurement_cells(frame: FrameResult) -> dict[str, Any]:
     """The largest lesion region's diameters and orientation; empty cells without lesion."""
-    measured = frame.measurements
-    if measured is None:
-        return dict.fromkeys(MEASUREMENT_COLUMNS)
-    return {
-        "long_axis_mm": _rounded(measured.long_axis.length_mm, 3),
-        "perpendicular_axis_mm": _rounded(measured.perpendicular_axis.length_mm, 3),
-        "long_axis_px": _rounded(measured.long_axis.length_px, 2),
-        "perpendicular_axis_px": _rounded(measured.perpendicular_axis.length_px, 2),
-        "orientation": measured.orientation,
-    }
+    cells = measurement_cells(frame.measurements)
+    return {key: _rounded(value, _MEASUREMENT_DIGITS[key]) if key in _MEASUREMENT_DIGITS else value
+            for key, value in cells.items()}
 
 
 def _input_check_cells(frame: FrameResult) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import numpy as np
 from MFFMTCore.base.components import LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
 from MFFMTCore.base.labels import UNSUITABLE
-from MFFMTCore.base.results_schema import column_types
+from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.base.results_schema import column_types, measurement_cells
 
 FIELD_TYPES: dict[str, type] = column_types()
 
@@ -186,7 +187,8 @@ def results_table(rows: list[dict[str, Any]]) -> list[TableColumn]:
 
 
 def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np.ndarray,
-                       spacing_known: bool = True, lesion_free: Collection[int] = ()) -> list[dict[str, Any]]:
+                       spacing_known: bool = True, lesion_free: Collection[int] = (),
+                       first_frame: int = 0) -> list[dict[str, Any]]:
     """Lesion area, component count and centroid of each frame after thresholding a probability map.
 
     Lets the Slicer module follow the threshold slider without running the network again, with the
@@ -201,6 +203,7 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
         spacing_known: whether the input records a pixel spacing (else ``lesion_area_mm2`` is NaN).
         lesion_free: frames the model's lesion rule found lesion-free (see :func:`lesion_free_frames`):
             no lesion at any threshold, as in ``mffmt predict``.
+        first_frame: the frame index of ``probability[0]`` in the volume (to measure some frames only).
 
     Returns:
         Per frame: ``lesion_area_px``, ``lesion_area_mm2``, ``components``, ``centroid_x/y/z`` (LPS,
@@ -212,7 +215,7 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
         raise ValueError(f"probability map must be (k, j, i), got shape {probability.shape}")
     geometry = ImageGeometry.from_ijk_to_ras(ijk_to_ras, spacing_known)
     measurements = []
-    for k, frame in enumerate(probability):
+    for k, frame in enumerate(probability, start=first_frame):
         found = find_components(frame >= threshold, frame, geometry, k) if k not in lesion_free else []
         lesion = LesionSummary.of(found, spacing_known)
         centroid = lesion.centroid or (math.nan,) * 3
@@ -224,20 +227,14 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
     return measurements
 
 
-def _diameters(measured: Any) -> dict[str, Any]:
-    """Result-row cells of a region's diameters and orientation (NaN and "" without a region)."""
-    if measured is None:
-        return {"long_axis_mm": math.nan, "perpendicular_axis_mm": math.nan, "long_axis_px": math.nan,
-                "perpendicular_axis_px": math.nan, "orientation": "", "calipers": []}
-
-    def mm(value: float | None) -> float:
-        return math.nan if value is None else float(value)
-
-    return {"long_axis_mm": mm(measured.long_axis.length_mm), "perpendicular_axis_mm": mm(measured.perpendicular_axis.length_mm),
-            "long_axis_px": float(measured.long_axis.length_px),
-            "perpendicular_axis_px": float(measured.perpendicular_axis.length_px), "orientation": measured.orientation,
-            "calipers": [caliper_line(name, caliper) for name, caliper in
-                         (("long axis", measured.long_axis), ("perpendicular axis", measured.perpendicular_axis))]}
+def _diameters(measured: LesionMeasurements | None) -> dict[str, Any]:
+    """Result-row cells of a region's diameters and orientation (typed: NaN and "" without a region),
+    and its two ``calipers`` to draw."""
+    cells = {key: _typed(FIELD_TYPES[key], value) for key, value in measurement_cells(measured).items()}
+    calipers = [] if measured is None else [
+        caliper_line(name, caliper)
+        for name, caliper in (("long axis", measured.long_axis), ("perpendicular axis", measured.perpendicular_axis))]
+    return {**cells, "calipers": calipers}
 
 
 def caliper_line(name: str, caliper: Any) -> dict[str, Any]:

@@ -130,21 +130,21 @@ class PredictionTask(BackgroundTask):
             created.append(heatmap)
             segmentation.SetNodeReferenceID(nodes.GRADCAM_ROLE, heatmap.GetID())
             nodes.showHeatmap(volume, heatmap)
-        threshold = read_threshold(outputDir)
-        measurements = frame_measurements(nodes.volumeArray(probability), threshold, nodes.ijkToRasArray(probability),
-                                          spacingKnown, lesion_free_frames(rows))
-        showResults(segmentation, rows, self.threshold, measurements)
+        # The rows hold mffmt predict's measurements; only the key frame's caliper ends are measured here.
+        frame = key_frame(rows)
+        calipers = [] if frame is None else frame_measurements(
+            nodes.volumeArray(probability)[frame:frame + 1], read_threshold(outputDir),
+            nodes.ijkToRasArray(probability), spacingKnown, first_frame=frame)[0]["calipers"]
+        showResults(segmentation, rows, self.threshold, calipers)
         self.segmentationNode, self.results = segmentation, rows
 
 
 def showResults(segmentationNode: vtkMRMLSegmentationNode, rows: list[dict[str, Any]], threshold: float | None,
-                measurements: list[dict[str, Any]]) -> None:
-    """Write ``rows`` into the run's table, points and caliper lines (from ``measurements``, per frame, as
+                calipers: list[dict[str, Any]]) -> None:
+    """Write ``rows`` into the run's table, points and caliper lines (the key frame's, as
     :func:`frame_measurements` gives them) and remember them on the segmentation."""
     nodes.fillResultsTable(segmentationNode.GetNodeReference(nodes.TABLE_ROLE), rows)
     nodes.fillLesionPoints(segmentationNode.GetNodeReference(nodes.POINTS_ROLE), rows)
-    frame = key_frame(rows)
-    calipers = measurements[frame]["calipers"] if frame is not None and frame < len(measurements) else []
     nodes.fillCaliperLines([segmentationNode.GetNodeReference(role) for role in nodes.CALIPER_ROLES], calipers)
     segmentationNode.SetAttribute(RESULTS_ATTRIBUTE, json.dumps(json_safe(rows), allow_nan=False))
     if threshold is not None:
@@ -279,7 +279,8 @@ class PredictionLogic:
         measurements = frame_measurements(probability, threshold, nodes.ijkToRasArray(probabilityNode), spacingKnown,
                                           lesionFree)
         rows = apply_measurements(rows, measurements)
-        showResults(segmentationNode, rows, threshold, measurements)
+        frame = key_frame(rows)
+        showResults(segmentationNode, rows, threshold, [] if frame is None else measurements[frame]["calipers"])
         return rows
 
     def processFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,
