@@ -73,6 +73,8 @@ _allow_missing_simpleitk()
 
 import torch  # noqa: E402
 
+from MFFMTCore.io import write_json_atomic  # noqa: E402
+
 #: Recipes compared. ``augment``: "scanner" = ScannerAugment; "lateral" = left-right flips only;
 #: ``lesion_free``: share of lesion images turned into lesion-free views (ScannerAugment).
 RECIPES: dict[str, dict] = {
@@ -254,7 +256,7 @@ def train_job(args: argparse.Namespace) -> None:
         step(network, optimizer, scheduler, torch.randint(0, len(train), (size,), device=device))
     _sync(device)
     seconds = (time.monotonic() - started) / args.calibration_steps
-    _write_json(out / "calibration" / f"{job['name']}.json", {"step_s": seconds, "steps": steps})
+    write_json_atomic(out / "calibration" / f"{job['name']}.json", {"step_s": seconds, "steps": steps})
     plan = out / "epochs.json"
     while not plan.exists():
         time.sleep(0.2)
@@ -280,7 +282,7 @@ def train_job(args: argparse.Namespace) -> None:
         network = network.to(memory_format=torch.contiguous_format)
         rows, _ = predict_rows(network, val.in_order(64), device)
         result["rows"] = rows
-    _write_json(out / "results" / f"{job['name']}.json", result)
+    write_json_atomic(out / "results" / f"{job['name']}.json", result)
     if args.save_model:
         from safetensors.torch import save_file
 
@@ -293,13 +295,6 @@ def train_job(args: argparse.Namespace) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _write_json(path: Path, value: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, allow_nan=False))
-    temporary.replace(path)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -326,7 +321,7 @@ def run(args: argparse.Namespace) -> None:
     left = args.budget_s - (time.monotonic() - began) - args.reserve_s
     epoch_s = max(item["step_s"] * item["steps"] for item in measured) if measured else math.inf
     epochs = int(max(args.min_epochs, min(args.max_epochs, 0.9 * left // epoch_s)))
-    _write_json(out / "epochs.json", {"epochs": epochs, "epoch_s": epoch_s, "left_s": left,
+    write_json_atomic(out / "epochs.json", {"epochs": epochs, "epoch_s": epoch_s, "left_s": left,
                                       "deadline": time.time() + left,
                                       "calibration": {p.stem: json.loads(p.read_text()) for p in calibration.glob("*.json")}})
     print(f"{len(jobs)} jobs; epoch takes {epoch_s:.1f} s with all running; {epochs} epochs in {left:.0f} s", flush=True)
