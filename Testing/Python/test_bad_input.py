@@ -69,14 +69,6 @@ def write_png(path: Path, shape=(48, 64), seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    return save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
-
-
 def predict(model: Path, output: Path, *inputs: Path | str, extra: tuple[str, ...] = ()) -> int:
     return main(["predict", *map(str, inputs), "--output", str(output), "--model", str(model),
                  "--progress", "none", "--threads", "1", *extra])
@@ -255,7 +247,6 @@ def test_a_format_1_file_with_a_weights_only_checksum_still_loads(model_path, tm
 
 
 def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path):
-    sys.path.insert(0, str(REPO / "MFFMTSlicer"))
     from MFFMTSlicerLib.models import ModelRegistry
 
     from MFFMTCore.base.model_metadata import read_model_metadata

@@ -50,16 +50,6 @@ class IntensityNet(nn.Module):
         return MFFMTOutput(class_logits, 40 * (x - 0.5), x[:, :, ::32, ::32], {})
 
 
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory):
-    """A small random-weight MFFMT18 model file with a 64x64 input."""
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "mffmt18.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=list(INPUT_SIZE)))
-    return path
-
-
 @pytest.fixture
 def predictor(model_path):
     """A predictor whose network is :class:`IntensityNet`."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,15 +26,6 @@ from MFFMTCore.model_file import ModelInfo, load_model, save_model
 from MFFMTCore.network import MFFMT
 
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[SIZE, SIZE]))
-    return path
 
 
 def speckle(count: int, seed: int = 0) -> np.ndarray:
@@ -189,18 +179,12 @@ def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(tmp_path
 
 NON_BREAST = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_jpeg2k.dcm", "examples_rgb_color.dcm",
               "ExplVR_BigEnd.dcm"]
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    from MFFMTCore.model_file import default_model_path
-
-    if default_model_path() is None:
-        pytest.skip("no default model installed")
-    predictor = Predictor()
-    if predictor.input_statistics is None:
-        pytest.skip("the default model has no input-check statistics (run mffmt fit-input-check)")
+def shipped(default_model):
+    predictor = Predictor(default_model)
+    assert predictor.input_statistics is not None, f"{default_model}: the shipped model has no input-check statistics"
     return predictor
 
 
@@ -217,15 +201,10 @@ def test_shipped_model_flags_every_frame_of_the_real_non_breast_files(shipped, n
 
 
 @pytest.mark.realdata
-def test_shipped_model_passes_real_breast_images():
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} is absent")
-    from MFFMTCore.model_file import default_model_path
-
-    if default_model_path() is None or read_statistics(default_model_path()) is None:
-        pytest.skip("the default model has no input-check statistics")
-    predictor = Predictor()
-    images = sorted((DATA / "busbra" / "Images").glob("*.png"))[:3] + sorted((DATA / "busi" / "malignant").glob("*).png"))[:3]
+def test_shipped_model_passes_real_breast_images(shipped, shared_data):
+    predictor = shipped
+    images = sorted((shared_data / "busbra" / "Images").glob("*.png"))[:3] + sorted((shared_data / "busi" / "malignant").glob("*).png"))[:3]
+    assert len(images) == 6, shared_data
     for image in images:
         (frame,) = predictor.predict(image).frames
         assert not frame.input_check.flagged, (image, frame.input_check)
