@@ -306,7 +306,7 @@ def test_a_lock_of_a_live_process_is_respected(tmp_path):
             FolderLock(tmp_path, "mffmt predict").acquire()
 
 
-def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_path, tmp_path):
+def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_path, random_model, tmp_path):
     a, b = write_png(tmp_path / "in" / "a.png", seed=1), write_png(tmp_path / "in" / "b.png", seed=2)
     output = tmp_path / "out"
     assert predict(model_path, output, a, b) == 0
@@ -320,10 +320,7 @@ def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_
     assert predict(model_path, output, a, b, extra=("--threshold", "0.3")) == 0  # other settings: redone
     assert (output / "b_overlay.png").stat().st_mtime_ns != overlay
 
-    other = tmp_path / "other.safetensors"
-    torch.manual_seed(5)
-    network = MFFMT(backbone="resnet18")
-    save_model(other, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
+    other = random_model(tmp_path / "other.safetensors", 5)
     overlay = (output / "b_overlay.png").stat().st_mtime_ns
     assert predict(other, output, b, extra=("--threshold", "0.3")) == 0  # another model: redone
     assert (output / "b_overlay.png").stat().st_mtime_ns != overlay

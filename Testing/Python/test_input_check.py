@@ -22,8 +22,7 @@ from MFFMTCore.inference.input_check import (
 )
 from MFFMTCore.inference.overlay import _caption
 from MFFMTCore.inference.results_table import frame_rows
-from MFFMTCore.model_file import ModelInfo, load_model, save_model
-from MFFMTCore.network import MFFMT
+from MFFMTCore.model_file import load_model
 
 SIZE = 64
 
@@ -145,18 +144,15 @@ def test_feature_statistics_in_the_model_file_flag_unlike_frames(tmp_path, model
 
 
 @pytest.mark.slow
-def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(tmp_path):
+def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(random_model, tmp_path):
     from test_train_synthetic import write_dataset
 
     from MFFMTCore.cli import main
     from MFFMTCore.model_file import read_model_info
 
     datalist = write_dataset(tmp_path / "data", count=48)
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    model = tmp_path / "m.safetensors"
-    save_model(model, network, ModelInfo(architecture=network.architecture, input_size=[SIZE, SIZE],
-                                         training={"data": [str(datalist)], "split": {"val_fraction": 0.25, "seed": 0}}))
+    model = random_model(tmp_path / "m.safetensors", input_size=[SIZE, SIZE],
+                         training={"data": [str(datalist)], "split": {"val_fraction": 0.25, "seed": 0}})
     before = model.read_bytes()
     odd = tmp_path / "odd.png"
     from PIL import Image
