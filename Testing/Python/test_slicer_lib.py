@@ -32,6 +32,11 @@ from MFFMTCore.base.roi import PhysicalBox, resolve_roi
 from MFFMTCore.cli import build_parser
 from MFFMTCore.data.readers import read_datalist
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extras install tomli (tomllib's origin) on Python 3.10
+    import tomli as tomllib
+
 REPO = Path(__file__).resolve().parents[2]
 
 PURE_MODULES = ("commands", "dependencies", "models", "process", "progress", "results", "scene_data", "volumes")
@@ -575,14 +580,12 @@ def _pyproject_requirements(section: list[str]) -> dict[str, str]:
 
 
 def test_requirements_include_pyproject_dependencies_with_the_same_ranges():
-    tomllib = pytest.importorskip("tomllib", reason="needs Python 3.11")
     declared = _pyproject_requirements(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
     listed = {r.name.lower(): r.specifier for r in REQUIREMENTS}
     assert {name: listed.get(name) for name in declared} == declared
 
 
 def test_requirements_cover_every_package_mffmtcore_imports():
-    tomllib = pytest.importorskip("tomllib", reason="needs Python 3.11")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     optional = {name for extra in project.get("optional-dependencies", {}).values()
                 for name in _pyproject_requirements(extra)}
