@@ -98,7 +98,7 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         failed = []
         for name in unittest.TestLoader().getTestCaseNames(type(self)):
             self.setUp()
-            self.delayDisplay(f"{name}")
+            self.delayDisplay(name)
             try:
                 getattr(self, name)()
             except unittest.SkipTest as reason:

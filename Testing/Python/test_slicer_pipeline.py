@@ -110,8 +110,7 @@ def _training_data(tmp_path: Path) -> list[Path]:
     from MFFMTCore.resources import sample_datalist
 
     samples = sample_datalist()
-    if not samples.is_file():
-        pytest.skip("the bundled sample images are missing")
+    assert samples.is_file(), f"{samples}: the bundled sample images are missing (MFFMTCore ships them)"
     rng = np.random.default_rng(2)
     scene = []
     for name, label in (("scene benign", "benign"), ("scene malignant", "malignant")):
