@@ -451,7 +451,7 @@ def test_spacing_is_known_by_mffmtcores_rule_for_files(env):
 
 
 # Last in the file: the self-test clears the scene before each flow.
-def test_in_slicer_self_test_runs_every_flow_and_reports_each_failure(env, model_path, tmp_path, monkeypatch):
+def test_in_slicer_self_test_runs_every_flow_and_reports_each_failure(env, tmp_path, monkeypatch):
     _, slicer, module, _, _ = env
     import tempfile
 
@@ -459,14 +459,11 @@ def test_in_slicer_self_test_runs_every_flow_and_reports_each_failure(env, model
 
     class OnSlicerCore(module.MFFMTSlicerTest):
         # What slicer-core cannot host: Slicer's PNG reader, the Sample Data module; retraining is
-        # test_train_on_scene_and_sample_data_adds_the_model's. A small model keeps it quick.
+        # test_train_on_scene_and_sample_data_adds_the_model's.
         test_sample_data = test_retrain = None
 
         def _loadImage(self, label="malignant"):
             return _pictureVolume(slicer, self._sample(label)[0])
-
-        def _defaultModel(self, logic):
-            return model_path
 
         def test_zz_a_failing_flow(self):
             self.fail("on purpose")
