@@ -72,7 +72,7 @@ class ModelInfo:
         threshold: default probability threshold for the lesion map.
         temperature: divides the class logits before the softmax (temperature scaling, fitted on
             validation so that p(malignant) means what it says); 1.0 leaves them as trained.
-        lesion_decision: the frame-level lesion rule (:class:`MFFMTCore.lesion_decision.LesionDecision`
+        lesion_decision: the frame-level lesion rule (:class:`MFFMTCore.base.lesion_decision.LesionDecision`
             as JSON); empty: any lesion pixel makes a lesion, as in files written before the rule.
         name: short human-readable name.
         training: summary of the training data and recipe.

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import shutil
+import traceback
 import unittest
 from pathlib import Path
 
@@ -85,18 +86,47 @@ def registerSampleData() -> None:
 
 
 class MFFMTSlicerTest(ScriptedLoadableModuleTest):
-    """The whole flow inside Slicer on the bundled BUS-BRA samples: retrain one short epoch into a
-    temporary models folder, segment and classify an image, a sequence and a folder, check the
-    geometry of the results, redraw at other thresholds, use an ROI and cancel a run."""
+    """The module's flows inside Slicer on the bundled BUS-BRA samples, one test method a flow, each on
+    a fresh scene and independent of the others: sample data, retraining, segmenting a sample,
+    redrawing at other thresholds, an ROI, a sequence, a cancelled run and a folder. ``runTest`` (what
+    Slicer's Reload and Test calls) runs every flow and reports all that failed, not only the first."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_MFFMTSlicer_full_flow()
+        failed = []
+        for name in unittest.TestLoader().getTestCaseNames(type(self)):
+            self.setUp()
+            self.delayDisplay(name)
+            try:
+                getattr(self, name)()
+            except unittest.SkipTest as reason:
+                self.delayDisplay(f"{name} skipped: {reason}")
+            except Exception:
+                logging.error(f"MFFMTSlicerTest.{name} failed:\n{traceback.format_exc()}")
+                failed.append(name)
+        if failed:
+            raise AssertionError(f"MFFMTSlicerTest: {', '.join(failed)} failed (tracebacks in the log)")
+        self.delayDisplay("Test passed")
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    def _logic(self) -> MFFMTSlicerLogic:
+        """A logic with a temporary models folder of its own; installs MFFMTCore's packages on first use."""
+        logic = MFFMTSlicerLogic(modelsFolder=Path(slicer.util.tempDirectory("MFFMTSlicerTest")))
+        if logic.missingRequirements():
+            self.delayDisplay("Installing MFFMTCore's Python packages (first use)")
+            logic.installRequirements()
+        return logic
+
+    def _defaultModel(self, logic: MFFMTSlicerLogic) -> Path:
+        model = logic.defaultModelPath()
+        self.assertIsNotNone(model, "the extension ships a default model (MFFMTCore/models)")
+        return model
 
     def _samples(self):
+        """The bundled samples' datalist and its (image, mask, label) rows."""
         from MFFMTCore.resources import sample_datalist
 
         datalist = sample_datalist()
@@ -105,6 +135,10 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         with open(datalist, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         return datalist, [(datalist.parent / row["image"], datalist.parent / row["mask"], row["label"]) for row in rows]
+
+    def _sample(self, label: str):
+        """The first bundled sample with ``label``: (image, mask, label)."""
+        return next(sample for sample in self._samples()[1] if sample[2] == label)
 
     def _loadSample(self, image: Path, mask: Path):
         volume = slicer.util.loadVolume(str(image), {"singleFile": True})
@@ -115,6 +149,15 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelmap, segmentation)
         slicer.mrmlScene.RemoveNode(labelmap)
         return volume, segmentation
+
+    def _loadImage(self, label: str = "malignant"):
+        """The volume of the first bundled sample with ``label``, as Slicer loads a PNG."""
+        return slicer.util.loadVolume(str(self._sample(label)[0]), {"singleFile": True})
+
+    def _lesionSegmentId(self, segmentation) -> str:
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
+        self.assertTrue(segmentId)
+        return segmentId
 
     def _assertSameGeometry(self, segmentation, segmentId, volume):
         """The segment's voxels lie on the volume's voxels: same grid, same position."""
@@ -130,25 +173,22 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         self.assertEqual(array.shape, slicer.util.arrayFromVolume(volume).shape)
         return array
 
-    def test_MFFMTSlicer_full_flow(self):
-        modelsFolder = Path(slicer.util.tempDirectory("MFFMTSlicerTest"))
-        logic = MFFMTSlicerLogic(modelsFolder=modelsFolder)
-        if logic.missingRequirements():
-            self.delayDisplay("Installing MFFMTCore's Python packages (first use)")
-            logic.installRequirements()
-        datalist, samples = self._samples()
+    # -------------------------------------------------------------------------------------- flows
+
+    def test_sample_data(self):
         import SampleData
 
         registerSampleData()
-        self.assertIsNotNone(SampleData.SampleDataLogic().sourceForSampleName(samples[0][0].stem))
-        benign = next(sample for sample in samples if sample[2] == "benign")
-        malignant = next(sample for sample in samples if sample[2] == "malignant")
+        image = self._samples()[1][0][0]
+        self.assertIsNotNone(SampleData.SampleDataLogic().sourceForSampleName(image.stem))
 
-        self.delayDisplay("Retraining one short epoch on the samples and two labelled scene volumes")
+    def test_retrain(self):
+        logic = self._logic()
+        datalist, _ = self._samples()
         defaultModel = logic.defaultModelPath()
         defaultDigest = hashlib.sha256(defaultModel.read_bytes()).hexdigest() if defaultModel else None
         sceneItems = []
-        for image, mask, label in (benign, malignant):
+        for image, mask, label in (self._sample("benign"), self._sample("malignant")):
             volume, segmentation = self._loadSample(image, mask)
             logic.setTrainingLabel(volume, label)
             sceneItems.append((volume, segmentation, label))
@@ -156,9 +196,10 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
                       logic.sceneTrainingCandidates()}
         for volume, segmentation, label in sceneItems:
             self.assertEqual(candidates[volume.GetID()], (segmentation, label))
+        self.delayDisplay("Retraining one short epoch on the samples and two labelled scene volumes")
         trained = logic.train([datalist], modelName="self test", sceneItems=sceneItems, backbone="resnet18",
                               epochs=1, batchSize=2, valFraction=0.4, inputSize=64, device="cpu")
-        self.assertEqual(trained.parent, modelsFolder)
+        self.assertEqual(trained.parent, logic.modelsFolder)
         self.assertEqual(trained.name, "self_test.safetensors")
         entry = logic.modelRegistry().find(trained)
         self.assertIsNotNone(entry)
@@ -166,17 +207,16 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         self.assertEqual(entry.backbone, "resnet18")
         if defaultModel:
             self.assertEqual(hashlib.sha256(defaultModel.read_bytes()).hexdigest(), defaultDigest)
-        model = defaultModel or trained
 
-        self.delayDisplay("Segmenting and classifying a sample image")
-        volume = sceneItems[1][0]
-        segmentation, rows = logic.process(volume, model=model, threshold=0.5, gradcam=True)
+    def test_segment_sample(self):
+        logic = self._logic()
+        volume = self._loadImage()
+        segmentation, rows = logic.process(volume, model=self._defaultModel(logic), threshold=0.5, gradcam=True)
         self.assertEqual(len(rows), 1)
         row = rows[0]
         self.assertIn(row["prediction"], ("benign", "malignant"))
         self.assertAlmostEqual(row["p_benign"] + row["p_malignant"], 1.0, 3)
-        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
-        self.assertTrue(segmentId)
+        segmentId = self._lesionSegmentId(segmentation)
         segment = segmentation.GetSegmentation().GetSegment(segmentId)
         tag = vtk.mutable("")
         self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), tag))
@@ -192,15 +232,21 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         heatmap = segmentation.GetNodeReference("MFFMT.gradcam")
         self.assertEqual(slicer.util.arrayFromVolume(heatmap).shape, slicer.util.arrayFromVolume(volume).shape)
 
-        self.delayDisplay("Redrawing the lesion at other thresholds without the network")
+    def test_rethreshold_without_the_network(self):
+        logic = self._logic()
+        volume = self._loadImage()
+        segmentation, (row,) = logic.process(volume, model=self._defaultModel(logic), threshold=0.5)
         strict = logic.updateThreshold(segmentation, 0.9)[0]
         lenient = logic.updateThreshold(segmentation, 0.1)[0]
         self.assertLessEqual(strict["lesion_area_px"], lenient["lesion_area_px"])
         self.assertEqual(lenient["p_malignant"], row["p_malignant"])
+        segmentId = self._lesionSegmentId(segmentation)
         self.assertEqual(int((self._assertSameGeometry(segmentation, segmentId, volume) != 0).sum()),
                          int(lenient["lesion_area_px"]))
 
-        self.delayDisplay("A region of interest, a sequence of two frames and a cancelled run")
+    def test_region_of_interest(self):
+        logic = self._logic()
+        volume = self._loadImage()
         roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
         bounds = [0.0] * 6
         volume.GetRASBounds(bounds)
@@ -209,8 +255,13 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         width, height, _ = volume.GetImageData().GetDimensions()
         x, y, w, h = logic.roiBox(roi, volume)
         self.assertTrue(0 < x < width and 0 < y < height and 0 < w < width and 0 < h < height)
-        self.assertEqual(len(logic.process(volume, model=model, roiNode=roi)[1]), 1)
+        self.assertEqual(len(logic.process(volume, model=self._defaultModel(logic), roiNode=roi)[1]), 1)
 
+    def test_sequence(self):
+        logic = self._logic()
+        model = self._defaultModel(logic)
+        volume = self._loadImage()
+        _, (row,) = logic.process(volume, model=model, threshold=0.5)
         sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "two frames")
         sequence.SetDataNodeAtValue(volume, "0")
         sequence.SetDataNodeAtValue(volume, "1")
@@ -221,19 +272,20 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         clip = clipSegmentation.GetNodeReference("MFFMT.input")
         self.assertEqual(slicer.util.arrayFromVolume(clip).shape[0], 2)
 
-        task = logic.startProcessing(volume, model=model)
+    def test_cancel(self):
+        logic = self._logic()
+        task = logic.startProcessing(self._loadImage(), model=self._defaultModel(logic))
         logic.cancel(task)
         self.assertEqual(task.status, "cancelled")
         self.assertFalse(task.workDir.exists())
 
-        self.delayDisplay("Processing a folder of image files")
+    def test_process_folder(self):
+        logic = self._logic()
         folder = Path(slicer.util.tempDirectory("MFFMTSlicerTestInput"))
-        shutil.copy(benign[0], folder)
+        shutil.copy(self._sample("benign")[0], folder)
         output = folder.parent / f"{folder.name}-output"
-        folderRows = logic.processFolder(folder, output, model=model)
-        self.assertEqual(len(folderRows), 1)
-        self.assertFalse(folderRows[0]["error"])
+        rows = logic.processFolder(folder, output, model=self._defaultModel(logic))
+        self.assertEqual(len(rows), 1)
+        self.assertFalse(rows[0]["error"])
         self.assertTrue((output / "results.csv").is_file())
         self.assertTrue(list(output.glob("*.seg.nrrd")))
-
-        self.delayDisplay("Test passed")

@@ -16,6 +16,10 @@ on one CPU thread).
 
 from __future__ import annotations
 
+from needs import require
+
+require("MFFMTCore")
+
 import argparse
 import json
 import time

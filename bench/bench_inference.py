@@ -19,6 +19,10 @@ Run: ``python bench/bench_inference.py [--runs 20] [--clip-frames 300]``.
 
 from __future__ import annotations
 
+from needs import require
+
+require("MFFMTCore", "onnx", "onnxruntime")
+
 import argparse
 import multiprocessing
 import statistics

@@ -12,6 +12,10 @@ Run: ``python bench/bench_input_checks.py``.
 
 from __future__ import annotations
 
+from needs import require
+
+require("MFFMTCore")
+
 import statistics
 import tempfile
 import time

@@ -24,6 +24,10 @@ network client it starts itself.
 
 from __future__ import annotations
 
+from needs import require
+
+require("MFFMTCore", "pyigtl")
+
 import argparse
 import json
 import os

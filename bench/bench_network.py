@@ -17,6 +17,10 @@ Run: ``python bench/bench_network.py [--size 256] [--runs 30] [--shipped-only]``
 
 from __future__ import annotations
 
+from needs import require
+
+require("MFFMTCore")
+
 import argparse
 import statistics
 import time

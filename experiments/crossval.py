@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> None:
                    json.dumps(job), "--calibration-steps", str(args.calibration_steps), "--subset", str(args.subset)]
         if job["name"] in args.save:
             command.append("--save-model")
-        log = open(out / f"{job['name']}.log", "w")  # noqa: SIM115 (closed when the process ends)
+        log = open(out / f"{job['name']}.log", "w")  # closed when the process ends
         processes.append((job, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log))
     calibration = out / "calibration"
     while len(list(calibration.glob("*.json")) if calibration.exists() else []) < len(jobs):

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
+import crossval  # the packed-data helpers, beside this script (its folder is sys.path[0])
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crossval  # noqa: E402  (the packed-data helpers live beside this script)
-
-from MFFMTCore.data import MFFMTDataset, busbra_official_folds, group_kfold, make_samples, read_busi  # noqa: E402
-from MFFMTCore.evaluation.metrics import grouped_report  # noqa: E402
-from MFFMTCore.evaluation.predictions import predict_rows  # noqa: E402
-from MFFMTCore.model_file import load_model, resolve_model_path  # noqa: E402
+from MFFMTCore.data import MFFMTDataset, busbra_official_folds, group_kfold, make_samples, read_busi
+from MFFMTCore.evaluation.metrics import grouped_report
+from MFFMTCore.evaluation.predictions import predict_rows
+from MFFMTCore.model_file import load_model, resolve_model_path
 
 
 def lossless_batches(dataset: MFFMTDataset, size: int = 16):

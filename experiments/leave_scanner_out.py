@@ -6,7 +6,8 @@ scanner from both sides, trains on the rest with ``mffmt train``, then evaluates
 of the left-out scanner (patients and scanner never seen). BUS-BRA patients were each scanned on one
 device, so no patient straddles the two evaluations.
 
-Example (the figures of MODEL_CARD.md)::
+Example (the model card's left-out-domain figures now come from ``crossval.py``, which trains every
+left-out domain at once on a GPU)::
 
     python experiments/leave_scanner_out.py --run runs/default_model \
         --scanner "GE Logiq 5 @10-12MHz" --output runs/unseen_logiq5 --input-size 160 --epochs 12

@@ -1,4 +1,5 @@
-"""Turn a training run's best model into the default model shipped inside MFFMTCore.
+"""Turn a training run's best model into a model file to ship (the current default model comes from
+``crossval.py package`` instead).
 
 Stores the weights as float16 (half the size; MFFMTCore loads them back as float32), names the
 model, and checks that the half-precision copy gives the same validation figures: both copies are
@@ -8,7 +9,7 @@ side by side.
 Example::
 
     python experiments/package_default_model.py --run runs/default_model \
-        --output MFFMTCore/models/mffmt18_default.safetensors --eval runs/default_model/eval
+        --output runs/default_model/packaged.safetensors --eval runs/default_model/eval
 """
 
 from __future__ import annotations

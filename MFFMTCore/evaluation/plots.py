@@ -14,13 +14,13 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # before pyplot is imported
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from MFFMTCore.evaluation.metrics import roc_auc, roc_curve  # noqa: E402
-from MFFMTCore.io import atomic_path  # noqa: E402
+from MFFMTCore.evaluation.metrics import roc_auc, roc_curve
+from MFFMTCore.io import atomic_path
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike) -> Path:

@@ -84,10 +84,6 @@ class ImagingRegion:
         width, height = self.frame_size
         return {"left": x, "top": y, "right": width - x - w, "bottom": height - y - h}
 
-    @property
-    def is_whole_frame(self) -> bool:
-        return self.box == (0, 0, *self.frame_size)
-
     def to_json(self) -> dict:
         return {"box": list(self.box), "method": self.method, "cropped": self.margins}
 

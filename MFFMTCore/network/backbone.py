@@ -72,7 +72,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any decoding failure means "not a weights file"
+    except Exception as error:  # any decoding failure means "not a weights file"
         raise ValueError(f"{path}: not a readable state dict ({error})") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

@@ -227,10 +227,6 @@ class WorkerClient:
             except (BrokenPipeError, ValueError) as error:
                 raise WorkerError(f"the worker is not running ({type(error).__name__})") from error
 
-    def alive(self) -> bool:
-        """Whether the worker process is still running."""
-        return self.process.poll() is None
-
     def submit(
         self,
         op: str,

@@ -2,7 +2,8 @@
 
 Test helper only (not a test module): ``ultrasound_dicom`` writes a file with any photometric
 interpretation, transfer syntax, frame count and Sequence of Ultrasound Regions;
-``dark_lesion_predictor`` is a predictor whose network has a known answer on such captures.
+:class:`DarkLesionNet` is a network with a known answer on such captures (conftest's
+``dark_lesion_predictor`` runs it).
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from MFFMTCore.inference import Predictor
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT, MFFMTOutput
+from MFFMTCore.network import MFFMTOutput
 
 FRAME_SHAPE = (120, 160)
 # The scan inside the capture: rows 20..99, columns 30..139 (inclusive), as a region gives it.
@@ -118,14 +117,3 @@ class DarkLesionNet(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> MFFMTOutput:
         logits = torch.stack([torch.zeros(len(x)), torch.ones(len(x))], dim=1)
         return MFFMTOutput(logits, 40 * (0.2 - x), x[:, :, ::32, ::32], {})
-
-
-def dark_lesion_predictor(directory: Path) -> Predictor:
-    """A predictor (64x64 model file written into ``directory``) whose network is :class:`DarkLesionNet`."""
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = directory / "m.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
-    predictor = Predictor(path)
-    predictor.model = DarkLesionNet()
-    return predictor

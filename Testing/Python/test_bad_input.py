@@ -69,14 +69,6 @@ def write_png(path: Path, shape=(48, 64), seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    return save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
-
-
 def predict(model: Path, output: Path, *inputs: Path | str, extra: tuple[str, ...] = ()) -> int:
     return main(["predict", *map(str, inputs), "--output", str(output), "--model", str(model),
                  "--progress", "none", "--threads", "1", *extra])
@@ -255,7 +247,6 @@ def test_a_format_1_file_with_a_weights_only_checksum_still_loads(model_path, tm
 
 
 def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path):
-    sys.path.insert(0, str(REPO / "MFFMTSlicer"))
     from MFFMTSlicerLib.models import ModelRegistry
 
     from MFFMTCore.base.model_metadata import read_model_metadata
@@ -315,7 +306,7 @@ def test_a_lock_of_a_live_process_is_respected(tmp_path):
             FolderLock(tmp_path, "mffmt predict").acquire()
 
 
-def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_path, tmp_path):
+def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_path, random_model, tmp_path):
     a, b = write_png(tmp_path / "in" / "a.png", seed=1), write_png(tmp_path / "in" / "b.png", seed=2)
     output = tmp_path / "out"
     assert predict(model_path, output, a, b) == 0
@@ -329,10 +320,7 @@ def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_
     assert predict(model_path, output, a, b, extra=("--threshold", "0.3")) == 0  # other settings: redone
     assert (output / "b_overlay.png").stat().st_mtime_ns != overlay
 
-    other = tmp_path / "other.safetensors"
-    torch.manual_seed(5)
-    network = MFFMT(backbone="resnet18")
-    save_model(other, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
+    other = random_model(tmp_path / "other.safetensors", 5)
     overlay = (output / "b_overlay.png").stat().st_mtime_ns
     assert predict(other, output, b, extra=("--threshold", "0.3")) == 0  # another model: redone
     assert (output / "b_overlay.png").stat().st_mtime_ns != overlay

@@ -78,7 +78,6 @@ def test_lower_layers_never_import_higher_ones():
 
 
 def test_one_results_schema_for_mffmt_predict_and_the_slicer_module():
-    sys.path.insert(0, str(REPO / "MFFMTSlicer"))
     from MFFMTSlicerLib import results
 
     from MFFMTCore.base.results_schema import RESULT_COLUMNS, column_types, result_columns

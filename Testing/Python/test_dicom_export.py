@@ -9,7 +9,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from dicom_samples import capture, dark_lesion_predictor, region_item, ultrasound_dicom
+from dicom_samples import capture, region_item, ultrasound_dicom
 from PIL import Image
 from pydicom.sr.codedict import codes
 
@@ -17,11 +17,6 @@ from MFFMTCore.inference.batch import predict_files
 from MFFMTCore.inference.dicom_export import CLASS_CONCEPT, PROBABILITY_CONCEPT, write_dicom_results
 
 LESION = (60, 40, 40, 20)
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    return dark_lesion_predictor(tmp_path_factory.mktemp("model"))
 
 
 def read_back(paths):
@@ -35,10 +30,10 @@ def source_references(segmentation):
             for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
 
 
-def test_calibrated_frame_segmentation_and_report_reference_the_source(tmp_path, predictor):
+def test_calibrated_frame_segmentation_and_report_reference_the_source(tmp_path, dark_lesion_predictor):
     source_path = ultrasound_dicom(tmp_path / "us.dcm", capture(lesion=LESION), regions=[region_item()])
     source = pydicom.dcmread(source_path)
-    result = predictor.predict(source_path)
+    result = dark_lesion_predictor.predict(source_path)
     paths = write_dicom_results(result, tmp_path / "out", "us")
     segmentation, report = read_back(paths)
 
@@ -73,12 +68,12 @@ def test_calibrated_frame_segmentation_and_report_reference_the_source(tmp_path,
     assert {source.SOPInstanceUID, segmentation.SOPInstanceUID} <= evidence
 
 
-def test_clip_segmentation_is_its_key_frame_referenced_by_number(tmp_path, predictor):
+def test_clip_segmentation_is_its_key_frame_referenced_by_number(tmp_path, dark_lesion_predictor):
     frames = capture(frames=3, lesion=None)
     frames[2] = capture(lesion=LESION, seed=5)[0]  # the lesion shows in frame 2 only
     source_path = ultrasound_dicom(tmp_path / "clip.dcm", frames, regions=[region_item()])
     source = pydicom.dcmread(source_path)
-    result = predictor.predict(source_path)
+    result = dark_lesion_predictor.predict(source_path)
     assert result.key_frame == 2
     segmentation, report = read_back(write_dicom_results(result, tmp_path / "out", "clip"))
     assert segmentation.NumberOfFrames == 1
@@ -89,9 +84,9 @@ def test_clip_segmentation_is_its_key_frame_referenced_by_number(tmp_path, predi
     assert len(report.content.get_planar_roi_measurement_groups()) == len(result.frames[2].components)
 
 
-def test_uncalibrated_measurements_are_in_pixels(tmp_path, predictor):
+def test_uncalibrated_measurements_are_in_pixels(tmp_path, dark_lesion_predictor):
     source_path = ultrasound_dicom(tmp_path / "plain.dcm", capture(lesion=LESION))
-    result = predictor.predict(source_path)
+    result = dark_lesion_predictor.predict(source_path)
     _, report = read_back(write_dicom_results(result, tmp_path / "out", "plain"))
     values = {item.name: item for item in report.content.get_planar_roi_measurement_groups()[0].get_measurements()}
     assert values[codes.SCT.LongAxis].unit.value == "{pixel}"
@@ -99,18 +94,18 @@ def test_uncalibrated_measurements_are_in_pixels(tmp_path, predictor):
                                                             .long_axis.length_px, rel=1e-6)
 
 
-def test_non_dicom_input_has_no_dicom_results(tmp_path, predictor):
-    result = predictor.predict(capture()[0])
+def test_non_dicom_input_has_no_dicom_results(tmp_path, dark_lesion_predictor):
+    result = dark_lesion_predictor.predict(capture()[0])
     with pytest.raises(ValueError, match="DICOM input"):
         write_dicom_results(result, tmp_path, "x")
 
 
-def test_batch_writes_dicom_results_for_dicom_inputs_only(tmp_path, predictor):
+def test_batch_writes_dicom_results_for_dicom_inputs_only(tmp_path, dark_lesion_predictor):
     dicom_input = ultrasound_dicom(tmp_path / "us.dcm", capture(lesion=LESION), regions=[region_item()])
     png_input = tmp_path / "capture.png"
     Image.fromarray(capture()[0]).save(png_input)
     output = tmp_path / "out"
-    summary = predict_files(predictor, [dicom_input, png_input], output, dicom=True)
+    summary = predict_files(dark_lesion_predictor, [dicom_input, png_input], output, dicom=True)
     assert [outcome.status for outcome in summary.outcomes] == ["done", "done"]
     assert (output / "us_seg.dcm").is_file() and (output / "us_sr.dcm").is_file()
     assert not (output / "capture_seg.dcm").exists()

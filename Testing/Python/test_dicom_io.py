@@ -6,12 +6,10 @@ with pydicom check what a scanner's capture gives.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pydicom
 import pytest
-from dicom_samples import SCAN, capture, dark_lesion_predictor, region_item, ultrasound_dicom
+from dicom_samples import SCAN, capture, region_item, ultrasound_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
@@ -115,7 +113,6 @@ def test_palette_colour_is_looked_up(tmp_path):
 
 
 def test_jpeg2000_lossless_round_trip(tmp_path):
-    pytest.importorskip("openjpeg")
     pixels = capture()
     image = read_dicom(ultrasound_dicom(tmp_path / "j.dcm", pixels, transfer_syntax=JPEG2000Lossless))
     np.testing.assert_array_equal(image.pixels, pixels)
@@ -201,18 +198,13 @@ def test_synthetic_capture_region_is_found():
     assert abs(x - x0) <= 4 and abs(y - y0) <= 4 and abs(x + w - 1 - x1) <= 4 and abs(y + h - 1 - y1) <= 4
 
 
-# --- the predictor on calibrated captures ----------------------------------------------------------
+# --- the predictor on calibrated captures -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    return dark_lesion_predictor(tmp_path_factory.mktemp("model"))
-
-
-def test_network_runs_on_the_calibrated_region_and_maps_come_back_on_the_full_frame(tmp_path, predictor):
+def test_network_runs_on_the_calibrated_region_and_maps_come_back_on_the_full_frame(tmp_path, dark_lesion_predictor):
     lesion = (60, 40, 40, 20)
     path = ultrasound_dicom(tmp_path / "a.dcm", capture(lesion=lesion), regions=[region_item(delta_cm=(0.02, 0.03))])
-    result = predictor.predict(path)
+    result = dark_lesion_predictor.predict(path)
     assert result.probability.shape == (1, *capture().shape[1:])  # the full frame
     x0, y0, x1, y1 = SCAN
     outside = np.ones(result.probability.shape[1:], dtype=bool)
@@ -228,19 +220,19 @@ def test_network_runs_on_the_calibrated_region_and_maps_come_back_on_the_full_fr
     assert result.label_image().GetSpacing() == pytest.approx((0.2, 0.3))
 
 
-def test_imaging_region_none_runs_on_the_whole_frame(tmp_path, predictor):
+def test_imaging_region_none_runs_on_the_whole_frame(tmp_path, dark_lesion_predictor):
     path = ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=[region_item()])
-    result = predictor.predict(path, imaging_region="none")
+    result = dark_lesion_predictor.predict(path, imaging_region="none")
     assert result.imaging_region is None
     assert result.probability[0, :, :5].min() > 0.5  # the dark border is taken for lesion by this network
     with pytest.raises(ValueError, match="imaging_region"):
-        predictor.predict(path, imaging_region="everything")
+        dark_lesion_predictor.predict(path, imaging_region="everything")
 
 
-def test_png_capture_gets_a_detected_region(tmp_path, predictor):
+def test_png_capture_gets_a_detected_region(tmp_path, dark_lesion_predictor):
     path = tmp_path / "capture.png"
     Image.fromarray(capture()[0]).save(path)
-    result = predictor.predict(path)
+    result = dark_lesion_predictor.predict(path)
     assert result.imaging_region.method == "detected"
     assert not result.geometry.spacing_known and result.frames[0].lesion_area_mm2 is None
     assert result.probability[0, :, :20].max() == 0.0
@@ -257,14 +249,10 @@ def test_dark_deep_tissue_below_the_scan_is_not_cut_off():
     assert y + h == 120 and abs(x - 10) <= 2 and abs(y - 10) <= 2  # black sides cut, dark bottom kept
 
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-
-
 @pytest.mark.realdata
-def test_real_breast_images_without_border_are_not_cropped():
-    images = sorted((DATA / "busbra" / "Images").glob("*.png"))[:30]
-    if not images:
-        pytest.skip(f"{DATA} is absent")
+def test_real_breast_images_without_border_are_not_cropped(shared_data):
+    images = sorted((shared_data / "busbra" / "Images").glob("*.png"))[:30]
+    assert images, f"{shared_data}: no BUS-BRA images"
     for image in images:
         stack = as_frame_stack(image)
         assert detect_imaging_region(stack.pixels, stack.components) is None, image

@@ -6,24 +6,18 @@ import csv
 import json
 
 import pytest
-import torch
 from PIL import Image
 from test_train_synthetic import write_dataset
 
 from MFFMTCore.cli import main
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc, plot_training_curves
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    model = MFFMT(aux_classes={"birads": 4})
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    save_model(path, model, ModelInfo(architecture=model.architecture, input_size=[64, 64],
-                                      training={"recipe": {"mode": "frame", "margin": 0.2}}))
-    return path
+def model_file(tmp_path_factory, random_model):
+    """A small model with the auxiliary BI-RADS head and the recipe of a frame-mode training run."""
+    return random_model(tmp_path_factory.mktemp("model") / "model.safetensors", network={"aux_classes": {"birads": 4}},
+                        training={"recipe": {"mode": "frame", "margin": 0.2}})
 
 
 def evaluate(model_file, data, output, *extra):

@@ -50,16 +50,6 @@ class IntensityNet(nn.Module):
         return MFFMTOutput(class_logits, 40 * (x - 0.5), x[:, :, ::32, ::32], {})
 
 
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory):
-    """A small random-weight MFFMT18 model file with a 64x64 input."""
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "mffmt18.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=list(INPUT_SIZE)))
-    return path
-
-
 @pytest.fixture
 def predictor(model_path):
     """A predictor whose network is :class:`IntensityNet`."""
@@ -335,29 +325,30 @@ def test_segmentation_extent_and_an_empty_lesion(tmp_path):
     assert not segmentation["voxels"].any()
 
 
-def calibrated_model(tmp_path, **info) -> Predictor:
-    """A predictor over a model file carrying ``info`` (temperature, lesion rule), network IntensityNet."""
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path / "calibrated.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=list(INPUT_SIZE), **info))
-    predictor = Predictor(path)
-    predictor.model = IntensityNet()
-    return predictor
+@pytest.fixture
+def calibrated_model(random_model, tmp_path):
+    """Makes a predictor over a model file carrying ``info`` (temperature, lesion rule), network IntensityNet."""
+
+    def make(**info) -> Predictor:
+        predictor = Predictor(random_model(tmp_path / "calibrated.safetensors", **info))
+        predictor.model = IntensityNet()
+        return predictor
+
+    return make
 
 
-def test_temperature_from_the_model_file_softens_the_class_probabilities(predictor, tmp_path):
+def test_temperature_from_the_model_file_softens_the_class_probabilities(predictor, calibrated_model):
     frame = np.zeros((64, 64), dtype=np.float32)
     frame[:14] = 1.0  # mean ~0.22 after scaling -> malignant logit 20 * (0.22 - 0.15) ~ 1.4
     plain = predictor.predict(frame, imaging_region="none").frames[0].p_malignant
-    softened = calibrated_model(tmp_path, temperature=4.0).predict(frame, imaging_region="none").frames[0].p_malignant
+    softened = calibrated_model(temperature=4.0).predict(frame, imaging_region="none").frames[0].p_malignant
     logit = math.log(plain / (1 - plain))
     assert softened == pytest.approx(1 / (1 + math.exp(-logit / 4.0)), rel=1e-4)
     assert 0.5 < softened < plain
 
 
-def test_lesion_rule_from_the_model_file_decides_per_frame(tmp_path):
-    predictor = calibrated_model(tmp_path, lesion_decision={"min_peak": 0.9, "min_area_fraction": 0.05})
+def test_lesion_rule_from_the_model_file_decides_per_frame(calibrated_model):
+    predictor = calibrated_model(lesion_decision={"min_peak": 0.9, "min_area_fraction": 0.05})
     speck = np.zeros((100, 100), dtype=np.uint8)
     speck[10:13, 10:13] = 255  # 0.09% of the frame: a speck, not a lesion
     blob = np.zeros((100, 100), dtype=np.uint8)
@@ -371,12 +362,12 @@ def test_lesion_rule_from_the_model_file_decides_per_frame(tmp_path):
     assert result.clip.frames_with_lesion == 1 and result.clip.key_frame == 1
     # The decision survives a new threshold, and a plain model counts any lesion pixel.
     assert not result.with_threshold(0.3).frames[0].lesion_present
-    plain = calibrated_model(tmp_path).predict(speck, imaging_region="none").frames[0]
+    plain = calibrated_model().predict(speck, imaging_region="none").frames[0]
     assert plain.lesion_present and 0 < plain.lesion_area_px <= 16
 
 
-def test_lesion_rule_in_an_roi_is_relative_to_the_roi(tmp_path):
-    predictor = calibrated_model(tmp_path, lesion_decision={"min_peak": 0.5, "min_area_fraction": 0.05})
+def test_lesion_rule_in_an_roi_is_relative_to_the_roi(calibrated_model):
+    predictor = calibrated_model(lesion_decision={"min_peak": 0.5, "min_area_fraction": 0.05})
     frame = np.zeros((200, 200), dtype=np.uint8)
     frame[20:30, 20:30] = 255  # 100 px: 0.25% of the frame, 6% of a 40x40 ROI around it
     assert not predictor.predict(frame, imaging_region="none").frames[0].lesion_present
@@ -388,7 +379,7 @@ def test_lesion_rule_in_an_roi_is_relative_to_the_roi(tmp_path):
     ({"lesion_decision": {"min_peak": 2.0}}, "min_peak must be a number in"),
     ({"lesion_decision": {"area": 0.1}}, "unknown key"),
 ])
-def test_bad_calibration_is_never_written_into_a_model_file(tmp_path, info, message):
+def test_bad_calibration_is_never_written_into_a_model_file(calibrated_model, tmp_path, info, message):
     with pytest.raises(ValueError, match=message):
-        calibrated_model(tmp_path, **info)
+        calibrated_model(**info)
     assert not (tmp_path / "calibrated.safetensors").exists()

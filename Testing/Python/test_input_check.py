@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,19 +22,9 @@ from MFFMTCore.inference.input_check import (
 )
 from MFFMTCore.inference.overlay import _caption
 from MFFMTCore.inference.results_table import frame_rows
-from MFFMTCore.model_file import ModelInfo, load_model, save_model
-from MFFMTCore.network import MFFMT
+from MFFMTCore.model_file import load_model
 
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[SIZE, SIZE]))
-    return path
 
 
 def speckle(count: int, seed: int = 0) -> np.ndarray:
@@ -155,18 +144,15 @@ def test_feature_statistics_in_the_model_file_flag_unlike_frames(tmp_path, model
 
 
 @pytest.mark.slow
-def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(tmp_path):
+def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(random_model, tmp_path):
     from test_train_synthetic import write_dataset
 
     from MFFMTCore.cli import main
     from MFFMTCore.model_file import read_model_info
 
     datalist = write_dataset(tmp_path / "data", count=48)
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    model = tmp_path / "m.safetensors"
-    save_model(model, network, ModelInfo(architecture=network.architecture, input_size=[SIZE, SIZE],
-                                         training={"data": [str(datalist)], "split": {"val_fraction": 0.25, "seed": 0}}))
+    model = random_model(tmp_path / "m.safetensors", input_size=[SIZE, SIZE],
+                         training={"data": [str(datalist)], "split": {"val_fraction": 0.25, "seed": 0}})
     before = model.read_bytes()
     odd = tmp_path / "odd.png"
     from PIL import Image
@@ -189,18 +175,12 @@ def test_fit_input_check_uses_the_models_split_and_reports_false_alarms(tmp_path
 
 NON_BREAST = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_jpeg2k.dcm", "examples_rgb_color.dcm",
               "ExplVR_BigEnd.dcm"]
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    from MFFMTCore.model_file import default_model_path
-
-    if default_model_path() is None:
-        pytest.skip("no default model installed")
-    predictor = Predictor()
-    if predictor.input_statistics is None:
-        pytest.skip("the default model has no input-check statistics (run mffmt fit-input-check)")
+def shipped(default_model):
+    predictor = Predictor(default_model)
+    assert predictor.input_statistics is not None, f"{default_model}: the shipped model has no input-check statistics"
     return predictor
 
 
@@ -217,15 +197,10 @@ def test_shipped_model_flags_every_frame_of_the_real_non_breast_files(shipped, n
 
 
 @pytest.mark.realdata
-def test_shipped_model_passes_real_breast_images():
-    if not DATA.is_dir():
-        pytest.skip(f"{DATA} is absent")
-    from MFFMTCore.model_file import default_model_path
-
-    if default_model_path() is None or read_statistics(default_model_path()) is None:
-        pytest.skip("the default model has no input-check statistics")
-    predictor = Predictor()
-    images = sorted((DATA / "busbra" / "Images").glob("*.png"))[:3] + sorted((DATA / "busi" / "malignant").glob("*).png"))[:3]
+def test_shipped_model_passes_real_breast_images(shipped, shared_data):
+    predictor = shipped
+    images = sorted((shared_data / "busbra" / "Images").glob("*.png"))[:3] + sorted((shared_data / "busi" / "malignant").glob("*).png"))[:3]
+    assert len(images) == 6, shared_data
     for image in images:
         (frame,) = predictor.predict(image).frames
         assert not frame.input_check.flagged, (image, frame.input_check)

@@ -16,18 +16,12 @@ import numpy as np
 import pyigtl
 import pytest
 import SimpleITK as sitk
-from serving_helpers import SAMPLES, random_model
 
 from MFFMTCore.cli import main
 from MFFMTCore.commands.live import parse_address
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.serving.latest import LatestItems
 from MFFMTCore.serving.live import LiveSegmenter, frame_image
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return random_model(tmp_path_factory.mktemp("model") / "mffmt18.safetensors", 0)
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +106,9 @@ def oblique_matrix(spacing=(0.12, 0.08), origin=(10.0, -4.0, 30.0), angle=0.5) -
     return matrix
 
 
-def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometry(predictor):
+def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometry(predictor, sample_frames):
     with live_session(predictor) as (server, _):
-        for index, path in enumerate(SAMPLES):
+        for index, path in enumerate(sample_frames):
             pixels, timestamp = sample_frame(path), 1_700_000_000.25 + index
             matrix, system = oblique_matrix(), ("ras" if index % 2 else "lps")
             server.send_message(frame_message(pixels, timestamp, matrix, system))
@@ -141,8 +135,8 @@ def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometr
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_latest_frame_wins_and_dropped_frames_are_counted(predictor, workers):
-    frames = sample_frame(SAMPLES[0])
+def test_latest_frame_wins_and_dropped_frames_are_counted(predictor, workers, sample_frames):
+    frames = sample_frame(sample_frames[0])
     with live_session(predictor, workers=workers) as (server, live):
         for index in range(40):  # a burst, much faster than frames are segmented
             server.send_message(frame_message(frames, 100.0 + index), wait=False)
@@ -159,9 +153,9 @@ def test_latest_frame_wins_and_dropped_frames_are_counted(predictor, workers):
     assert summary["frames_received"] == 40 and summary["frames_dropped"] == dropped
 
 
-def test_reconnects_when_the_server_restarts(predictor):
+def test_reconnects_when_the_server_restarts(predictor, sample_frames):
     port = free_port()
-    pixels = sample_frame(SAMPLES[1])
+    pixels = sample_frame(sample_frames[1])
     live = LiveSegmenter(predictor, "127.0.0.1", port, log=lambda _: None)
     with running(live):
         with igtl_server(port) as server:
@@ -189,8 +183,8 @@ class BrokenImage(pyigtl.MessageBase):
         return b"\x00\x01 not an image"
 
 
-def test_malformed_zero_size_and_degenerate_frames_get_error_replies_and_the_stream_goes_on(predictor):
-    pixels = sample_frame(SAMPLES[2])
+def test_malformed_zero_size_and_degenerate_frames_get_error_replies_and_the_stream_goes_on(predictor, sample_frames):
+    pixels = sample_frame(sample_frames[2])
     with live_session(predictor) as (server, live):
         server.send_message(BrokenImage(1.0))
         assert "IMAGE message from 'Image_Reference'" in json.loads(server.wait_for_message("MFFMTResult", 20).string)["error"]
@@ -211,9 +205,9 @@ def test_malformed_zero_size_and_degenerate_frames_get_error_replies_and_the_str
     assert live.malformed == 1 and live.failed == 5 and live.segmented == 1
 
 
-def test_model_swap_is_refused_unless_allowed_and_then_applies_from_the_next_frame(predictor, model_path, tmp_path):
+def test_model_swap_is_refused_unless_allowed_and_then_applies_from_the_next_frame(predictor, model_path, random_model, sample_frames, tmp_path):
     other = random_model(tmp_path / "other.safetensors", 1)
-    pixels = sample_frame(SAMPLES[3])
+    pixels = sample_frame(sample_frames[3])
     for allowed in (False, True):
         with live_session(predictor, allow_model_swap=allowed) as (server, live):
             server.send_message(frame_message(pixels, 1.0))
@@ -232,9 +226,9 @@ def test_model_swap_is_refused_unless_allowed_and_then_applies_from_the_next_fra
 
 
 @pytest.mark.slow
-def test_mffmt_live_command_answers_and_stops_cleanly(model_path):
+def test_mffmt_live_command_answers_and_stops_cleanly(model_path, sample_frames):
     port = free_port()
-    pixels = sample_frame(SAMPLES[4])
+    pixels = sample_frame(sample_frames[4])
     with igtl_server(port) as server:
         process = subprocess.Popen(
             [sys.executable, "-m", "MFFMTCore", "live", "--igtl", f"127.0.0.1:{port}", "--model", str(model_path),

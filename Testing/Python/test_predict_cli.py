@@ -16,20 +16,6 @@ import torch
 
 from MFFMTCore import model_file
 from MFFMTCore.cli import main
-from MFFMTCore.model_file import ModelInfo, save_model
-from MFFMTCore.network import MFFMT
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A small random-weight MFFMT18 model file with a 64x64 input."""
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18")
-    path = tmp_path_factory.mktemp("model") / "mffmt18.safetensors"
-    save_model(path, network, ModelInfo(architecture=network.architecture, input_size=[64, 64]))
-    return path
 
 
 @pytest.fixture
@@ -186,10 +172,8 @@ def test_without_a_model_it_says_what_to_do(inputs, tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.realdata
-def test_two_real_busbra_images(model_path, tmp_path):
-    images = DATA / "busbra" / "Images"
-    if not images.is_dir():
-        pytest.skip(f"real data not found at {images}")
+def test_two_real_busbra_images(model_path, shared_data, tmp_path):
+    images = shared_data / "busbra" / "Images"
     files = [images / "bus_0001-l.png", images / "bus_0003-r.png"]
     output = tmp_path / "out"
     assert main(["predict", *map(str, files), "--output", str(output), "--model", str(model_path),

@@ -14,18 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import SAMPLES, random_model
 
 from MFFMTCore.cli import main
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.serving.client import RequestCancelledError, RequestError, WorkerClient, WorkerError
 from MFFMTCore.serving.protocol import ProtocolError, read_message, write_message
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return random_model(tmp_path_factory.mktemp("model") / "mffmt18.safetensors", 0)
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +90,15 @@ def test_segment_gives_what_the_predictor_gives(worker, model_path):
         assert reply.message["model"]["name"] == "seed0"
 
 
-def test_predict_writes_what_mffmt_predict_writes(worker, model_path, tmp_path):
+def test_predict_writes_what_mffmt_predict_writes(worker, model_path, sample_frames, tmp_path):
     events = []
-    reply = worker.predict(SAMPLES[:1] + [tmp_path / "missing.png"], tmp_path / "served", gradcam=True,
+    reply = worker.predict(sample_frames[:1] + [tmp_path / "missing.png"], tmp_path / "served", gradcam=True,
                            progress=events.append)
     assert (reply.message["done"], reply.message["failed"], reply.message["total"]) == (1, 1, 2)
     assert "missing.png: file not found" in reply.message["outcomes"][1]["error"]
     assert [event["done"] for event in events if "done" in event] == [1, 2]
     assert any("frames_done" in event for event in events)
-    assert main(["predict", str(SAMPLES[0]), str(tmp_path / "missing.png"), "--output", str(tmp_path / "cli"),
+    assert main(["predict", str(sample_frames[0]), str(tmp_path / "missing.png"), "--output", str(tmp_path / "cli"),
                  "--model", str(model_path), "--gradcam", "--progress", "none"]) == 1
     for name in ("bus_0012-r.seg.nrrd", "bus_0012-r_gradcam.nrrd", "bus_0012-r_overlay.png"):
         assert (tmp_path / "served" / name).is_file()
@@ -137,7 +131,7 @@ def test_bad_requests_get_error_replies_and_the_next_one_is_served(worker, tmp_p
         worker.process.stdin.write(b'{not json\n{"id": [1], "op": "info"}\n{"op": "info"}\n')
         worker.process.stdin.flush()
     reply = worker.segment(np.full((40, 48), 7, np.uint8))
-    assert reply.maps["label"].shape == (40, 48) and worker.alive()
+    assert reply.maps["label"].shape == (40, 48)  # answered: the worker outlived the garbage
 
 
 def test_a_running_request_is_cancelled_and_the_worker_goes_on(worker):
@@ -159,7 +153,7 @@ def test_a_running_request_is_cancelled_and_the_worker_goes_on(worker):
     assert worker.segment(np.full((40, 48), 7, np.uint8), timeout=120).rows[0]["frame"] == 0
 
 
-def test_load_swaps_the_model_between_requests_and_a_bad_model_keeps_the_old_one(model_path, tmp_path):
+def test_load_swaps_the_model_between_requests_and_a_bad_model_keeps_the_old_one(model_path, random_model, tmp_path):
     other = random_model(tmp_path / "other.safetensors", 1)
     (tmp_path / "broken.safetensors").write_bytes(b"not a model")
     frame = np.random.default_rng(3).integers(0, 255, (40, 60), dtype=np.uint8)

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
+from MFFMTSlicerLib import models
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-
-from MFFMTSlicerLib import models  # noqa: E402
-
-from MFFMTCore.base.model_metadata import read_safetensors_metadata  # noqa: E402
+from MFFMTCore.base.model_metadata import read_safetensors_metadata
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A real MFFMT model file written by MFFMTCore (a small MFFMT18 with sum fusion)."""
-    import torch
-
-    from MFFMTCore.model_file import ModelInfo, save_model
-    from MFFMTCore.network import MFFMT
-
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18", fusion="sum", decoder_channels=16)
-    info = ModelInfo(architecture=network.architecture, name="tiny", threshold=0.4,
-                     training={"epochs": 1, "data": ["samples.csv"]}, validation={"auc": 0.8125, "dice": 0.5})
-    return save_model(tmp_path_factory.mktemp("models") / "tiny.safetensors", network, info, half=True)
+def model_file(tmp_path_factory, random_model) -> Path:
+    """A real MFFMT model file written by MFFMTCore (a small MFFMT18 with sum fusion), half precision and
+    with training and validation metadata, as the shipped model is."""
+    return random_model(tmp_path_factory.mktemp("models") / "tiny.safetensors", half=True,
+                        network={"fusion": "sum", "decoder_channels": 16}, name="tiny", threshold=0.4,
+                        training={"epochs": 1, "data": ["samples.csv"]}, validation={"auc": 0.8125, "dice": 0.5})
 
 
 def _write_safetensors(path: Path, metadata: dict[str, str] | None) -> Path:

@@ -18,30 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from MFFMTSlicerLib import commands, models, progress, results, scene_data
+from MFFMTSlicerLib.process import BackgroundProcess
+from MFFMTSlicerLib.volumes import write_volume
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-
-from MFFMTSlicerLib import commands, models, progress, results, scene_data  # noqa: E402
-from MFFMTSlicerLib.process import BackgroundProcess  # noqa: E402
-from MFFMTSlicerLib.volumes import write_volume  # noqa: E402
-
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 600
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A real (untrained) MFFMT model file: enough to exercise every output of mffmt predict."""
-    import torch
-
-    from MFFMTCore.model_file import ModelInfo, save_model
-    from MFFMTCore.network import MFFMT
-
-    torch.manual_seed(0)
-    network = MFFMT(backbone="resnet18", fusion="sum", decoder_channels=16)
-    info = ModelInfo(architecture=network.architecture, input_size=[64, 64], threshold=0.5, name="pipeline test")
-    return save_model(tmp_path_factory.mktemp("model") / "pipeline.safetensors", network, info)
 
 
 def _run(args: list[str], until=None) -> tuple[BackgroundProcess, list[dict]]:
@@ -60,7 +43,7 @@ def _run(args: list[str], until=None) -> tuple[BackgroundProcess, list[dict]]:
     return process, events
 
 
-def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_file):
+def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_path):
     # A 2D frame as Slicer holds a PNG: one slice, IJK-to-RAS flipping i and j, here with 0.2 mm pixels.
     rng = np.random.default_rng(1)
     image = rng.integers(0, 80, (1, 48, 72)).astype(np.uint8)
@@ -69,7 +52,7 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_file):
     ijk_to_ras[:3, 3] = [30.0, 12.0, 0.0]
     input_path = write_volume(image, ijk_to_ras, tmp_path / "input.nrrd")
     output = tmp_path / "output"
-    args = commands.predict_command(sys.executable, [input_path], output, model=model_file, threshold=0.5,
+    args = commands.predict_command(sys.executable, [input_path], output, model=model_path, threshold=0.5,
                                     gradcam=True, roi=(10, 5, 50, 40), device="CPU")
     process, events = _run(args)
     assert process.returncode == 0, process.tail()
@@ -111,11 +94,11 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_file):
     assert table["P(malignant)"] == [row["p_malignant"]]
 
 
-def test_predict_reports_an_unreadable_input_in_its_row(tmp_path, model_file):
+def test_predict_reports_an_unreadable_input_in_its_row(tmp_path, model_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a picture")
     output = tmp_path / "output"
-    process, events = _run(commands.predict_command(sys.executable, [bad], output, model=model_file))
+    process, events = _run(commands.predict_command(sys.executable, [bad], output, model=model_path))
     assert process.returncode == 1
     assert events[0]["event"] == "progress" and "broken.png" in events[0]["error"]
     rows = results.read_results(output)
@@ -127,8 +110,7 @@ def _training_data(tmp_path: Path) -> list[Path]:
     from MFFMTCore.resources import sample_datalist
 
     samples = sample_datalist()
-    if not samples.is_file():
-        pytest.skip("the bundled sample images are missing")
+    assert samples.is_file(), f"{samples}: the bundled sample images are missing (MFFMTCore ships them)"
     rng = np.random.default_rng(2)
     scene = []
     for name, label in (("scene benign", "benign"), ("scene malignant", "malignant")):
@@ -140,7 +122,7 @@ def _training_data(tmp_path: Path) -> list[Path]:
     return [samples, export.datalist]
 
 
-def test_train_one_epoch_and_add_the_model_to_a_models_folder(tmp_path, model_file):
+def test_train_one_epoch_and_add_the_model_to_a_models_folder(tmp_path, model_path):
     run = tmp_path / "runs" / "first"
     args = commands.train_command(sys.executable, _training_data(tmp_path), run, backbone="resnet18", epochs=1,
                                   batch_size=2, val_fraction=0.34, input_size=64, learning_rate=1e-3,
@@ -158,14 +140,14 @@ def test_train_one_epoch_and_add_the_model_to_a_models_folder(tmp_path, model_fi
     assert [r.epoch for r in state.history] == [1] and math.isfinite(state.history[0].loss)
     assert tail.bad_lines == 0
 
-    registry = models.ModelRegistry(tmp_path / "models", default_model=model_file)
-    default_before = model_file.read_bytes()
+    registry = models.ModelRegistry(tmp_path / "models", default_model=model_path)
+    default_before = model_path.read_bytes()
     added = registry.add(run / "model.safetensors", "my retrained model")
     assert added.name == "my_retrained_model.safetensors"
     entries = registry.entries()
-    assert [e.path for e in entries] == [model_file, added] and entries[1].error is None
+    assert [e.path for e in entries] == [model_path, added] and entries[1].error is None
     assert entries[1].info["input_size"] == [64, 64] and entries[1].backbone == "resnet18"
-    assert model_file.read_bytes() == default_before  # the default model is only ever read
+    assert model_path.read_bytes() == default_before  # the default model is only ever read
 
 
 def test_train_stops_at_a_safe_point_when_the_stop_file_appears(tmp_path):

@@ -6,14 +6,9 @@ import os
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-
-from MFFMTSlicerLib.process import BackgroundProcess  # noqa: E402
+from MFFMTSlicerLib.process import BackgroundProcess
 
 
 def _python(code: str) -> list[str]:
