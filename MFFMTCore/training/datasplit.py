@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.run_folder import read_split
 from MFFMTCore.data import (
     DatasetError,
     SampleRecord,
@@ -22,7 +23,6 @@ from MFFMTCore.data import (
     split_by_group,
     summarize,
 )
-from MFFMTCore.data.split_file import read_split
 
 
 def read_records(paths: list[str]) -> tuple[list[SampleRecord], list[SampleRecord], list[SampleRecord]]:

@@ -28,7 +28,7 @@ from MFFMTCore.training.checkpoint import (
 from MFFMTCore.training.config import TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.optim import build_optimizer, lr_factor
 from MFFMTCore.training.progress import read_progress
-from MFFMTCore.training.trainer import Trainer, selection_score
+from MFFMTCore.training.trainer import TrainingRun, selection_score
 
 TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--no-progress-bar", "--val-fraction", "0.25"]
 
@@ -119,13 +119,13 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(datalist, tmp_path, ca
 
 
 def _stop_after_first_epoch(monkeypatch, run_dir):
-    original = Trainer._finish_epoch
+    original = TrainingRun._finish_epoch
 
     def finish_then_stop(self, epoch, *args, **kwargs):
         original(self, epoch, *args, **kwargs)
         (run_dir / "STOP").touch()
 
-    monkeypatch.setattr(Trainer, "_finish_epoch", finish_then_stop)
+    monkeypatch.setattr(TrainingRun, "_finish_epoch", finish_then_stop)
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(datalist, finished_run, tmp_path, monkeypatch):
