@@ -259,6 +259,10 @@ class TrainOptions:
                                range=NON_NEGATIVE)
     aux_weight: float = option(0.5, "weight of the auxiliary (BI-RADS) loss", "recipe", metavar="W",
                                range=NON_NEGATIVE)
+    label_smoothing: float = option(0.0, "label smoothing of the benign/malignant cross-entropy: the target "
+                                         "puts this share evenly on both classes (0.1 curbs over-confident "
+                                         "probabilities); 0 turns it off", "recipe", metavar="EPS",
+                                    range=Range(0, 1, high_open=True))
     seed: int = option(0, "seed of the split, initialisation and augmentation", "recipe")
     # run
     device: str = option("cpu", "cpu, or cuda (one GPU per process)", "run", choices=DEVICES)
@@ -307,9 +311,10 @@ TrainOptions.__doc__ += "\n\n    Args:\n" + "".join(f"        {name}: {declared.
 
 
 def option_table() -> str:
-    """The Markdown table of the options (README.md holds it; a test checks that it is current)."""
+    """The Markdown table of the options (README.md holds it; a test checks that it is current).
+    Options the command declares itself (shared with the other commands) are documented there."""
     lines = ["| Option | Values | Default | What it sets |", "| --- | --- | --- | --- |"]
-    for declared in OPTIONS.values():
+    for declared in (declared for declared in OPTIONS.values() if declared.command_line):
         flag = declared.flag if declared.kind is not bool else f"{declared.flag} / --no-{declared.flag[2:]}"
         lines.append(f"| `{flag}` | {declared.values_text()} | {declared.default_text()} | {declared.help} |")
     return "\n".join(lines) + "\n"

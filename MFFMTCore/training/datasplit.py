@@ -91,7 +91,8 @@ def restore_split(paths: list[str], split_path: str | os.PathLike) -> tuple[list
     """Read the datasets again and rebuild the split recorded in ``split_path``.
 
     Raises:
-        DatasetError: ``split.json`` is missing or damaged, or names images the datasets no longer hold.
+        MFFMTError: ``split.json`` is missing or damaged; DatasetError: it names images the datasets no
+            longer hold.
     """
     split_path = Path(split_path)
     split = read_split(split_path)

@@ -410,7 +410,9 @@ class Trainer:
         data = prepare_data(config, context, self.folder, self.resume, self.overwrite)
         loaders = make_loaders(config, context, data)
         networks = build_networks(config, context, data.train_records, checkpoint)
-        loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
+        loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight, config.label_smoothing)
+        # Validation measures the plain loss, so that val_loss compares across recipes.
+        val_loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
         batch_augment = ScannerAugment() if config.augment == "scanner" else None
         precision = config.precision
         if precision == "auto":
@@ -423,8 +425,8 @@ class Trainer:
             scheduler.load_state_dict(checkpoint["scheduler"])
             state = RunState.from_checkpoint(checkpoint)
             restore_rng_state(checkpoint["rng"])
-        return TrainingRun(config, context, self.folder, self.echo, data, loaders, networks, loss_fn, batch_augment,
-                           precision, optimizer, scheduler, state, resumed=checkpoint is not None,
+        return TrainingRun(config, context, self.folder, self.echo, data, loaders, networks, loss_fn, val_loss_fn,
+                           batch_augment, precision, optimizer, scheduler, state, resumed=checkpoint is not None,
                            threads=self.threads())
 
 
@@ -437,7 +439,8 @@ class TrainingRun:
         folder: the run folder.
         echo: where human-readable messages go (rank 0 only).
         data, loaders, networks: the run's data, loaders and network.
-        loss_fn: the joint loss.
+        loss_fn: the joint loss of the training steps.
+        val_loss_fn: the joint loss of validation (no label smoothing).
         batch_augment: the batch augmentation on the training device (``--augment scanner``), else None.
         precision: ``fp32`` or ``bf16`` (``auto`` resolved).
         optimizer, scheduler: over ``networks.bare``, restored on resume.
@@ -448,7 +451,7 @@ class TrainingRun:
 
     def __init__(self, config: TrainConfig, context: DistributedContext, folder: RunFolder,
                  echo: Callable[[str], None], data: RunData, loaders: Loaders, networks: Networks,
-                 loss_fn: MFFMTLoss, batch_augment: ScannerAugment | None, precision: str,
+                 loss_fn: MFFMTLoss, val_loss_fn: MFFMTLoss, batch_augment: ScannerAugment | None, precision: str,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, state: RunState,
                  resumed: bool, threads: int) -> None:
         self.config = config
@@ -459,6 +462,7 @@ class TrainingRun:
         self.loaders = loaders
         self.networks = networks
         self.loss_fn = loss_fn
+        self.val_loss_fn = val_loss_fn
         self.batch_augment = batch_augment
         self.precision = precision
         self.optimizer = optimizer
@@ -548,7 +552,7 @@ class TrainingRun:
     def _validate(self, stop: StopRequest) -> tuple[dict[str, Any], float, dict[str, float]] | None:
         """Validation on rank 0: (grouped report, loss, headline metrics), or None when stopped."""
         rows, val_loss = predict_rows(self.networks.bare, self.loaders.validation, self.context.device, threshold=0.5,
-                                      loss_fn=self.loss_fn, should_stop=stop.requested)
+                                      loss_fn=self.val_loss_fn, should_stop=stop.requested)
         if stop.requested():
             return None
         report = grouped_report(rows)

@@ -111,6 +111,27 @@ def test_module_loads_as_slicer_loads_it(env):
     assert slicer.vtkMRMLMarkupsROINode.__module__.startswith("slicer_core.MRMLCore")
 
 
+def test_training_parameters_are_options_within_their_declared_ranges(env):
+    import typing
+
+    from MFFMTSlicerLib.slicer_logic import TRAINING_PARAMETERS, MFFMTSlicerParameterNode, trainingOptions
+
+    from MFFMTCore.base.train_options import OPTIONS
+
+    assert TRAINING_PARAMETERS == {"backbone": "backbone", "epochs": "epochs", "lr": "lr", "lambdaLoc": "lambda_loc",
+                                   "batchSize": "batch_size", "valFraction": "val_fraction"}
+    hints = typing.get_type_hints(MFFMTSlicerParameterNode, include_extras=True)
+    for parameter, option in TRAINING_PARAMETERS.items():
+        values = {"Default": lambda detail: [detail.value], "Choice": lambda detail: list(detail.choices),
+                  "WithinRange": lambda detail: [detail.minimum, detail.maximum]}
+        for detail in hints[parameter].__metadata__:  # what the panel can hold, the option must accept
+            for value in values.get(type(detail).__name__, lambda _: [])(detail):
+                OPTIONS[option].check(value)
+    _, _, _, logic, _ = env
+    options = trainingOptions(logic.getParameterNode())
+    assert set(options) == set(TRAINING_PARAMETERS.values()) and options["backbone"] == "resnet18"
+
+
 def test_parameter_node_round_trip(env):
     scene, slicer, _, logic, _ = env
     parameters = logic.getParameterNode()
