@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,50 +41,23 @@ STOP_NAME = "STOP"
 RUN_FILES = (MODEL_NAME, CHECKPOINT_NAME, CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, CURVES_NAME)
 
 
-@dataclass(frozen=True)
 class RunFolder:
-    """The files of the training run in ``path``.
+    """The files of the training run in ``path`` (each attribute is the path of one file).
 
     Args:
         path: the run folder (``--output`` of ``mffmt train``).
     """
 
-    path: Path
-
     def __init__(self, path: str | os.PathLike) -> None:
-        object.__setattr__(self, "path", Path(path))
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG_NAME
-
-    @property
-    def split(self) -> Path:
-        return self.path / SPLIT_NAME
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT_NAME
-
-    @property
-    def model(self) -> Path:
-        return self.path / MODEL_NAME
-
-    @property
-    def history(self) -> Path:
-        return self.path / HISTORY_NAME
-
-    @property
-    def curves(self) -> Path:
-        return self.path / CURVES_NAME
-
-    @property
-    def progress(self) -> Path:
-        return self.path / PROGRESS_NAME
-
-    @property
-    def stop(self) -> Path:
-        return self.path / STOP_NAME
+        self.path = Path(path)
+        self.config = self.path / CONFIG_NAME
+        self.split = self.path / SPLIT_NAME
+        self.checkpoint = self.path / CHECKPOINT_NAME
+        self.model = self.path / MODEL_NAME
+        self.history = self.path / HISTORY_NAME
+        self.curves = self.path / CURVES_NAME
+        self.progress = self.path / PROGRESS_NAME
+        self.stop = self.path / STOP_NAME
 
     def earlier_run(self) -> list[str]:
         """The names of the :data:`RUN_FILES` the folder holds (empty: no earlier run)."""
