@@ -38,10 +38,11 @@ def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return kept.sum() / keep.sum().clamp(min=1)
 
 
-def _per_sample_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_sample_ce(logits: torch.Tensor, labels: torch.Tensor,
+                   label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     keep = labels >= 0
     # Missing labels (-1) are replaced by a valid index so cross-entropy stays finite; masked out after.
-    return F.cross_entropy(logits, labels.clamp(min=0), reduction="none"), keep
+    return F.cross_entropy(logits, labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing), keep
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -58,7 +59,8 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
 class MFFMTLoss(nn.Module):
     """``L = L_cls + lambda_loc * L_loc + seg_weight * L_seg + aux_weight * L_aux``.
 
-    - ``L_cls``: cross-entropy of the class logits over samples with ``label >= 0`` (eq. 29).
+    - ``L_cls``: cross-entropy of the class logits over samples with ``label >= 0`` (eq. 29), with
+      optional label smoothing (the target is ``1 - eps`` on the label plus ``eps / 2`` on each class).
     - ``L_loc``: BCE with logits between P_mask's logits and the mask area-downsampled to the coarse
       grid (soft targets) over samples with ``has_mask``, boxes included (eq. 30).
     - ``L_seg``: BCE + soft Dice of the full-resolution logits over samples with ``has_mask`` and not
@@ -69,13 +71,16 @@ class MFFMTLoss(nn.Module):
         lambda_loc: weight of ``L_loc`` (paper: 1.0 for ResNet18, 0.1 for ResNet50).
         seg_weight: weight of ``L_seg`` (0 for the paper-faithful recipe).
         aux_weight: weight of ``L_aux``.
+        label_smoothing: ``eps`` of ``L_cls``'s label smoothing in [0, 1); 0 is plain cross-entropy.
     """
 
-    def __init__(self, lambda_loc: float = 1.0, seg_weight: float = 1.0, aux_weight: float = 1.0) -> None:
+    def __init__(self, lambda_loc: float = 1.0, seg_weight: float = 1.0, aux_weight: float = 1.0,
+                 label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.lambda_loc = lambda_loc
         self.seg_weight = seg_weight
         self.aux_weight = aux_weight
+        self.label_smoothing = label_smoothing
 
     def forward(self, output: MFFMTOutput, target: dict) -> LossParts:
         """
@@ -86,7 +91,7 @@ class MFFMTLoss(nn.Module):
                 (B,) long with -1 = none.
         """
         labels = target["label"].to(output.class_logits.device).long()
-        ce, keep = _per_sample_ce(output.class_logits, labels)
+        ce, keep = _per_sample_ce(output.class_logits, labels, self.label_smoothing)
         loss_cls = masked_mean(ce, keep)
 
         has_mask = target["has_mask"].to(output.mask_logits.device).bool()

@@ -198,7 +198,7 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
             self.assertEqual(candidates[volume.GetID()], (segmentation, label))
         self.delayDisplay("Retraining one short epoch on the samples and two labelled scene volumes")
         trained = logic.train([datalist], modelName="self test", sceneItems=sceneItems, backbone="resnet18",
-                              epochs=1, batchSize=2, valFraction=0.4, inputSize=64, device="cpu")
+                              epochs=1, batch_size=2, val_fraction=0.4, input_size=64, device="cpu")
         self.assertEqual(trained.parent, logic.modelsFolder)
         self.assertEqual(trained.name, "self_test.safetensors")
         entry = logic.modelRegistry().find(trained)

@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import MFFMTCore
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.model_file import ModelInfo, save_model
 from MFFMTCore.network import MFFMT
 
@@ -118,7 +119,7 @@ def dataset(root: Path, labels: list[str | None], size: int = 72) -> Path:
 
 def edited_model(folder: Path, change) -> Path:
     """A copy of a model file with its header edited by hand (the checksum left as it was)."""
-    source = model(folder / "model.safetensors")
+    source = model(folder / "source_model.safetensors")
     with safe_open(str(source), framework="pt") as handle:
         metadata = dict(handle.metadata())
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
@@ -188,7 +189,7 @@ def resigned(tmp: Path):
     def change(metadata):
         info_edit(threshold=5.0)(metadata)
         if hasattr(model_file, "model_checksum"):  # format 2: the checksum covers the header
-            with safe_open(str(tmp / "model.safetensors"), framework="pt") as handle:
+            with safe_open(str(tmp / "source_model.safetensors"), framework="pt") as handle:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             metadata["sha256"] = model_file.model_checksum(tensors, metadata)
 
@@ -243,15 +244,15 @@ def overwrite_one(tmp: Path):
 
 @case("5. train --output holding an earlier run without checkpoint")
 def train_earlier(tmp: Path):
-    run = tmp / "run"
-    run.mkdir()
-    for name in ("model.safetensors", "config.json", "split.json"):
-        (run / name).write_text("earlier run")
+    run = RunFolder(tmp / "run")
+    run.path.mkdir()
+    earlier = (run.model, run.config, run.split)
+    for path in earlier:
+        path.write_text("earlier run")
     datalist = dataset(tmp / "data", ["benign", "malignant"] * 4)
-    result = mffmt("train", "--data", datalist, "--output", run, "--epochs", "1", *TINY, cwd=tmp)
-    kept = [name for name in ("model.safetensors", "config.json", "split.json")
-            if (run / name).read_bytes() == b"earlier run"]
-    return ("mffmt train --data DATA --output RUN (RUN holds model.safetensors, config.json, split.json)",
+    result = mffmt("train", "--data", datalist, "--output", run.path, "--epochs", "1", *TINY, cwd=tmp)
+    kept = [path.name for path in earlier if path.read_bytes() == b"earlier run"]
+    return (f"mffmt train --data DATA --output RUN (RUN holds {', '.join(path.name for path in earlier)})",
             f"{said(result)}; earlier files intact: {kept or 'none'}")
 
 
@@ -334,7 +335,7 @@ for title, labels in (("one class", ["benign"] * 8), ("no class labels", [None] 
         datalist = dataset(tmp / "data", labels)
         started = time.monotonic()
         result = mffmt("train", "--data", datalist, "--output", "run", "--epochs", "1", *TINY, cwd=tmp)
-        shipped = "model shipped" if (tmp / "run" / "model.safetensors").exists() else "no model"
+        shipped = "model shipped" if RunFolder(tmp / "run").model.exists() else "no model"
         return (f"mffmt train --data DATA({title}) --output run --epochs 1",
                 f"{said(result)}; {shipped}; {time.monotonic() - started:.0f} s")
     case(f"7c. training data with {title}")(one_class)

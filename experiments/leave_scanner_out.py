@@ -23,9 +23,12 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from MFFMTCore.base.choices import FUSION_CHOICES
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.data.records import SampleRecord
 from MFFMTCore.io import write_text_atomic
+from MFFMTCore.training.config import read_config_file
 
 
 def datalist_item(record: SampleRecord) -> dict:
@@ -45,14 +48,14 @@ def main() -> int:
     parser.add_argument("--run", required=True, help="finished run folder whose split.json and config.json to reuse")
     parser.add_argument("--scanner", required=True, help="scanner to leave out, as the dataset names it")
     parser.add_argument("--output", required=True, help="experiment folder")
-    parser.add_argument("--fusion", default="mff", choices=("mff", "sum", "concat"))
+    parser.add_argument("--fusion", default="mff", choices=FUSION_CHOICES)
     parser.add_argument("--input-size", default="160")
     parser.add_argument("--epochs", default="12")
     args = parser.parse_args()
 
-    run, output = Path(args.run), Path(args.output)
-    split = json.loads((run / "split.json").read_text())
-    config = json.loads((run / "config.json").read_text())
+    run, output = RunFolder(args.run), Path(args.output)
+    split = run.read_split()
+    config = read_config_file(run.config)
     records = [record for path in config["data"] for record in read_dataset(path)]
     side = {key: name for name in ("train", "validation") for key in split[name]}
     sections: dict[str, list[dict]] = {"training": [], "validation": [], "held_out": []}
@@ -70,13 +73,13 @@ def main() -> int:
     write_text_atomic(unseen, json.dumps({"validation": sections["held_out"]}, indent=1))
     print({key: len(value) for key, value in sections.items()}, flush=True)
 
-    train_dir = output / "run"
-    mffmt("train", "--data", str(seen), "--output", str(train_dir), "--preset", config["preset"],
+    train_dir = RunFolder(output / "run")
+    mffmt("train", "--data", str(seen), "--output", str(train_dir.path), "--preset", config["preset"],
           "--augment", config["augment"], "--fusion", args.fusion, "--input-size", args.input_size,
           "--epochs", args.epochs, "--seed", str(config["seed"]), "--no-progress-bar",
-          *(["--resume"] if (train_dir / "checkpoint.pt").exists() else []))
-    model = str(train_dir / "model.safetensors")
-    mffmt("evaluate", "--model", model, "--data", str(seen), "--split", str(train_dir / "split.json"),
+          *(["--resume"] if train_dir.checkpoint.exists() else []))
+    model = str(train_dir.model)
+    mffmt("evaluate", "--model", model, "--data", str(seen), "--split", str(train_dir.split),
           "--output", str(output / "eval_seen"), "--no-progress-bar")
     mffmt("evaluate", "--model", model, "--data", str(unseen), "--output", str(output / "eval_unseen"),
           "--no-progress-bar")

@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,10 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.evaluation.metrics import dice_score
 from MFFMTCore.inference import Predictor
 from MFFMTCore.io import read_mask
+from MFFMTCore.training.config import read_config_file
 
 
 def main() -> int:
@@ -34,10 +35,11 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="model file (default: the run's model.safetensors)")
     args = parser.parse_args()
 
-    config = json.loads((args.run / "config.json").read_text())
-    validation = set(json.loads((args.run / "split.json").read_text())["validation"])
+    run = RunFolder(args.run)
+    config = read_config_file(run.config)
+    validation = set(run.read_split()["validation"])
     records = [r for path in config["data"] for r in read_dataset(path) if record_key(r) in validation]
-    predictor = Predictor(args.model or args.run / "model.safetensors")
+    predictor = Predictor(args.model or run.model)
     dice, false_lesion = defaultdict(list), defaultdict(list)
     for record in tqdm(records, desc="native-resolution Dice", unit="image"):
         if not record.masks and record.label != "normal":

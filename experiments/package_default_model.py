@@ -20,14 +20,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.model_file import load_model, save_model
+from MFFMTCore.training.config import read_config_file
 
 KEYS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1", "dice", "false_lesion_rate")
 
 
-def evaluate(model: Path, run: Path, output: Path) -> dict:
-    config = json.loads((run / "config.json").read_text())
-    command = [sys.executable, "-m", "MFFMTCore", "evaluate", "--model", str(model), "--split", str(run / "split.json"),
+def evaluate(model: Path, run: RunFolder, output: Path) -> dict:
+    config = read_config_file(run.config)
+    command = [sys.executable, "-m", "MFFMTCore", "evaluate", "--model", str(model), "--split", str(run.split),
                "--output", str(output), "--no-progress-bar"]
     for path in config["data"]:
         command += ["--data", path]
@@ -43,13 +45,13 @@ def main() -> int:
     parser.add_argument("--name", default="MFFMT18 default (BUSI + BUS-BRA)")
     args = parser.parse_args()
 
-    model, info = load_model(args.run / "model.safetensors")
+    run = RunFolder(args.run)
+    model, info = load_model(run.model)
     info.name = args.name
     save_model(args.output, model, info, half=True)
-    full = evaluate(args.run / "model.safetensors", args.run, args.eval / "float32")
-    half = evaluate(args.output, args.run, args.eval / "float16")
-    sizes = {name: path.stat().st_size / 2**20 for name, path in
-             (("float32", args.run / "model.safetensors"), ("float16", args.output))}
+    full = evaluate(run.model, run, args.eval / "float32")
+    half = evaluate(args.output, run, args.eval / "float16")
+    sizes = {name: path.stat().st_size / 2**20 for name, path in (("float32", run.model), ("float16", args.output))}
     print(f"size: float32 {sizes['float32']:.1f} MiB, float16 {sizes['float16']:.1f} MiB")
     for group in ("overall", *sorted(full["datasets"])):
         a = full["overall"] if group == "overall" else full["datasets"][group]

@@ -1,7 +1,8 @@
 """The torch-free layer of MFFMTCore: what the network code and the Slicer module both need.
 
-Everything here imports only NumPy, SimpleITK and SciPy (never torch or MONAI), so that the Slicer
-module can use it in Slicer's own Python before the network's packages are installed:
+Everything here imports only NumPy, SimpleITK and SciPy, and of MFFMTCore only ``errors`` and ``io``
+(which import nothing above them; never torch or MONAI), so that the Slicer module can use it in
+Slicer's own Python before the network's packages are installed:
 
 - :mod:`~MFFMTCore.base.geometry`: image geometry, RAS/LPS, pixel area, which files record a spacing;
 - :mod:`~MFFMTCore.base.roi`: regions of interest in pixels and in physical space;
@@ -12,7 +13,11 @@ module can use it in Slicer's own Python before the network's packages are insta
 - :mod:`~MFFMTCore.base.model_metadata`: the model file's format and its metadata, read from the header;
 - :mod:`~MFFMTCore.base.labels`: class labels;
 - :mod:`~MFFMTCore.base.requirements`: the Python packages MFFMTCore needs;
-- :mod:`~MFFMTCore.base.jsonsafe`: values made fit for strict JSON.
+- :mod:`~MFFMTCore.base.jsonsafe`: values made fit for strict JSON;
+- :mod:`~MFFMTCore.base.choices`: the named choices (backbones, fusions, augmentations, ...);
+- :mod:`~MFFMTCore.base.presets`: the named training recipes;
+- :mod:`~MFFMTCore.base.train_options`: the options of ``mffmt train``, declared once;
+- :mod:`~MFFMTCore.base.run_folder`: a training run's folder, its files and their reading and writing.
 
 This file imports none of them.
 """

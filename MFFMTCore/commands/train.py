@@ -20,9 +20,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.data.transforms import AUGMENTATIONS
-from MFFMTCore.training.config import TrainConfig, merge_config, read_config_file
-from MFFMTCore.training.presets import PRESETS
+from MFFMTCore.base.run_folder import RunFolder
+from MFFMTCore.base.train_options import GROUPS, OPTIONS, Option
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.training.config import PATH_OPTIONS, TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.trainer import Trainer
 
 EXAMPLES = """examples:
@@ -37,79 +38,39 @@ Option values: preset < --config FILE.json (keys are the option names with under
 want to change needs to be given; a larger --epochs extends a run (the cosine schedule then stretches
 to the new length)."""
 
-PATH_OPTIONS = ("output", "init_model", "pretrained_backbone", "stop_file")
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train an MFFMT network (checkpoints, resume, cancel, progress as JSON lines)",
         description=__doc__.replace("``", ""), epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Every default is None: unset options do not override the config file or the preset.
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", action="append", metavar="PATH",
-                      help="BUSI or BUS-BRA folder, or datalist (.json/.csv); repeat for several")
-    data.add_argument("--output", metavar="RUN_DIR",
-                      help="run folder (created; an earlier run in it is refused without --resume or --overwrite)")
-    data.add_argument("--config", metavar="FILE.json", help="JSON file of option values")
-    data.add_argument("--val-fraction", type=float, metavar="F",
-                      help="share of near-duplicate groups / patients held out for validation (default 0.2)")
-    data.add_argument("--mode", choices=("frame", "lesion"),
-                      help="whole frames (default) or one crop per lesion box (the paper's protocol)")
-    data.add_argument("--margin", type=float, help="context margin of lesion crops, fraction of the box (0.2)")
-    data.add_argument("--input-size", type=int, metavar="S", help="network input side, multiple of 32")
-    data.add_argument("--augment", choices=AUGMENTATIONS,
-                      help="paper: random quarter turns and flips (default); lateral: left-right flips only; "
-                           "scanner: lateral flips plus crops, gain/TGC, speckle, blur and synthetic calipers")
-    data.add_argument("--num-workers", type=int, metavar="N", help="data-loading processes (default 0)")
-
-    network = parser.add_argument_group("network")
-    network.add_argument("--backbone", choices=("resnet18", "resnet50"), help="MFFMT18 (default) or MFFMT50")
-    network.add_argument("--fusion", choices=("mff", "sum", "concat"), help="mff (default) or an ablation")
-    network.add_argument("--ca", dest="use_ca", action=argparse.BooleanOptionalAction, help="coordinate attention")
-    network.add_argument("--cbam", dest="use_cbam", action=argparse.BooleanOptionalAction, help="CBAM")
-    network.add_argument("--decoder", action=argparse.BooleanOptionalAction,
-                         help="full-resolution lesion decoder (--no-decoder: the paper's upsampled P_mask)")
-    network.add_argument("--embed-dim", type=int, metavar="D", help="MFF token width (512 = the paper)")
-    network.add_argument("--mlp-ratio", type=float, metavar="R", help="MFF MLP width ratio (3.0 = the paper)")
-    network.add_argument("--aux", choices=("auto", "none"),
-                         help="auto: BI-RADS head when the data carries BI-RADS (default)")
-    network.add_argument("--init-model", metavar="MODEL", help="start from this model file (fine-tuning)")
-    network.add_argument("--pretrained-backbone", metavar="WEIGHTS",
-                         help="local torchvision ResNet weights for the backbone of a new network")
-
-    recipe = parser.add_argument_group("recipe (defaults from the preset)")
-    recipe.add_argument("--preset", choices=tuple(PRESETS),
-                        help="cpu: AdamW 1e-3, warm-up + cosine, batch 16, 30 epochs, bf16 where native "
-                             "(default); "
-                             "paper: Adam 1e-5, 200 epochs, batch 8")
-    recipe.add_argument("--epochs", type=int, metavar="N")
-    recipe.add_argument("--lr", type=float, metavar="LR", help="peak learning rate")
-    recipe.add_argument("--batch-size", type=int, metavar="B", help="samples per step (per process)")
-    recipe.add_argument("--optimizer", choices=("adam", "adamw"))
-    recipe.add_argument("--weight-decay", type=float, metavar="WD")
-    recipe.add_argument("--schedule", choices=("constant", "cosine"))
-    recipe.add_argument("--warmup-epochs", type=float, metavar="E")
-    recipe.add_argument("--grad-clip", type=float, metavar="NORM", help="gradient norm clip; 0 turns it off")
-    recipe.add_argument("--precision", choices=("fp32", "bf16", "auto"),
-                        help="bf16: bfloat16 autocast for the training forward pass (about twice as fast on "
-                             "CPUs with AVX512-BF16); auto: bf16 where native (cpu preset), else fp32")
-    recipe.add_argument("--lambda-loc", type=float, metavar="L", help="weight of L_loc (paper's lambda)")
-    recipe.add_argument("--seg-weight", type=float, metavar="W", help="weight of the segmentation loss (1.0)")
-    recipe.add_argument("--aux-weight", type=float, metavar="W", help="weight of the BI-RADS loss (0.5)")
-    recipe.add_argument("--seed", type=int, help="seed of split, initialisation and augmentation (0)")
-
-    run_group = parser.add_argument_group("run")
-    resume = run_group.add_mutually_exclusive_group()
+    groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
+    groups["data"].add_argument("--config", metavar="FILE.json", help="JSON file of option values")
+    for declared in OPTIONS.values():
+        if declared.command_line:
+            groups[declared.group].add_argument(declared.flag, **_argument(declared))
+    resume = groups["run"].add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoint.pt")
     resume.add_argument("--overwrite", action="store_true",
                         help="start a new run in RUN_DIR, deleting the earlier run's model, checkpoint, config, "
                              "split, history and curves (new progress events are appended)")
-    run_group.add_argument("--device", choices=("cpu", "cuda"))
-    run_group.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: available cores)")
-    run_group.add_argument("--stop-file", metavar="FILE", help="stop when this file appears (default RUN_DIR/STOP)")
-    run_group.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, help="tqdm bar (default on)")
+    groups["run"].add_argument("--progress-bar", action=argparse.BooleanOptionalAction, help="tqdm bar (default on)")
     parser.set_defaults(run=run)
+
+
+def _argument(declared: Option) -> dict[str, Any]:
+    """``add_argument``'s keywords for a declared option. Every default is None: an unset option does
+    not override the config file or the preset."""
+    default = declared.default_text()
+    keywords: dict[str, Any] = {"dest": declared.name, "default": None,
+                                "help": declared.help + (f" (default: {default})" if default != "-" else "")}
+    if declared.kind is bool:
+        keywords["action"] = argparse.BooleanOptionalAction
+    elif declared.kind is list:
+        keywords.update(action="append", metavar=declared.metavar)
+    else:
+        keywords.update(type=declared.kind, choices=declared.choices, metavar=declared.metavar)
+    return keywords
 
 
 def _absolute(values: dict[str, Any]) -> dict[str, Any]:
@@ -125,18 +86,17 @@ def _absolute(values: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The run's configuration from the saved run config (on --resume), --config and the command line."""
-    names = TrainConfig.__dataclass_fields__
-    given = _absolute({key: value for key, value in vars(args).items() if key in names and value is not None})
+    given = _absolute({key: value for key, value in vars(args).items() if key in OPTIONS and value is not None})
     from_file = read_config_file(args.config) if args.config else {}
     output = given.get("output") or from_file.get("output")
     if not output:
-        raise ValueError("no run folder: give --output RUN_DIR")
+        raise MFFMTError("--output", OPTIONS["output"].required)
     saved: dict[str, Any] = {}
     if args.resume:
-        saved_path = Path(output) / "config.json"
-        if not saved_path.is_file():
-            raise ValueError(f"{saved_path}: not found; is {output} a training run folder?")
-        saved = read_config_file(saved_path)
+        folder = RunFolder(output)
+        if not folder.config.is_file():
+            raise MFFMTError(folder.config, f"not found; is {output} a training run folder?")
+        saved = read_config_file(folder.config)
     return merge_config(saved, from_file, given)
 
 

@@ -15,10 +15,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from MFFMTCore.base.choices import SAMPLE_MODES
 from MFFMTCore.data.records import DatasetError, SampleRecord
 from MFFMTCore.io import ImageReadError, read_mask
-
-SAMPLE_MODES = ("frame", "lesion")
 
 
 def lesion_boxes(mask: np.ndarray, min_pixels: int = 16, min_fraction: float = 0.02) -> list[tuple[int, ...]]:

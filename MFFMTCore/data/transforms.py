@@ -27,6 +27,7 @@ from monai.transforms import (
 )
 from scipy import ndimage
 
+from MFFMTCore.base.choices import AUGMENTATIONS
 from MFFMTCore.data.records import DatasetError
 from MFFMTCore.io import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
 
@@ -170,11 +171,6 @@ def deterministic_transforms(size: Sequence[int] = DEFAULT_SIZE) -> list[MapTran
     return [LoadUltrasoundd("image"), *image_transforms(size)]
 
 
-#: ``scanner`` draws nothing per sample: the trainer applies :class:`MFFMTCore.data.augment.ScannerAugment`
-#: to whole batches on the training device.
-AUGMENTATIONS = ("paper", "lateral", "scanner")
-
-
 def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE, augment: str = "paper") -> list[MapTransform]:
     """Random flips (and quarter turns), one random draw shared by image and mask.
 
@@ -184,7 +180,8 @@ def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE, augment: str = "
         augment: ``"paper"``: random 90/180/270-degree rotation and horizontal and vertical flips, the
             recipe of Wei et al. 2024; ``"lateral"``: left-right flips only, which keep the depth axis
             (top = skin) where posterior acoustic shadowing, a malignancy cue, sits below the lesion;
-            ``"scanner"``: none here (see :data:`AUGMENTATIONS`).
+            ``"scanner"``: none here; the trainer applies
+            :class:`MFFMTCore.data.augment.ScannerAugment` to whole batches on the training device.
     """
     keys = ["image", "mask"]
     if augment not in AUGMENTATIONS:

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.run_folder import read_split
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
-from MFFMTCore.data.split_file import read_split
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from monai.networks.nets import ResNet
 
-# name: (block, blocks per layer, channels of F1..F4)
-BACKBONES: dict[str, tuple[str, list[int], tuple[int, int, int, int]]] = {
+# name (one of MFFMTCore.base.choices.BACKBONES): (block, blocks per layer, channels of F1..F4)
+BACKBONE_LAYOUTS: dict[str, tuple[str, list[int], tuple[int, int, int, int]]] = {
     "resnet18": ("basic", [2, 2, 2, 2], (64, 128, 256, 512)),
     "resnet50": ("bottleneck", [3, 4, 6, 3], (256, 512, 1024, 2048)),
 }
@@ -29,9 +29,9 @@ def make_backbone(name: str = "resnet18", in_channels: int = 1) -> ResNet:
         name: ``"resnet18"`` or ``"resnet50"``.
         in_channels: channels of the input image (1 for B-mode ultrasound).
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    block, layers, _ = BACKBONES[name]
+    if name not in BACKBONE_LAYOUTS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
+    block, layers, _ = BACKBONE_LAYOUTS[name]
     return ResNet(
         block=block,
         layers=layers,
@@ -47,9 +47,9 @@ def make_backbone(name: str = "resnet18", in_channels: int = 1) -> ResNet:
 
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
     """Channels of F1..F4 of the named backbone."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
-    return BACKBONES[name][2]
+    if name not in BACKBONE_LAYOUTS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
+    return BACKBONE_LAYOUTS[name][2]
 
 
 def backbone_features(backbone: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from MFFMTCore.base.choices import FUSION_CHOICES
 from MFFMTCore.network.backbone import backbone_channels, backbone_features, make_backbone
 from MFFMTCore.network.classifier import TokenClassifier
 from MFFMTCore.network.clep import CLEP
 from MFFMTCore.network.decoder import LesionDecoder
 from MFFMTCore.network.mff import MFF, ConcatFusion, SumFusion
 
-FUSION_CHOICES = ("mff", "sum", "concat")
 # Stride of F4 relative to the input: H and W must be multiples of it.
 OUTPUT_STRIDE = 32
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.run_folder import read_split
 from MFFMTCore.data import (
     DatasetError,
     SampleRecord,
@@ -22,7 +23,6 @@ from MFFMTCore.data import (
     split_by_group,
     summarize,
 )
-from MFFMTCore.data.split_file import read_split
 
 
 def read_records(paths: list[str]) -> tuple[list[SampleRecord], list[SampleRecord], list[SampleRecord]]:
@@ -91,7 +91,8 @@ def restore_split(paths: list[str], split_path: str | os.PathLike) -> tuple[list
     """Read the datasets again and rebuild the split recorded in ``split_path``.
 
     Raises:
-        DatasetError: ``split.json`` is missing or damaged, or names images the datasets no longer hold.
+        MFFMTError: ``split.json`` is missing or damaged; DatasetError: it names images the datasets no
+            longer hold.
     """
     split_path = Path(split_path)
     split = read_split(split_path)

@@ -1,16 +1,19 @@
 """The MFFMT trainer: epochs, validation, best model, checkpoints, progress, cancel and resume.
 
-One :class:`Trainer` runs one training run in its run folder ``RUN_DIR``:
-
-- ``model.safetensors``: the best model so far (by validation AUC), in the model-file format with a
-  complete :class:`MFFMTCore.model_file.ModelInfo`;
-- ``checkpoint.pt``: the state after the last finished epoch (model, optimiser, scheduler, best
-  model's scores, history, random generators), read with ``torch.load(weights_only=True)``;
-- ``progress.jsonl``, ``history.json``, ``training_curves.png``, ``split.json``, ``config.json``.
+One :class:`Trainer` runs one training run in its run folder ``RUN_DIR``
+(:class:`~MFFMTCore.base.run_folder.RunFolder` names and describes its files): the best model so far
+(by validation AUC), the checkpoint of the last finished epoch (model, optimiser, scheduler, best
+model's scores, history, random generators; read with ``torch.load(weights_only=True)``), the
+progress events, history, curves, split and configuration.
 
 Every file is written atomically, so a hard kill at any moment leaves the previous version intact.
 SIGINT, SIGTERM or the stop file stop training before the next step: the unfinished epoch is
 dropped (``--resume`` redoes it) and the files stay as the last finished epoch left them.
+
+Construction is explicit and ordered: :meth:`Trainer.run` checks and locks the folder, then builds
+the run's parts in turn (:func:`prepare_data` -> :func:`make_loaders` -> :func:`build_networks` ->
+optimiser and schedule -> :class:`RunState`, from the checkpoint on resume), each a value passed to
+the next, and hands them to :class:`TrainingRun`, which runs the epochs.
 
 Selection of the best model: the highest validation AUC; equal or undefined AUCs (a validation set
 without both classes) fall back to the higher validation Dice, then the lower validation loss.
@@ -23,27 +26,28 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import BIRADS_CLASSES, MFFMTDataset, make_samples, summarize
 from MFFMTCore.data.augment import ScannerAugment
 from MFFMTCore.data.records import DatasetError, SampleRecord, label_index
-from MFFMTCore.data.split_file import write_split
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_training_curves
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.folder_lock import FolderLock
-from MFFMTCore.io import remove_temporaries, write_json_atomic, write_text_atomic
+from MFFMTCore.io import remove_temporaries
 from MFFMTCore.losses import MFFMTLoss
 from MFFMTCore.model_file import ModelInfo, load_model, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput, load_torchvision_weights
@@ -59,12 +63,6 @@ from MFFMTCore.training.distributed import DistributedContext, available_cores
 from MFFMTCore.training.optim import build_optimizer, build_scheduler
 from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar
 
-MODEL_NAME = "model.safetensors"
-CHECKPOINT_NAME = "checkpoint.pt"
-PROGRESS_NAME = "progress.jsonl"
-#: The files that show a folder holds an earlier run, and that overwrite removes. The progress file is
-#: not one: alone it may be a run that stopped at a data error, and a new run appends to it.
-RUN_FILES = (MODEL_NAME, CHECKPOINT_NAME, "config.json", "split.json", "history.json", "training_curves.png")
 #: Fewest training images of each class (benign, malignant) a run starts with.
 MIN_CLASS_SAMPLES = 2
 LOSS_KEYS = ("loss", "loss_cls", "loss_loc", "loss_seg", "loss_aux")
@@ -142,15 +140,194 @@ class StopRequest:
         return self.reason is not None
 
 
+# ------------------------------------------------------------------------------------- the parts
+@dataclass
+class RunData:
+    """The records and datasets of a run, and the split that fixes them.
+
+    Args:
+        split: the content of ``split.json``.
+        train_records, val_records: the records of each side.
+        train_set: the training samples (every process).
+        val_set: the validation samples, on the process that validates (rank 0); None elsewhere.
+    """
+
+    split: dict[str, Any]
+    train_records: list[SampleRecord]
+    val_records: list[SampleRecord]
+    train_set: MFFMTDataset
+    val_set: MFFMTDataset | None
+
+
+@dataclass
+class Loaders:
+    """The data loaders of a run.
+
+    Args:
+        train: the training batches.
+        validation: the validation batches on rank 0; None elsewhere.
+        sampler: the distributed sampler of ``train`` under torchrun (its epoch is set each epoch), else None.
+        steps_per_epoch: optimisation steps per epoch.
+    """
+
+    train: DataLoader
+    validation: DataLoader | None
+    sampler: DistributedSampler | None
+    steps_per_epoch: int
+
+
+@dataclass
+class Networks:
+    """The network being trained, bare and as the training step calls it.
+
+    Args:
+        bare: the network itself: its weights and architecture are what is saved, validated and
+            given to the optimiser.
+        trained: what the training forward pass calls: ``bare`` wrapped in DistributedDataParallel
+            under torchrun (it averages the gradients across processes), else ``bare`` itself.
+        init_message: where the initial weights came from, for the start message.
+    """
+
+    bare: MFFMT
+    trained: nn.Module
+    init_message: str
+
+
+@dataclass
+class RunState:
+    """Where the run stands: what a checkpoint carries besides weights, optimiser and schedule.
+
+    Args:
+        start_epoch: the last finished epoch (0 for a new run).
+        global_step: optimisation steps taken.
+        history: one entry per finished epoch (``history.json``).
+        best: the best epoch so far: ``score`` (see :func:`selection_score`, None before the first),
+            ``epoch`` and ``metrics``.
+    """
+
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": None})
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
+        best = dict(checkpoint["best"])
+        best["score"] = selection_score(best["metrics"]) if best.get("metrics") else None
+        return cls(int(checkpoint["epoch"]), int(checkpoint["global_step"]), list(checkpoint["history"]), best)
+
+
+def check_classes(config: TrainConfig, train: list[SampleRecord], validation: list[SampleRecord]) -> None:
+    """Refuse data that cannot teach or measure benign against malignant, before any slow step."""
+    for part, records, least in (("training", train, MIN_CLASS_SAMPLES), ("validation", validation, 1)):
+        counts = {name: sum(label_index(record.label) == index for record in records)
+                  for name, index in (("benign", 0), ("malignant", 1))}
+        if part == "validation" and not records:
+            continue  # no validation part was asked for (--val-fraction 0)
+        if min(counts.values()) < least:
+            raise DatasetError(", ".join(config.data),
+                               f"the {part} part holds {counts['benign']} benign and {counts['malignant']} "
+                               f"malignant image(s); at least {least} of each are needed "
+                               "(a model trained or validated on one class cannot be trusted)")
+
+
+def prepare_data(config: TrainConfig, context: DistributedContext, folder: RunFolder, resume: bool,
+                 overwrite: bool) -> RunData:
+    """Read and split the data (or restore the run's split), check it, then write the run's config
+    and split (rank 0; with ``overwrite``, only now that the new data is known to be usable, the
+    earlier run's files go) and cache the samples."""
+    if resume:
+        train, val, split = restore_split(config.data, folder.split)
+    else:
+        train, val, split = plan_split(config.data, config.val_fraction, config.seed)
+    check_classes(config, train, val)
+    if context.is_main:
+        if overwrite:
+            folder.remove_earlier_run()
+        folder.write_config(config)
+    size = (config.input_size, config.input_size)
+    show = config.progress_bar and context.is_main
+    train_set = MFFMTDataset(make_samples(train, config.mode, config.margin, progress=show), train=True,
+                             size=size, augment=config.augment)
+    train_set.build_cache(progress=show)
+    val_set = MFFMTDataset(make_samples(val, config.mode, config.margin, progress=show), train=False,
+                           size=size) if context.is_main else None
+    if val_set is not None:
+        val_set.build_cache(progress=show)
+    if context.is_main and not resume:
+        folder.write_split(split)
+    return RunData(split, train, val, train_set, val_set)
+
+
+def make_loaders(config: TrainConfig, context: DistributedContext, data: RunData) -> Loaders:
+    """The training loader (this process's share under torchrun) and rank 0's validation loader."""
+    per_rank = math.ceil(len(data.train_set) / context.world_size)
+    if per_rank < 2:
+        raise DatasetError(", ".join(config.data), f"too few training samples ({len(data.train_set)}) for "
+                                                   f"{context.world_size} process(es); batch normalisation "
+                                                   "needs 2 per step")
+    # A last batch of one sample would break batch normalisation: drop only that case.
+    drop_last = per_rank % config.batch_size == 1
+    sampler = (DistributedSampler(data.train_set, context.world_size, context.rank, shuffle=True,
+                                  seed=config.seed, drop_last=False) if context.enabled else None)
+    pin = context.device.type == "cuda"
+    train = DataLoader(data.train_set, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                       num_workers=config.num_workers, drop_last=drop_last, pin_memory=pin,
+                       persistent_workers=config.num_workers > 0)
+    validation = None if data.val_set is None else DataLoader(
+        data.val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
+        pin_memory=pin, persistent_workers=config.num_workers > 0)
+    return Loaders(train, validation, sampler, len(train))
+
+
+def build_networks(config: TrainConfig, context: DistributedContext, train_records: list[SampleRecord],
+                   checkpoint: dict[str, Any] | None) -> Networks:
+    """The network: from the checkpoint on resume, else from ``init_model``, the pretrained backbone
+    or random initialisation (seeded), on the training device and wrapped for torchrun."""
+    source = load_model(config.init_model)[0] if config.init_model and checkpoint is None else None
+    aux = {} if config.aux == "none" or not any(record.birads for record in train_records) else \
+        {"birads": len(BIRADS_CLASSES)}
+    if checkpoint is not None:
+        architecture = checkpoint["architecture"]
+    elif source is not None:
+        architecture = {**source.architecture, "aux_classes": aux}
+    else:
+        architecture = config.architecture(aux)
+    torch.manual_seed(config.seed)
+    network = MFFMT(**architecture)
+    init_message = "random initialisation"
+    if checkpoint is not None:
+        network.load_state_dict(checkpoint["model"])
+    elif source is not None:
+        init_message = load_fitting_weights(network, source) + f" from {config.init_model}"
+    elif config.pretrained_backbone:
+        load_torchvision_weights(network.backbone, config.pretrained_backbone)
+        init_message = f"backbone initialised from {config.pretrained_backbone}"
+    bare = network.to(context.device)
+    trained = (DistributedDataParallel(bare, device_ids=[context.device.index] if context.device.type == "cuda"
+                                       else None) if context.enabled else bare)
+    return Networks(bare, trained, init_message)
+
+
+def load_fitting_weights(network: MFFMT, source: MFFMT) -> str:
+    """Copy every tensor of ``source`` that fits (new auxiliary heads start fresh); say how many."""
+    reference = network.state_dict()
+    fitting = {name: tensor for name, tensor in source.state_dict().items()
+               if name in reference and reference[name].shape == tensor.shape}
+    network.load_state_dict(fitting, strict=False)
+    return f"{len(fitting)} of {len(reference)} tensors initialised"
+
+
+# ------------------------------------------------------------------------------------- the trainer
 class Trainer:
     """Train an MFFMT network as ``config`` says.
 
     Args:
         config: the run's configuration (its preset values are filled in here).
-        resume: continue the run in ``config.output`` from its ``checkpoint.pt``.
+        resume: continue the run in ``config.output`` from its checkpoint.
         overwrite: start a new run in a folder holding an earlier one, deleting its files
-            (:data:`RUN_FILES`) once the new run's data has passed its checks. Without it (or
-            ``resume``) such a folder is refused.
+            (:data:`~MFFMTCore.base.run_folder.RUN_FILES`) once the new run's data has passed its
+            checks. Without it (or ``resume``) such a folder is refused.
         echo: where human-readable messages go (rank 0 only).
     """
 
@@ -161,163 +338,158 @@ class Trainer:
         self.config = config.resolved()
         self.resume = resume
         self.overwrite = overwrite
-        self.run_dir = Path(self.config.output)
+        self.folder = RunFolder(self.config.output)
         self.context = DistributedContext(self.config.device)
         self._echo = echo
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"score": None, "epoch": None}
-        self.start_epoch = 0
-        self.global_step = 0
 
-    # ----------------------------------------------------------------- helpers
     def echo(self, message: str) -> None:
         if self.context.is_main:
             self._echo(message)
 
-    def _threads(self) -> int:
+    def threads(self) -> int:
+        """CPU threads of this process: the option, else its share of the available cores."""
         if self.config.threads:
             return self.config.threads
         return max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
-    # ------------------------------------------------------------------ set-up
     def _check_run_dir(self) -> None:
         """Refuse a folder that is a file, or that holds an earlier run (unless resume or overwrite)."""
-        checkpoint = self.run_dir / CHECKPOINT_NAME
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise MFFMTError(self.run_dir, "is a file, not a folder; --output must name a run folder")
-        if self.resume and not checkpoint.is_file():
-            raise MFFMTError(checkpoint, "checkpoint not found, nothing to resume (start a new run without --resume)")
-        earlier = [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        path = self.folder.path
+        if path.exists() and not path.is_dir():
+            raise MFFMTError(path, "is a file, not a folder; --output must name a run folder")
+        if self.resume and not self.folder.checkpoint.is_file():
+            raise MFFMTError(self.folder.checkpoint,
+                             "checkpoint not found, nothing to resume (start a new run without --resume)")
+        earlier = self.folder.earlier_run()
         # Every process looks before any writes: the collective in any() waits for all of them.
         if self.context.any(bool(earlier) and not self.resume and not self.overwrite):
-            raise MFFMTError(self.run_dir, f"already holds a training run ({', '.join(earlier)}); continue it "
-                                           "with --resume, replace it with --overwrite, or choose another --output")
+            raise MFFMTError(path, f"already holds a training run ({', '.join(earlier)}); continue it "
+                                   "with --resume, replace it with --overwrite, or choose another --output")
 
-    def _check_classes(self, train: list[SampleRecord], validation: list[SampleRecord]) -> None:
-        """Refuse data that cannot teach or measure benign against malignant, before any slow step."""
-        for part, records, least in (("training", train, MIN_CLASS_SAMPLES), ("validation", validation, 1)):
-            counts = {name: sum(label_index(record.label) == index for record in records)
-                      for name, index in (("benign", 0), ("malignant", 1))}
-            if part == "validation" and not records:
-                continue  # no validation part was asked for (--val-fraction 0)
-            if min(counts.values()) < least:
-                raise DatasetError(", ".join(self.config.data),
-                                   f"the {part} part holds {counts['benign']} benign and {counts['malignant']} "
-                                   f"malignant image(s); at least {least} of each are needed "
-                                   "(a model trained or validated on one class cannot be trusted)")
+    def run(self) -> str:
+        """Train until the last epoch or a stop request.
 
-    def _prepare_data(self) -> None:
-        config = self.config
-        split_path = self.run_dir / "split.json"
-        if self.resume:
-            train, val, self.split = restore_split(config.data, split_path)
-        else:
-            train, val, self.split = plan_split(config.data, config.val_fraction, config.seed)
-        self._check_classes(train, val)
-        if self.context.is_main:
-            if self.overwrite:  # only now that the new run's data is known to be usable
-                for name in RUN_FILES:
-                    (self.run_dir / name).unlink(missing_ok=True)
-            write_text_atomic(self.run_dir / "config.json", config.to_json() + "\n")
-        self.train_records, self.val_records = train, val
-        size = (config.input_size, config.input_size)
-        show = config.progress_bar and self.context.is_main
-        self.train_set = MFFMTDataset(make_samples(train, config.mode, config.margin, progress=show), train=True,
-                                      size=size, augment=config.augment)
-        self.train_set.build_cache(progress=show)
-        self.val_set = MFFMTDataset(make_samples(val, config.mode, config.margin, progress=show), train=False,
-                                    size=size) if self.context.is_main else None
-        if self.val_set is not None:
-            self.val_set.build_cache(progress=show)
-        if self.context.is_main and not self.resume:
-            write_split(split_path, self.split)
-
-    def _loaders(self) -> None:
+        Returns:
+            ``"done"`` or ``"cancelled"``.
+        """
         config, context = self.config, self.context
-        per_rank = math.ceil(len(self.train_set) / context.world_size)
-        if per_rank < 2:
-            raise DatasetError(", ".join(config.data), f"too few training samples ({len(self.train_set)}) for "
-                                                       f"{context.world_size} process(es); batch normalisation "
-                                                       "needs 2 per step")
-        # A last batch of one sample would break batch normalisation: drop only that case.
-        drop_last = per_rank % config.batch_size == 1
-        self.sampler = (DistributedSampler(self.train_set, context.world_size, context.rank, shuffle=True,
-                                           seed=config.seed, drop_last=False) if context.enabled else None)
-        pin = context.device.type == "cuda"
-        self.train_loader = DataLoader(
-            self.train_set, batch_size=config.batch_size, shuffle=self.sampler is None, sampler=self.sampler,
-            num_workers=config.num_workers, drop_last=drop_last, pin_memory=pin,
-            persistent_workers=config.num_workers > 0)
-        self.val_loader = None if self.val_set is None else DataLoader(
-            self.val_set, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
-            pin_memory=pin, persistent_workers=config.num_workers > 0)
-        self.steps_per_epoch = len(self.train_loader)
+        lock = FolderLock(self.folder.path, "mffmt train")
+        try:
+            self._check_run_dir()
+            problem: Exception | None = None
+            if context.is_main:
+                try:
+                    lock.acquire()
+                    remove_temporaries(self.folder.path)  # of a save that a kill interrupted
+                except (MFFMTError, OSError) as error:
+                    problem = error
+            if context.any(problem is not None):  # every process stops, not only the one that saw it
+                raise problem or MFFMTError(self.folder.path, "the main process cannot use this run folder")
+        except BaseException:
+            lock.release()
+            context.close()
+            raise
+        torch.set_num_threads(self.threads())
+        log = ProgressLog(self.folder.progress if context.is_main else None)
+        stop_file = Path(config.stop_file) if config.stop_file else self.folder.stop
+        try:
+            with StopRequest(stop_file, self.echo) as stop:
+                return self._build().train(stop, log)
+        except BaseException as error:
+            log.event("error", message=f"{type(error).__name__}: {error}")
+            raise
+        finally:
+            log.close()
+            lock.release()
+            context.close()
 
-    def _aux_classes(self) -> dict[str, int]:
-        if self.config.aux == "none" or not any(record.birads for record in self.train_records):
-            return {}
-        return {"birads": len(BIRADS_CLASSES)}
-
-    def _build_model(self, checkpoint: dict[str, Any] | None) -> None:
-        config = self.config
-        source = load_model(config.init_model)[0] if config.init_model and checkpoint is None else None
+    def _build(self) -> TrainingRun:
+        """The run's parts, each built from the ones before it, in this order."""
+        config, context = self.config, self.context
+        checkpoint = load_checkpoint(self.folder.checkpoint) if self.resume else None
+        data = prepare_data(config, context, self.folder, self.resume, self.overwrite)
+        loaders = make_loaders(config, context, data)
+        networks = build_networks(config, context, data.train_records, checkpoint)
+        loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight, config.label_smoothing)
+        # Validation measures the plain loss, so that val_loss compares across recipes.
+        val_loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
+        batch_augment = ScannerAugment() if config.augment == "scanner" else None
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if native_bf16(context.device) else "fp32"
+        optimizer = build_optimizer(networks.bare, config)
+        scheduler = build_scheduler(optimizer, config, loaders.steps_per_epoch)
+        state = RunState()
         if checkpoint is not None:
-            architecture = checkpoint["architecture"]
-        elif source is not None:
-            architecture = {**source.architecture, "aux_classes": self._aux_classes()}
-        else:
-            architecture = config.architecture(self._aux_classes())
-        torch.manual_seed(config.seed)
-        model = MFFMT(**architecture)
-        self.init_message = "random initialisation"
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-        elif source is not None:
-            self.init_message = self._load_init_weights(model, source)
-        elif config.pretrained_backbone:
-            load_torchvision_weights(model.backbone, config.pretrained_backbone)
-            self.init_message = f"backbone initialised from {config.pretrained_backbone}"
-        self.network = model.to(self.context.device)
-        self.model = (DistributedDataParallel(self.network, device_ids=[self.context.device.index]
-                                              if self.context.device.type == "cuda" else None)
-                      if self.context.enabled else self.network)
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            state = RunState.from_checkpoint(checkpoint)
+            restore_rng_state(checkpoint["rng"])
+        return TrainingRun(config, context, self.folder, self.echo, data, loaders, networks, loss_fn, val_loss_fn,
+                           batch_augment, precision, optimizer, scheduler, state, resumed=checkpoint is not None,
+                           threads=self.threads())
 
-    def _load_init_weights(self, model: MFFMT, source: MFFMT) -> str:
-        """Copy every tensor of ``source`` that fits (new auxiliary heads start fresh); say how many."""
-        reference = model.state_dict()
-        fitting = {name: tensor for name, tensor in source.state_dict().items()
-                   if name in reference and reference[name].shape == tensor.shape}
-        model.load_state_dict(fitting, strict=False)
-        return f"{len(fitting)} of {len(reference)} tensors initialised from {self.config.init_model}"
+
+class TrainingRun:
+    """The epochs of one run, from its built parts (see :meth:`Trainer._build`).
+
+    Args:
+        config: the resolved configuration.
+        context: this process's place among the training processes.
+        folder: the run folder.
+        echo: where human-readable messages go (rank 0 only).
+        data, loaders, networks: the run's data, loaders and network.
+        loss_fn: the joint loss of the training steps.
+        val_loss_fn: the joint loss of validation (no label smoothing).
+        batch_augment: the batch augmentation on the training device (``--augment scanner``), else None.
+        precision: ``fp32`` or ``bf16`` (``auto`` resolved).
+        optimizer, scheduler: over ``networks.bare``, restored on resume.
+        state: where the run stands (restored on resume); updated as epochs finish.
+        resumed: the parts come from a checkpoint.
+        threads: CPU threads of this process (for the start message).
+    """
+
+    def __init__(self, config: TrainConfig, context: DistributedContext, folder: RunFolder,
+                 echo: Callable[[str], None], data: RunData, loaders: Loaders, networks: Networks,
+                 loss_fn: MFFMTLoss, val_loss_fn: MFFMTLoss, batch_augment: ScannerAugment | None, precision: str,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, state: RunState,
+                 resumed: bool, threads: int) -> None:
+        self.config = config
+        self.context = context
+        self.folder = folder
+        self.echo = echo
+        self.data = data
+        self.loaders = loaders
+        self.networks = networks
+        self.loss_fn = loss_fn
+        self.val_loss_fn = val_loss_fn
+        self.batch_augment = batch_augment
+        self.precision = precision
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.state = state
+        self.resumed = resumed
+        self.threads = threads
 
     # ------------------------------------------------------------------- state
     def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        bare, state = self.networks.bare, self.state
         return {
-            "epoch": epoch, "global_step": self.global_step, "architecture": self.network.architecture,
-            "model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch, "global_step": state.global_step, "architecture": bare.architecture,
+            "model": bare.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "best": {key: value for key, value in self.best.items() if key != "score"},
-            "history": self.history, "rng": capture_rng_state(), "config": asdict(self.config),
+            "best": {key: value for key, value in state.best.items() if key != "score"},
+            "history": state.history, "rng": capture_rng_state(), "config": asdict(self.config),
         }
-
-    def _restore(self, checkpoint: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.start_epoch = int(checkpoint["epoch"])
-        self.global_step = int(checkpoint["global_step"])
-        self.history = list(checkpoint["history"])
-        self.best = dict(checkpoint["best"])
-        self.best["score"] = selection_score(self.best["metrics"]) if self.best.get("metrics") else None
-        restore_rng_state(checkpoint["rng"])
 
     def model_info(self, epoch: int, report: dict[str, Any], val_loss: float) -> ModelInfo:
         """The metadata written with the best model."""
-        config = self.config
+        config, data, bare = self.config, self.data, self.networks.bare
         recipe = {key: value for key, value in asdict(config).items()
                   if key not in ("data", "output", "stop_file", "progress_bar", "num_workers", "threads")}
-        backbone = self.network.architecture["backbone"]
+        backbone = bare.architecture["backbone"]
         return ModelInfo(
-            architecture=self.network.architecture,
+            architecture=bare.architecture,
             class_names=["benign", "malignant"],
             input_size=[config.input_size, config.input_size],
             intensity="minmax",
@@ -325,10 +497,10 @@ class Trainer:
             name=f"MFFMT{backbone.removeprefix('resnet')}",
             training=json_safe({
                 "data": [str(path) for path in config.data],
-                "data_summary": {"train": summarize(self.train_records), "validation": summarize(self.val_records)},
+                "data_summary": {"train": summarize(data.train_records), "validation": summarize(data.val_records)},
                 "recipe": recipe,
-                "split": {key: value for key, value in self.split.items() if key not in ("train", "validation")},
-                "samples": {"train": len(self.train_set), "validation": len(self.val_set)},
+                "split": {key: value for key, value in data.split.items() if key not in ("train", "validation")},
+                "samples": {"train": len(data.train_set), "validation": len(data.val_set)},
                 "epoch": epoch, "epochs": config.epochs, "processes": self.context.world_size,
                 "precision": self.precision,
             }),
@@ -338,49 +510,49 @@ class Trainer:
     # -------------------------------------------------------------- the loops
     def _train_epoch(self, epoch: int, stop: StopRequest, log: ProgressLog, eta: EtaClock) -> dict[str, float] | None:
         """One epoch of training; the mean loss parts, or None when a stop was requested."""
-        config, context = self.config, self.context
-        self.model.train()
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        config, context, loaders = self.config, self.context, self.loaders
+        self.networks.trained.train()
+        if loaders.sampler is not None:
+            loaders.sampler.set_epoch(epoch)
         sums = dict.fromkeys(LOSS_KEYS, 0.0)
-        bar = epoch_bar(epoch, config.epochs, self.steps_per_epoch, config.progress_bar and context.is_main)
+        bar = epoch_bar(epoch, config.epochs, loaders.steps_per_epoch, config.progress_bar and context.is_main)
         try:
-            for step, batch in enumerate(self.train_loader, start=1):
+            for step, batch in enumerate(loaders.train, start=1):
                 images = batch["image"].to(context.device, non_blocking=True)
                 if self.batch_augment is not None:
                     batch = augment_batch(self.batch_augment, {**batch, "image": images})
                     images = batch["image"]
                 with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                    output = self.model(images)
+                    output = self.networks.trained(images)
                 parts = self.loss_fn(float_output(output), batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 parts.total.backward()
                 if config.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.network.parameters(), config.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self.networks.bare.parameters(), config.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
-                self.global_step += 1
+                self.state.global_step += 1
                 # One collective per step carries the stop flag and the loss parts of every process.
                 reduced = context.sum([float(stop.requested()), *(float(value.detach()) for value in parts)])
                 values = dict(zip(LOSS_KEYS, (value / context.world_size for value in reduced[1:])))
                 for key, value in values.items():
                     sums[key] += value
-                eta.update(self.global_step)
+                eta.update(self.state.global_step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.3f}")
                 if context.is_main:
-                    log.event("step", epoch=epoch, epochs=config.epochs, step=step, steps=self.steps_per_epoch,
+                    log.event("step", epoch=epoch, epochs=config.epochs, step=step, steps=loaders.steps_per_epoch,
                               lr=self.scheduler.get_last_lr()[0], eta_s=eta.eta_s(), **values)
                 if reduced[0] > 0:
                     return None
         finally:
             bar.close()
-        return {key: value / max(self.steps_per_epoch, 1) for key, value in sums.items()}
+        return {key: value / max(loaders.steps_per_epoch, 1) for key, value in sums.items()}
 
     def _validate(self, stop: StopRequest) -> tuple[dict[str, Any], float, dict[str, float]] | None:
         """Validation on rank 0: (grouped report, loss, headline metrics), or None when stopped."""
-        rows, val_loss = predict_rows(self.network, self.val_loader, self.context.device, threshold=0.5,
-                                      loss_fn=self.loss_fn, should_stop=stop.requested)
+        rows, val_loss = predict_rows(self.networks.bare, self.loaders.validation, self.context.device, threshold=0.5,
+                                      loss_fn=self.val_loss_fn, should_stop=stop.requested)
         if stop.requested():
             return None
         report = grouped_report(rows)
@@ -396,99 +568,51 @@ class Trainer:
                       log: ProgressLog, eta: EtaClock) -> None:
         """Rank 0: keep the best model, write history, curves and the checkpoint."""
         report, val_loss, headline = validation
+        state, folder = self.state, self.folder
         entry = {"epoch": epoch, "lr": self.scheduler.get_last_lr()[0], **train_means, **headline,
                  "val_datasets": {name: {"auc": values["auc"], "dice": values["dice"]}
                                   for name, values in report["datasets"].items()},
                  "time_s": round(seconds, 1)}
-        self.history.append(json_safe(entry))
+        state.history.append(json_safe(entry))
         score = selection_score(headline)
-        improved = self.best["score"] is None or score > tuple(self.best["score"])
+        improved = state.best["score"] is None or score > tuple(state.best["score"])
         if improved:
-            save_model(self.run_dir / MODEL_NAME, self.network, self.model_info(epoch, report, val_loss))
-            self.best = {"score": score, "epoch": epoch, "metrics": json_safe(headline)}
-        write_json_atomic(self.run_dir / "history.json", self.history)
-        plot_training_curves(self.history, self.run_dir / "training_curves.png")
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, self._checkpoint_state(epoch))
-        best_auc = self.best["metrics"].get("val_auc")
+            save_model(folder.model, self.networks.bare, self.model_info(epoch, report, val_loss))
+            state.best = {"score": score, "epoch": epoch, "metrics": json_safe(headline)}
+        folder.write_history(state.history)
+        plot_training_curves(state.history, folder.curves)
+        save_checkpoint(folder.checkpoint, self._checkpoint_state(epoch))
+        best_auc = state.best["metrics"].get("val_auc")
         message = (f"epoch {epoch}/{self.config.epochs}: loss {train_means['loss']:.4f}, "
                    f"validation AUC {_fmt(headline['val_auc'])}, Dice {_fmt(headline['val_dice'])}, "
                    f"accuracy {_fmt(headline['val_accuracy'])} ({seconds:.0f} s)"
                    + (" - best so far, model saved" if improved else ""))
         self.echo(message)
-        log.event("epoch", epoch=epoch, epochs=self.config.epochs, step=self.steps_per_epoch,
-                  steps=self.steps_per_epoch, **train_means, **headline, best_auc=best_auc,
-                  best_epoch=self.best["epoch"], eta_s=eta.eta_s(), message=message)
+        log.event("epoch", epoch=epoch, epochs=self.config.epochs, step=self.loaders.steps_per_epoch,
+                  steps=self.loaders.steps_per_epoch, **train_means, **headline, best_auc=best_auc,
+                  best_epoch=state.best["epoch"], eta_s=eta.eta_s(), message=message)
 
-    # --------------------------------------------------------------------- run
-    def run(self) -> str:
-        """Train until the last epoch or a stop request.
-
-        Returns:
-            ``"done"`` or ``"cancelled"``.
-        """
-        config, context = self.config, self.context
-        lock = FolderLock(self.run_dir, "mffmt train")
-        try:
-            self._check_run_dir()
-            problem: Exception | None = None
-            if context.is_main:
-                try:
-                    lock.acquire()
-                    remove_temporaries(self.run_dir)  # of a save that a kill interrupted
-                except (MFFMTError, OSError) as error:
-                    problem = error
-            if context.any(problem is not None):  # every process stops, not only the one that saw it
-                raise problem or MFFMTError(self.run_dir, "the main process cannot use this run folder")
-        except BaseException:
-            lock.release()
-            context.close()
-            raise
-        torch.set_num_threads(self._threads())
-        log = ProgressLog(self.run_dir / PROGRESS_NAME if context.is_main else None)
-        stop_file = Path(config.stop_file) if config.stop_file else self.run_dir / "STOP"
-        try:
-            with StopRequest(stop_file, self.echo) as stop:
-                return self._run(stop, log)
-        except BaseException as error:
-            log.event("error", message=f"{type(error).__name__}: {error}")
-            raise
-        finally:
-            log.close()
-            lock.release()
-            context.close()
-
-    def _run(self, stop: StopRequest, log: ProgressLog) -> str:
-        config, context = self.config, self.context
-        checkpoint = load_checkpoint(self.run_dir / CHECKPOINT_NAME) if self.resume else None
-        self._prepare_data()
-        self._loaders()
-        self._build_model(checkpoint)
-        self.loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
-        self.batch_augment = ScannerAugment() if config.augment == "scanner" else None
-        self.precision = config.precision
-        if self.precision == "auto":
-            self.precision = "bf16" if native_bf16(context.device) else "fp32"
-        self.optimizer = build_optimizer(self.network, config)
-        self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
-        if checkpoint is not None:
-            self._restore(checkpoint)
+    def train(self, stop: StopRequest, log: ProgressLog) -> str:
+        """Run the epochs left; ``"done"`` or ``"cancelled"``."""
+        config, context, state = self.config, self.context, self.state
+        steps = self.loaders.steps_per_epoch
+        if self.resumed:
             if context.rank > 0:  # the checkpoint holds rank 0's generators: keep the others' augmentation distinct
-                torch.manual_seed(config.seed + 1000 * context.rank + self.start_epoch)
-            message = f"resumed from epoch {self.start_epoch} of {config.epochs} ({self.run_dir / CHECKPOINT_NAME})"
+                torch.manual_seed(config.seed + 1000 * context.rank + state.start_epoch)
+            message = f"resumed from epoch {state.start_epoch} of {config.epochs} ({self.folder.checkpoint})"
             self.echo(message)
-            log.event("resumed", epoch=self.start_epoch, epochs=config.epochs, message=message,
-                      best_auc=(self.best.get("metrics") or {}).get("val_auc"))
+            log.event("resumed", epoch=state.start_epoch, epochs=config.epochs, message=message,
+                      best_auc=(state.best.get("metrics") or {}).get("val_auc"))
         else:
             torch.manual_seed(config.seed + 1000 * context.rank)
-            message = (f"training {self.network.architecture['backbone']} on {len(self.train_set)} samples, "
-                       f"validating on {len(self.val_records)} images; {config.epochs} epochs of "
-                       f"{self.steps_per_epoch} steps, {self._threads()} thread(s), {context.world_size} process(es), "
-                       f"{self.precision}; "
-                       f"{self.init_message}")
+            message = (f"training {self.networks.bare.architecture['backbone']} on {len(self.data.train_set)} "
+                       f"samples, validating on {len(self.data.val_records)} images; {config.epochs} epochs of "
+                       f"{steps} steps, {self.threads} thread(s), {context.world_size} process(es), "
+                       f"{self.precision}; {self.networks.init_message}")
             self.echo(message)
-            log.event("start", epoch=0, epochs=config.epochs, steps=self.steps_per_epoch, message=message)
-        eta = EtaClock(config.epochs * self.steps_per_epoch, self.start_epoch * self.steps_per_epoch)
-        for epoch in range(self.start_epoch + 1, config.epochs + 1):
+            log.event("start", epoch=0, epochs=config.epochs, steps=steps, message=message)
+        eta = EtaClock(config.epochs * steps, state.start_epoch * steps)
+        for epoch in range(state.start_epoch + 1, config.epochs + 1):
             started = time.monotonic()
             train_means = self._train_epoch(epoch, stop, log, eta)
             validation = None
@@ -499,24 +623,24 @@ class Trainer:
             # Rank 0 decides for everyone whether the epoch completed.
             if context.any(train_means is None or (context.is_main and validation is None)):
                 return self._cancelled(stop, epoch, log)
-        best = self.best.get("metrics") or {}
-        message = (f"finished {config.epochs} epochs; best model from epoch {self.best['epoch']} "
+        best = state.best.get("metrics") or {}
+        message = (f"finished {config.epochs} epochs; best model from epoch {state.best['epoch']} "
                    f"(validation AUC {_fmt(best.get('val_auc'))}, Dice {_fmt(best.get('val_dice'))}) "
-                   f"in {self.run_dir / MODEL_NAME}")
+                   f"in {self.folder.model}")
         self.echo(message)
         log.event("done", epoch=config.epochs, epochs=config.epochs, best_auc=best.get("val_auc"),
-                  best_epoch=self.best["epoch"], message=message)
+                  best_epoch=state.best["epoch"], message=message)
         return "done"
 
     def _cancelled(self, stop: StopRequest, epoch: int, log: ProgressLog) -> str:
-        last = epoch - 1
-        kept = (f"the checkpoint of epoch {last} and the best model (epoch {self.best['epoch']}) are intact; "
+        last, best = epoch - 1, self.state.best
+        kept = (f"the checkpoint of epoch {last} and the best model (epoch {best['epoch']}) are intact; "
                 "continue with --resume" if last > 0 else
                 "no epoch had finished, so nothing was saved; start the run again")
         message = f"cancelled during epoch {epoch} ({stop.reason or 'another process stopped'}); {kept}"
         self.echo(message)
         log.event("cancelled", epoch=last, epochs=self.config.epochs, message=message,
-                  best_auc=(self.best.get("metrics") or {}).get("val_auc"))
+                  best_auc=(best.get("metrics") or {}).get("val_auc"))
         return "cancelled"
 
 

@@ -10,14 +10,15 @@ input paths come after ``--``, so names that start with ``-`` are never taken fo
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from MFFMTCore.base.train_options import OPTIONS
 
 # Device choices shown to the user -> the --device values of the command line.
 DEVICES = {"CPU": "cpu", "GPU": "cuda"}
-BACKBONES = ("resnet18", "resnet50")
 
 
 def device_argument(choice: str) -> str:
@@ -96,65 +97,40 @@ def train_command(
     data: Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    backbone: str | None = None,
-    epochs: int | None = None,
-    learning_rate: float | None = None,
-    lambda_loc: float | None = None,
-    batch_size: int | None = None,
-    val_fraction: float | None = None,
-    input_size: int | None = None,
-    init_model: str | os.PathLike | None = None,
     device: str = "cpu",
-    stop_file: str | os.PathLike | None = None,
-    seed: int | None = None,
     progress_bar: bool | None = None,
+    **options: Any,
 ) -> list[str]:
-    """The argument list of ``python -m MFFMTCore train``; None leaves an option to the command's preset.
+    """The argument list of ``python -m MFFMTCore train``, its values checked as the command checks them.
 
     Args:
         python: the Python executable (Slicer's ``PythonSlicer``).
         data: dataset folders (BUSI or BUS-BRA layout) and datalist files (``--data``, repeated).
-        output_dir: the run folder (``--output``): model, checkpoint, progress.jsonl, curves.
-        backbone: ``"resnet18"`` (MFFMT18) or ``"resnet50"`` (MFFMT50).
-        epochs: number of epochs.
-        learning_rate: Adam learning rate (``--lr``).
-        lambda_loc: weight of the lesion-perception loss (the paper's lambda, ``--lambda-loc``).
-        batch_size: images per step.
-        val_fraction: share of the data held out for validation, in (0, 1).
-        input_size: side of the square network input, a multiple of 32.
-        init_model: model file to fine-tune; None trains from scratch.
+        output_dir: the run folder (``--output``; see :class:`MFFMTCore.base.run_folder.RunFolder`).
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
-        stop_file: a file whose appearance stops training at the next safe point.
-        seed: random seed.
-        progress_bar: show (True) or hide (False) the text progress bar; a program reading
-            RUN_DIR/progress.jsonl hides it.
+        progress_bar: show (True) or hide (False) the text progress bar; a program reading the run's
+            progress file hides it.
+        options: any other option of ``mffmt train`` by its name (:data:`MFFMTCore.base.train_options.OPTIONS`:
+            ``epochs=3``, ``lr=1e-4``, ``init_model=path`` ...); None leaves it to the command's preset
+            or default. Paths are made absolute.
+
+    Raises:
+        MFFMTError: a value the command would refuse (named by its option); TypeError: an unknown option.
     """
     data = [_absolute(path) for path in data]
-    if not data:
-        raise ValueError("no training data: give a dataset folder, a datalist or scene volumes")
-    if backbone is not None and backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch size", batch_size)
-    if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise ValueError(f"learning rate must be positive, got {learning_rate}")
-    if lambda_loc is not None and not (math.isfinite(lambda_loc) and lambda_loc >= 0):
-        raise ValueError(f"lambda must be zero or positive, got {lambda_loc}")
-    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"validation fraction must be between 0 and 1, got {val_fraction}")
-    if input_size is not None and (input_size < 32 or input_size % 32):
-        raise ValueError(f"input size must be a multiple of 32, got {input_size}")
-    args = [str(python), "-m", "MFFMTCore", "train"]
-    for path in data:
-        args.append(f"--data={path}")
-    args += ["--output", _absolute(output_dir), "--device", device_argument(device)]
-    options = [("--backbone", backbone), ("--epochs", epochs), ("--lr", learning_rate), ("--lambda-loc", lambda_loc),
-               ("--batch-size", batch_size), ("--val-fraction", val_fraction), ("--input-size", input_size),
-               ("--init-model", init_model and _absolute(init_model)), ("--stop-file", stop_file and _absolute(stop_file)),
-               ("--seed", seed)]
-    for flag, value in options:
-        if value is not None:
-            args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    OPTIONS["data"].check(data)
+    args = [str(python), "-m", "MFFMTCore", "train", *OPTIONS["data"].arguments(data),
+            "--output", _absolute(output_dir), "--device", device_argument(device)]
+    for name, value in options.items():
+        declared = OPTIONS.get(name)
+        if declared is None or not declared.command_line or name in ("data", "output", "device"):
+            raise TypeError(f"train_command() got an unexpected option {name!r}")
+        if value is None:
+            continue
+        if declared.path:
+            value = _absolute(value)
+        declared.check(value)
+        args += declared.arguments(value)
     if progress_bar is not None:
         args.append("--progress-bar" if progress_bar else "--no-progress-bar")
     return args
@@ -163,11 +139,6 @@ def train_command(
 def _absolute(path: str | os.PathLike) -> str:
     """``path`` made absolute against this process's working folder (the child runs elsewhere)."""
     return os.path.abspath(os.fspath(path))
-
-
-def _check_positive_int(name: str, value: int | None) -> None:
-    if value is not None and (int(value) != value or value < 1):
-        raise ValueError(f"{name} must be a whole number of at least 1, got {value}")
 
 
 def locate_core_package(candidates: Iterable[str | os.PathLike]) -> Path | None:

@@ -11,7 +11,7 @@ opens a dialog.
 # No "from __future__ import annotations": parameterNodeWrapper reads the annotations as types.
 import os
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import slicer
 from slicer import (
@@ -30,6 +30,8 @@ from slicer.parameterNodeWrapper import (
 )
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
+from MFFMTCore.base.choices import BACKBONES
+from MFFMTCore.base.train_options import OPTIONS
 from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
@@ -47,7 +49,9 @@ class MFFMTSlicerParameterNode:
     device: CPU or GPU for inference and training.
     modelPath: the selected model file.
     result: the lesion segmentation of the last run (the threshold slider redraws it).
-    The others are the retraining options.
+    The others are the retraining settings; those named as an option of ``mffmt train`` in camelCase
+    (``batchSize`` for ``batch_size``) are passed to it as that option (:func:`trainingOptions`), and
+    their ranges lie within the option's (a test checks it).
     """
 
     inputNode: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]
@@ -58,14 +62,31 @@ class MFFMTSlicerParameterNode:
     modelPath: str
     result: vtkMRMLSegmentationNode
     useSceneData: bool
-    backbone: Annotated[str, Choice(["resnet18", "resnet50"]), Default("resnet18")]
+    backbone: Annotated[str, Choice(list(BACKBONES)), Default(BACKBONES[0])]
     startFrom: Annotated[str, Choice([FINE_TUNE, FROM_SCRATCH]), Default(FINE_TUNE)]
     epochs: Annotated[int, WithinRange(1, 1000), Default(20)]
-    learningRate: Annotated[float, WithinRange(1e-6, 0.1), Decimals(6), SingleStep(1e-5), Default(1e-4)]
+    lr: Annotated[float, WithinRange(1e-6, 0.1), Decimals(6), SingleStep(1e-5), Default(1e-4)]
     lambdaLoc: Annotated[float, WithinRange(0.0, 10.0), Decimals(2), SingleStep(0.1), Default(1.0)]
     batchSize: Annotated[int, WithinRange(1, 256), Default(8)]
     valFraction: Annotated[float, WithinRange(0.05, 0.5), Decimals(2), SingleStep(0.05), Default(0.2)]
     modelName: Annotated[str, Default("my_model")]
+
+
+def camelCase(name: str) -> str:
+    """An option's name as a parameter's: ``batch_size`` -> ``batchSize``."""
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+#: Parameter name -> the ``mffmt train`` option it sets. ``device`` is the panel's own (CPU/GPU, for
+#: inference too); the logic turns it into the option.
+TRAINING_PARAMETERS = {camelCase(name): name for name in OPTIONS
+                       if camelCase(name) in MFFMTSlicerParameterNode.allParameters and name != "device"}
+
+
+def trainingOptions(parameters: MFFMTSlicerParameterNode) -> dict[str, Any]:
+    """The panel's values of ``mffmt train`` options, by option name (for :meth:`TrainingLogic.startTraining`)."""
+    return {option: getattr(parameters, parameter) for parameter, option in TRAINING_PARAMETERS.items()}
 
 
 class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLogic, PredictionLogic, TrainingLogic):

@@ -12,6 +12,7 @@ import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from MFFMTCore.base.labels import LABEL_NAMES
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.base.terminology import SEGMENT_NAME
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.commands import train_command
@@ -46,7 +47,7 @@ def learningRateAfterModeChange(previousMode: str, newMode: str, learningRate: f
 
 
 class TrainingTask(BackgroundTask):
-    """One run of ``mffmt train``; ``state`` follows RUN_DIR/progress.jsonl.
+    """One run of ``mffmt train``; ``state`` follows the run's progress file.
 
     ``status`` ends "done" (``modelPath`` is the new model in the models folder), "failed"
     (``error``) or "cancelled" (the run folder keeps the best model so far; no model is added).
@@ -57,16 +58,17 @@ class TrainingTask(BackgroundTask):
     def __init__(self, runDir: Path, modelName: str, addModel: Callable[[Path, str], Path], **kwargs):
         super().__init__(**kwargs)
         self.runDir = runDir
+        self.folder = RunFolder(runDir)
         self.modelName = modelName
         self.addModel = addModel
         self.state = TrainingState()
-        self.tail = JsonlTail(runDir / "progress.jsonl")
+        self.tail = JsonlTail(self.folder.progress)
         self.modelPath: Path | None = None
         self.cancelRequestedAt: float | None = None
 
     @property
     def stopFile(self) -> Path:
-        return self.runDir / "STOP"
+        return self.folder.stop
 
     def requestStop(self) -> None:
         """Ask the run to stop at its next safe point (it is terminated if it does not within
@@ -85,7 +87,7 @@ class TrainingTask(BackgroundTask):
             self.process.terminate(grace_s=2.0)  # no safe point reached: stop it anyway
 
     def _finish(self) -> None:
-        model = self.runDir / "model.safetensors"
+        model = self.folder.model
         if self.state.status == "done" and self.process.returncode == 0 and model.is_file():
             self.modelPath = self.addModel(model, self.modelName)
             self.status = "done"
@@ -163,36 +165,36 @@ class TrainingLogic:
         return write_training_datalist(volumes, outputDir)
 
     def startTraining(self, data: Sequence[str | os.PathLike] = (), modelName: str = "my_model",
-                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), backbone: str | None = None,
-                      epochs: int | None = None, learningRate: float | None = None, lambdaLoc: float | None = None,
-                      batchSize: int | None = None, valFraction: float | None = None,
-                      initModel: str | os.PathLike | None = None, device: str = "cpu", inputSize: int | None = None,
+                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), device: str = "cpu",
                       progressCallback: Callable[[TrainingTask], None] | None = None,
-                      completedCallback: Callable[[TrainingTask], None] | None = None) -> TrainingTask:
+                      completedCallback: Callable[[TrainingTask], None] | None = None,
+                      **options: Any) -> TrainingTask:
         """Start training (or fine-tuning) a model with ``mffmt train``; it is added to the models folder.
 
         Args:
             data: BUSI or BUS-BRA folders and datalist files.
             modelName: name of the new model file in the models folder (made unique if taken).
             sceneItems: (volume, segmentation or None, "benign"/"malignant"/"normal"/None) from the scene.
-            backbone: "resnet18" or "resnet50" for a new model (ignored when fine-tuning).
-            epochs, learningRate, lambdaLoc, batchSize, valFraction, inputSize: the recipe; None
-                leaves the value to ``mffmt train``'s preset.
-            initModel: model file to fine-tune; None trains from scratch.
             device: "cpu"/"cuda" (or "CPU"/"GPU").
             progressCallback: called with the task whenever new progress is read.
             completedCallback: called with the task when it has finished, failed or been cancelled.
+            options: options of ``mffmt train`` by name (:data:`MFFMTCore.base.train_options.OPTIONS`),
+                e.g. ``epochs=20, lr=1e-4, init_model=path``; None leaves a value to the command's
+                preset. With ``init_model`` (fine-tuning) ``backbone`` is ignored: the model keeps its own.
 
         Returns:
             The running task (poll it or wait for it).
 
         Raises:
-            ValueError: no or missing data, bad options; RuntimeError: missing packages.
+            ValueError: no or missing data, bad options (MFFMTError names the option); TypeError: an
+            unknown option; RuntimeError: missing packages.
         """
         data = [Path(path).absolute() for path in data]
         missing = [str(path) for path in data if not path.exists()]
         if missing:
             raise ValueError(f"training data not found: {', '.join(missing)}")
+        if options.get("init_model"):
+            options["backbone"] = None
         sceneItems = list(sceneItems)
         self.requireRequirements()
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -200,10 +202,8 @@ class TrainingLogic:
         runDir.mkdir(parents=True, exist_ok=False)
         if sceneItems:
             data.append(self.exportSceneTrainingData(sceneItems, runDir / "scene_data").datalist)
-        args = train_command(pythonExecutable(), data, runDir, backbone=None if initModel else backbone,
-                             epochs=epochs, learning_rate=learningRate, lambda_loc=lambdaLoc, batch_size=batchSize,
-                             val_fraction=valFraction, input_size=inputSize, init_model=initModel, device=device,
-                             stop_file=runDir / "STOP", progress_bar=False)
+        args = train_command(pythonExecutable(), data, runDir, device=device, progress_bar=False,
+                             **{**options, "stop_file": RunFolder(runDir).stop})
         workDir = makeWorkFolder(self.workRoot)
         return TrainingTask(runDir, modelName, self.addModelFile, process=startCommand(args, workDir),
                             workDir=workDir, progressCallback=progressCallback, completedCallback=completedCallback)

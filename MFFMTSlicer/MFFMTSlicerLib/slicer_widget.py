@@ -22,7 +22,7 @@ from slicer.util import VTKObservationMixin
 from MFFMTCore.base.labels import LABEL_NAMES
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label
-from MFFMTSlicerLib.slicer_logic import FINE_TUNE, MFFMTSlicerLogic
+from MFFMTSlicerLib.slicer_logic import FINE_TUNE, MFFMTSlicerLogic, trainingOptions
 from MFFMTSlicerLib.slicer_training import learningRateAfterModeChange
 
 # Reloaded in this order by "Reload" in developer mode (dependencies first).
@@ -162,8 +162,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         if parameters is not None and parameters.startFrom != self._startFrom:
             if self._startFrom is not None:
-                parameters.learningRate = learningRateAfterModeChange(self._startFrom, parameters.startFrom,
-                                                                      parameters.learningRate)
+                parameters.lr = learningRateAfterModeChange(self._startFrom, parameters.startFrom, parameters.lr)
             self._startFrom = parameters.startFrom
         hasModel = bool(self.currentModelPath())
         if self._predictionTask is not None:
@@ -378,11 +377,9 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise ValueError("No model to fine-tune: choose a model, or train from scratch.")
             self.resetCurves()
             self._trainingTask = self.logic.startTraining(
-                data, modelName=parameters.modelName or "my_model", sceneItems=sceneItems,
-                backbone=parameters.backbone, epochs=parameters.epochs, learningRate=parameters.learningRate,
-                lambdaLoc=parameters.lambdaLoc, batchSize=parameters.batchSize, valFraction=parameters.valFraction,
-                initModel=initModel, device=parameters.device,
-                progressCallback=self.onTrainingProgress, completedCallback=self.onTrainingCompleted)
+                data, modelName=parameters.modelName or "my_model", sceneItems=sceneItems, device=parameters.device,
+                progressCallback=self.onTrainingProgress, completedCallback=self.onTrainingCompleted,
+                **{**trainingOptions(parameters), "init_model": initModel})
             self._pollTimer.start()
         self.ui.trainStatusLabel.text = f"Starting training in {self._trainingTask.runDir}..."
         self.ui.trainProgressBar.value = 0

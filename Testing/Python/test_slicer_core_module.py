@@ -108,17 +108,38 @@ def test_module_loads_as_slicer_loads_it(env):
     assert slicer.vtkMRMLMarkupsROINode.__module__.startswith("slicer_core.MRMLCore")
 
 
+def test_training_parameters_are_options_within_their_declared_ranges(env):
+    import typing
+
+    from MFFMTSlicerLib.slicer_logic import TRAINING_PARAMETERS, MFFMTSlicerParameterNode, trainingOptions
+
+    from MFFMTCore.base.train_options import OPTIONS
+
+    assert TRAINING_PARAMETERS == {"backbone": "backbone", "epochs": "epochs", "lr": "lr", "lambdaLoc": "lambda_loc",
+                                   "batchSize": "batch_size", "valFraction": "val_fraction"}
+    hints = typing.get_type_hints(MFFMTSlicerParameterNode, include_extras=True)
+    for parameter, option in TRAINING_PARAMETERS.items():
+        values = {"Default": lambda detail: [detail.value], "Choice": lambda detail: list(detail.choices),
+                  "WithinRange": lambda detail: [detail.minimum, detail.maximum]}
+        for detail in hints[parameter].__metadata__:  # what the panel can hold, the option must accept
+            for value in values.get(type(detail).__name__, lambda _: [])(detail):
+                OPTIONS[option].check(value)
+    _, _, _, logic, _ = env
+    options = trainingOptions(logic.getParameterNode())
+    assert set(options) == set(TRAINING_PARAMETERS.values()) and options["backbone"] == "resnet18"
+
+
 def test_parameter_node_round_trip(env):
     scene, slicer, _, logic, _ = env
     parameters = logic.getParameterNode()
     volume = _pictureVolume(slicer, SAMPLES / "bus_0014-s.png", "round trip")
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
     parameters.inputNode, parameters.roiNode, parameters.threshold = volume, roi, 0.35
-    parameters.startFrom, parameters.learningRate = "Train a new model from scratch", 2.5e-4
+    parameters.startFrom, parameters.lr = "Train a new model from scratch", 2.5e-4
     again = logic.getParameterNode()  # a new wrapper on the same singleton node of the scene
     assert again.parameterNode is parameters.parameterNode
     assert again.inputNode is volume and again.roiNode is roi
-    assert again.threshold == 0.35 and again.learningRate == 2.5e-4
+    assert again.threshold == 0.35 and again.lr == 2.5e-4
     assert again.startFrom == "Train a new model from scratch"
     with pytest.raises(ValueError):
         again.threshold = 1.5
@@ -394,7 +415,7 @@ def test_train_on_scene_and_sample_data_adds_the_model(env, picture_result):
     logic.setTrainingLabel(benign, "benign")
     model = logic.train([SAMPLES / "samples.csv"], modelName="scene test",
                         sceneItems=[(volume, drawn, "malignant"), (benign, None, "benign")], backbone="resnet18",
-                        epochs=1, batchSize=2, valFraction=0.4, inputSize=64, device="cpu")
+                        epochs=1, batch_size=2, val_fraction=0.4, input_size=64, device="cpu")
     assert model.parent == logic.modelsFolder and model.name == "scene_test.safetensors"
     entry = logic.modelRegistry().find(model)
     assert entry is not None and entry.error is None and entry.backbone == "resnet18"
@@ -416,7 +437,7 @@ def test_training_cancelled_or_failed_adds_no_model(env, tmp_path):
     _, _, _, logic, _ = env
     listed = [entry.path for entry in logic.models()]
     task = logic.startTraining([SAMPLES / "samples.csv"], modelName="stopped", backbone="resnet18", epochs=50,
-                               batchSize=2, valFraction=0.4, inputSize=64)
+                               batch_size=2, val_fraction=0.4, input_size=64)
     while task.state.status == "waiting" and not task.finished:
         task.poll()
         time.sleep(0.2)
@@ -429,7 +450,7 @@ def test_training_cancelled_or_failed_adds_no_model(env, tmp_path):
     broken = tmp_path / "broken.csv"
     broken.write_text("image,label\nno_such_image.png,benign\nno_such_image_2.png,malignant\n", encoding="utf-8")
     with pytest.raises(RuntimeError, match="no_such_image"):
-        logic.train([broken], modelName="broken", epochs=1, inputSize=64)
+        logic.train([broken], modelName="broken", epochs=1, input_size=64)
     assert [entry.path for entry in logic.models()] == listed
 
 

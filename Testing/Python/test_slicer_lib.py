@@ -120,7 +120,7 @@ def test_predict_command_parses_with_the_real_cli(tmp_path):
 
 def test_train_command_has_every_option(tmp_path):
     args = commands.train_command("python", [tmp_path / "busi", tmp_path / "list.json"], tmp_path / "run",
-                                  backbone="resnet50", epochs=3, learning_rate=1e-5, lambda_loc=0.1, batch_size=8,
+                                  backbone="resnet50", epochs=3, lr=1e-5, lambda_loc=0.1, batch_size=8,
                                   val_fraction=0.25, input_size=64, init_model=tmp_path / "m.safetensors",
                                   device="CPU", stop_file=tmp_path / "run" / "STOP", seed=7)
     assert args[:4] == ["python", "-m", "MFFMTCore", "train"]
@@ -144,9 +144,11 @@ def test_train_command_omits_what_is_not_given(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"epochs": 0}, "epochs"), ({"epochs": 1.5}, "epochs"), ({"learning_rate": 0.0}, "learning rate"),
-    ({"lambda_loc": -0.1}, "lambda"), ({"batch_size": 0}, "batch size"), ({"val_fraction": 1.0}, "validation"),
-    ({"input_size": 100}, "multiple of 32"), ({"backbone": "vgg"}, "backbone"),
+    ({"epochs": 0}, "--epochs: must be > 0"), ({"epochs": 1.5}, "--epochs: must be a whole number"),
+    ({"lr": 0.0}, "--lr: must be > 0"), ({"lr": float("nan")}, "--lr: must be a finite number"),
+    ({"lambda_loc": -0.1}, "--lambda-loc: must be >= 0"), ({"batch_size": 0}, "--batch-size"),
+    ({"val_fraction": 1.0}, "--val-fraction: must be > 0 and < 1"), ({"input_size": 100}, "multiple of 32"),
+    ({"backbone": "vgg"}, "--backbone: must be one of resnet18, resnet50"), ({"augment": "none"}, "--augment"),
 ])
 def test_train_command_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -161,7 +163,7 @@ def test_train_command_needs_data():
 def test_train_command_parses_with_the_real_cli(tmp_path):
     parser = build_parser()
     args = commands.train_command("python", [tmp_path / "d"], tmp_path / "run", backbone="resnet18", epochs=1,
-                                  learning_rate=1e-4, lambda_loc=1.0, batch_size=2, val_fraction=0.3,
+                                  lr=1e-4, lambda_loc=1.0, batch_size=2, val_fraction=0.3,
                                   input_size=64, init_model=tmp_path / "m.safetensors", stop_file=tmp_path / "S",
                                   progress_bar=False)
     parsed = parser.parse_args(args[3:])

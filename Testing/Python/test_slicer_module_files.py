@@ -115,7 +115,7 @@ def test_parameter_names_in_the_ui_match_the_parameter_node():
     # The widget kinds that parameterNodeWrapper can bind to each type.
     expected = {"inputNode": "qMRMLNodeComboBox", "roiNode": "qMRMLNodeComboBox", "threshold": "ctkSliderWidget",
                 "gradcam": "QCheckBox", "device": "QComboBox", "useSceneData": "QCheckBox", "backbone": "QComboBox",
-                "startFrom": "QComboBox", "epochs": "QSpinBox", "learningRate": "QDoubleSpinBox",
+                "startFrom": "QComboBox", "epochs": "QSpinBox", "lr": "QDoubleSpinBox",
                 "lambdaLoc": "QDoubleSpinBox", "batchSize": "QSpinBox", "valFraction": "QDoubleSpinBox",
                 "modelName": "QLineEdit"}
     assert parameters == expected

@@ -125,7 +125,7 @@ def _training_data(tmp_path: Path) -> list[Path]:
 def test_train_one_epoch_and_add_the_model_to_a_models_folder(tmp_path, model_path):
     run = tmp_path / "runs" / "first"
     args = commands.train_command(sys.executable, _training_data(tmp_path), run, backbone="resnet18", epochs=1,
-                                  batch_size=2, val_fraction=0.34, input_size=64, learning_rate=1e-3,
+                                  batch_size=2, val_fraction=0.34, input_size=64, lr=1e-3,
                                   stop_file=run / "STOP", device="CPU", progress_bar=False) + ["--threads", "1"]
     tail, state = progress.JsonlTail(run / "progress.jsonl"), progress.TrainingState()
 

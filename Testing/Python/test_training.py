@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_train_synthetic import write_dataset
 
+from MFFMTCore.base.run_folder import RUN_FILES, RunFolder
 from MFFMTCore.cli import main
 from MFFMTCore.data import MFFMTDataset, make_samples, read_dataset
 from MFFMTCore.losses import MFFMTLoss
@@ -28,7 +29,7 @@ from MFFMTCore.training.checkpoint import (
 from MFFMTCore.training.config import TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.optim import build_optimizer, lr_factor
 from MFFMTCore.training.progress import read_progress
-from MFFMTCore.training.trainer import Trainer, selection_score
+from MFFMTCore.training.trainer import TrainingRun, selection_score
 
 TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--no-progress-bar", "--val-fraction", "0.25"]
 
@@ -106,6 +107,19 @@ def test_run_writes_complete_files(datalist, finished_run):
     assert [entry["epoch"] for entry in json.loads((run_dir / "history.json").read_text())] == [1, 2]
     assert (run_dir / "training_curves.png").stat().st_size > 1000
     assert json.loads((run_dir / "config.json").read_text())["input_size"] == 64
+    assert RunFolder(run_dir).earlier_run() == list(RUN_FILES) and RunFolder(run_dir).read_split() == split
+
+
+def test_label_smoothing_reaches_the_training_steps_only(datalist, finished_run, tmp_path):
+    assert train(datalist, tmp_path / "smoothed", "--epochs", "1", "--label-smoothing", "0.3") == 0
+    plain, smoothed = (read_progress(RunFolder(run).progress) for run in (finished_run, tmp_path / "smoothed"))
+    first = [next(event for event in events if event["event"] == "step") for events in (plain, smoothed)]
+    # Same seed, data and initial weights: the first step's forward pass is the same; only L_cls differs.
+    assert first[0]["loss_loc"] == pytest.approx(first[1]["loss_loc"], rel=1e-6)
+    assert first[1]["loss_cls"] != pytest.approx(first[0]["loss_cls"], rel=1e-3)
+    info = read_model_info(RunFolder(tmp_path / "smoothed").model)
+    assert info.training["recipe"]["label_smoothing"] == 0.3
+    assert read_model_info(RunFolder(finished_run).model).training["recipe"]["label_smoothing"] == 0.0
 
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(datalist, tmp_path, capsys):
@@ -119,13 +133,13 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(datalist, tmp_path, ca
 
 
 def _stop_after_first_epoch(monkeypatch, run_dir):
-    original = Trainer._finish_epoch
+    original = TrainingRun._finish_epoch
 
     def finish_then_stop(self, epoch, *args, **kwargs):
         original(self, epoch, *args, **kwargs)
         (run_dir / "STOP").touch()
 
-    monkeypatch.setattr(Trainer, "_finish_epoch", finish_then_stop)
+    monkeypatch.setattr(TrainingRun, "_finish_epoch", finish_then_stop)
 
 
 def test_cancel_then_resume_matches_an_uninterrupted_run(datalist, finished_run, tmp_path, monkeypatch):

@@ -13,12 +13,16 @@
   learns several times faster, classification AUC is alike at that stage (within the noise of 83
   images), and lr 1e-3 showed no instability.
 
-A preset fills every recipe value that a config file or the command line does not give.
+A preset fills every recipe value that a config file or the command line does not give (the options
+marked ``preset`` in :mod:`MFFMTCore.base.train_options`). Plain data, no torch: the Slicer module
+and the option table of the README read it too.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from MFFMTCore.errors import MFFMTError
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -54,13 +58,13 @@ def preset_values(name: str, backbone: str) -> dict[str, Any]:
     """The recipe values of preset ``name`` for a network with ``backbone``.
 
     Raises:
-        ValueError: unknown preset or backbone.
+        MFFMTError: unknown preset or backbone.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise MFFMTError("--preset", f"must be one of {', '.join(PRESETS)}, not {name!r}")
     values = dict(PRESETS[name])
     by_backbone = values.pop("lambda_loc")
     if backbone not in by_backbone:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(by_backbone)}")
+        raise MFFMTError("--backbone", f"must be one of {', '.join(by_backbone)}, not {backbone!r}")
     values["lambda_loc"] = by_backbone[backbone]
     return values
