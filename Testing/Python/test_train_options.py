@@ -6,11 +6,11 @@ from __future__ import annotations
 import ast
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from MFFMTSlicerLib import commands
 
 from MFFMTCore.base import choices
 from MFFMTCore.base.presets import PRESETS
@@ -25,8 +25,6 @@ from MFFMTCore.training.config import TrainConfig, merge_config, read_config_fil
 from MFFMTCore.training.optim import build_optimizer, lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "MFFMTSlicer"))
-from MFFMTSlicerLib import commands  # noqa: E402
 
 
 def _sample_value(name: str):
