@@ -9,6 +9,8 @@ what a user waits for after pressing Apply. Reports, in one run:
 - ``first``: the first Apply of the session (with a warm worker: starting it, importing torch and
   loading the model happen here, once);
 - ``warm``: the next ``--runs`` Apply runs, median and max (each run is a new result in the scene);
+- ``worker_predict``: the warm worker's ``predict`` op alone on the same input file (no scene work),
+  and ``slicer_side`` = warm - worker_predict: writing the input and loading the results;
 - ``child``: a cold ``mffmt predict`` child process on the same input file, started and waited for
   alone (no scene work): what every Apply paid before the module used a warm worker.
 
@@ -76,6 +78,16 @@ def main() -> None:
         "nodes_in_scene": scene.GetNumberOfNodes(),
         "load_average": [round(value, 2) for value in os.getloadavg()],
     }
+    client = getattr(logic, "worker", None) and logic.worker.ready(None, "cpu")
+    if client is not None:  # the worker's own share of a warm Apply: its predict op on the same file, no scene work
+        inputPath = writeVolumeNode(volume, work / "bare" / "input.nrrd")
+        bare = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            client.predict([inputPath], work / "bare" / "output", gradcam=True, overwrite=True)
+            bare.append(time.perf_counter() - start)
+        report["worker_predict_median_s"] = round(statistics.median(bare), 3)
+        report["slicer_side_s"] = round(report["warm_median_s"] - report["worker_predict_median_s"], 3)
     if not args.no_child:
         inputPath = writeVolumeNode(volume, work / "child" / "input.nrrd")
         start = time.perf_counter()

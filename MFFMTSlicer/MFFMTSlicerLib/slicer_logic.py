@@ -2,8 +2,8 @@
 
 The logic is put together from one class per concern: :class:`RequirementsLogic` (first-use
 packages), :class:`ModelsLogic` (default model and models folder), :class:`PredictionLogic`
-(segment & classify) and :class:`TrainingLogic` (retrain). Work runs in background processes as
-tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods return a running task, and
+(segment & classify, through the warm worker of :mod:`MFFMTSlicerLib.slicer_worker`) and
+:class:`TrainingLogic` (retrain). Work runs in background processes as tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods return a running task, and
 ``process``, ``processFolder`` and ``train`` wait for theirs. The logic raises exceptions and never
 opens a dialog.
 """
@@ -34,6 +34,7 @@ from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
 from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, TrainingLogic
+from MFFMTSlicerLib.slicer_worker import WarmWorker
 
 
 @parameterNodeWrapper
@@ -81,6 +82,7 @@ class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLog
         ScriptedLoadableModuleLogic.__init__(self)
         self._modelsFolder = Path(modelsFolder).absolute() if modelsFolder is not None else None
         self.workRoot = Path(workRoot if workRoot is not None else slicer.app.temporaryPath).absolute()
+        self.worker = WarmWorker()
 
     def getParameterNode(self) -> MFFMTSlicerParameterNode:
         return MFFMTSlicerParameterNode(super().getParameterNode())
