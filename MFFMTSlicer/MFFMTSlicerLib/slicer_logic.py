@@ -2,10 +2,11 @@
 
 The logic is put together from one class per concern: :class:`RequirementsLogic` (first-use
 packages), :class:`ModelsLogic` (default model and models folder), :class:`PredictionLogic`
-(segment & classify, through the warm worker of :mod:`MFFMTSlicerLib.slicer_worker`) and
-:class:`TrainingLogic` (retrain). Work runs in background processes as tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods return a running task, and
-``process``, ``processFolder`` and ``train`` wait for theirs. The logic raises exceptions and never
-opens a dialog.
+(segment & classify, through the warm worker of :mod:`MFFMTSlicerLib.slicer_worker`),
+:class:`TrainingLogic` (retrain) and :class:`LiveLogic` (follow a changing image, frame by frame).
+Work runs in the background, as tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods
+return a running task, and ``process``, ``processFolder`` and ``train`` wait for theirs. The logic
+raises exceptions and never opens a dialog.
 """
 
 # No "from __future__ import annotations": parameterNodeWrapper reads the annotations as types.
@@ -30,6 +31,7 @@ from slicer.parameterNodeWrapper import (
 )
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
+from MFFMTSlicerLib.slicer_live import LiveLogic
 from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
@@ -69,7 +71,8 @@ class MFFMTSlicerParameterNode:
     modelName: Annotated[str, Default("my_model")]
 
 
-class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLogic, PredictionLogic, TrainingLogic):
+class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLogic, PredictionLogic, TrainingLogic,
+                       LiveLogic):
     """Segment and classify breast lesions in ultrasound volumes, and retrain the model.
 
     Args:

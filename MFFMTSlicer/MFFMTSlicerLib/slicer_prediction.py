@@ -56,6 +56,12 @@ def oneLine(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def withoutPhysicalSizes(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of an input without a physical pixel spacing (a picture): no mm² and no mm diameters."""
+    row.update(lesion_area_mm2=math.nan, long_axis_mm=math.nan, perpendicular_axis_mm=math.nan)
+    return row
+
+
 def predictFields(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, threshold: float | None,
                   roi: Sequence[int] | None, gradcam: bool, overwrite: bool) -> dict[str, Any]:
     """The fields of the worker's ``predict`` request (paths absolute: the worker has its own working folder).
@@ -201,7 +207,7 @@ class PredictionTask(WorkerRequestTask):
         for row in rows:
             row["input"] = volume.GetName()
             if not spacingKnown:  # written as NRRD, but the image itself has no physical spacing
-                row.update(lesion_area_mm2=math.nan, long_axis_mm=math.nan, perpendicular_axis_mm=math.nan)
+                withoutPhysicalSizes(row)
         segmentation = nodes.loadLesionSegmentation(files["segmentation"], volume)
         created.append(segmentation)
         segmentation.SetAttribute(nodes.SPACING_KNOWN_ATTRIBUTE, "1" if spacingKnown else "0")
