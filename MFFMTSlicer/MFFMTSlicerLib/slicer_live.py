@@ -123,6 +123,7 @@ class LiveSession:
         self._pending: tuple[int, np.ndarray, np.ndarray, dict[str, Any]] | None = None
         self._inFlight: tuple[PendingRequest, int, np.ndarray, np.ndarray] | None = None
         self._stamp = None
+        self._lastFrame: np.ndarray | None = None
         name = volumeNode.GetName()
         self.segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             self.scene.GenerateUniqueName(f"{name} live lesion"))
@@ -143,7 +144,10 @@ class LiveSession:
         self.browserNode = self._makeRecording(name) if record else None
         self._observers = [volumeNode.AddObserver(event, self._onImageModified)
                            for event in (slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, vtk.vtkCommand.ModifiedEvent)]
-        self._stamp = self._imageStamp()  # what it shows now was there before Start: not a new frame
+        # What it shows now was there before Start: not a new frame.
+        self._stamp = self._imageStamp()
+        if volumeNode.GetImageData() is not None:
+            self._lastFrame = nodes.volumeArray(volumeNode).copy()
 
     # ------------------------------------------------------------------------------- frames in
 
@@ -159,19 +163,25 @@ class LiveSession:
         if stamp is None or stamp == self._stamp:
             return  # a change of name, display or attributes, or the same image seen through both events
         self._stamp = stamp
-        self.received += 1
-        if self._pending is not None:
-            self.dropped += 1  # latest frame wins
         try:
             frame = nodes.volumeArray(self.volumeNode)
             if frame.ndim != 3 or frame.shape[0] != 1:
                 raise ValueError(f"{self.volumeNode.GetName()}: live mode needs one 2D frame, got {frame.shape}")
-            self._pending = (self.received, frame.copy(), nodes.ijkToRasArray(self.volumeNode),
-                             frameGeometry(self.volumeNode))
         except ValueError as error:
-            self._pending = None
+            self.received += 1
             self.failed += 1
             self.lastError = str(error)
+            return
+        # One new image can raise several events (a browser's proxy: new image, then its update);
+        # the same pixels again are no new frame.
+        if self._lastFrame is not None and np.array_equal(frame, self._lastFrame):
+            return
+        self._lastFrame = frame.copy()
+        self.received += 1
+        if self._pending is not None:
+            self.dropped += 1  # latest frame wins
+        self._pending = (self.received, self._lastFrame, nodes.ijkToRasArray(self.volumeNode),
+                         frameGeometry(self.volumeNode))
 
     # ----------------------------------------------------------------------------- poll
 
@@ -356,6 +366,8 @@ class LiveLogic:
                   record: bool = False, resultCallback: Callable[[LiveSession], None] | None = None) -> LiveSession:
         """Start following ``volumeNode`` (stopping a session already running); returns the session.
 
+        A sequence node stands for the volume its sequence browser plays it in.
+
         The worker starts (or loads ``model``) in the background; frames that arrive meanwhile wait
         as any other (latest wins). Call :meth:`LiveSession.poll` often (the panel does, from a timer).
 
@@ -363,11 +375,26 @@ class LiveLogic:
             ValueError: not an image volume; RuntimeError: missing packages.
         """
         self.stopLive()
+        if volumeNode is not None and volumeNode.IsA("vtkMRMLSequenceNode"):
+            volumeNode = self.sequenceProxy(volumeNode)
         if self.worker.ready(model, device) is None:
             self.requireRequirements()
         self.live = LiveSession(volumeNode, self.worker, self.worker.clientLater(model, device), model, device,
                                 threshold, record, resultCallback)
         return self.live
+
+    @staticmethod
+    def sequenceProxy(sequenceNode):
+        """The volume a sequence browser shows the frames of ``sequenceNode`` in (what plays when it plays).
+
+        Raises:
+            ValueError: no sequence browser shows the sequence.
+        """
+        browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(sequenceNode)
+        proxy = browser.GetProxyNode(sequenceNode) if browser is not None else None
+        if proxy is None:
+            raise ValueError(f"{sequenceNode.GetName()}: show it in a sequence browser to play it live")
+        return proxy
 
     def stopLive(self) -> LiveSession | None:
         """Stop the running live session, if any; returns it (its nodes stay in the scene)."""

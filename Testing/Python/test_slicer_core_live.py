@@ -249,3 +249,28 @@ def test_live_recording_and_stop_leave_a_consistent_scene(env, frames):
     scene.RemoveNode(volume)
     again.poll()
     assert not again.running
+
+
+def test_live_follows_a_sequence_being_played(env, frames):
+    scene, slicer, logic, _ = env
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "sweep")
+    for index, frame in enumerate(frames[:3]):
+        node = slicer.vtkMRMLScalarVolumeNode()
+        slicer.util.updateVolumeFromArray(node, frame)
+        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.diag([-0.1, -0.1, 1.0, 1.0])))
+        sequence.SetDataNodeAtValue(node, str(index))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "sweep browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    sequences = slicer.modules.sequences.logic()
+    sequences.UpdateProxyNodesFromSequences(browser)
+    session = logic.startLive(sequence)  # the sequence stands for the volume it plays in
+    assert session.volumeNode is browser.GetProxyNode(sequence)
+    for item in (1, 2):  # as the browser's play button steps through the frames
+        browser.SetSelectedItemNumber(item)
+        sequences.UpdateProxyNodesFromSequences(browser)
+        session.wait()
+        assert session.lastRow["frame"] == item
+    assert (session.received, session.processed) == (2, 2)
+    logic.stopLive()
+    with pytest.raises(ValueError, match="sequence browser"):
+        logic.startLive(scene.AddNewNodeByClass("vtkMRMLSequenceNode", "not shown"))
