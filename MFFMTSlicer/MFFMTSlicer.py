@@ -95,6 +95,8 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_MFFMTSlicer_full_flow()
+        self.setUp()
+        self.test_MFFMTSlicer_live()
 
     def _samples(self):
         from MFFMTCore.resources import sample_datalist
@@ -237,3 +239,43 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         self.assertTrue(list(output.glob("*.seg.nrrd")))
 
         self.delayDisplay("Test passed")
+
+    def test_MFFMTSlicer_live(self):
+        """Live mode on a volume whose image is replaced by sample frames, as OpenIGTLinkIF replaces it:
+        results in place, frames dropped while the network is busy, a running class, a recording."""
+        logic = MFFMTSlicerLogic(modelsFolder=Path(slicer.util.tempDirectory("MFFMTSlicerLiveTest")))
+        if logic.missingRequirements():
+            logic.installRequirements()
+        _, samples = self._samples()
+        frames = [slicer.util.arrayFromVolume(slicer.util.loadVolume(str(image), {"singleFile": True, "show": False}))
+                  for image, _, _ in samples[:4]]
+        self.delayDisplay("Live mode: starting the worker and following a changing image")
+        feed = slicer.util.addVolumeFromArray(frames[0] * 0, name="Image_Reference")
+        try:
+            session = logic.startLive(feed, record=True)
+            segmentation = session.segmentationNode
+            for frame in frames[:3]:
+                slicer.util.updateVolumeFromArray(feed, frame)
+                session.wait()
+                self.assertIs(session.segmentationNode, segmentation)
+                mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, session.segmentId, feed)
+                self.assertEqual(int((mask != 0).sum()), int(session.lastRow["lesion_area_px"]))
+                self.assertEqual(session.tableNode.GetNumberOfRows(), 1)
+            self.assertEqual((session.received, session.processed, session.dropped), (3, 3, 0))
+            # Frames faster than the network: the one waiting is replaced, the newest wins.
+            slicer.util.updateVolumeFromArray(feed, frames[3])
+            session.poll()
+            for frame in frames[:3]:
+                slicer.util.updateVolumeFromArray(feed, frame)
+            session.wait()
+            self.assertEqual(session.dropped, 2)
+            self.assertEqual(session.lastRow["frame"], session.received)
+            self.assertTrue(session.runningSummary())
+            logic.stopLive()
+            self.assertEqual(session.received, session.processed + session.dropped + session.failed)
+            for sequence in session.recordedSequences().values():
+                self.assertEqual(sequence.GetNumberOfDataNodes(), session.processed)
+        finally:
+            logic.stopLive()
+            logic.closeWorker()
+        self.delayDisplay("Live test passed")
