@@ -38,7 +38,7 @@ from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.serving.client import PendingRequest, WorkerError
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label, normalise_row
-from MFFMTSlicerLib.slicer_prediction import withoutPhysicalSizes
+from MFFMTSlicerLib.slicer_prediction import oneLine, withoutPhysicalSizes
 from MFFMTSlicerLib.slicer_worker import WarmWorker
 
 # Attributes of the live segmentation: the latest frame's label and the running finding (strict JSON).
@@ -229,7 +229,7 @@ class LiveSession:
             request = client.submit("segment", arrays={"image": frame}, **fields)
         except Exception as error:  # the worker did not start or has died: ask for it again
             self.failed += 1
-            self.lastError = " ".join(str(error).split())
+            self.lastError = oneLine(error)
             self._workerReady = self.worker.clientLater(self.model, self.device)
             return
         self._inFlight = (request, index, frame, ijkToRas)
@@ -241,12 +241,12 @@ class LiveSession:
             reply = request.wait(0)
         except WorkerError as error:
             self.failed += 1
-            self.lastError = " ".join(str(error).split())
+            self.lastError = oneLine(error)
             self._workerReady = self.worker.clientLater(self.model, self.device)
             return False
         except Exception as error:  # noqa: BLE001 - the worker refused this frame; the next may do
             self.failed += 1
-            self.lastError = " ".join(str(error).split())
+            self.lastError = oneLine(error)
             return False
         row = normalise_row(reply.rows[0])
         if not nodes.spacingKnown(self.volumeNode):
