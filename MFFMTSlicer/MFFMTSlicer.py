@@ -150,9 +150,9 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.RemoveNode(labelmap)
         return volume, segmentation
 
-    def _loadImage(self, label: str = "malignant"):
-        """The volume of the first bundled sample with ``label``, as Slicer loads a PNG."""
-        return slicer.util.loadVolume(str(self._sample(label)[0]), {"singleFile": True})
+    def _loadImage(self, image: Path | None = None):
+        """The volume of a bundled sample image (default: the first malignant one), as Slicer loads a PNG."""
+        return slicer.util.loadVolume(str(image or self._sample("malignant")[0]), {"singleFile": True})
 
     def _lesionSegmentId(self, segmentation) -> str:
         segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME)
@@ -289,3 +289,41 @@ class MFFMTSlicerTest(ScriptedLoadableModuleTest):
         self.assertFalse(rows[0]["error"])
         self.assertTrue((output / "results.csv").is_file())
         self.assertTrue(list(output.glob("*.seg.nrrd")))
+
+    def test_live(self):
+        """Live mode on a volume whose image is replaced by sample frames, as OpenIGTLinkIF replaces it:
+        results in place, frames dropped while the network is busy, a running class, a recording."""
+        logic = self._logic()
+        _, samples = self._samples()
+        arrays = [slicer.util.arrayFromVolume(self._loadImage(image)) for image, _, _ in samples[:4]]
+        height, width = min(array.shape[1] for array in arrays), min(array.shape[2] for array in arrays)
+        frames = [array[:, :height, :width].copy() for array in arrays]  # one frame size, as a scanner sends
+        self.delayDisplay("Live mode: starting the worker and following a changing image")
+        feed = slicer.util.addVolumeFromArray(frames[0] * 0, name="Image_Reference")
+        try:
+            session = logic.startLive(feed, record=True)
+            segmentation = session.segmentationNode
+            for frame in frames[:3]:
+                slicer.util.updateVolumeFromArray(feed, frame)
+                session.wait()
+                self.assertIs(session.segmentationNode, segmentation)
+                mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, session.segmentId, feed)
+                self.assertEqual(int((mask != 0).sum()), int(session.lastRow["lesion_area_px"]))
+                self.assertEqual(session.tableNode.GetNumberOfRows(), 1)
+            self.assertEqual((session.received, session.processed, session.dropped), (3, 3, 0))
+            # Frames faster than the network: the one waiting is replaced, the newest wins.
+            slicer.util.updateVolumeFromArray(feed, frames[3])
+            session.poll()
+            for frame in frames[:3]:
+                slicer.util.updateVolumeFromArray(feed, frame)
+            session.wait()
+            self.assertEqual(session.dropped, 2)
+            self.assertEqual(session.lastRow["frame"], session.received)
+            self.assertTrue(session.runningSummary())
+            logic.stopLive()
+            self.assertEqual(session.received, session.processed + session.dropped + session.failed)
+            for sequence in session.recordedSequences().values():
+                self.assertEqual(sequence.GetNumberOfDataNodes(), session.processed)
+        finally:
+            logic.stopLive()
+            logic.closeWorker()

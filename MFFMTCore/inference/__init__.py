@@ -6,6 +6,7 @@
 - The writers put a result on disk as Slicer reads it (segmentation, probability map, overlay).
 """
 
+from MFFMTCore.base.clip_finding import ClipResult, aggregate_frames
 from MFFMTCore.base.components import LesionComponent, find_components
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
@@ -13,7 +14,7 @@ from MFFMTCore.inference.frames import FrameStack, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.inference.result import ClipResult, FrameResult, PredictionResult, aggregate_frames
+from MFFMTCore.inference.result import FrameResult, PredictionResult
 
 __all__ = [
     "ClipResult", "FrameResult", "FrameStack", "GradCamExplainer", "ImageGeometry", "LesionComponent",

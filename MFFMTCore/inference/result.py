@@ -7,12 +7,12 @@ derived from them, so :meth:`PredictionResult.with_threshold` never runs the net
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 
+from MFFMTCore.base.clip_finding import ClipResult, clip_finding
 from MFFMTCore.base.components import LesionComponent, LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.labels import UNSUITABLE
@@ -104,83 +104,6 @@ class FrameResult:
         }
 
 
-@dataclass(frozen=True)
-class ClipResult:
-    """One finding for a whole clip (a 3D input of N frames).
-
-    Args:
-        probabilities: class name -> aggregated probability (see :func:`aggregate_frames`).
-        prediction: the most probable class after aggregation.
-        aggregation: ``"lesion-weighted mean"`` or ``"mean"`` (no frame shows a lesion).
-        key_frame: the frame with the largest lesion probability mass (the one to look at).
-        frames_with_lesion: number of frames whose label map is not empty.
-        num_frames: number of frames.
-        frames_assessed: frames the finding is taken over (those the input check did not flag);
-            ``prediction`` is ``UNSUITABLE`` when every frame is flagged.
-    """
-
-    probabilities: dict[str, float]
-    prediction: str
-    aggregation: str
-    key_frame: int
-    frames_with_lesion: int
-    num_frames: int
-    frames_assessed: int | None = None
-
-    @property
-    def p_malignant(self) -> float:
-        return list(self.probabilities.values())[-1]
-
-    def to_json(self) -> dict:
-        return {
-            "probabilities": self.probabilities,
-            "p_malignant": self.p_malignant,
-            "prediction": self.prediction,
-            "aggregation": self.aggregation,
-            "key_frame": self.key_frame,
-            "frames_with_lesion": self.frames_with_lesion,
-            "num_frames": self.num_frames,
-            "frames_assessed": self.num_frames if self.frames_assessed is None else self.frames_assessed,
-        }
-
-
-def aggregate_frames(
-    class_probabilities: np.ndarray, lesion_mass: np.ndarray, class_names: list[str], frame_sums: np.ndarray
-) -> ClipResult:
-    """Combine per-frame class probabilities into one clip-level result.
-
-    Each frame's class probabilities are weighted by its lesion probability mass (the sum of the
-    lesion probability over its label map). Why: in a sweep many frames miss the lesion or catch
-    only its edge, and the classifier learned benign vs malignant from frames that show a lesion
-    (frames without one carry no class label in training), so its output on lesion-free frames is
-    not evidence about the lesion. Frames showing more of the lesion, more surely, count more.
-    When no frame shows a lesion, the plain mean is used: there is nothing better to weight by.
-
-    Args:
-        class_probabilities: (N, C) per-frame class probabilities.
-        lesion_mass: (N,) lesion probability mass per frame.
-        class_names: the C class names.
-        frame_sums: (N,) sum of the lesion probability over each whole frame; picks the key frame
-            when no frame has a lesion.
-    """
-    total = float(lesion_mass.sum())
-    if total > 0:
-        weights, aggregation = lesion_mass / total, "lesion-weighted mean"
-        key_frame = int(np.argmax(lesion_mass))
-    else:
-        weights, aggregation = np.full(len(lesion_mass), 1.0 / len(lesion_mass)), "mean"
-        key_frame = int(np.argmax(frame_sums))
-    probabilities = weights @ class_probabilities.astype(np.float64)
-    return ClipResult(
-        probabilities={name: float(p) for name, p in zip(class_names, probabilities)},
-        prediction=class_names[int(np.argmax(probabilities))],
-        aggregation=aggregation,
-        key_frame=key_frame,
-        frames_with_lesion=int(np.count_nonzero(lesion_mass)),
-        num_frames=len(lesion_mass),
-    )
-
-
 @dataclass
 class PredictionResult:
     """The prediction for one input (a 2D frame or a 3D stack of frames).
@@ -259,14 +182,8 @@ class PredictionResult:
 
     def _clip(self, masses: np.ndarray, sums: np.ndarray) -> ClipResult:
         """The clip's finding over the frames the input check did not flag (all frames when none is checked)."""
-        kept = np.array([frame.input_check is None or not frame.input_check.flagged for frame in self.frames])
-        if not kept.any():
-            clip = aggregate_frames(self.class_probabilities, masses, self.class_names, sums)
-            return dataclasses.replace(clip, prediction=UNSUITABLE, frames_assessed=0)
-        indices = np.flatnonzero(kept)
-        clip = aggregate_frames(self.class_probabilities[indices], masses[indices], self.class_names, sums[indices])
-        return dataclasses.replace(clip, key_frame=int(indices[clip.key_frame]), num_frames=len(self.frames),
-                                   frames_assessed=len(indices))
+        flagged = [frame.input_check is not None and frame.input_check.flagged for frame in self.frames]
+        return clip_finding(self.class_probabilities, masses, self.class_names, sums, flagged)
 
     @property
     def is_2d(self) -> bool:

@@ -2,10 +2,11 @@
 
 The logic is put together from one class per concern: :class:`RequirementsLogic` (first-use
 packages), :class:`ModelsLogic` (default model and models folder), :class:`PredictionLogic`
-(segment & classify) and :class:`TrainingLogic` (retrain). Work runs in background processes as
-tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods return a running task, and
-``process``, ``processFolder`` and ``train`` wait for theirs. The logic raises exceptions and never
-opens a dialog.
+(segment & classify, through the warm worker of :mod:`MFFMTSlicerLib.slicer_worker`),
+:class:`TrainingLogic` (retrain) and :class:`LiveLogic` (follow a changing image, frame by frame).
+Work runs in the background, as tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods
+return a running task, and ``process``, ``processFolder`` and ``train`` wait for theirs. The logic
+raises exceptions and never opens a dialog.
 """
 
 # No "from __future__ import annotations": parameterNodeWrapper reads the annotations as types.
@@ -32,10 +33,12 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MFFMTCore.base.choices import BACKBONES
 from MFFMTCore.base.train_options import OPTIONS
+from MFFMTSlicerLib.slicer_live import LiveLogic
 from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
 from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, TrainingLogic
+from MFFMTSlicerLib.slicer_worker import WarmWorker
 
 
 @parameterNodeWrapper
@@ -89,7 +92,8 @@ def trainingOptions(parameters: MFFMTSlicerParameterNode) -> dict[str, Any]:
     return {option: getattr(parameters, parameter) for parameter, option in TRAINING_PARAMETERS.items()}
 
 
-class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLogic, PredictionLogic, TrainingLogic):
+class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLogic, PredictionLogic, TrainingLogic,
+                       LiveLogic):
     """Segment and classify breast lesions in ultrasound volumes, and retrain the model.
 
     Args:
@@ -102,6 +106,7 @@ class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLog
         ScriptedLoadableModuleLogic.__init__(self)
         self._modelsFolder = Path(modelsFolder).absolute() if modelsFolder is not None else None
         self.workRoot = Path(workRoot if workRoot is not None else slicer.app.temporaryPath).absolute()
+        self.worker = WarmWorker()
 
     def getParameterNode(self) -> MFFMTSlicerParameterNode:
         return MFFMTSlicerParameterNode(super().getParameterNode())

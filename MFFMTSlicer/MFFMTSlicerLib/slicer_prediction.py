@@ -1,18 +1,26 @@
-"""The logic's segment & classify: ``mffmt predict`` on a volume or sequence, results into the scene. Slicer only.
+"""The logic's segment & classify: the warm worker runs ``mffmt predict`` on a volume or sequence, results into the scene. Slicer only.
 
-:meth:`PredictionLogic.startProcessing` writes the input to a temporary working folder, starts
-``mffmt predict`` and returns a :class:`PredictionTask`; when the command ends, the task loads the
+:meth:`PredictionLogic.startProcessing` writes the input to a temporary working folder and asks the
+logic's warm ``mffmt serve`` worker (:mod:`MFFMTSlicerLib.slicer_worker`) to run its ``predict`` op
+on it, and returns a :class:`PredictionTask`; when the request ends, the task loads the
 segmentation, the probability volume (for re-thresholding), a results table, labelled points and
 the Grad-CAM heat map next to the input. :meth:`PredictionLogic.process` does the same and waits.
+
+Why the ``predict`` op (files) rather than ``segment`` (arrays in memory): it is ``mffmt predict``'s
+own code (``predict_files``), so the files, rows, threshold and ROI handling are those of the
+command line by construction, and the scene import stays the one a saved ``mffmt predict`` output
+gets; the files cost a few hundredths of a second on one frame. The live mode, where every frame
+counts, uses ``segment`` (:mod:`MFFMTSlicerLib.slicer_live`).
 """
 
 import json
 import logging
 import math
 import os
+import queue
 import shutil
-import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +29,10 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
+from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
-from MFFMTSlicerLib.commands import predict_command
-from MFFMTSlicerLib.progress import PredictProgress, parse_event_line
+from MFFMTSlicerLib.commands import roi_argument
+from MFFMTSlicerLib.progress import PredictProgress
 from MFFMTSlicerLib.results import (
     apply_measurements,
     frame_measurements,
@@ -34,27 +43,134 @@ from MFFMTSlicerLib.results import (
     read_results,
     read_threshold,
 )
-from MFFMTSlicerLib.slicer_tasks import (
-    BackgroundTask,
-    makeWorkFolder,
-    processError,
-    pythonExecutable,
-    startCommand,
-)
+from MFFMTSlicerLib.slicer_tasks import BackgroundTask, makeWorkFolder
+from MFFMTSlicerLib.slicer_worker import WarmWorker
 
 # Attributes of a result segmentation: its result rows (strict JSON) and the threshold they reflect.
 RESULTS_ATTRIBUTE = "MFFMT.resultRows"
 THRESHOLD_ATTRIBUTE = "MFFMT.threshold"
 
 
-class PredictionTask(BackgroundTask):
-    """One run of ``mffmt predict`` on one volume.
+def oneLine(error: BaseException) -> str:
+    """An error of the worker or its start as the one-line message the user sees."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def withoutPhysicalSizes(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of an input without a physical pixel spacing (a picture): no mm² and no mm diameters."""
+    row.update(lesion_area_mm2=math.nan, long_axis_mm=math.nan, perpendicular_axis_mm=math.nan)
+    return row
+
+
+def predictFields(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, threshold: float | None,
+                  roi: Sequence[int] | None, gradcam: bool, overwrite: bool) -> dict[str, Any]:
+    """The fields of the worker's ``predict`` request (paths absolute: the worker has its own working folder).
+
+    Raises:
+        ValueError: a threshold outside (0, 1) or a malformed ROI.
+    """
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    fields: dict[str, Any] = {"inputs": [str(Path(path).absolute()) for path in inputs],
+                              "output": str(Path(output).absolute()), "gradcam": gradcam, "overwrite": overwrite}
+    if threshold is not None:
+        fields["threshold"] = float(threshold)
+    if roi is not None:
+        fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
+    return fields
+
+
+class WorkerRequestTask(BackgroundTask):
+    """A ``predict`` request to the warm worker, followed like a background command.
+
+    The worker is made ready (started, or told to load the model) on a helper thread; the request is
+    sent at the first :meth:`poll` after that. Progress events arrive on the client's reader thread
+    and are taken over in :meth:`poll`, on the caller's thread. Cancel asks the worker to stop the
+    request at its next chunk of frames and waits for it (a worker that does not stop in
+    ``CANCEL_WAIT_S`` is closed), so nothing is written into the working folder after the task ended.
+
+    Args:
+        worker: the logic's warm worker.
+        workerReady: the future of :meth:`WarmWorker.clientLater`.
+        fields: the ``predict`` request's fields (:func:`predictFields`).
+    """
+
+    name = "mffmt predict (worker)"
+    CANCEL_WAIT_S = 10.0
+
+    def __init__(self, worker: WarmWorker, workerReady: futures.Future, fields: dict[str, Any], **kwargs):
+        super().__init__(process=None, **kwargs)
+        self.worker = worker
+        self.fields = fields
+        self.progress = PredictProgress()
+        self.request: PendingRequest | None = None
+        self._workerReady = workerReady
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._startError: BaseException | None = None
+
+    def _poll(self) -> None:
+        if self.request is None and self._startError is None and self._workerReady.done():
+            try:
+                self.request = self._workerReady.result().submit("predict", progress=self._events.put, **self.fields)
+            except Exception as error:  # the worker did not start, the model did not load, or it just died
+                self._startError = error
+        while True:
+            try:
+                self.progress.update(self._events.get_nowait())
+            except queue.Empty:
+                break
+
+    def _ended(self) -> bool:
+        return self._startError is not None or (self.request is not None and self.request.done())
+
+    def _idle(self, intervalS: float) -> None:
+        if self.request is None:
+            futures.wait([self._workerReady], intervalS)
+            return
+        try:
+            self.request.wait(intervalS)
+        except Exception:
+            pass
+
+    def _stop(self) -> None:
+        if self.request is None:
+            self._workerReady.cancel()  # a start under way goes on: the next run uses the worker
+            return
+        self.request.cancel()
+        try:
+            self.request.wait(self.CANCEL_WAIT_S)
+        except TimeoutError:
+            logging.warning(f"MFFMT: the worker did not stop request {self.request.id}; closing it")
+            self.worker.close()
+        except Exception:
+            pass
+
+    def _finish(self) -> None:
+        self.reply()
+        self.status = "done"
+
+    def reply(self):
+        """The request's final reply.
+
+        Raises:
+            RuntimeError: the worker did not start, or answered with an error, or stopped (one line).
+        """
+        if self._startError is not None:
+            raise RuntimeError(oneLine(self._startError)) from self._startError
+        try:
+            reply = self.request.wait(0)
+        except Exception as error:
+            raise RuntimeError(oneLine(error)) from error
+        self.progress.update(reply.message)
+        return reply
+
+
+class PredictionTask(WorkerRequestTask):
+    """One segment & classify run on one volume.
 
     When ``status`` is "done", ``segmentationNode`` and ``results`` (one row per frame) hold the
     outcome; otherwise ``error`` says what went wrong and no result node is left in the scene.
     """
-
-    name = "mffmt predict"
 
     def __init__(self, inputVolume, inputPath: Path, threshold: float | None, gradcam: bool, **kwargs):
         super().__init__(**kwargs)
@@ -62,23 +178,11 @@ class PredictionTask(BackgroundTask):
         self.inputPath = inputPath
         self.threshold = threshold
         self.gradcam = gradcam
-        self.progress = PredictProgress()
         self.segmentationNode = None
         self.results: list[dict[str, Any]] = []
 
-    def _poll(self) -> None:
-        for line in self.process.read_lines():
-            event = parse_event_line(line)
-            if event is None:
-                logging.info(f"mffmt predict: {line}")
-                continue
-            self.progress.update(event)
-            if event.get("error"):
-                self.error = str(event["error"])
-
     def _finish(self) -> None:
-        if self.process.returncode != 0:
-            raise RuntimeError(self.error or processError("mffmt predict", self.process))
+        self.reply()
         created: list = []
         try:
             self._importResults(created)
@@ -93,7 +197,7 @@ class PredictionTask(BackgroundTask):
         outputDir = self.workDir / "output"
         volume = self.inputVolume
         scene = volume.GetScene()
-        key = str(self.inputPath)  # mffmt predict names inputs by the absolute path it was given
+        key = str(self.inputPath)  # predict names inputs by the absolute path it was given
         rows = [row for row in read_results(outputDir) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
         files = read_output_files(outputDir).get(key)
@@ -103,7 +207,7 @@ class PredictionTask(BackgroundTask):
         for row in rows:
             row["input"] = volume.GetName()
             if not spacingKnown:  # written as NRRD, but the image itself has no physical spacing
-                row.update(lesion_area_mm2=math.nan, long_axis_mm=math.nan, perpendicular_axis_mm=math.nan)
+                withoutPhysicalSizes(row)
         segmentation = nodes.loadLesionSegmentation(files["segmentation"], volume)
         created.append(segmentation)
         segmentation.SetAttribute(nodes.SPACING_KNOWN_ATTRIBUTE, "1" if spacingKnown else "0")
@@ -157,10 +261,11 @@ def isResultSegmentation(segmentationNode: vtkMRMLSegmentationNode) -> bool:
 
 
 class PredictionLogic:
-    """Segment and classify. ``self.workRoot`` (the folder for temporary working folders) and
-    ``self.requireRequirements`` come from the logic."""
+    """Segment and classify. ``self.workRoot`` (the folder for temporary working folders),
+    ``self.worker`` (the warm worker) and ``self.requireRequirements`` come from the logic."""
 
     workRoot: Path
+    worker: WarmWorker
 
     @staticmethod
     def inputVolume(inputNode) -> vtkMRMLScalarVolumeNode:
@@ -220,20 +325,22 @@ class PredictionLogic:
             ValueError: bad input; RuntimeError: missing packages.
         """
         volume = self.inputVolume(inputNode)
-        self.requireRequirements()
+        if self.worker.ready(model, device) is None:  # a running worker has them: skip the check's 50 ms
+            self.requireRequirements()
         roi = self.roiBox(roiNode, volume) if roiNode is not None else None
         workDir = makeWorkFolder(self.workRoot)
         try:
-            inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd")
-            args = predict_command(pythonExecutable(), [inputPath], workDir / "output", model=model,
-                                   threshold=threshold, roi=roi, gradcam=gradcam, device=device)
-            process = startCommand(args, workDir)
+            inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd").absolute()
+            fields = predictFields([inputPath], workDir / "output", threshold, roi, gradcam, overwrite=True)
+            workerReady = self.worker.clientLater(model, device)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        return PredictionTask(volume, Path(args[-1]), threshold, gradcam, process=process, workDir=workDir,
-                              progressCallback=progressCallback, completedCallback=completedCallback,
-                              keepFiles=keepFiles)
+        task = PredictionTask(volume, inputPath, threshold, gradcam, worker=self.worker, workerReady=workerReady,
+                              fields=fields, workDir=workDir, progressCallback=progressCallback,
+                              completedCallback=completedCallback, keepFiles=keepFiles)
+        task.poll()  # a warm worker gets the request now
+        return task
 
     def process(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
                 roiNode=None, gradcam: bool = False, device: str = "cpu"
@@ -304,25 +411,15 @@ class PredictionLogic:
         if not inputDir.is_dir():
             raise ValueError(f"{inputDir}: not a folder")
         self.requireRequirements()
-        args = predict_command(pythonExecutable(), [inputDir], outputDir, model=model, threshold=threshold,
-                               roi=roi, gradcam=gradcam, device=device, overwrite=overwrite)
-        workDir = makeWorkFolder(self.workRoot)
-        try:
-            process = startCommand(args, workDir)
-            progress = PredictProgress()
-            while not process.is_finished():
-                for line in process.read_lines():
-                    event = parse_event_line(line)
-                    if event is None:
-                        logging.info(f"mffmt predict: {line}")
-                    else:
-                        progress.update(event)
-                if progressCallback:
-                    progressCallback(progress)
-                time.sleep(0.2)
-            if process.returncode not in (0, 1):  # 1: some inputs failed, their rows say why
-                raise RuntimeError(processError("mffmt predict", process))
-        finally:
-            shutil.rmtree(workDir, ignore_errors=True)
+        fields = predictFields([inputDir], outputDir, threshold, roi, gradcam, overwrite)
+        workDir = makeWorkFolder(self.workRoot)  # nothing is written there: every task has one
+        task = WorkerRequestTask(
+            worker=self.worker, workerReady=self.worker.clientLater(model, device), fields=fields, workDir=workDir,
+            progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
+        if task.status != "done":  # failed inputs do not fail the run: their rows say why
+            raise RuntimeError(task.error or f"prediction {task.status}")
         return read_results(outputDir)
 
+    def closeWorker(self) -> None:
+        """End the warm worker (the next run starts another); call it when the logic is no longer used."""
+        self.worker.close()

@@ -53,10 +53,12 @@ def processError(name: str, process: BackgroundProcess) -> str:
 class BackgroundTask:
     """One command in the background; ``status`` is "running", "done", "failed" or "cancelled".
 
-    Subclasses read the command's output in :meth:`_poll` and take over its results in :meth:`_finish`.
+    Subclasses read the command's output in :meth:`_poll` and take over its results in :meth:`_finish`;
+    work that is not a process of its own (a request to the warm worker) overrides :meth:`_ended`
+    and :meth:`_stop` too.
 
     Args:
-        process: the started command.
+        process: the started command (None for work that overrides :meth:`_ended` and :meth:`_stop`).
         workDir: its temporary working folder, removed when the task ends (unless ``keepFiles``).
         progressCallback: called with the task whenever progress is read.
         completedCallback: called with the task once, when it has finished, failed or been cancelled.
@@ -65,7 +67,7 @@ class BackgroundTask:
 
     name = "command"
 
-    def __init__(self, process: BackgroundProcess, workDir: Path,
+    def __init__(self, process: BackgroundProcess | None, workDir: Path,
                  progressCallback: Callable[["BackgroundTask"], None] | None = None,
                  completedCallback: Callable[["BackgroundTask"], None] | None = None, keepFiles: bool = False):
         self.process = process
@@ -87,7 +89,7 @@ class BackgroundTask:
         self._poll()
         if self.progressCallback:
             self.progressCallback(self)
-        if self.process.is_finished():
+        if self._ended():
             self._poll()  # what it wrote just before it ended
             try:
                 self._finish()
@@ -101,16 +103,28 @@ class BackgroundTask:
         while not self.finished:
             self.poll()
             if not self.finished:
-                time.sleep(intervalS)
+                self._idle(intervalS)
         return self
 
     def cancel(self) -> None:
         """Stop the command now; the task ends "cancelled" and leaves nothing behind."""
         if self.finished:
             return
-        self.process.terminate(grace_s=2.0)
+        self._stop()
         self.status = "cancelled"
         self._complete()
+
+    def _ended(self) -> bool:
+        """Whether the work has ended, so that its results can be taken over."""
+        return self.process.is_finished()
+
+    def _stop(self) -> None:
+        """Stop the work now; nothing it does afterwards may write into the working folder."""
+        self.process.terminate(grace_s=2.0)
+
+    def _idle(self, intervalS: float) -> None:
+        """Wait between two polls of :meth:`wait` (at most ``intervalS``; less when the work can say it changed)."""
+        time.sleep(intervalS)
 
     def _poll(self) -> None:
         for line in self.process.read_lines():

@@ -27,11 +27,13 @@ from MFFMTSlicerLib.slicer_training import learningRateAfterModeChange
 
 # Reloaded in this order by "Reload" in developer mode (dependencies first).
 LIB_MODULES = ("volumes", "commands", "dependencies", "models", "process", "progress", "results", "scene_data",
-               "slicer_nodes", "slicer_tasks", "slicer_requirements", "slicer_models", "slicer_prediction",
-               "slicer_training", "slicer_logic", "slicer_widget")
+               "slicer_nodes", "slicer_tasks", "slicer_worker", "slicer_requirements", "slicer_models",
+               "slicer_prediction", "slicer_live", "slicer_training", "slicer_logic", "slicer_widget")
 NO_LABEL = "(no label)"
-# How often running work is polled (milliseconds).
-POLL_INTERVAL_MS = 250
+# How often running work is polled (milliseconds): a warm worker answers in a fraction of a second.
+POLL_INTERVAL_MS = 50
+# How often live mode takes over results and sends the next frame (milliseconds).
+LIVE_POLL_INTERVAL_MS = 20
 
 
 class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -49,6 +51,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._plotWidget = None
         self._thresholdTimer = None
         self._pollTimer = None
+        self._liveTimer = None
         self._startFrom = None  # the retraining mode the learning rate was last suggested for
 
     # ----------------------------------------------------------------------------- set-up
@@ -75,10 +78,15 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.timeout.connect(self.pollTasks)
+        # Live mode: the logic needs no event loop; this timer drives it (see LiveSession.poll).
+        self._liveTimer = qt.QTimer()
+        self._liveTimer.setInterval(LIVE_POLL_INTERVAL_MS)
+        self._liveTimer.timeout.connect(self.pollLive)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.liveButton.connect("clicked(bool)", self.onLiveButton)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModelFile)
         self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
@@ -101,6 +109,8 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancelTraining(self._trainingTask)
             self._trainingTask.process.terminate(grace_s=5.0)
         self._pollTimer.stop()
+        self.stopLive()
+        self.logic.closeWorker()
         self.removeObservers()
 
     def onReload(self) -> None:
@@ -124,6 +134,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.stopLive()
         self.setParameterNode(None)
         # The scene's nodes go: the next training makes new curves.
         self._curves = None
@@ -179,6 +190,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.trainButton.enabled = self._trainingTask.cancelRequestedAt is None
         else:
             self.ui.trainButton.text, self.ui.trainButton.enabled = "Train", parameters is not None
+        self.updateLiveButton()
         fineTune = parameters is not None and parameters.startFrom == FINE_TUNE
         # A fine-tuned model keeps the backbone of the model it starts from.
         self.ui.backboneComboBox.enabled = not fineTune
@@ -322,6 +334,65 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("The lesion cannot be redrawn.", waitCursor=True):
             rows = self.logic.updateThreshold(result, self._parameterNode.threshold)
             self.showResult(result, rows)
+
+    # ------------------------------------------------------------------------------------ live
+
+    def updateLiveButton(self) -> None:
+        if self.logic.live is not None:
+            self.ui.liveButton.text, self.ui.liveButton.enabled = "Stop live", True
+            self.ui.liveRecordCheckBox.enabled = False
+            return
+        inputNode = self._parameterNode.inputNode if self._parameterNode else None
+        self.ui.liveButton.text = "Start live"
+        self.ui.liveButton.enabled = inputNode is not None and bool(self.currentModelPath())
+        self.ui.liveRecordCheckBox.enabled = True
+
+    def onLiveButton(self) -> None:
+        if self.logic.live is not None:
+            self.stopLive()
+            return
+        if not self.ensureRequirements():
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Live mode could not start.", waitCursor=True):
+            session = self.logic.startLive(parameters.inputNode, model=self.currentModelPath() or None,
+                                           threshold=parameters.threshold, device=parameters.device,
+                                           record=self.ui.liveRecordCheckBox.checked)
+            slicer.util.setSliceViewerLayers(background=session.volumeNode)
+            self._liveTimer.start()
+            self.showLive(session)
+        self.updateButtons()
+
+    def pollLive(self) -> None:
+        """Take over a finished frame and send the next (the timer's slot)."""
+        session = self.logic.live
+        if session is None or not session.running:  # stopped by the logic (its volume was removed)
+            self.stopLive()
+            return
+        session.poll()
+        self.showLive(session)
+
+    def showLive(self, session) -> None:
+        """The running class, this frame's result and the frame counts."""
+        lines = [session.runningSummary()]
+        if session.lastRow is not None:
+            lines.append(f"this frame: {lesion_label(session.lastRow)}")
+        if session.lastError:
+            lines.append(f"last failure: {session.lastError}")
+        self.ui.liveClassLabel.text = "\n".join(lines)
+        self.ui.liveCountsLabel.text = (f"{session.processed} segmented, {session.dropped} skipped (a newer frame came),"
+                                        f" {session.failed} failed, of {session.received} received")
+
+    def stopLive(self) -> None:
+        """Stop live mode; the live nodes keep the last frame's result, a recording is ready to browse."""
+        if self._liveTimer is not None:
+            self._liveTimer.stop()
+        session = self.logic.stopLive() if self.logic is not None else None
+        if session is not None:
+            self.showLive(session)
+            if session.browserNode is not None:
+                self.ui.liveCountsLabel.text += f"; recorded in {session.browserNode.GetName()}"
+            self.updateButtons()
 
     # --------------------------------------------------------------------------------- retrain
 

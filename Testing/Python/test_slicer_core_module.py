@@ -1,8 +1,9 @@
 """The MFFMTSlicer module's logic run for real on Slicer's core libraries (the ``slicer-core`` wheel).
 
 ``import MFFMTSlicer`` loads the module as Slicer does (see ``slicercore/``); the logic then runs
-against the real scene, nodes, storage and module logics, with real ``mffmt predict`` and
-``mffmt train`` child processes on the bundled BUS-BRA samples and the shipped default model.
+against the real scene, nodes, storage and module logics, with a real ``mffmt serve`` worker (shared
+by the tests here) and real ``mffmt train`` child processes on the bundled BUS-BRA samples and the
+shipped default model.
 What slicer-core cannot host (Qt widgets, dialogs, timers firing) stays in the in-Slicer self-test
 (``MFFMTSlicerTest`` in MFFMTSlicer.py).
 """
@@ -39,7 +40,8 @@ def env(tmp_path_factory, dev_extra):
     import MFFMTSlicer
 
     logic = MFFMTSlicer.MFFMTSlicerLogic(modelsFolder=root / "models", workRoot=root / "work")
-    return scene, slicer, MFFMTSlicer, logic, root
+    yield scene, slicer, MFFMTSlicer, logic, root
+    logic.closeWorker()
 
 
 def _samples() -> list[dict[str, str]]:
@@ -322,7 +324,7 @@ def test_cancel_leaves_no_node_and_no_file(env):
     task.poll()
     logic.cancel(task)
     assert task.status == "cancelled" and completed == [task]
-    assert task.process.is_finished()
+    assert task.request is None or task.request.done()  # the worker stopped it: it writes no more
     assert not task.workDir.exists()
     assert _sceneNodeIds(scene) == before
 
@@ -483,14 +485,14 @@ def test_in_slicer_self_test_runs_every_flow_and_reports_each_failure(env, tmp_p
         # test_train_on_scene_and_sample_data_adds_the_model's.
         test_sample_data = test_retrain = None
 
-        def _loadImage(self, label="malignant"):
-            return _pictureVolume(slicer, self._sample(label)[0])
+        def _loadImage(self, image=None):
+            return _pictureVolume(slicer, image or self._sample("malignant")[0])
 
         def test_zz_a_failing_flow(self):
             self.fail("on purpose")
 
     flows = unittest.TestLoader().getTestCaseNames(OnSlicerCore)
-    assert len(flows) == 7, flows
+    assert len(flows) == 8, flows
     with pytest.raises(AssertionError) as failure:
         OnSlicerCore().runTest()
     assert str(failure.value) == "MFFMTSlicerTest: test_zz_a_failing_flow failed (tracebacks in the log)"

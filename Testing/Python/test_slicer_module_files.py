@@ -152,7 +152,8 @@ def test_module_file_defines_what_slicer_looks_up():
     for file, name, expected in (("slicer_widget.py", "MFFMTSlicerWidget",
                                   ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]),
                                  ("slicer_logic.py", "MFFMTSlicerLogic", ["ScriptedLoadableModuleLogic", "RequirementsLogic",
-                                                                          "ModelsLogic", "PredictionLogic", "TrainingLogic"])):
+                                                                          "ModelsLogic", "PredictionLogic", "TrainingLogic",
+                                                                          "LiveLogic"])):
         lib = ast.parse((MODULE / "MFFMTSlicerLib" / file).read_text())
         cls = next(n for n in lib.body if isinstance(n, ast.ClassDef) and n.name == name)
         assert [ast.unparse(b) for b in cls.bases] == expected

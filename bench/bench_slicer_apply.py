@@ -1,0 +1,111 @@
+"""Apply to segmentation in the scene: the module's ``logic.process`` on one frame with Grad-CAM, on slicer-core.
+
+Loads the module as Slicer loads it (``Testing/Python/slicercore``: Slicer's real MRML and module
+logics from the ``slicer-core`` wheel), puts a bundled BUS-BRA sample into the scene as Slicer's
+loader leaves a PNG, and times ``logic.process(volume, gradcam=True)`` from the call until it has
+returned with the segmentation, probability, Grad-CAM, table, points and calipers in the scene:
+what a user waits for after pressing Apply. Reports, in one run:
+
+- ``first``: the first Apply of the session (with a warm worker: starting it, importing torch and
+  loading the model happen here, once);
+- ``warm``: the next ``--runs`` Apply runs, median and max (each run is a new result in the scene);
+- ``worker_predict``: the warm worker's ``predict`` op alone on the same input file (no scene work),
+  run right after each warm Apply, and ``slicer_side``, the median of Apply - worker_predict:
+  writing the input, the request and loading the results into the scene;
+- ``child``: a cold ``mffmt predict`` child process on the same input file, started and waited for
+  alone (no scene work): what every Apply paid before the module used a warm worker.
+
+Run: ``python bench/bench_slicer_apply.py [--runs 10] [--sample bus_0012-r.png]`` (needs
+``pip install slicer-core==5.13.31053.0``). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "Testing" / "Python"))
+
+
+def picture_volume(slicer, png: Path):
+    """The sample as Slicer's loader leaves a PNG (ITK geometry in RAS, unit spacing)."""
+    image = sitk.ReadImage(str(png))
+    return slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image)[np.newaxis],
+                                          np.diag([-1.0, -1.0, 1.0, 1.0]), png.stem)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="warm Apply runs after the first")
+    parser.add_argument("--sample", default="bus_0012-r.png", help="bundled sample to segment")
+    parser.add_argument("--no-child", action="store_true", help="skip the cold mffmt predict child")
+    args = parser.parse_args()
+
+    import slicercore
+
+    work = Path(tempfile.mkdtemp(prefix="bench-slicer-apply-"))
+    scene = slicercore.start(work / "tmp")
+    import slicer
+    from MFFMTSlicerLib.commands import predict_command
+    from MFFMTSlicerLib.slicer_nodes import writeVolumeNode
+    from MFFMTSlicerLib.slicer_tasks import pythonExecutable, startCommand
+
+    import MFFMTSlicer
+
+    logic = MFFMTSlicer.MFFMTSlicerLogic(modelsFolder=work / "models", workRoot=work / "work")
+    volume = picture_volume(slicer, ROOT / "MFFMTCore" / "samples" / args.sample)
+    # Each warm Apply is followed by the worker's predict op alone on the same input file (no scene
+    # work), so that both see the same load on a shared machine.
+    inputPath = writeVolumeNode(volume, work / "bare" / "input.nrrd")
+    times, bare = [], []
+    worker = getattr(logic, "worker", None)  # None on the code before the warm worker (every Apply a child)
+    for run in range(args.runs + 1):
+        start = time.perf_counter()
+        segmentation, rows = logic.process(volume, gradcam=True)
+        times.append(time.perf_counter() - start)
+        assert rows and segmentation.GetSegmentation().GetNumberOfSegments() == 1
+        client = worker.ready(None, "cpu") if worker is not None else None
+        if run and client is not None:
+            start = time.perf_counter()
+            client.predict([inputPath], work / "bare" / "output", gradcam=True, overwrite=True)
+            bare.append(time.perf_counter() - start)
+    report = {
+        "sample": args.sample,
+        "first_s": round(times[0], 3),
+        "warm_median_s": round(statistics.median(times[1:]), 3),
+        "warm_max_s": round(max(times[1:]), 3),
+        "runs": args.runs,
+        "nodes_in_scene": scene.GetNumberOfNodes(),
+        "load_average": [round(value, 2) for value in os.getloadavg()],
+    }
+    if bare:
+        report["worker_predict_median_s"] = round(statistics.median(bare), 3)
+        report["slicer_side_median_s"] = round(statistics.median(t - b for t, b in zip(times[1:], bare)), 3)
+    if not args.no_child:
+        inputPath = writeVolumeNode(volume, work / "child" / "input.nrrd")
+        start = time.perf_counter()
+        process = startCommand(predict_command(pythonExecutable(), [inputPath], work / "child" / "output",
+                                               gradcam=True), work / "child")
+        while not process.is_finished():
+            process.read_lines()
+            time.sleep(0.01)
+        report["child_s"] = round(time.perf_counter() - start, 3)
+        report["child_exit"] = process.returncode
+        report["child_over_warm"] = round(report["child_s"] / report["warm_median_s"], 1)
+    if worker is not None:
+        worker.close()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
