@@ -227,6 +227,10 @@ class WorkerClient:
             except (BrokenPipeError, ValueError) as error:
                 raise WorkerError(f"the worker is not running ({type(error).__name__})") from error
 
+    def alive(self) -> bool:
+        """Whether the worker process is still running (the Slicer module restarts a dead one)."""
+        return self.process.poll() is None
+
     def submit(
         self,
         op: str,
