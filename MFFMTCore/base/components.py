@@ -64,29 +64,29 @@ def find_components(
     labelled, count = ndimage.label(label, structure=_CONNECTIVITY)
     if count == 0:
         return []
-    indices = np.arange(1, count + 1)
-    areas = ndimage.sum_labels(np.ones_like(labelled), labelled, indices)
-    mean_probability = ndimage.mean(probability, labelled, indices)
-    centres = np.asarray(ndimage.center_of_mass(label, labelled, indices), dtype=float)  # (row, column)
-    index = centres[:, ::-1]  # ITK order: column, row
-    if geometry.dimension == 3:
-        index = np.column_stack([index, np.full(count, float(frame))])
-    physical = geometry.to_physical(index)
-    if geometry.dimension == 2:
-        physical = np.column_stack([physical, np.zeros(count)])
     pixel_area = geometry.pixel_area_mm2() if geometry.spacing_known else None
     components = []
-    for number, box in enumerate(ndimage.find_objects(labelled)):
+    # Each region is measured inside its bounding box: a lesion is a small part of a frame.
+    for number, box in enumerate(ndimage.find_objects(labelled), start=1):
         rows, columns = box
+        region = labelled[box] == number
+        region_rows, region_columns = np.nonzero(region)
+        area = int(region_rows.size)
+        index = np.array([[region_columns.mean() + columns.start, region_rows.mean() + rows.start]])  # ITK order
+        if geometry.dimension == 3:
+            index = np.column_stack([index, [float(frame)]])
+        physical = geometry.to_physical(index)[0]
+        if geometry.dimension == 2:
+            physical = np.append(physical, 0.0)
         components.append(
             LesionComponent(
-                area_px=int(areas[number]),
-                area_mm2=float(areas[number] * pixel_area) if pixel_area is not None else None,
+                area_px=area,
+                area_mm2=float(area * pixel_area) if pixel_area is not None else None,
                 bbox=(columns.start, rows.start, columns.stop - columns.start, rows.stop - rows.start),
-                centroid_index=(float(index[number, 0]), float(index[number, 1])),
-                centroid=tuple(float(v) for v in physical[number]),
-                mean_probability=float(mean_probability[number]),
-                measurements=measure_lesion(labelled == number + 1, geometry, frame),
+                centroid_index=(float(index[0, 0]), float(index[0, 1])),
+                centroid=tuple(float(v) for v in physical),
+                mean_probability=float(probability[box][region].mean(dtype=np.float64)),
+                measurements=measure_lesion(region, geometry, frame, offset=(rows.start, columns.start)),
             )
         )
     return sorted(components, key=lambda component: component.area_px, reverse=True)

@@ -103,13 +103,18 @@ def _caliper(
     )
 
 
-def measure_lesion(mask: np.ndarray, geometry: ImageGeometry, frame: int = 0) -> LesionMeasurements:
+def measure_lesion(
+    mask: np.ndarray, geometry: ImageGeometry, frame: int = 0, offset: tuple[int, int] = (0, 0)
+) -> LesionMeasurements:
     """Long axis, perpendicular axis and orientation of one lesion region.
 
     Args:
-        mask: (H, W) boolean map of the region (one connected lesion) on the frame's pixel grid.
+        mask: (H, W) boolean map of the region (one connected lesion) on the frame's pixel grid, or
+            a part of that grid holding the whole region (its bounding box: measuring a small
+            lesion then does not scan the whole frame).
         geometry: the input's geometry (2D, or 3D with frames along k).
         frame: the frame's index in the stack (its k index for a 3D input).
+        offset: (row, column) of ``mask[0, 0]`` on the frame's grid.
 
     Raises:
         ValueError: the mask is empty.
@@ -117,7 +122,9 @@ def measure_lesion(mask: np.ndarray, geometry: ImageGeometry, frame: int = 0) ->
     if not mask.any():
         raise ValueError("cannot measure an empty lesion region")
     # Every extreme point (outline, cut ends, extents) is a corner of a pixel on the region's border.
+    # Outside the mask counts as background (binary_erosion's border), so a crop measures as the frame.
     rows, columns = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+    rows, columns = rows + offset[0], columns + offset[1]
     # Work in physical in-plane units; with an unknown spacing the steps are 1 (pixels).
     scale = np.asarray(_in_plane_steps(geometry))
     corners = _pixel_corners(rows, columns) * scale

@@ -112,6 +112,14 @@ def _is_border(strip: np.ndarray) -> bool:
     return strip.size == 0 or float(np.mean(strip <= _BLACK)) >= _BORDER_BLACK_SHARE
 
 
+def square_opening(mask: np.ndarray, size: int) -> np.ndarray:
+    """Morphological opening of a 2D boolean mask by an odd ``size`` x ``size`` square, outside the mask
+    counting as background (as ``ndimage.binary_opening``): as separable minimum and maximum
+    filters, the same result several times faster than with a 2D structuring element."""
+    eroded = ndimage.minimum_filter(mask, size=size, mode="constant", cval=0)
+    return ndimage.maximum_filter(eroded, size=size, mode="constant", cval=0)
+
+
 def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingRegion | None:
     """Find the scan rectangle of a frame or clip (see the module docstring for the method).
 
@@ -135,7 +143,7 @@ def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingReg
     scan = scan.any(axis=0)
     small, large = scan.shape
     kernel = max(3, int(round(min(small, large) / 40)) | 1)
-    opened = ndimage.binary_opening(scan, structure=np.ones((kernel, kernel), dtype=bool))
+    opened = square_opening(scan, kernel)
     labelled, count = ndimage.label(opened)
     if count == 0:
         return None

@@ -13,10 +13,11 @@ from dicom_samples import SCAN, capture, region_item, ultrasound_dicom
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
+from scipy import ndimage
 
 from MFFMTCore.dicom_io import calibrated_region, is_dicom_file, read_dicom
 from MFFMTCore.inference import as_frame_stack
-from MFFMTCore.inference.imaging_region import detect_imaging_region
+from MFFMTCore.inference.imaging_region import detect_imaging_region, square_opening
 from MFFMTCore.io import ImageReadError
 
 BOX = (SCAN[0], SCAN[1], SCAN[2] - SCAN[0] + 1, SCAN[3] - SCAN[1] + 1)
@@ -183,6 +184,16 @@ def test_detected_region_of_real_captures_leaves_out_text_and_borders():
     region = detect_imaging_region(rgb.pixels, 3)
     # The "LYMPH NODE" caption, the scale bar and the bottom text line (rows > 180) are left out.
     assert region.box[1] + region.box[3] <= 180 and region.box[3] > 120
+
+
+@pytest.mark.parametrize("size", [3, 7, 11])
+def test_square_opening_equals_binary_opening(size):
+    """The imaging region's opening (separable filters) is the textbook one, edges included."""
+    rng = np.random.default_rng(size)
+    mask = ndimage.binary_dilation(rng.random((90, 130)) > 0.97, iterations=3) | (rng.random((90, 130)) > 0.8)
+    mask[:, :5] = True  # a block on the frame's edge
+    expected = ndimage.binary_opening(mask, structure=np.ones((size, size), dtype=bool))
+    np.testing.assert_array_equal(square_opening(mask, size), expected)
 
 
 def test_scan_without_a_border_is_not_cropped():

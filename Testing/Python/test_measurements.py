@@ -76,6 +76,21 @@ def test_3d_clip_calipers_lie_on_their_frame():
     assert measured.long_axis.length_mm == pytest.approx(20.0, abs=0.8)
 
 
+def test_region_cropped_to_its_box_measures_as_on_the_whole_frame():
+    """find_components measures each region inside its bounding box: same calipers, same frame indices."""
+    mask = ellipse((300, 400), (260, 120), 50, 20, 35)
+    rows, columns = np.nonzero(mask)
+    box = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
+    geometry = ImageGeometry((0.1, 0.2), (3.0, -1.0), (1.0, 0.0, 0.0, 1.0))
+    whole = measure_lesion(mask, geometry)
+    cropped = measure_lesion(mask[box], geometry, offset=(box[0].start, box[1].start))
+    assert cropped == whole
+    # A region touching the frame's edge: outside the frame is background, as outside a crop.
+    edge = np.zeros((50, 60), dtype=bool)
+    edge[0:20, 40:60] = True
+    assert measure_lesion(edge[0:20, 40:60], PLAIN, offset=(0, 40)) == measure_lesion(edge, PLAIN)
+
+
 def test_empty_mask_is_refused():
     with pytest.raises(ValueError, match="empty"):
         measure_lesion(np.zeros((4, 4), dtype=bool), PLAIN)
