@@ -24,7 +24,7 @@ from pathlib import Path
 
 from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.data.records import SampleRecord
-from MFFMTCore.io import write_text_atomic
+from MFFMTCore.files import write_text_atomic
 
 
 def datalist_item(record: SampleRecord) -> dict:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.evaluation.metrics import dice_score
+from MFFMTCore.files import read_mask
 from MFFMTCore.inference import Predictor
-from MFFMTCore.io import read_mask
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from MFFMTCore.data.records import SampleRecord
+from MFFMTCore.files import write_text_atomic
 from MFFMTCore.inference.input_check import (
     FeatureRecorder,
     FeatureStatistics,
@@ -29,7 +30,6 @@ from MFFMTCore.inference.input_check import (
     write_statistics,
 )
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import write_text_atomic
 from MFFMTCore.model_file import read_model_info
 from MFFMTCore.training.datasplit import plan_split
 

@@ -18,10 +18,10 @@ import sys
 import torch
 from tqdm import tqdm
 
+from MFFMTCore.files import json_text
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
 from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import json_text
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:

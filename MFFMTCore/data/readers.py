@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from MFFMTCore.data.records import LABEL_NAMES, DatasetError, SampleRecord
-from MFFMTCore.io import image_stem, is_image_file
+from MFFMTCore.files import image_stem, is_image_file
 
 #: How many problems a DatasetError spells out before summarising the rest.
 SHOWN_PROBLEMS = 5

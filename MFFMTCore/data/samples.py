@@ -16,7 +16,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from MFFMTCore.data.records import DatasetError, SampleRecord
-from MFFMTCore.io import ImageReadError, read_mask
+from MFFMTCore.files import ImageReadError, read_mask
 
 SAMPLE_MODES = ("frame", "lesion")
 

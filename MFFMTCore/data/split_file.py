@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from MFFMTCore.data.records import DatasetError
-from MFFMTCore.io import write_json_atomic
+from MFFMTCore.files import write_json_atomic
 
 SPLIT_FILE = "split.json"
 

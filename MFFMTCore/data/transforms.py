@@ -28,7 +28,7 @@ from monai.transforms import (
 from scipy import ndimage
 
 from MFFMTCore.data.records import DatasetError
-from MFFMTCore.io import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
+from MFFMTCore.files import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
 
 #: The network's input size in the paper (H, W).
 DEFAULT_SIZE = (256, 256)

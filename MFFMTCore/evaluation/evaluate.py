@@ -22,7 +22,7 @@ from MFFMTCore.data.split_file import read_split
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
-from MFFMTCore.io import write_json_atomic, write_text_atomic
+from MFFMTCore.files import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
 
 LABEL_NAMES = {0: "benign", 1: "malignant", -1: ""}

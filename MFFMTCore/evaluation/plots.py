@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from MFFMTCore.evaluation.metrics import roc_auc, roc_curve  # noqa: E402
-from MFFMTCore.io import atomic_path  # noqa: E402
+from MFFMTCore.files import atomic_path  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike) -> Path:

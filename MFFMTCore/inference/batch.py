@@ -1,6 +1,6 @@
 """Predict on many files into one output folder, as ``mffmt predict`` does; never lose finished work.
 
-- Folders are searched recursively for image files (:func:`MFFMTCore.io.is_image_file`); hidden
+- Folders are searched recursively for image files (:func:`MFFMTCore.files.is_image_file`); hidden
   files and anything inside the output folder are left out. Every file found is predicted, masks
   included (``*_mask.png`` of BUSI): pass the images, not the dataset folder, to avoid that. A file
   named explicitly is always tried, whatever its suffix. A DICOM series split over several files
@@ -33,6 +33,7 @@ from typing import Any
 from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
@@ -45,7 +46,6 @@ from MFFMTCore.inference.results_table import (
     read_results,
     write_results,
 )
-from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.model_file import read_model_checksum
 from MFFMTCore.version import __version__
 

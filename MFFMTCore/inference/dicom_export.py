@@ -35,8 +35,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UltrasoundImageStorage
 
 from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.result import FrameResult, PredictionResult
-from MFFMTCore.io import atomic_path
 from MFFMTCore.version import __version__
 
 SCHEME = "99MFFMT"

@@ -17,8 +17,8 @@ import SimpleITK as sitk
 
 from MFFMTCore.base.geometry import ImageGeometry, records_spacing
 from MFFMTCore.dicom_io import DicomImage, is_dicom_file, read_dicom
+from MFFMTCore.files import grey_from_pixels, read_image
 from MFFMTCore.inference.imaging_region import ImagingRegion
-from MFFMTCore.io import grey_from_pixels, read_image
 
 ImageInput = str | os.PathLike | sitk.Image | np.ndarray
 

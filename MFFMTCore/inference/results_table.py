@@ -16,8 +16,8 @@ from typing import Any
 
 from MFFMTCore.base.results_schema import INPUT_CHECK_COLUMNS, measurement_cells
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import json_text, write_text_atomic
 from MFFMTCore.inference.result import FrameResult, PredictionResult
-from MFFMTCore.io import json_text, write_text_atomic
 
 CSV_NAME = "results.csv"
 JSON_NAME = "results.json"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from MFFMTCore.io import atomic_path
+from MFFMTCore.files import atomic_path
 from MFFMTCore.network.mffmt import MFFMT
 
 EXPORT_FORMATS = ("torchscript", "onnx")

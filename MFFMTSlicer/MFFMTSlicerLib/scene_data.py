@@ -93,7 +93,7 @@ def write_training_datalist(volumes: list[SceneVolume], output_dir: str | os.Pat
     Raises:
         ValueError: a volume is inconsistent (see the message), or no volume gives a training item.
     """
-    from MFFMTCore.io import write_text_atomic
+    from MFFMTCore.files import write_text_atomic
 
     output_dir = Path(output_dir)
     items, skipped = [], []

@@ -26,9 +26,9 @@ from test_train_synthetic import write_dataset
 
 from MFFMTCore.cli import main
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import ImageReadError, write_json_atomic
 from MFFMTCore.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import ImageReadError, write_json_atomic
 from MFFMTCore.model_file import (
     ModelFileError,
     ModelInfo,
