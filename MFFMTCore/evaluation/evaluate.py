@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.labels import CLASS_NAMES
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
 from MFFMTCore.data.split_file import read_split
 from MFFMTCore.evaluation.metrics import grouped_report
@@ -25,7 +26,6 @@ from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.files import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
 
-LABEL_NAMES = {0: "benign", 1: "malignant", -1: ""}
 CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
                "truth_px", "prediction_px", "birads_label", "birads_prediction", "error")
 DICE_NOTE = ("dice: mean per-image Dice over images whose mask holds a lesion, at the network input size; "
@@ -48,6 +48,11 @@ def _readable(dataset: MFFMTDataset, show: bool) -> tuple[list[int], list[dict[s
     return good, failures
 
 
+def _class_name(index: int) -> str:
+    """The class name of a class index; "" for an image without a class (index -1)."""
+    return CLASS_NAMES[index] if index >= 0 else ""
+
+
 def _csv_text(rows: list[dict[str, Any]], failures: list[dict[str, str]], threshold: float) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -56,9 +61,9 @@ def _csv_text(rows: list[dict[str, Any]], failures: list[dict[str, str]], thresh
         called = int(row["p_malignant"] >= threshold)
         writer.writerow({
             # "normal": no class label and a lesion-free mask (BUSI's normal images).
-            **row, "label": "normal" if row["label"] < 0 and row["truth_empty"] else LABEL_NAMES[row["label"]],
+            **row, "label": "normal" if row["label"] < 0 and row["truth_empty"] else _class_name(row["label"]),
             "p_malignant": f"{row['p_malignant']:.6f}",
-            "prediction": LABEL_NAMES[called], "correct": "" if row["label"] < 0 else int(called == row["label"]),
+            "prediction": CLASS_NAMES[called], "correct": "" if row["label"] < 0 else int(called == row["label"]),
             "dice": "" if row["dice"] is None else f"{row['dice']:.6f}",
             "truth_px": "" if row["truth_px"] is None else row["truth_px"], "error": "",
         })
