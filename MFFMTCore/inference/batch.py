@@ -43,7 +43,7 @@ from MFFMTCore.inference.results_table import (
     JSON_NAME,
     error_row,
     frame_rows,
-    read_results,
+    read_results_document,
     write_results,
 )
 from MFFMTCore.model_file import read_model_checksum
@@ -179,7 +179,7 @@ def check_output_folder(output: str | os.PathLike, overwrite: bool = False) -> N
 def _previous_results(output: Path, overwrite: bool) -> dict[str, Any] | None:
     """The folder's earlier results document; None for a fresh folder (or a damaged one with ``overwrite``)."""
     try:
-        previous = read_results(output)
+        previous = read_results_document(output)
     except MFFMTError:
         if overwrite:
             return None

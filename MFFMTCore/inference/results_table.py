@@ -88,7 +88,7 @@ def write_results(directory: str | os.PathLike, document: dict[str, Any], column
     write_text_atomic(directory / CSV_NAME, buffer.getvalue())
 
 
-def read_results(directory: str | os.PathLike) -> dict[str, Any] | None:
+def read_results_document(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The results.json of an earlier run in ``directory``, or None when there is none.
 
     Raises:

@@ -31,7 +31,7 @@ from MFFMTSlicerLib.results import (
     lesion_free_frames,
     normalise_row,
     read_output_files,
-    read_results,
+    read_result_rows,
     read_threshold,
 )
 from MFFMTSlicerLib.slicer_tasks import (
@@ -94,7 +94,7 @@ class PredictionTask(BackgroundTask):
         volume = self.inputVolume
         scene = volume.GetScene()
         key = str(self.inputPath)  # mffmt predict names inputs by the absolute path it was given
-        rows = [row for row in read_results(outputDir) if row["input"] == key]
+        rows = [row for row in read_result_rows(outputDir) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
         files = read_output_files(outputDir).get(key)
         if failed or not rows or not files:
@@ -324,5 +324,5 @@ class PredictionLogic:
                 raise RuntimeError(processError("mffmt predict", process))
         finally:
             shutil.rmtree(workDir, ignore_errors=True)
-        return read_results(outputDir)
+        return read_result_rows(outputDir)
 

@@ -301,16 +301,16 @@ ROWS = [
 ]
 
 
-def test_read_results_prefers_json_and_falls_back_to_csv(tmp_path):
+def test_read_result_rows_prefers_json_and_falls_back_to_csv(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(ROWS))
-    rows = results.read_results(tmp_path)
+    rows = results.read_result_rows(tmp_path)
     assert [r["frame"] for r in rows] == [0, 1] and rows[0]["p_malignant"] == 0.87
     assert math.isnan(rows[1]["centroid_x"])
     (tmp_path / "results.json").unlink()
     header = list(ROWS[0])
     lines = [",".join(header)] + [",".join("" if r[k] is None else str(r[k]) for k in header) for r in ROWS]
     (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
-    rows_csv = results.read_results(tmp_path)
+    rows_csv = results.read_result_rows(tmp_path)
     assert rows_csv[0]["frame"] == 0 and rows_csv[0]["lesion_area_px"] == 482.0
     assert rows_csv[0]["prediction"] == "malignant" and math.isnan(rows_csv[1]["centroid_y"])
 
@@ -330,12 +330,12 @@ def test_read_output_files_maps_finished_inputs_to_their_files(tmp_path):
         results.read_output_files(tmp_path)
 
 
-def test_read_results_explains_missing_and_malformed_files(tmp_path):
+def test_read_result_rows_explains_missing_and_malformed_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
-        results.read_results(tmp_path)
+        results.read_result_rows(tmp_path)
     (tmp_path / "results.json").write_text('{"oops": 1}')
     with pytest.raises(ValueError, match="list of result rows"):
-        results.read_results(tmp_path)
+        results.read_result_rows(tmp_path)
 
 
 def test_results_table_columns_are_typed_and_centroids_are_ras():

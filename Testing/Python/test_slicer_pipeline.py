@@ -79,7 +79,7 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_file):
         state.update(event)
     assert [e["event"] for e in events] == ["progress", "done"] and state.finished and state.fraction == 1.0
 
-    rows = results.read_results(output)
+    rows = results.read_result_rows(output)
     assert len(rows) == 1 and rows[0]["input"] == str(input_path.absolute()) and rows[0]["frame"] == 0
     row = rows[0]
     assert row["prediction"] in ("benign", "malignant") and not row["error"]
@@ -118,7 +118,7 @@ def test_predict_reports_an_unreadable_input_in_its_row(tmp_path, model_file):
     process, events = _run(commands.predict_command(sys.executable, [bad], output, model=model_file))
     assert process.returncode == 1
     assert events[0]["event"] == "progress" and "broken.png" in events[0]["error"]
-    rows = results.read_results(output)
+    rows = results.read_result_rows(output)
     assert "broken.png" in rows[0]["error"] and results.lesion_label(rows[0]).startswith("Error:")
 
 
