@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from MFFMTCore.evaluation.evaluate import evaluate, read_records
+from MFFMTCore.evaluation.evaluate import evaluate, read_evaluation_records
 from MFFMTCore.training.distributed import available_cores
 
 EXAMPLES = """examples:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, not {args.batch_size}")
     torch.set_num_threads(args.threads or available_cores())
-    records = read_records(args.data, args.split)
+    records = read_evaluation_records(args.data, args.split)
     metrics = evaluate(args.model, records, args.output, mode=args.mode, margin=args.margin,
                        batch_size=args.batch_size, device=args.device, threshold=args.threshold,
                        progress=args.progress_bar)

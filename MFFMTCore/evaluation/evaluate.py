@@ -138,7 +138,7 @@ def evaluate(
     return metrics
 
 
-def read_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:
+def read_evaluation_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:
     """Read datasets; with ``split`` (a run's split.json) keep only its validation images.
 
     Raises:
