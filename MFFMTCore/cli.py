@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.version import __version__
 
 COMMANDS = ("train", "evaluate", "predict", "export", "fit_input_check", "serve", "live")
@@ -41,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mffmt {args.command}: error: {path}: {reason}" if path else f"mffmt {args.command}: error: {reason}",
               file=sys.stderr)
         return 2
-    except ValueError as error:
-        # MFFMTError, and option checks deeper down that raise a plain ValueError naming the option.
-        print(f"mffmt {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
+    except MFFMTError as error:
+        print(f"mffmt {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from MFFMTCore.data.records import SampleRecord
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import write_text_atomic
 from MFFMTCore.inference.input_check import (
     FeatureRecorder,
@@ -89,7 +90,7 @@ def fit_input_check(
     split = info.training.get("split") or {}
     data = list(data) if data else list(info.training.get("data") or [])
     if not data:
-        raise ValueError(f"{model_path}: the model file does not record its training data; pass the data folders")
+        raise MFFMTError(model_path, "the model file does not record its training data; pass the data folders")
     train, validation, _ = plan_split(data, float(split.get("val_fraction", 0.2)), int(split.get("seed", 0)))
     predictor = Predictor(model_path, device=device)
     predictor.input_statistics = None  # measure with the statistics fitted here, not with stored ones

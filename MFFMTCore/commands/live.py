@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from MFFMTCore.commands.predict import _positive, _threshold
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.predictor import Predictor
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from MFFMTCore.serving.live import LiveSegmenter
     except ModuleNotFoundError as error:  # pyigtl is the `live` extra
-        raise ValueError(f"mffmt live needs {error.name}: pip install 'MFFMTCore[live]'") from error
+        raise MFFMTError(str(error.name), "not installed; mffmt live needs it: pip install 'MFFMTCore[live]'") from error
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = args.workers or (cores if args.device == "cpu" else 1)
     threads = args.threads or (1 if args.device == "cpu" else None)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from MFFMTCore.data.transforms import AUGMENTATIONS
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.training.config import TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.presets import PRESETS
 from MFFMTCore.training.trainer import Trainer
@@ -130,12 +131,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     from_file = read_config_file(args.config) if args.config else {}
     output = given.get("output") or from_file.get("output")
     if not output:
-        raise ValueError("no run folder: give --output RUN_DIR")
+        raise MFFMTError("--output", "no run folder: give --output RUN_DIR")
     saved: dict[str, Any] = {}
     if args.resume:
         saved_path = Path(output) / "config.json"
         if not saved_path.is_file():
-            raise ValueError(f"{saved_path}: not found; is {output} a training run folder?")
+            raise MFFMTError(saved_path, f"not found; is {output} a training run folder?")
         saved = read_config_file(saved_path)
     return merge_config(saved, from_file, given)
 

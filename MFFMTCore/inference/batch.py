@@ -372,8 +372,10 @@ def _failed(
     key = str(path)
     if isinstance(error, OSError) and error.strerror:
         message = f"{error.filename or path}: {error.strerror}"
-    elif isinstance(error, MFFMTError) or key in str(error):
+    elif key in str(error):
         message = str(error)
+    elif isinstance(error, MFFMTError):  # e.g. an ROI that misses this input's frame: say which input
+        message = f"{path}: {error}"
     else:
         message = f"{path}: {type(error).__name__}: {error}"
     message = " ".join(message.split())  # one line: it is a CSV cell and a log line

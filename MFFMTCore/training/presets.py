@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from MFFMTCore.errors import MFFMTError
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "optimizer": "adam",
@@ -54,13 +56,13 @@ def preset_values(name: str, backbone: str) -> dict[str, Any]:
     """The recipe values of preset ``name`` for a network with ``backbone``.
 
     Raises:
-        ValueError: unknown preset or backbone.
+        MFFMTError: unknown preset or backbone.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise MFFMTError("--preset", f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     values = dict(PRESETS[name])
     by_backbone = values.pop("lambda_loc")
     if backbone not in by_backbone:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(by_backbone)}")
+        raise MFFMTError("--backbone", f"unknown backbone {backbone!r}; choose one of {', '.join(by_backbone)}")
     values["lambda_loc"] = by_backbone[backbone]
     return values
