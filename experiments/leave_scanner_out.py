@@ -72,13 +72,13 @@ def main() -> int:
     train_dir = output / "run"
     mffmt("train", "--data", str(seen), "--output", str(train_dir), "--preset", config["preset"],
           "--augment", config["augment"], "--fusion", args.fusion, "--input-size", args.input_size,
-          "--epochs", args.epochs, "--seed", str(config["seed"]), "--no-progress-bar",
+          "--epochs", args.epochs, "--seed", str(config["seed"]), "--progress", "none",
           *(["--resume"] if (train_dir / "checkpoint.pt").exists() else []))
     model = str(train_dir / "model.safetensors")
     mffmt("evaluate", "--model", model, "--data", str(seen), "--split", str(train_dir / "split.json"),
-          "--output", str(output / "eval_seen"), "--no-progress-bar")
+          "--output", str(output / "eval_seen"), "--progress", "none")
     mffmt("evaluate", "--model", model, "--data", str(unseen), "--output", str(output / "eval_unseen"),
-          "--no-progress-bar")
+          "--progress", "none")
     for name in ("eval_seen", "eval_unseen"):
         overall = json.loads((output / name / "metrics.json").read_text())["overall"]
         print(name, {key: overall.get(key) for key in ("images", "auc", "accuracy", "sensitivity", "specificity", "dice")})

@@ -27,7 +27,7 @@ KEYS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1", "dic
 def evaluate(model: Path, run: Path, output: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     command = [sys.executable, "-m", "MFFMTCore", "evaluate", "--model", str(model), "--split", str(run / "split.json"),
-               "--output", str(output), "--no-progress-bar"]
+               "--output", str(output), "--progress", "none"]
     for path in config["data"]:
         command += ["--data", path]
     subprocess.run(command, check=True)

@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.commands.options import add_progress
 from MFFMTCore.data.transforms import AUGMENTATIONS
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.training.config import TrainConfig, merge_config, read_config_file
@@ -109,7 +110,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run_group.add_argument("--device", choices=("cpu", "cuda"))
     run_group.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: available cores)")
     run_group.add_argument("--stop-file", metavar="FILE", help="stop when this file appears (default RUN_DIR/STOP)")
-    run_group.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, help="tqdm bar (default on)")
+    add_progress(run_group, choices=("bar", "none"), default=None, old_bar_flags=True,
+                 help="bar: a progress bar on stderr (default); none: no bar. The JSON events always go to "
+                      "RUN_DIR/progress.jsonl (follow them with tail -f)")
     parser.set_defaults(run=run)
 
 
@@ -128,6 +131,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     """The run's configuration from the saved run config (on --resume), --config and the command line."""
     names = TrainConfig.__dataclass_fields__
     given = _absolute({key: value for key, value in vars(args).items() if key in names and value is not None})
+    if args.progress is not None:
+        given["progress_bar"] = args.progress == "bar"
     from_file = read_config_file(args.config) if args.config else {}
     output = given.get("output") or from_file.get("output")
     if not output:

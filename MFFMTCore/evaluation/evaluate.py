@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,17 @@ def _readable(dataset: MFFMTDataset, show: bool) -> tuple[list[int], list[dict[s
     return good, failures
 
 
+def _counted(batches: Iterable[dict[str, Any]], total: int,
+             on_batch: Callable[[int, int], None] | None) -> Iterator[dict[str, Any]]:
+    """``batches``, calling ``on_batch(images done, total)`` once each batch is predicted."""
+    done = 0
+    for batch in batches:
+        yield batch
+        done += len(batch["id"])
+        if on_batch is not None:
+            on_batch(done, total)
+
+
 def _class_name(index: int) -> str:
     """The class name of a class index; "" for an image without a class (index -1)."""
     return CLASS_NAMES[index] if index >= 0 else ""
@@ -80,8 +92,9 @@ def evaluate(
     margin: float | None = None,
     batch_size: int = 8,
     device: str = "cpu",
-    threshold: float = 0.5,
+    malignancy_threshold: float = 0.5,
     progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``records`` and write the results into ``output``.
 
@@ -93,8 +106,9 @@ def evaluate(
         margin: lesion-crop margin; None uses the model's.
         batch_size: images per network call.
         device: ``cpu`` or ``cuda``.
-        threshold: malignancy probability from which a case is called malignant.
+        malignancy_threshold: malignancy probability from which a case is called malignant.
         progress: show progress bars.
+        on_batch: called after each batch with (images done, images to do).
 
     Returns:
         The content of metrics.json.
@@ -116,17 +130,18 @@ def evaluate(
     if not good:
         raise DatasetError(f"all {len(failures)} images", f"none can be read; the first: {failures[0]['error']}")
     loader = DataLoader(Subset(dataset, good), batch_size=batch_size, shuffle=False)
-    batches = tqdm(loader, desc="evaluating", unit="batch", disable=not progress)
+    batches = tqdm(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch", total=len(loader),
+                   disable=not progress)
     rows, _ = predict_rows(model, batches, device, threshold=info.threshold)
-    report = grouped_report(rows, threshold)
+    report = grouped_report(rows, malignancy_threshold)
     output = Path(output)
     metrics = json_safe({
         "model": str(path), "model_name": info.name, "input_size": info.input_size, "mode": mode,
-        "mask_threshold": info.threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
+        "lesion_threshold": info.threshold, "malignancy_threshold": malignancy_threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
         **report,
     })
     write_json_atomic(output / "metrics.json", metrics)
-    write_text_atomic(output / "predictions.csv", _csv_text(rows, failures, threshold))
+    write_text_atomic(output / "predictions.csv", _csv_text(rows, failures, malignancy_threshold))
     curves = {"all": ([r["label"] for r in rows], [r["p_malignant"] for r in rows])}
     for name in report["datasets"]:
         chosen = [r for r in rows if r["dataset"] == name]
@@ -134,7 +149,7 @@ def evaluate(
     plot_roc(curves if len(curves) > 2 else {"all": curves["all"]}, output / "roc.png",
              title=f"ROC curve, malignant positive ({info.name})")
     plot_confusion_matrix(report["overall"]["confusion_matrix"], output / "confusion_matrix.png",
-                          class_names=info.class_names, title=f"Confusion matrix at p >= {threshold:g}")
+                          class_names=info.class_names, title=f"Confusion matrix at p >= {malignancy_threshold:g}")
     return metrics
 
 

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from MFFMTCore.base.progress_events import PROGRESS_CHOICES
+
 # Device choices shown to the user -> the --device values of the command line.
 DEVICES = {"CPU": "cpu", "GPU": "cuda"}
 BACKBONES = ("resnet18", "resnet50")
@@ -42,7 +44,7 @@ def predict_command(
     output_dir: str | os.PathLike,
     *,
     model: str | os.PathLike | None = None,
-    threshold: float | None = None,
+    lesion_threshold: float | None = None,
     roi: Sequence[int] | None = None,
     gradcam: bool = False,
     device: str = "cpu",
@@ -57,29 +59,31 @@ def predict_command(
         inputs: image files to segment and classify.
         output_dir: folder for the results (``--output``).
         model: model file; None uses the installed default model.
-        threshold: lesion probability threshold in (0, 1); None uses the model's own.
+        lesion_threshold: lesion probability threshold in (0, 1) (``--lesion-threshold``); None uses the
+            model's own.
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
         batch_size: frames per forward pass; None uses the command's default.
         overwrite: replace results already in ``output_dir``.
-        progress: ``"json"`` (one JSON line per finished input on stdout), ``"bar"`` or ``"none"``.
+        progress: ``"json"`` (one progress event per line on stdout, see
+            :mod:`MFFMTCore.base.progress_events`), ``"bar"`` or ``"none"``.
     """
     inputs = [_absolute(path) for path in inputs]
     if not inputs:
         raise ValueError("nothing to segment: no input files")
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
+        raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    if progress not in ("json", "bar", "none"):
-        raise ValueError(f"progress must be json, bar or none, got {progress!r}")
+    if progress not in PROGRESS_CHOICES:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS_CHOICES)}, got {progress!r}")
     args = [str(python), "-m", "MFFMTCore", "predict", "--output", _absolute(output_dir),
             "--device", device_argument(device), "--progress", progress]
     if model is not None:
         args += ["--model", _absolute(model)]
-    if threshold is not None:
-        args += ["--threshold", repr(float(threshold))]
+    if lesion_threshold is not None:
+        args += ["--lesion-threshold", repr(float(lesion_threshold))]
     if roi is not None:
         args += ["--roi", roi_argument(roi)]
     if gradcam:
@@ -107,7 +111,7 @@ def train_command(
     device: str = "cpu",
     stop_file: str | os.PathLike | None = None,
     seed: int | None = None,
-    progress_bar: bool | None = None,
+    progress: str | None = None,
 ) -> list[str]:
     """The argument list of ``python -m MFFMTCore train``; None leaves an option to the command's preset.
 
@@ -126,8 +130,8 @@ def train_command(
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
         stop_file: a file whose appearance stops training at the next safe point.
         seed: random seed.
-        progress_bar: show (True) or hide (False) the text progress bar; a program reading
-            RUN_DIR/progress.jsonl hides it.
+        progress: ``"bar"`` or ``"none"`` (``--progress``); a program reading RUN_DIR/progress.jsonl
+            passes ``"none"``. None leaves the command's default (a bar).
     """
     data = [_absolute(path) for path in data]
     if not data:
@@ -155,8 +159,8 @@ def train_command(
     for flag, value in options:
         if value is not None:
             args += [flag, repr(value) if isinstance(value, float) else str(value)]
-    if progress_bar is not None:
-        args.append("--progress-bar" if progress_bar else "--no-progress-bar")
+    if progress is not None:
+        args += ["--progress", progress]
     return args
 
 

@@ -73,8 +73,7 @@ class PredictionTask(BackgroundTask):
                 logging.info(f"mffmt predict: {line}")
                 continue
             self.progress.update(event)
-            if event.get("error"):
-                self.error = str(event["error"])
+            self.error = self.progress.error or "; ".join(self.progress.failures.values()) or self.error
 
     def _finish(self) -> None:
         if self.process.returncode != 0:
@@ -304,7 +303,7 @@ class PredictionLogic:
         if not inputDir.is_dir():
             raise ValueError(f"{inputDir}: not a folder")
         self.requireRequirements()
-        args = predict_command(pythonExecutable(), [inputDir], outputDir, model=model, threshold=threshold,
+        args = predict_command(pythonExecutable(), [inputDir], outputDir, model=model, lesion_threshold=threshold,
                                roi=roi, gradcam=gradcam, device=device, overwrite=overwrite)
         workDir = makeWorkFolder(self.workRoot)
         try:

@@ -203,7 +203,7 @@ class TrainingLogic:
         args = train_command(pythonExecutable(), data, runDir, backbone=None if initModel else backbone,
                              epochs=epochs, learning_rate=learningRate, lambda_loc=lambdaLoc, batch_size=batchSize,
                              val_fraction=valFraction, input_size=inputSize, init_model=initModel, device=device,
-                             stop_file=runDir / "STOP", progress_bar=False)
+                             stop_file=runDir / "STOP", progress="none")
         workDir = makeWorkFolder(self.workRoot)
         return TrainingTask(runDir, modelName, self.addModelFile, process=startCommand(args, workDir),
                             workDir=workDir, progressCallback=progressCallback, completedCallback=completedCallback)
