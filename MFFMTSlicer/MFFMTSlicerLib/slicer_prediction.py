@@ -225,7 +225,7 @@ class PredictionLogic:
         try:
             inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd")
             args = predict_command(pythonExecutable(), [inputPath], workDir / "output", model=model,
-                                   threshold=threshold, roi=roi, gradcam=gradcam, device=device)
+                                   lesion_threshold=threshold, roi=roi, gradcam=gradcam, device=device)
             process = startCommand(args, workDir)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
