@@ -45,7 +45,7 @@ class ProtocolError(MFFMTError):
     """
 
     def __init__(self, problem: str, request_id: Any = None):
-        super().__init__("message" if request_id is None else f"request {request_id!r}", problem)
+        super().__init__("protocol" if request_id is None else f"request {request_id!r}", problem)
         self.request_id = request_id
 
 
