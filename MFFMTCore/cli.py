@@ -14,6 +14,9 @@ import argparse
 import importlib
 import sys
 
+from MFFMTCore.base.progress_events import event_line, make_event
+from MFFMTCore.commands.options import VOCABULARY
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.version import __version__
 
 COMMANDS = ("train", "evaluate", "predict", "export", "fit_input_check", "serve", "live")
@@ -23,12 +26,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mffmt",
         description="Breast-ultrasound lesion segmentation and benign/malignant classification with MFFMT.",
+        epilog=VOCABULARY, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"MFFMTCore.commands.{name}").add_parser(subparsers)
     return parser
+
+
+def _refuse(args: argparse.Namespace, message: str) -> int:
+    """Report a user's problem in one line (and as an error event under ``--progress json``); status 2."""
+    print(f"mffmt {args.command}: error: {message}", file=sys.stderr)
+    if getattr(args, "progress", None) == "json":
+        print(event_line(make_event("error", message=message)), flush=True)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         path = error.filename if error.filename is not None else ""
         reason = error.strerror or str(error)
-        print(f"mffmt {args.command}: error: {path}: {reason}" if path else f"mffmt {args.command}: error: {reason}",
-              file=sys.stderr)
-        return 2
-    except ValueError as error:
-        # MFFMTError, and option checks deeper down that raise a plain ValueError naming the option.
-        print(f"mffmt {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
+        return _refuse(args, f"{path}: {reason}" if path else reason)
+    except MFFMTError as error:
+        return _refuse(args, str(error))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from MFFMTCore.io import ImageReadError
+from MFFMTCore.files import ImageReadError
 
 # Codes of the Sequence of Ultrasound Regions (DICOM PS3.3 C.8.5.5.1).
 SPATIAL_FORMAT_2D = 1

@@ -44,7 +44,7 @@ from MFFMTCore.base.model_metadata import (
     check_format,
     default_model_path,
 )
-from MFFMTCore.io import atomic_path, describe_write_error
+from MFFMTCore.files import atomic_path, describe_write_error
 from MFFMTCore.version import __version__
 
 #: The first format whose checksum covers the metadata too.

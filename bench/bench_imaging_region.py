@@ -29,9 +29,9 @@ import torch
 
 from MFFMTCore.base.measurements import measure_lesion
 from MFFMTCore.evaluation.metrics import dice_score, roc_auc
+from MFFMTCore.files import read_mask
 from MFFMTCore.inference import Predictor, as_frame_stack
 from MFFMTCore.inference.imaging_region import detect_imaging_region
-from MFFMTCore.io import read_mask
 from MFFMTCore.model_file import read_model_info, resolve_model_path
 from MFFMTCore.training.datasplit import plan_split
 

@@ -26,9 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from MFFMTCore.files import check_frames
 from MFFMTCore.inference.batch import content_hash
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import check_frames
 from MFFMTCore.model_file import default_model_path, load_model, read_model_info
 
 

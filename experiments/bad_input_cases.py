@@ -37,7 +37,7 @@ from MFFMTCore.network import MFFMT
 
 CASES: list[tuple[str, Callable[[Path], tuple[str, str]]]] = []
 FAST = ["--progress", "none", "--threads", "1"]
-TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--no-progress-bar", "--val-fraction", "0.25"]
+TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--progress", "none", "--val-fraction", "0.25"]
 
 
 def case(title: str):
@@ -158,7 +158,7 @@ def nan_evaluate(tmp: Path):
     items = json.loads(datalist.read_text())["training"] + [{"image": "inf.nrrd", "label": "malignant"}]
     datalist.write_text(json.dumps({"training": items}))
     result = mffmt("evaluate", "--model", model(tmp / "m.safetensors"), "--data", datalist, "--output", "eval",
-                   "--threads", "1", "--no-progress-bar", cwd=tmp)
+                   "--threads", "1", "--progress", "none", cwd=tmp)
     metrics = json.loads((tmp / "eval" / "metrics.json").read_text()) if (tmp / "eval" / "metrics.json").exists() else {}
     return ("mffmt evaluate --data DATA_WITH_INF_IMAGE --output eval",
             f"{said(result)}; scored {metrics.get('samples')} images, listed as failed: {len(metrics.get('failed', []))}")
@@ -349,7 +349,7 @@ def leftover(tmp: Path):
     process.wait(600)
     left = run / ".checkpoint.a1b2c3d4.tmp.pt"  # what a kill -9 inside torch.save leaves
     left.write_bytes(b"\0" * 4096)
-    process = mffmt("train", "--output", run, "--resume", "--epochs", "2", "--no-progress-bar", cwd=tmp, wait=False)
+    process = mffmt("train", "--output", run, "--resume", "--epochs", "2", "--progress", "none", cwd=tmp, wait=False)
     process.communicate(timeout=600)
     result = subprocess.CompletedProcess(process.args, process.returncode, "", "")
     return ("kill during a save (leftover .checkpoint.*.tmp.pt); mffmt train --output RUN --resume --epochs 2",

@@ -73,7 +73,7 @@ _allow_missing_simpleitk()
 
 import torch  # noqa: E402
 
-from MFFMTCore.io import write_json_atomic  # noqa: E402
+from MFFMTCore.files import write_json_atomic  # noqa: E402
 
 #: Recipes compared. ``augment``: "scanner" = ScannerAugment; "lateral" = left-right flips only;
 #: ``lesion_free``: share of lesion images turned into lesion-free views (ScannerAugment).

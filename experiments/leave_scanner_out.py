@@ -27,7 +27,7 @@ from MFFMTCore.base.choices import FUSION_CHOICES
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.data.records import SampleRecord
-from MFFMTCore.io import write_text_atomic
+from MFFMTCore.files import write_text_atomic
 from MFFMTCore.training.config import read_config_file
 
 
@@ -76,13 +76,13 @@ def main() -> int:
     train_dir = RunFolder(output / "run")
     mffmt("train", "--data", str(seen), "--output", str(train_dir.path), "--preset", config["preset"],
           "--augment", config["augment"], "--fusion", args.fusion, "--input-size", args.input_size,
-          "--epochs", args.epochs, "--seed", str(config["seed"]), "--no-progress-bar",
+          "--epochs", args.epochs, "--seed", str(config["seed"]), "--progress", "none",
           *(["--resume"] if train_dir.checkpoint.exists() else []))
     model = str(train_dir.model)
     mffmt("evaluate", "--model", model, "--data", str(seen), "--split", str(train_dir.split),
-          "--output", str(output / "eval_seen"), "--no-progress-bar")
+          "--output", str(output / "eval_seen"), "--progress", "none")
     mffmt("evaluate", "--model", model, "--data", str(unseen), "--output", str(output / "eval_unseen"),
-          "--no-progress-bar")
+          "--progress", "none")
     for name in ("eval_seen", "eval_unseen"):
         overall = json.loads((output / name / "metrics.json").read_text())["overall"]
         print(name, {key: overall.get(key) for key in ("images", "auc", "accuracy", "sensitivity", "specificity", "dice")})

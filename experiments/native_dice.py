@@ -24,8 +24,8 @@ from tqdm import tqdm
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_dataset, record_key
 from MFFMTCore.evaluation.metrics import dice_score
+from MFFMTCore.files import read_mask
 from MFFMTCore.inference import Predictor
-from MFFMTCore.io import read_mask
 from MFFMTCore.training.config import read_config_file
 
 

@@ -30,7 +30,7 @@ KEYS = ("auc", "accuracy", "precision", "sensitivity", "specificity", "f1", "dic
 def evaluate(model: Path, run: RunFolder, output: Path) -> dict:
     config = read_config_file(run.config)
     command = [sys.executable, "-m", "MFFMTCore", "evaluate", "--model", str(model), "--split", str(run.split),
-               "--output", str(output), "--no-progress-bar"]
+               "--output", str(output), "--progress", "none"]
     for path in config["data"]:
         command += ["--data", path]
     subprocess.run(command, check=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from MFFMTCore.base.geometry import ImageGeometry
+from MFFMTCore.errors import MFFMTError
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,19 @@ def resolve_roi(
     A box reaching past the frame's edge is cut to the frame.
 
     Raises:
-        ValueError: the box is malformed, empty, or does not overlap the frame.
+        MFFMTError: the box is malformed, empty, or does not overlap the frame.
     """
     if roi is None:
         return None
     if isinstance(roi, PhysicalBox):
         roi = roi.to_pixels(geometry)
     if len(roi) != 4 or any(int(v) != v for v in roi):
-        raise ValueError(f"ROI must be four whole numbers x, y, w, h (pixels), got {tuple(roi)}")
+        raise MFFMTError("ROI", f"must be four whole numbers x, y, w, h (pixels), got {tuple(roi)}")
     x, y, w, h = (int(v) for v in roi)
     if w <= 0 or h <= 0:
-        raise ValueError(f"ROI width and height must be positive, got {w}x{h}")
+        raise MFFMTError("ROI", f"width and height must be positive, got {w}x{h}")
     height, width = frame_shape
     x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, width), min(y + h, height)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"ROI {(x, y, w, h)} lies outside the {width}x{height} frame")
+        raise MFFMTError(f"ROI {(x, y, w, h)}", f"lies outside the {width}x{height} frame")
     return x0, y0, x1 - x0, y1 - y0

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.io import write_json_atomic, write_text_atomic
+from MFFMTCore.files import write_json_atomic, write_text_atomic
 
 CONFIG_NAME = "config.json"
 SPLIT_NAME = "split.json"

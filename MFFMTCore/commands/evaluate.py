@@ -14,7 +14,8 @@ import sys
 
 import torch
 
-from MFFMTCore.evaluation.evaluate import evaluate, read_records
+from MFFMTCore.commands.options import Progress, add_malignancy_threshold, add_progress, positive_int
+from MFFMTCore.evaluation.evaluate import evaluate, read_evaluation_records
 from MFFMTCore.training.distributed import available_cores
 
 EXAMPLES = """examples:
@@ -36,25 +37,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="evaluate only the validation images of a training run's split.json")
     parser.add_argument("--mode", choices=("frame", "lesion"), help="sample mode (default: the model's)")
     parser.add_argument("--margin", type=float, help="lesion-crop margin (default: the model's)")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
-                        help="malignancy probability from which a case is called malignant (0.5)")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    add_malignancy_threshold(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: available cores)")
-    parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: available cores)")
+    add_progress(parser, old_bar_flags=True)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0.0 < args.threshold < 1.0:
-        raise ValueError(f"--threshold must be between 0 and 1, not {args.threshold}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, not {args.batch_size}")
     torch.set_num_threads(args.threads or available_cores())
-    records = read_records(args.data, args.split)
+    records = read_evaluation_records(args.data, args.split)
+    progress = Progress(args.progress, total=len(records), unit="image", own_bar=False)  # evaluate() draws its bars
+    progress.event("start", total=len(records), output=str(args.output))
     metrics = evaluate(args.model, records, args.output, mode=args.mode, margin=args.margin,
-                       batch_size=args.batch_size, device=args.device, threshold=args.threshold,
-                       progress=args.progress_bar)
+                       batch_size=args.batch_size, device=args.device,
+                       malignancy_threshold=args.malignancy_threshold, progress=args.progress == "bar",
+                       on_batch=lambda done, total: progress.event("progress", done=done, total=total))
+    progress.close()
     overall = metrics["overall"]
 
     def show(value: float | None) -> str:
@@ -65,4 +65,6 @@ def run(args: argparse.Namespace) -> int:
           f"Dice {show(overall['dice'])}; written to {args.output}")
     for failure in metrics["failed"]:
         print(f"mffmt evaluate: skipped: {failure['error']}", file=sys.stderr)
+    progress.event("done", total=len(records), done=metrics["samples"], failed=len(metrics["failed"]),
+                   output=str(args.output))
     return 1 if metrics["failed"] else 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.model_file import load_model, resolve_model_path
 from MFFMTCore.network.export import EXPORT_FORMATS, export_difference, export_model
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_model(model_path)
     size = (args.input_size, args.input_size) if args.input_size else tuple(info.input_size)
     if any(side <= 0 or side % 32 for side in size):
-        raise ValueError(f"--input-size {size} must be a positive multiple of 32")
+        raise MFFMTError("--input-size", f"{size} must be a positive multiple of 32")
     export_model(model, output, export_format, size)
     check = torch.rand(2, model.architecture["in_channels"], *size)
     difference = export_difference(model, output, export_format, check)
@@ -46,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"max abs difference to PyTorch on a random batch: {difference:.3g}")
     if difference > TOLERANCE:
         output.unlink(missing_ok=True)
-        raise ValueError(f"{output}: exported outputs differ from PyTorch by {difference:.3g} (> {TOLERANCE}); removed")
+        raise MFFMTError(output, f"exported outputs differ from PyTorch by {difference:.3g} (> {TOLERANCE}); removed")
     return 0

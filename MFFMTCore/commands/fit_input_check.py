@@ -12,16 +12,17 @@ import argparse
 import datetime as _dt
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from MFFMTCore.commands.options import Progress, add_progress, float_between, positive_int
 from MFFMTCore.data.records import SampleRecord
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import write_text_atomic
 from MFFMTCore.inference.input_check import (
     FeatureRecorder,
     FeatureStatistics,
@@ -29,7 +30,6 @@ from MFFMTCore.inference.input_check import (
     write_statistics,
 )
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import write_text_atomic
 from MFFMTCore.model_file import read_model_info
 from MFFMTCore.training.datasplit import plan_split
 
@@ -89,7 +89,7 @@ def fit_input_check(
     split = info.training.get("split") or {}
     data = list(data) if data else list(info.training.get("data") or [])
     if not data:
-        raise ValueError(f"{model_path}: the model file does not record its training data; pass the data folders")
+        raise MFFMTError(model_path, "the model file does not record its training data; pass the data folders")
     train, validation, _ = plan_split(data, float(split.get("val_fraction", 0.2)), int(split.get("seed", 0)))
     predictor = Predictor(model_path, device=device)
     predictor.input_statistics = None  # measure with the statistics fitted here, not with stored ones
@@ -155,28 +155,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="dataset folder or datalist (repeat; default: the data the model was trained on)")
     parser.add_argument("--others", nargs="*", default=[], metavar="FILE",
                         help="files known not to be breast B-mode: the report says which frames are flagged")
-    parser.add_argument("--max-train-frames", type=int, metavar="N", help="fit on at most N training images")
-    parser.add_argument("--quantile", type=float, default=0.995,
+    parser.add_argument("--max-train-frames", type=positive_int, metavar="N", help="fit on at most N training images")
+    parser.add_argument("--quantile", type=float_between(0.5, 1.0), default=0.995,
                         help="quantile of the training frames' distances that becomes the limit (default 0.995)")
-    parser.add_argument("--neighbours", type=int, default=20, metavar="K",
+    parser.add_argument("--neighbours", type=positive_int, default=20, metavar="K",
                         help="a frame's distance is its cosine distance to the K-th nearest training frame (default 20)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_progress(parser, help="bar: a bar of the files done on stderr (default); json: one JSON event per file "
+                              "on stdout; none: nothing (the report is printed after the events in any case)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0.5 < args.quantile < 1.0:
-        raise ValueError(f"--quantile must be in (0.5, 1), got {args.quantile}")
-    if args.neighbours < 1:
-        raise ValueError(f"--neighbours must be at least 1, got {args.neighbours}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    bar = tqdm(unit="file", file=sys.stderr)
+        raise MFFMTError("--device cuda", "no CUDA device is available")
+    progress = Progress(args.progress, unit="file")
+    progress.event("start", output=str(args.output))
     report = fit_input_check(args.model, args.output, data=args.data, others=args.others,
                              max_train_frames=args.max_train_frames, quantile=args.quantile,
                              neighbours=args.neighbours, device=args.device,
-                             progress=lambda _name: bar.update(1))
-    bar.close()
+                             progress=lambda name: progress.advance(input=name))
+    progress.close()
+    progress.event("done", done=progress.done, output=str(args.output))
     text = json.dumps(report, indent=1, allow_nan=False)
     write_text_atomic(f"{args.output}.input_check.json", text + "\n")
     print(text)

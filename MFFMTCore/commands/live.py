@@ -11,7 +11,6 @@ counted. Runs until Ctrl-C or SIGTERM (exit status 0); prints its counts to stde
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -19,7 +18,9 @@ from typing import Any
 
 import torch
 
-from MFFMTCore.commands.predict import _positive, _threshold
+from MFFMTCore.base.progress_events import event_line, make_event
+from MFFMTCore.commands.options import add_lesion_threshold, add_progress, positive_int
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.predictor import Predictor
 
 
@@ -50,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--igtl", type=_address, required=True, metavar="HOST:PORT", help="the OpenIGTLink server")
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T", help="lesion probability threshold (default: the model's)")
+    add_lesion_threshold(parser)
     parser.add_argument("--input-device", metavar="NAME", help="segment only IMAGE messages of this device (default: any)")
     # Device names default to LiveSegmenter's (MFFMTLabel, MFFMTResult, MFFMTModel).
     parser.add_argument("--label-device", metavar="NAME", help="device name of the label maps sent (default: MFFMTLabel)")
@@ -61,18 +62,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "see --allow-model-swap)")
     parser.add_argument("--allow-model-swap", action="store_true",
                         help="let the server switch models by sending a model path on --model-device")
-    parser.add_argument("--queue", type=_positive, default=1, metavar="N",
+    parser.add_argument("--queue", type=positive_int, default=1, metavar="N",
                         help="frames kept waiting while one is segmented; older ones are dropped (default 1)")
-    parser.add_argument("--workers", type=_positive, metavar="N",
+    parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="frames segmented at once (default: one per usable core on cpu, 1 on cuda); results "
                              "still go out in frame order")
-    parser.add_argument("--threads", type=_positive, metavar="N",
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="torch threads per frame (default on cpu: 1; one frame per core is much faster than "
                              "one frame on all cores while frames keep arriving, see bench/bench_live.py)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--report-every", type=float, default=10.0, metavar="S", help="seconds between status lines")
-    parser.add_argument("--progress", choices=("text", "json"), default="text",
-                        help="status lines as text (stderr) or JSON lines (stdout)")
+    add_progress(parser, help="bar: a status line on stderr every --report-every seconds (default); json: the "
+                              "same counts as one JSON event per line on stdout; none: nothing")
     parser.set_defaults(run=run)
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         from MFFMTCore.serving.live import LiveSegmenter
     except ModuleNotFoundError as error:  # pyigtl is the `live` extra
-        raise ValueError(f"mffmt live needs {error.name}: pip install 'MFFMTCore[live]'") from error
+        raise MFFMTError(str(error.name), "not installed; mffmt live needs it: pip install 'MFFMTCore[live]'") from error
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = args.workers or (cores if args.device == "cpu" else 1)
     threads = args.threads or (1 if args.device == "cpu" else None)
@@ -90,14 +91,14 @@ def run(args: argparse.Namespace) -> int:
     devices = {name: getattr(args, name) for name in ("label_device", "result_device", "model_device")}
     live = LiveSegmenter(
         Predictor(args.model, device=args.device, batch_size=1), host, port, input_device=args.input_device,
-        threshold=args.threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap, workers=workers,
+        threshold=args.lesion_threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap, workers=workers,
         **{name: value for name, value in devices.items() if value is not None},
     )
 
     def report(stats: dict[str, Any]) -> None:
         if args.progress == "json":
-            print(json.dumps({"event": "progress", **stats}, allow_nan=False), flush=True)
-        else:
+            print(event_line(make_event("progress", **stats)), flush=True)
+        elif args.progress == "bar":
             print("mffmt live: " + ", ".join(f"{key} {value}" for key, value in stats.items()), file=sys.stderr, flush=True)
 
     def stop(signum: int, frame: Any) -> None:

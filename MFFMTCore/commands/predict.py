@@ -16,12 +16,12 @@ import argparse
 import sys
 
 import torch
-from tqdm import tqdm
 
+from MFFMTCore.base.progress_events import INPUT_STATUSES
+from MFFMTCore.commands.options import Progress, add_lesion_threshold, add_progress, positive_int
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
 from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import json_text
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -34,22 +34,6 @@ def _roi(text: str) -> tuple[int, int, int, int]:
     return values
 
 
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -60,8 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="image or clip files (PNG, JPEG, NRRD, NIfTI, DICOM, ...) or folders (searched recursively)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
-    parser.add_argument("--threshold", type=_threshold, metavar="T",
-                        help="lesion probability threshold (default: the model's)")
+    add_lesion_threshold(parser)
     parser.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
                         help="classify only this pixel box of each frame (x = column, y = row; the paper's protocol)")
     parser.add_argument("--imaging-region", choices=IMAGING_REGION_CHOICES, default="auto",
@@ -77,12 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="redo the inputs given even when an earlier run finished them (other inputs' rows are "
                              "kept), and replace files in their output names that predict did not write")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="frames per network call")
-    parser.add_argument("--threads", type=_positive, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="frames per network call")
+    parser.add_argument("--threads", type=positive_int, metavar="N",
                         help="CPU threads for torch (default: torch's choice); 1 is fastest when other "
                              "processes keep the cores busy")
-    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
-                        help="progress as a bar (stderr), JSON lines (stdout) or nothing")
+    add_progress(parser)
     parser.set_defaults(run=run)
 
 
@@ -92,27 +74,24 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
-    bar = tqdm(total=len(inputs), unit="input", disable=args.progress != "bar", file=sys.stderr)
+    progress = Progress(args.progress, total=len(inputs), unit="input")
+    progress.event("start", total=len(inputs), output=str(args.output))
 
     def report(outcome: InputOutcome, done: int, total: int) -> None:
-        bar.update(1)
-        if args.progress == "json":
-            print(json_text({"event": "progress", "done": done, "total": total, "input": outcome.input,
-                             "status": outcome.status, "error": outcome.error}, indent=None), flush=True)
+        progress.advance(input=outcome.input, status=outcome.status, message=outcome.error)
 
     try:
-        summary = predict_files(predictor, inputs, args.output, threshold=args.threshold, roi=args.roi,
+        summary = predict_files(predictor, inputs, args.output, threshold=args.lesion_threshold, roi=args.roi,
                                 gradcam=args.gradcam, overwrite=args.overwrite, progress=report,
                                 imaging_region=args.imaging_region, dicom=args.dicom)
     except KeyboardInterrupt:
-        bar.close()
+        progress.close()
+        progress.event("cancelled", done=progress.done, total=len(inputs), output=str(args.output))
         print("mffmt predict: stopped; finished inputs are in the results files", file=sys.stderr)
         return 130
-    bar.close()
-    counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
-    if args.progress == "json":
-        print(json_text({"event": "done", "total": len(inputs), **counts, "output": str(args.output)}, indent=None),
-              flush=True)
+    progress.close()
+    counts = {status: sum(o.status == status for o in summary.outcomes) for status in INPUT_STATUSES}
+    progress.event("done", total=len(inputs), **counts, output=str(args.output))
     for outcome in summary.failed:
         print(f"mffmt predict: failed: {outcome.error}", file=sys.stderr)
     if summary.failed:

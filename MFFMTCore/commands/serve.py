@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from MFFMTCore.commands.predict import _positive
+from MFFMTCore.commands.options import positive_int
 from MFFMTCore.serving.worker import Worker
 
 
@@ -27,8 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="frames per network call")
-    parser.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="frames per network call")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
     parser.set_defaults(run=run)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.base.train_options import GROUPS, OPTIONS, Option
+from MFFMTCore.commands.options import add_progress
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.training.config import PATH_OPTIONS, TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.trainer import Trainer
@@ -54,7 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     resume.add_argument("--overwrite", action="store_true",
                         help="start a new run in RUN_DIR, deleting the earlier run's model, checkpoint, config, "
                              "split, history and curves (new progress events are appended)")
-    groups["run"].add_argument("--progress-bar", action=argparse.BooleanOptionalAction, help="tqdm bar (default on)")
+    add_progress(groups["run"], choices=("bar", "none"), default=None, old_bar_flags=True,
+                 help="bar: a progress bar on stderr (default); none: no bar. The JSON events always go to "
+                      "RUN_DIR/progress.jsonl (follow them with tail -f)")
     parser.set_defaults(run=run)
 
 
@@ -87,6 +90,8 @@ def _absolute(values: dict[str, Any]) -> dict[str, Any]:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The run's configuration from the saved run config (on --resume), --config and the command line."""
     given = _absolute({key: value for key, value in vars(args).items() if key in OPTIONS and value is not None})
+    if args.progress is not None:
+        given["progress_bar"] = args.progress == "bar"
     from_file = read_config_file(args.config) if args.config else {}
     output = given.get("output") or from_file.get("output")
     if not output:

@@ -25,8 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.data.records import LABEL_NAMES, DatasetError, SampleRecord
-from MFFMTCore.io import image_stem, is_image_file
+from MFFMTCore.data.records import IMAGE_LABELS, DatasetError, SampleRecord
+from MFFMTCore.files import image_stem, is_image_file
 
 #: How many problems a DatasetError spells out before summarising the rest.
 SHOWN_PROBLEMS = 5
@@ -135,7 +135,7 @@ def read_busi(root: str | os.PathLike) -> list[SampleRecord]:
     groups = _read_busi_groups(root / "groups.csv")
     problems = _Problems(root)
     records: list[SampleRecord] = []
-    for label in LABEL_NAMES:
+    for label in IMAGE_LABELS:
         folder = root / label
         if not folder.is_dir():
             continue

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from MFFMTCore.base.labels import BIRADS_CLASSES, LABEL_NAMES, LABELS
+from MFFMTCore.base.labels import BIRADS_CLASSES, CLASS_INDEX, IMAGE_LABELS
 from MFFMTCore.errors import MFFMTError
 
-__all__ = ["BIRADS_CLASSES", "LABELS", "LABEL_NAMES", "DatasetError", "SampleRecord", "birads_index",
+__all__ = ["BIRADS_CLASSES", "CLASS_INDEX", "IMAGE_LABELS", "DatasetError", "SampleRecord", "birads_index",
            "label_index", "record_key", "summarize"]
 
 
@@ -58,7 +58,7 @@ def record_key(record: SampleRecord) -> str:
 
 def label_index(label: str | None) -> int:
     """Class index of ``label`` for the classification head: 0 benign, 1 malignant, -1 otherwise."""
-    return LABELS.get(label, -1) if label is not None else -1
+    return CLASS_INDEX.get(label, -1) if label is not None else -1
 
 
 def birads_index(birads: str | None) -> int:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from MFFMTCore.base.choices import SAMPLE_MODES
 from MFFMTCore.data.records import DatasetError, SampleRecord
-from MFFMTCore.io import ImageReadError, read_mask
+from MFFMTCore.files import ImageReadError, read_mask
 
 
 def lesion_boxes(mask: np.ndarray, min_pixels: int = 16, min_fraction: float = 0.02) -> list[tuple[int, ...]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from MFFMTCore.data.readers import read_busbra, read_csv_table
 from MFFMTCore.data.records import DatasetError, SampleRecord
+from MFFMTCore.errors import MFFMTError
 
 Split = tuple[list[SampleRecord], list[SampleRecord]]
 
@@ -59,10 +60,10 @@ def split_by_group(records: list[SampleRecord], val_fraction: float = 0.2, seed:
         (train, val), each in the records' original order; no group has members in both.
 
     Raises:
-        ValueError: ``val_fraction`` out of range, or too few groups to give both sides a record.
+        MFFMTError: ``val_fraction`` out of range, or too few groups to give both sides a record.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise MFFMTError("val_fraction", f"must be in [0, 1), got {val_fraction}")
     total = Counter(_stratum(record) for record in records)
     target = {key: val_fraction * number for key, number in total.items()}
     in_val = [0] * len(records)
@@ -75,8 +76,9 @@ def split_by_group(records: list[SampleRecord], val_fraction: float = 0.2, seed:
                 in_val[index] = 1
     train, val = _partition(records, in_val, 2)[1]
     if val_fraction > 0 and (not train or not val):
-        raise ValueError(f"cannot split {len(records)} records in {len(_ordered_groups(records, seed))} "
-                         f"groups into training and validation (val_fraction {val_fraction})")
+        raise MFFMTError("val_fraction", f"cannot split {len(records)} records in "
+                         f"{len(_ordered_groups(records, seed))} groups into training and validation "
+                         f"(val_fraction {val_fraction})")
     return train, val
 
 

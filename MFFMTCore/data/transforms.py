@@ -29,7 +29,8 @@ from scipy import ndimage
 
 from MFFMTCore.base.choices import AUGMENTATIONS
 from MFFMTCore.data.records import DatasetError
-from MFFMTCore.io import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
 
 #: The network's input size in the paper (H, W).
 DEFAULT_SIZE = (256, 256)
@@ -185,7 +186,7 @@ def augmentation_transforms(size: Sequence[int] = DEFAULT_SIZE, augment: str = "
     """
     keys = ["image", "mask"]
     if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, not {augment!r}")
+        raise MFFMTError("augment", f"must be one of {', '.join(AUGMENTATIONS)}, not {augment!r}")
     if augment == "scanner":
         return []
     lateral_flip = RandFlipd(keys=keys, prob=0.5, spatial_axis=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,15 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.labels import CLASS_NAMES
 from MFFMTCore.base.run_folder import read_split
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
-from MFFMTCore.io import write_json_atomic, write_text_atomic
+from MFFMTCore.files import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
 
-LABEL_NAMES = {0: "benign", 1: "malignant", -1: ""}
 CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
                "truth_px", "prediction_px", "birads_label", "birads_prediction", "error")
 DICE_NOTE = ("dice: mean per-image Dice over images whose mask holds a lesion, at the network input size; "
@@ -48,6 +49,22 @@ def _readable(dataset: MFFMTDataset, show: bool) -> tuple[list[int], list[dict[s
     return good, failures
 
 
+def _counted(batches: Iterable[dict[str, Any]], total: int,
+             on_batch: Callable[[int, int], None] | None) -> Iterator[dict[str, Any]]:
+    """``batches``, calling ``on_batch(images done, total)`` once each batch is predicted."""
+    done = 0
+    for batch in batches:
+        yield batch
+        done += len(batch["id"])
+        if on_batch is not None:
+            on_batch(done, total)
+
+
+def _class_name(index: int) -> str:
+    """The class name of a class index; "" for an image without a class (index -1)."""
+    return CLASS_NAMES[index] if index >= 0 else ""
+
+
 def _csv_text(rows: list[dict[str, Any]], failures: list[dict[str, str]], threshold: float) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -56,9 +73,9 @@ def _csv_text(rows: list[dict[str, Any]], failures: list[dict[str, str]], thresh
         called = int(row["p_malignant"] >= threshold)
         writer.writerow({
             # "normal": no class label and a lesion-free mask (BUSI's normal images).
-            **row, "label": "normal" if row["label"] < 0 and row["truth_empty"] else LABEL_NAMES[row["label"]],
+            **row, "label": "normal" if row["label"] < 0 and row["truth_empty"] else _class_name(row["label"]),
             "p_malignant": f"{row['p_malignant']:.6f}",
-            "prediction": LABEL_NAMES[called], "correct": "" if row["label"] < 0 else int(called == row["label"]),
+            "prediction": CLASS_NAMES[called], "correct": "" if row["label"] < 0 else int(called == row["label"]),
             "dice": "" if row["dice"] is None else f"{row['dice']:.6f}",
             "truth_px": "" if row["truth_px"] is None else row["truth_px"], "error": "",
         })
@@ -75,8 +92,9 @@ def evaluate(
     margin: float | None = None,
     batch_size: int = 8,
     device: str = "cpu",
-    threshold: float = 0.5,
+    malignancy_threshold: float = 0.5,
     progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``records`` and write the results into ``output``.
 
@@ -88,8 +106,9 @@ def evaluate(
         margin: lesion-crop margin; None uses the model's.
         batch_size: images per network call.
         device: ``cpu`` or ``cuda``.
-        threshold: malignancy probability from which a case is called malignant.
+        malignancy_threshold: malignancy probability from which a case is called malignant.
         progress: show progress bars.
+        on_batch: called after each batch with (images done, images to do).
 
     Returns:
         The content of metrics.json.
@@ -111,17 +130,18 @@ def evaluate(
     if not good:
         raise DatasetError(f"all {len(failures)} images", f"none can be read; the first: {failures[0]['error']}")
     loader = DataLoader(Subset(dataset, good), batch_size=batch_size, shuffle=False)
-    batches = tqdm(loader, desc="evaluating", unit="batch", disable=not progress)
+    batches = tqdm(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch", total=len(loader),
+                   disable=not progress)
     rows, _ = predict_rows(model, batches, device, threshold=info.threshold)
-    report = grouped_report(rows, threshold)
+    report = grouped_report(rows, malignancy_threshold)
     output = Path(output)
     metrics = json_safe({
         "model": str(path), "model_name": info.name, "input_size": info.input_size, "mode": mode,
-        "mask_threshold": info.threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
+        "lesion_threshold": info.threshold, "malignancy_threshold": malignancy_threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
         **report,
     })
     write_json_atomic(output / "metrics.json", metrics)
-    write_text_atomic(output / "predictions.csv", _csv_text(rows, failures, threshold))
+    write_text_atomic(output / "predictions.csv", _csv_text(rows, failures, malignancy_threshold))
     curves = {"all": ([r["label"] for r in rows], [r["p_malignant"] for r in rows])}
     for name in report["datasets"]:
         chosen = [r for r in rows if r["dataset"] == name]
@@ -129,11 +149,11 @@ def evaluate(
     plot_roc(curves if len(curves) > 2 else {"all": curves["all"]}, output / "roc.png",
              title=f"ROC curve, malignant positive ({info.name})")
     plot_confusion_matrix(report["overall"]["confusion_matrix"], output / "confusion_matrix.png",
-                          class_names=info.class_names, title=f"Confusion matrix at p >= {threshold:g}")
+                          class_names=info.class_names, title=f"Confusion matrix at p >= {malignancy_threshold:g}")
     return metrics
 
 
-def read_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:
+def read_evaluation_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:
     """Read datasets; with ``split`` (a run's split.json) keep only its validation images.
 
     Raises:

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from MFFMTCore.evaluation.metrics import roc_auc, roc_curve
-from MFFMTCore.io import atomic_path
+from MFFMTCore.files import atomic_path
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike) -> Path:

@@ -1,6 +1,6 @@
 """Predict on many files into one output folder, as ``mffmt predict`` does; never lose finished work.
 
-- Folders are searched recursively for image files (:func:`MFFMTCore.io.is_image_file`); hidden
+- Folders are searched recursively for image files (:func:`MFFMTCore.files.is_image_file`); hidden
   files and anything inside the output folder are left out. Every file found is predicted, masks
   included (``*_mask.png`` of BUSI): pass the images, not the dataset folder, to avoid that. A file
   named explicitly is always tried, whatever its suffix. A DICOM series split over several files
@@ -33,6 +33,7 @@ from typing import Any
 from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
@@ -42,10 +43,9 @@ from MFFMTCore.inference.results_table import (
     JSON_NAME,
     error_row,
     frame_rows,
-    read_results,
+    read_results_document,
     write_results,
 )
-from MFFMTCore.io import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.model_file import read_model_checksum
 from MFFMTCore.version import __version__
 
@@ -179,7 +179,7 @@ def check_output_folder(output: str | os.PathLike, overwrite: bool = False) -> N
 def _previous_results(output: Path, overwrite: bool) -> dict[str, Any] | None:
     """The folder's earlier results document; None for a fresh folder (or a damaged one with ``overwrite``)."""
     try:
-        previous = read_results(output)
+        previous = read_results_document(output)
     except MFFMTError:
         if overwrite:
             return None
@@ -372,8 +372,10 @@ def _failed(
     key = str(path)
     if isinstance(error, OSError) and error.strerror:
         message = f"{error.filename or path}: {error.strerror}"
-    elif isinstance(error, MFFMTError) or key in str(error):
+    elif key in str(error):
         message = str(error)
+    elif isinstance(error, MFFMTError):  # e.g. an ROI that misses this input's frame: say which input
+        message = f"{path}: {error}"
     else:
         message = f"{path}: {type(error).__name__}: {error}"
     message = " ".join(message.split())  # one line: it is a CSV cell and a log line

@@ -35,8 +35,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UltrasoundImageStorage
 
 from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.result import FrameResult, PredictionResult
-from MFFMTCore.io import atomic_path
 from MFFMTCore.version import __version__
 
 SCHEME = "99MFFMT"
@@ -166,11 +167,11 @@ def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, 
     """Write the DICOM Segmentation and Structured Report of ``result``; returns name -> path.
 
     Raises:
-        ValueError: the input was not a DICOM file (there is nothing to reference).
+        MFFMTError: the input was not a DICOM file (there is nothing to reference).
     """
     dicom = result.input_frames.dicom if result.input_frames is not None else None
     if dicom is None:
-        raise ValueError(f"{result.source}: DICOM results need a DICOM input")
+        raise MFFMTError(result.source, "DICOM results need a DICOM input")
     with warnings.catch_warnings():
         # highdicom warns about source attributes it cannot fix (e.g. a one-part patient name):
         # they are the scanner's, copied as they are.

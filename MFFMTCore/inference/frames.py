@@ -17,8 +17,9 @@ import SimpleITK as sitk
 
 from MFFMTCore.base.geometry import ImageGeometry, records_spacing
 from MFFMTCore.dicom_io import DicomImage, is_dicom_file, read_dicom
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import grey_from_pixels, read_image
 from MFFMTCore.inference.imaging_region import ImagingRegion
-from MFFMTCore.io import grey_from_pixels, read_image
 
 ImageInput = str | os.PathLike | sitk.Image | np.ndarray
 
@@ -136,7 +137,7 @@ def as_frame_stack(
         image = read_image(path)
     dimension = image.GetDimension()
     if dimension not in (2, 3):
-        raise ValueError(f"{source}: a {dimension}D image is neither a frame nor a stack of frames")
+        raise MFFMTError(source, f"a {dimension}D image is neither a frame nor a stack of frames")
     geometry = _geometry_override(ImageGeometry.of(image, spacing_known), spacing, origin, direction)
     pixels = sitk.GetArrayViewFromImage(image)
     frames = pixels if dimension == 3 else pixels[np.newaxis]

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from MFFMTCore.errors import MFFMTError
+
 if TYPE_CHECKING:
     from MFFMTCore.inference.frames import FrameStack
 
@@ -182,7 +184,7 @@ def find_imaging_region(stack: FrameStack, mode: str = "auto") -> ImagingRegion 
             only) or ``"none"`` (the whole frame).
     """
     if mode not in IMAGING_REGION_CHOICES:
-        raise ValueError(f"imaging_region must be one of {IMAGING_REGION_CHOICES}, got {mode!r}")
+        raise MFFMTError("imaging_region", f"must be one of {IMAGING_REGION_CHOICES}, got {mode!r}")
     if mode == "none":
         return None
     if stack.region is not None or mode == "dicom":

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.model_file import copy_with_metadata
 
 METADATA_KEY = "input_check"
@@ -98,7 +99,8 @@ class FeatureStatistics:
         distances (each frame left out of its own neighbours)."""
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or len(features) <= 2 * neighbours:
-            raise ValueError(f"need more than {2 * neighbours} feature vectors to fit, got {features.shape}")
+            raise MFFMTError("--neighbours", f"{neighbours} needs more than {2 * neighbours} training frames to fit, got "
+                             f"{features.shape}; give more training images or fewer neighbours")
         statistics = cls(_normalised(features).astype(np.float16).astype(np.float32), neighbours, 1.0,
                          dict(fitted or {}))
         own = statistics.raw_distance(features, skip_self=True)
@@ -153,7 +155,7 @@ def read_statistics(model_path: str | os.PathLike) -> FeatureStatistics | None:
     """The input-check statistics stored in a model file, or None when it has none.
 
     Raises:
-        ValueError: the stored statistics are damaged (names the file).
+        MFFMTError: the stored statistics are damaged (names the file).
     """
     with safe_open(str(model_path), framework="pt") as handle:
         text = (handle.metadata() or {}).get(METADATA_KEY)
@@ -162,7 +164,7 @@ def read_statistics(model_path: str | os.PathLike) -> FeatureStatistics | None:
     try:
         return FeatureStatistics.from_json(text)
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{model_path}: input-check statistics cannot be read ({error})") from error
+        raise MFFMTError(model_path, f"input-check statistics cannot be read ({error})") from error
 
 
 def write_statistics(model_path: str | os.PathLike, output: str | os.PathLike, statistics: FeatureStatistics) -> Path:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.overlay import write_overlay
 from MFFMTCore.inference.result import PredictionResult
-from MFFMTCore.inference.slicer_segmentation import write_segmentation
-from MFFMTCore.io import atomic_path
+from MFFMTCore.inference.segmentation_file import write_segmentation
 
 
 def output_paths(directory: str | os.PathLike, stem: str, gradcam: bool = False) -> dict[str, Path]:

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.result import PredictionResult
-from MFFMTCore.io import atomic_path
 
 CONTOUR_COLOR = (255, 220, 0)
 ROI_COLOR = (0, 200, 255)

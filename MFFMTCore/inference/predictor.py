@@ -21,13 +21,13 @@ import torch
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.data.transforms import expand_box, preprocess_frame
+from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
 from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
-from MFFMTCore.io import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.model_file import load_model, resolve_model_path
 
 
@@ -119,7 +119,7 @@ class Predictor:
 
         Raises:
             ImageReadError: the file cannot be read; a frame or the ROI is smaller than
-                :data:`MFFMTCore.io.MIN_IMAGE_SIDE` pixels; a pixel is NaN or infinite; or the network
+                :data:`MFFMTCore.files.MIN_IMAGE_SIDE` pixels; a pixel is NaN or infinite; or the network
                 gave a non-finite answer. Nothing is returned for such an input: no answer is
                 better than a confident wrong one.
             ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.

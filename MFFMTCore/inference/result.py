@@ -18,15 +18,16 @@ from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.imaging_region import ImagingRegion
 from MFFMTCore.inference.input_check import InputCheck
 
 
 def check_threshold(threshold: float) -> float:
-    """``threshold`` as a float; ValueError unless it is a probability in (0, 1]."""
+    """``threshold`` as a float; MFFMTError unless it is a probability in (0, 1]."""
     if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        raise MFFMTError("threshold", f"must be in (0, 1], got {threshold}")
     return float(threshold)
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from MFFMTCore.base.results_schema import INPUT_CHECK_COLUMNS, measurement_cells
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import json_text, write_text_atomic
 from MFFMTCore.inference.result import FrameResult, PredictionResult
-from MFFMTCore.io import json_text, write_text_atomic
 
 CSV_NAME = "results.csv"
 JSON_NAME = "results.json"
@@ -88,7 +88,7 @@ def write_results(directory: str | os.PathLike, document: dict[str, Any], column
     write_text_atomic(directory / CSV_NAME, buffer.getvalue())
 
 
-def read_results(directory: str | os.PathLike) -> dict[str, Any] | None:
+def read_results_document(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The results.json of an earlier run in ``directory``, or None when there is none.
 
     Raises:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from MFFMTCore.errors import MFFMTError
+
 
 class FactorisedCrossAttention(nn.Module):
     """Common features of a query source and a key/value source, in linear time in the tokens.
@@ -24,7 +26,7 @@ class FactorisedCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 4) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"token width {dim} is not divisible by num_heads={num_heads}")
+            raise MFFMTError("embed_dim", f"token width {dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.query = nn.Linear(dim, dim)

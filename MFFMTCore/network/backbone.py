@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from monai.networks.nets import ResNet
 
+from MFFMTCore.errors import MFFMTError
+
 # name (one of MFFMTCore.base.choices.BACKBONES): (block, blocks per layer, channels of F1..F4)
 BACKBONE_LAYOUTS: dict[str, tuple[str, list[int], tuple[int, int, int, int]]] = {
     "resnet18": ("basic", [2, 2, 2, 2], (64, 128, 256, 512)),
@@ -30,7 +32,7 @@ def make_backbone(name: str = "resnet18", in_channels: int = 1) -> ResNet:
         in_channels: channels of the input image (1 for B-mode ultrasound).
     """
     if name not in BACKBONE_LAYOUTS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
+        raise MFFMTError("backbone", f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
     block, layers, _ = BACKBONE_LAYOUTS[name]
     return ResNet(
         block=block,
@@ -48,7 +50,7 @@ def make_backbone(name: str = "resnet18", in_channels: int = 1) -> ResNet:
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
     """Channels of F1..F4 of the named backbone."""
     if name not in BACKBONE_LAYOUTS:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
+        raise MFFMTError("backbone", f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
     return BACKBONE_LAYOUTS[name][2]
 
 
@@ -73,11 +75,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any decoding failure means "not a weights file"
-        raise ValueError(f"{path}: not a readable state dict ({error})") from error
+        raise MFFMTError(path, f"not a readable state dict ({error})") from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+        raise MFFMTError(path, "not a state dict of tensors")
     return state
 
 
@@ -100,7 +102,7 @@ def load_torchvision_weights(backbone: ResNet, path: str | os.PathLike) -> list[
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a state dict, or its tensors do not fit the backbone.
+        MFFMTError: the file is not a state dict, or its tensors do not fit the backbone.
     """
     path = Path(path)
     state = {key.removeprefix("module."): value for key, value in _read_state_dict(path).items()}
@@ -110,7 +112,7 @@ def load_torchvision_weights(backbone: ResNet, path: str | os.PathLike) -> list[
     wanted = backbone.conv1.weight.shape[1]
     if stem is not None and stem.shape[1] != wanted:
         if wanted != 1:
-            raise ValueError(f"{path}: stem has {stem.shape[1]} input channels, the backbone takes {wanted}")
+            raise MFFMTError(path, f"stem has {stem.shape[1]} input channels, the backbone takes {wanted}")
         state["conv1.weight"] = stem.sum(dim=1, keepdim=True)
     reference = backbone.state_dict()
     missing = sorted(set(reference) - set(state))
@@ -119,6 +121,6 @@ def load_torchvision_weights(backbone: ResNet, path: str | os.PathLike) -> list[
     if missing or extra or wrong:
         problems = [f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                     for label, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
-        raise ValueError(f"{path}: does not fit the {type(backbone).__name__} backbone ({'; '.join(problems)})")
+        raise MFFMTError(path, f"does not fit the {type(backbone).__name__} backbone ({'; '.join(problems)})")
     backbone.load_state_dict(state, strict=True)
     return unused

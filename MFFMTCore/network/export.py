@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from MFFMTCore.io import atomic_path
+from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import atomic_path
 from MFFMTCore.network.mffmt import MFFMT
 
 EXPORT_FORMATS = ("torchscript", "onnx")
@@ -72,7 +73,7 @@ def export_model(
         input_size: (H, W) of the example input used for tracing; multiples of 32.
     """
     if export_format not in EXPORT_FORMATS:
-        raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {export_format!r}")
+        raise MFFMTError("--format", f"must be one of {EXPORT_FORMATS}, got {export_format!r}")
     model.eval()
     wrapper = MFFMTExportWrapper(model).eval()
     example = torch.rand(1, model.architecture["in_channels"], *input_size, device=next(model.parameters()).device)
@@ -103,7 +104,7 @@ def run_exported(path: str | os.PathLike, export_format: str, x: torch.Tensor) -
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"image": x.cpu().numpy()})
-    raise ValueError(f"export format must be one of {EXPORT_FORMATS}, got {export_format!r}")
+    raise MFFMTError("--format", f"must be one of {EXPORT_FORMATS}, got {export_format!r}")
 
 
 def export_difference(model: MFFMT, path: str | os.PathLike, export_format: str, x: torch.Tensor) -> float:

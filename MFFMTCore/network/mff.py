@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.network.cfefm import CFEFM
 from MFFMTCore.network.dffm import DFFM
 from MFFMTCore.network.patch_embedding import PatchEmbedding
@@ -32,7 +33,7 @@ class MFF(nn.Module):
     ) -> None:
         super().__init__()
         if cfefm_kv not in CFEFM_KV_CHOICES:
-            raise ValueError(f"cfefm_kv must be one of {CFEFM_KV_CHOICES}, got {cfefm_kv!r}")
+            raise MFFMTError("cfefm_kv", f"must be one of {CFEFM_KV_CHOICES}, got {cfefm_kv!r}")
         self.second_source_is_f4 = cfefm_kv == "alternating"
         self.embed_f4 = PatchEmbedding(in_channels, dim)
         self.embed_loc = PatchEmbedding(in_channels, dim)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from MFFMTCore.base.choices import FUSION_CHOICES
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.network.backbone import backbone_channels, backbone_features, make_backbone
 from MFFMTCore.network.classifier import TokenClassifier
 from MFFMTCore.network.clep import CLEP
@@ -77,11 +78,11 @@ class MFFMT(nn.Module):
     ) -> None:
         super().__init__()
         if fusion not in FUSION_CHOICES:
-            raise ValueError(f"fusion must be one of {FUSION_CHOICES}, got {fusion!r}")
+            raise MFFMTError("fusion", f"must be one of {FUSION_CHOICES}, got {fusion!r}")
         aux_classes = dict(aux_classes or {})
         for name, count in aux_classes.items():
             if not isinstance(count, int) or count < 1:
-                raise ValueError(f"auxiliary head {name!r} needs a positive number of classes, got {count!r}")
+                raise MFFMTError("aux_classes", f"auxiliary head {name!r} needs a positive number of classes, got {count!r}")
         self.architecture: dict[str, Any] = {
             "backbone": backbone, "in_channels": in_channels, "num_classes": num_classes, "fusion": fusion,
             "use_ca": use_ca, "use_cbam": use_cbam, "decoder": decoder, "cfefm_kv": cfefm_kv,

@@ -21,13 +21,15 @@ from collections.abc import Callable
 
 import pyigtl
 
+from MFFMTCore.errors import MFFMTError
+
 HEADER = struct.Struct("> H 12s 20s II Q Q")  # OpenIGTLink v1/v2 header: 58 bytes
 # A body larger than this is not a frame but a stream out of step (or not OpenIGTLink at all).
 MAX_BODY_BYTES = 1 << 28
 DEVICE_NAME_BYTES = 20  # OpenIGTLink's limit on a device name
 
 
-class MalformedMessage(ValueError):
+class MalformedMessage(MFFMTError):
     """A message with a valid header whose body cannot be read; the connection goes on.
 
     Args:
@@ -37,7 +39,7 @@ class MalformedMessage(ValueError):
     """
 
     def __init__(self, message_type: str, device_name: str, problem: str):
-        super().__init__(f"{message_type} message from {device_name!r}: {problem}")
+        super().__init__(f"{message_type} message from {device_name!r}", problem)
         self.message_type = message_type
         self.device_name = device_name
 

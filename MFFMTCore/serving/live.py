@@ -36,6 +36,7 @@ import numpy as np
 import pyigtl
 import SimpleITK as sitk
 
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.serving.igtl import IgtlClient, MalformedMessage
 from MFFMTCore.serving.latest import LatestItems
@@ -53,28 +54,28 @@ def frame_image(message: pyigtl.ImageMessage) -> sitk.Image:
     probe) keeps its orientation, and its areas are measured in its own plane.
 
     Raises:
-        ValueError: zero-size, more than one frame, unusable components, non-finite pixels or a
+        MFFMTError: zero-size, more than one frame, unusable components, non-finite pixels or a
             degenerate geometry.
     """
     device = message.device_name
     pixels = message.image
     if pixels is None or pixels.ndim not in (3, 4) or 0 in pixels.shape:
-        raise ValueError(f"IMAGE {device!r}: zero-size or empty image {None if pixels is None else list(pixels.shape)}")
+        raise MFFMTError(f"IMAGE {device!r}", f"zero-size or empty image {None if pixels is None else list(pixels.shape)}")
     if pixels.shape[0] != 1:
-        raise ValueError(f"IMAGE {device!r}: expected one frame, got {pixels.shape[0]} slices")
+        raise MFFMTError(f"IMAGE {device!r}", f"expected one frame, got {pixels.shape[0]} slices")
     components = pixels.shape[3] if pixels.ndim == 4 else 1
     if components not in (1, 3, 4):
-        raise ValueError(f"IMAGE {device!r}: {components} components per pixel (expected 1, 3 or 4)")
+        raise MFFMTError(f"IMAGE {device!r}", f"{components} components per pixel (expected 1, 3 or 4)")
     pixels = pixels.astype(pixels.dtype.newbyteorder("="), copy=False).reshape(pixels.shape[:3] + (components,) * (components > 1))
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
-        raise ValueError(f"IMAGE {device!r}: non-finite pixel values")
+        raise MFFMTError(f"IMAGE {device!r}", "non-finite pixel values")
     matrix = np.asarray(message.ijk_to_world_matrix, dtype=np.float64)
     if message.world_coordinate_system == "ras":
         matrix = _RAS_TO_LPS @ matrix
     axes = matrix[:3, :3].copy()
     spacing = np.linalg.norm(axes, axis=0)
     if not np.isfinite(matrix).all() or min(spacing[0], spacing[1]) <= 0:
-        raise ValueError(f"IMAGE {device!r}: degenerate geometry (IJK-to-world matrix {matrix[:3].tolist()})")
+        raise MFFMTError(f"IMAGE {device!r}", f"degenerate geometry (IJK-to-world matrix {matrix[:3].tolist()})")
     if spacing[2] <= 0:
         # A single slice needs no slice spacing; some senders leave the k axis zero.
         normal = np.cross(axes[:, 0], axes[:, 1])
@@ -85,7 +86,7 @@ def frame_image(message: pyigtl.ImageMessage) -> sitk.Image:
     try:
         image.SetDirection((axes / spacing).ravel().tolist())
     except RuntimeError as error:
-        raise ValueError(f"IMAGE {device!r}: degenerate geometry (axes {axes.tolist()})") from error
+        raise MFFMTError(f"IMAGE {device!r}", f"degenerate geometry (axes {axes.tolist()})") from error
     return image
 
 
@@ -126,7 +127,7 @@ class LiveSegmenter:
             raise ValueError(f"workers must be at least 1, got {workers}")
         for name in (label_device, result_device, model_device):
             if len(name.encode("utf-8")) > 20:
-                raise ValueError(f"device name {name!r} is longer than OpenIGTLink's 20 bytes")
+                raise MFFMTError(name, "device name longer than OpenIGTLink's 20 bytes")
         self.predictor = predictor
         self.input_device, self.threshold = input_device, threshold
         self.allow_model_swap = allow_model_swap
@@ -202,7 +203,7 @@ class LiveSegmenter:
         self.log(f"mffmt live: now using model {self.predictor.model_path}")
 
     def segment(self, message: pyigtl.ImageMessage) -> tuple[pyigtl.ImageMessage, pyigtl.StringMessage]:
-        """The label map and result messages for one frame (raises ValueError for an unusable frame)."""
+        """The label map and result messages for one frame (raises MFFMTError for an unusable frame)."""
         started = time.perf_counter()
         predictor = self.predictor  # one model for the whole frame, even if a swap comes meanwhile
         result = predictor.predict(frame_image(message), threshold=self.threshold)
@@ -243,7 +244,7 @@ class LiveSegmenter:
         arrival, message = item
         try:
             replies = self.segment(message)
-        except ValueError as error:
+        except MFFMTError as error:
             self._fail(message.timestamp, message.device_name, str(error))
             return True
         except Exception as error:  # a bug on one frame must not end a live session

@@ -25,6 +25,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from MFFMTCore.errors import MFFMTError
+
 PROTOCOL_VERSION = 1
 # Events that end a request; any other event ("progress") is followed by more.
 FINAL_EVENTS = ("ready", "info", "loaded", "result", "done", "cancelled", "error")
@@ -34,7 +36,7 @@ MAX_LINE_BYTES = 1 << 20
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(MFFMTError):
     """A message that does not follow the wire format (the text says what is wrong).
 
     Args:
@@ -43,7 +45,7 @@ class ProtocolError(ValueError):
     """
 
     def __init__(self, problem: str, request_id: Any = None):
-        super().__init__(problem)
+        super().__init__("protocol" if request_id is None else f"request {request_id!r}", problem)
         self.request_id = request_id
 
 

@@ -6,7 +6,7 @@ Requests and replies travel as described in :mod:`MFFMTCore.serving.protocol`. O
 - ``{"op": "predict", "inputs": [files or folders], "output": DIR, "threshold"?, "roi"? [x, y, w, h],
   "gradcam"?, "overwrite"?}``: exactly what ``mffmt predict`` does (same files, same results.csv and
   results.json, same reruns). Progress: ``{"event": "progress", "done", "total", "input", "status",
-  "error"}`` after each input (the events of ``mffmt predict --progress json``) and ``{"event":
+  "message"}`` after each input (the fields of ``mffmt predict --progress json``'s events) and ``{"event":
   "progress", "input", "frames_done", "frames_total"}`` within a clip. Final: ``{"event": "done",
   "total", "done", "skipped", "failed", "output", "outcomes": [{input, stem, status, error, outputs,
   seconds}]}``.
@@ -234,7 +234,7 @@ class Worker:
 
         def input_done(outcome: Any, done: int, total: int) -> None:
             self.send({"id": request_id, "event": "progress", "done": done, "total": total,
-                       "input": outcome.input, "status": outcome.status, "error": outcome.error})
+                       "input": outcome.input, "status": outcome.status, "message": outcome.error})
 
         paths = find_inputs(inputs, exclude=output)
         summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=_optional(message, "threshold", (int, float)),

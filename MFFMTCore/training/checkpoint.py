@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.io import atomic_path, describe_write_error
+from MFFMTCore.files import atomic_path, describe_write_error
 
 CHECKPOINT_VERSION = 1
 

@@ -25,7 +25,7 @@ from MFFMTCore.data import (
 )
 
 
-def read_records(paths: list[str]) -> tuple[list[SampleRecord], list[SampleRecord], list[SampleRecord]]:
+def read_training_records(paths: list[str]) -> tuple[list[SampleRecord], list[SampleRecord], list[SampleRecord]]:
     """Read every dataset.
 
     Returns:
@@ -62,7 +62,7 @@ def plan_split(paths: list[str], val_fraction: float, seed: int) -> tuple[list[S
     Returns:
         (train, val, split description for ``split.json``).
     """
-    pooled, train, val = read_records(paths)
+    pooled, train, val = read_training_records(paths)
     if pooled:
         pooled_train, pooled_val = split_by_group(pooled, val_fraction=val_fraction, seed=seed)
         train, val = train + pooled_train, val + pooled_val
@@ -97,7 +97,7 @@ def restore_split(paths: list[str], split_path: str | os.PathLike) -> tuple[list
     split_path = Path(split_path)
     split = read_split(split_path)
     keys = {"train": split["train"], "validation": split["validation"]}
-    pooled, fixed_train, fixed_val = read_records(paths)
+    pooled, fixed_train, fixed_val = read_training_records(paths)
     by_key = {record_key(record): record for record in pooled + fixed_train + fixed_val}
     missing = [key for key in keys["train"] + keys["validation"] if key not in by_key]
     if missing:

@@ -14,6 +14,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from MFFMTCore.errors import MFFMTError
+
 
 class DistributedContext:
     """Rank, world size and the process group of this training process.
@@ -29,7 +31,7 @@ class DistributedContext:
         self.device = torch.device(device)
         if device == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+                raise MFFMTError("--device cuda", "was asked for, but torch sees no CUDA device")
             self.device = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         if self.enabled and not dist.is_initialized():

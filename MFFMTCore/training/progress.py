@@ -1,17 +1,13 @@
 """Training progress for people (a tqdm bar) and for programs (JSON lines).
 
-``RUN_DIR/progress.jsonl`` holds one JSON object per line, flushed as soon as it is written, so the
-Slicer retraining tab (or ``tail -f``) can follow a run. Every object has ``event`` (``start``,
-``resumed``, ``step``, ``epoch``, ``done``, ``cancelled`` or ``error``) and ``time`` (ISO-8601, UTC);
-the other keys depend on the event: ``epoch``, ``epochs``, ``step``, ``steps``, ``loss``, ``loss_cls``,
-``loss_loc``, ``loss_seg``, ``loss_aux``, ``val_auc``, ``val_dice``, ``val_accuracy``, ``best_auc``,
-``eta_s`` (estimated seconds left) and ``message``. Undefined values are ``null``.
+``RUN_DIR/progress.jsonl`` holds one event per line, flushed as soon as it is written, so the
+Slicer retraining tab (or ``tail -f``) can follow a run. The events are those of every ``mffmt``
+command (:mod:`MFFMTCore.base.progress_events`); training sends ``start``, ``resumed``, ``step``,
+``epoch``, ``done``, ``cancelled`` and ``error``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
 import time
 from pathlib import Path
@@ -19,7 +15,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.progress_events import event_line, make_event, parse_event_line
 
 
 class EtaClock:
@@ -67,10 +63,9 @@ class ProgressLog:
 
     def event(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one event and return it."""
-        record = {"event": event, **json_safe(fields),
-                  "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        record = make_event(event, **fields)
         if self._handle is not None:
-            self._handle.write(json.dumps(record, allow_nan=False) + "\n")
+            self._handle.write(event_line(record) + "\n")
             self._handle.flush()
         return record
 
@@ -82,13 +77,8 @@ class ProgressLog:
 
 def read_progress(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Every complete event of a progress file (a line cut short by a hard kill is skipped)."""
-    events = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [event for event in map(parse_event_line, lines) if event is not None]
 
 
 def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool) -> tqdm:

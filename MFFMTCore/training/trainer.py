@@ -46,8 +46,8 @@ from MFFMTCore.errors import MFFMTError
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_training_curves
 from MFFMTCore.evaluation.predictions import predict_rows
+from MFFMTCore.files import remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
-from MFFMTCore.io import remove_temporaries
 from MFFMTCore.losses import MFFMTLoss
 from MFFMTCore.model_file import ModelInfo, load_model, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput, load_torchvision_weights

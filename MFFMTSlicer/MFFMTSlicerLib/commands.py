@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.progress_events import PROGRESS_CHOICES
 from MFFMTCore.base.train_options import OPTIONS
 
 # Device choices shown to the user -> the --device values of the command line.
@@ -43,7 +44,7 @@ def predict_command(
     output_dir: str | os.PathLike,
     *,
     model: str | os.PathLike | None = None,
-    threshold: float | None = None,
+    lesion_threshold: float | None = None,
     roi: Sequence[int] | None = None,
     gradcam: bool = False,
     device: str = "cpu",
@@ -58,29 +59,31 @@ def predict_command(
         inputs: image files to segment and classify.
         output_dir: folder for the results (``--output``).
         model: model file; None uses the installed default model.
-        threshold: lesion probability threshold in (0, 1); None uses the model's own.
+        lesion_threshold: lesion probability threshold in (0, 1) (``--lesion-threshold``); None uses the
+            model's own.
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
         batch_size: frames per forward pass; None uses the command's default.
         overwrite: replace results already in ``output_dir``.
-        progress: ``"json"`` (one JSON line per finished input on stdout), ``"bar"`` or ``"none"``.
+        progress: ``"json"`` (one progress event per line on stdout, see
+            :mod:`MFFMTCore.base.progress_events`), ``"bar"`` or ``"none"``.
     """
     inputs = [_absolute(path) for path in inputs]
     if not inputs:
         raise ValueError("nothing to segment: no input files")
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
+        raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    if progress not in ("json", "bar", "none"):
-        raise ValueError(f"progress must be json, bar or none, got {progress!r}")
+    if progress not in PROGRESS_CHOICES:
+        raise ValueError(f"progress must be one of {', '.join(PROGRESS_CHOICES)}, got {progress!r}")
     args = [str(python), "-m", "MFFMTCore", "predict", "--output", _absolute(output_dir),
             "--device", device_argument(device), "--progress", progress]
     if model is not None:
         args += ["--model", _absolute(model)]
-    if threshold is not None:
-        args += ["--threshold", repr(float(threshold))]
+    if lesion_threshold is not None:
+        args += ["--lesion-threshold", repr(float(lesion_threshold))]
     if roi is not None:
         args += ["--roi", roi_argument(roi)]
     if gradcam:
@@ -98,7 +101,7 @@ def train_command(
     output_dir: str | os.PathLike,
     *,
     device: str = "cpu",
-    progress_bar: bool | None = None,
+    progress: str | None = None,
     **options: Any,
 ) -> list[str]:
     """The argument list of ``python -m MFFMTCore train``, its values checked as the command checks them.
@@ -108,8 +111,8 @@ def train_command(
         data: dataset folders (BUSI or BUS-BRA layout) and datalist files (``--data``, repeated).
         output_dir: the run folder (``--output``; see :class:`MFFMTCore.base.run_folder.RunFolder`).
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
-        progress_bar: show (True) or hide (False) the text progress bar; a program reading the run's
-            progress file hides it.
+        progress: ``"bar"`` or ``"none"`` (``--progress``); a program reading the run's progress file
+            passes ``"none"``. None leaves the command's default (a bar).
         options: any other option of ``mffmt train`` by its name (:data:`MFFMTCore.base.train_options.OPTIONS`:
             ``epochs=3``, ``lr=1e-4``, ``init_model=path`` ...); None leaves it to the command's preset
             or default. Paths are made absolute.
@@ -131,8 +134,8 @@ def train_command(
             value = _absolute(value)
         declared.check(value)
         args += declared.arguments(value)
-    if progress_bar is not None:
-        args.append("--progress-bar" if progress_bar else "--no-progress-bar")
+    if progress is not None:
+        args += ["--progress", progress]
     return args
 
 

@@ -1,10 +1,10 @@
-"""Progress of ``mffmt predict`` (JSON lines on stdout) and ``mffmt train`` (RUN_DIR/progress.jsonl).
+"""Progress of ``mffmt predict`` (events on stdout) and ``mffmt train`` (RUN_DIR/progress.jsonl).
 
-``mffmt predict --progress json`` prints ``{"event": "progress", "done": k, "total": n, "input": path}``
-per finished input and a final ``{"event": "done", ...}``; other output lines (warnings, logs) are
-not JSON. ``mffmt train`` appends one JSON object per line to ``RUN_DIR/progress.jsonl`` (events
-start, resumed, step, epoch, done, cancelled, error), flushing each line; a reader may still catch
-the last line half-written.
+Both send the events of :mod:`MFFMTCore.base.progress_events`. ``mffmt predict --progress json``
+prints ``start``, one ``progress`` per finished input (its ``status``: done, skipped or failed, and
+the ``message`` of a failure), then ``done``, ``cancelled`` or ``error``; other output lines
+(warnings, logs) are not events. ``mffmt train`` appends its events to ``RUN_DIR/progress.jsonl``,
+flushing each line; a reader may still catch the last line half-written.
 """
 
 from __future__ import annotations
@@ -16,44 +16,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.progress_events import parse_event_line
 
-def parse_event_line(line: str) -> dict[str, Any] | None:
-    """The JSON event of one output line, or None when the line is not an event.
-
-    A progress bar redraws a line with carriage returns; only the text after the last one counts.
-    """
-    text = line.rsplit("\r", 1)[-1].strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        event = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+__all__ = ["EpochRecord", "JsonlTail", "PredictProgress", "TrainingState", "parse_event_line"]
 
 
 @dataclass
 class PredictProgress:
-    """What ``mffmt predict`` has reported so far."""
+    """What ``mffmt predict`` has reported so far.
+
+    ``failures`` maps each input that failed to why; ``error`` is set when the run as a whole
+    stopped on an error (no model, output folder unusable), ``cancelled`` when it was stopped.
+    """
 
     done: int = 0
     total: int = 0
     current_input: str = ""
     finished: bool = False
+    cancelled: bool = False
     error: str | None = None
+    failures: dict[str, str] = field(default_factory=dict)
 
     def update(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
+        if kind in ("start", "progress", "cancelled") and event.get("total") is not None:
+            self.total = int(event["total"])
         if kind == "progress":
             self.done = int(event.get("done", self.done))
-            self.total = int(event.get("total", self.total))
             self.current_input = str(event.get("input", ""))
+            if event.get("status") == "failed":
+                self.failures[self.current_input] = str(event.get("message") or "failed")
         elif kind == "done":
             self.finished = True
-            self.done = int(event.get("done", self.total or self.done))
             self.total = int(event.get("total", self.total))
+            self.done = self.total
+        elif kind == "cancelled":
+            self.finished = self.cancelled = True
         elif kind == "error":
-            self.error = str(event.get("message", "prediction failed"))
+            self.finished = True
+            self.error = str(event.get("message") or "prediction failed")
 
     @property
     def fraction(self) -> float:

@@ -47,7 +47,7 @@ def normalise_row(raw: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def read_results(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def read_result_rows(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows ``mffmt predict`` wrote to ``output_dir`` (results.json, else results.csv).
 
     Raises:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from MFFMTCore.base.geometry import frame_ijk_to_ras
-from MFFMTCore.base.labels import LABEL_NAMES
+from MFFMTCore.base.labels import IMAGE_LABELS
 from MFFMTSlicerLib.volumes import write_volume
 
 
@@ -66,8 +66,8 @@ def _frames_to_use(volume: SceneVolume) -> tuple[list[int], bool]:
             normal has a lesion mask.
     """
     frames = volume.image.shape[0]
-    if volume.label is not None and volume.label not in LABEL_NAMES:
-        raise ValueError(f"{volume.name}: label must be one of {', '.join(LABEL_NAMES)}, got {volume.label!r}")
+    if volume.label is not None and volume.label not in IMAGE_LABELS:
+        raise ValueError(f"{volume.name}: label must be one of {', '.join(IMAGE_LABELS)}, got {volume.label!r}")
     if volume.mask is None:
         if volume.label is None:
             return [], False
@@ -93,7 +93,7 @@ def write_training_datalist(volumes: list[SceneVolume], output_dir: str | os.Pat
     Raises:
         ValueError: a volume is inconsistent (see the message), or no volume gives a training item.
     """
-    from MFFMTCore.io import write_text_atomic
+    from MFFMTCore.files import write_text_atomic
 
     output_dir = Path(output_dir)
     items, skipped = [], []

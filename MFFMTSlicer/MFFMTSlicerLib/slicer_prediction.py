@@ -40,7 +40,7 @@ from MFFMTSlicerLib.results import (
     lesion_free_frames,
     normalise_row,
     read_output_files,
-    read_results,
+    read_result_rows,
     read_threshold,
 )
 from MFFMTSlicerLib.slicer_tasks import BackgroundTask, makeWorkFolder
@@ -198,7 +198,7 @@ class PredictionTask(WorkerRequestTask):
         volume = self.inputVolume
         scene = volume.GetScene()
         key = str(self.inputPath)  # predict names inputs by the absolute path it was given
-        rows = [row for row in read_results(outputDir) if row["input"] == key]
+        rows = [row for row in read_result_rows(outputDir) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
         files = read_output_files(outputDir).get(key)
         if failed or not rows or not files:
@@ -418,7 +418,7 @@ class PredictionLogic:
             progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
         if task.status != "done":  # failed inputs do not fail the run: their rows say why
             raise RuntimeError(task.error or f"prediction {task.status}")
-        return read_results(outputDir)
+        return read_result_rows(outputDir)
 
     def closeWorker(self) -> None:
         """End the warm worker (the next run starts another); call it when the logic is no longer used."""

@@ -11,7 +11,7 @@ import numpy as np
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from MFFMTCore.base.labels import LABEL_NAMES
+from MFFMTCore.base.labels import IMAGE_LABELS
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.base.terminology import SEGMENT_NAME
 from MFFMTSlicerLib import slicer_nodes as nodes
@@ -105,8 +105,8 @@ class TrainingLogic:
     @staticmethod
     def setTrainingLabel(volumeNode: vtkMRMLScalarVolumeNode, label: str | None) -> None:
         """Mark a scene volume benign, malignant or normal for retraining (None: no label)."""
-        if label is not None and label not in LABEL_NAMES:
-            raise ValueError(f"label must be one of {', '.join(LABEL_NAMES)} or None, got {label!r}")
+        if label is not None and label not in IMAGE_LABELS:
+            raise ValueError(f"label must be one of {', '.join(IMAGE_LABELS)} or None, got {label!r}")
         volumeNode.SetAttribute(LABEL_ATTRIBUTE, label or "")
 
     @staticmethod
@@ -202,7 +202,7 @@ class TrainingLogic:
         runDir.mkdir(parents=True, exist_ok=False)
         if sceneItems:
             data.append(self.exportSceneTrainingData(sceneItems, runDir / "scene_data").datalist)
-        args = train_command(pythonExecutable(), data, runDir, device=device, progress_bar=False,
+        args = train_command(pythonExecutable(), data, runDir, device=device, progress="none",
                              **{**options, "stop_file": RunFolder(runDir).stop})
         workDir = makeWorkFolder(self.workRoot)
         return TrainingTask(runDir, modelName, self.addModelFile, process=startCommand(args, workDir),

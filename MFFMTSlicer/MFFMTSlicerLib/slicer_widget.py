@@ -19,7 +19,7 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MFFMTCore.base.labels import LABEL_NAMES
+from MFFMTCore.base.labels import IMAGE_LABELS
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label
 from MFFMTSlicerLib.slicer_logic import FINE_TUNE, MFFMTSlicerLogic, trainingOptions
@@ -416,7 +416,7 @@ class MFFMTSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table.setItem(row, 0, qt.QTableWidgetItem(volume.GetName()))
             table.setItem(row, 1, qt.QTableWidgetItem(segmentation.GetName() if segmentation else "(none)"))
             chooser = qt.QComboBox()
-            choices = [NO_LABEL, *LABEL_NAMES]
+            choices = [NO_LABEL, *IMAGE_LABELS]
             chooser.addItems(choices)
             chooser.currentIndex = choices.index(label) if label in choices else 0
             chooser.currentTextChanged.connect(

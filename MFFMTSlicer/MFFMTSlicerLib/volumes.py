@@ -32,7 +32,7 @@ def write_volume(array: np.ndarray, ijk_to_ras: np.ndarray, path: str | os.PathL
     """
     import SimpleITK as sitk
 
-    from MFFMTCore.io import atomic_path
+    from MFFMTCore.files import atomic_path
 
     array = np.asarray(array)
     if array.ndim not in (3, 4):
@@ -56,7 +56,7 @@ def stack_frames(frames: Sequence[np.ndarray]) -> np.ndarray:
     Raises:
         ValueError: no frames, a frame with several slices, or frames of different sizes.
     """
-    from MFFMTCore.io import grey_from_pixels
+    from MFFMTCore.files import grey_from_pixels
 
     if not frames:
         raise ValueError("the sequence has no frames")

@@ -26,9 +26,9 @@ from test_train_synthetic import write_dataset
 
 from MFFMTCore.cli import main
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import ImageReadError, write_json_atomic
 from MFFMTCore.folder_lock import LOCK_NAME, FolderLock, FolderLockedError
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.io import ImageReadError, write_json_atomic
 from MFFMTCore.model_file import (
     ModelFileError,
     ModelInfo,
@@ -131,7 +131,7 @@ def test_evaluate_lists_a_nan_image_as_failed_and_scores_the_others(model_path, 
     datalist.write_text(json.dumps({"training": items}))
     output = tmp_path / "eval"
     assert main(["evaluate", "--model", str(model_path), "--data", str(datalist), "--output", str(output),
-                 "--threads", "1", "--no-progress-bar"]) == 1
+                 "--threads", "1", "--progress", "none"]) == 1
     metrics = strict_json(output / "metrics.json")
     assert metrics["samples"] == 6
     (failure,) = metrics["failed"]
@@ -317,12 +317,12 @@ def test_a_rerun_skips_only_inputs_whose_content_model_and_settings_match(model_
     second = strict_json(output / "results.json")
     assert second["rows"][0]["p_malignant"] != first["rows"][0]["p_malignant"]  # a was redone
     assert (output / "b_overlay.png").stat().st_mtime_ns == overlay  # b was skipped
-    assert predict(model_path, output, a, b, extra=("--threshold", "0.3")) == 0  # other settings: redone
+    assert predict(model_path, output, a, b, extra=("--lesion-threshold", "0.3")) == 0  # other settings: redone
     assert (output / "b_overlay.png").stat().st_mtime_ns != overlay
 
     other = random_model(tmp_path / "other.safetensors", 5)
     overlay = (output / "b_overlay.png").stat().st_mtime_ns
-    assert predict(other, output, b, extra=("--threshold", "0.3")) == 0  # another model: redone
+    assert predict(other, output, b, extra=("--lesion-threshold", "0.3")) == 0  # another model: redone
     assert (output / "b_overlay.png").stat().st_mtime_ns != overlay
 
 
@@ -428,7 +428,7 @@ def test_leftover_temporary_files_are_removed_at_the_next_start(model_path, tmp_
 # ------------------------------------------------------------------ training
 
 
-TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--no-progress-bar", "--val-fraction", "0.25"]
+TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--progress", "none", "--val-fraction", "0.25"]
 
 
 def one_class_data(root: Path, label: str | None) -> Path:

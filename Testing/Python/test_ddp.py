@@ -28,7 +28,7 @@ def test_two_processes_share_each_epoch_and_resume(tmp_path):
     datalist = write_dataset(tmp_path / "data", count=20)
     run_dir = tmp_path / "run"
     common = ["--output", str(run_dir), "--input-size", "64", "--batch-size", "3", "--threads", "1",
-              "--no-progress-bar"]
+              "--progress", "none"]
     result = torchrun("--data", str(datalist), "--val-fraction", "0.2", "--epochs", "2", *common)
     assert result.returncode == 0, result.stderr[-3000:]
 

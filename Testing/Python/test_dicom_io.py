@@ -16,9 +16,9 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from scipy import ndimage
 
 from MFFMTCore.dicom_io import calibrated_region, is_dicom_file, read_dicom
+from MFFMTCore.files import ImageReadError
 from MFFMTCore.inference import as_frame_stack
 from MFFMTCore.inference.imaging_region import detect_imaging_region, square_opening
-from MFFMTCore.io import ImageReadError
 
 BOX = (SCAN[0], SCAN[1], SCAN[2] - SCAN[0] + 1, SCAN[3] - SCAN[1] + 1)
 

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from test_train_synthetic import write_dataset
 
+from MFFMTCore.base.progress_events import EVENT_FIELDS, parse_event_line
 from MFFMTCore.cli import main
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc, plot_training_curves
 
@@ -22,13 +23,19 @@ def model_file(tmp_path_factory, random_model):
 
 def evaluate(model_file, data, output, *extra):
     return main(["evaluate", "--model", str(model_file), "--data", str(data), "--output", str(output),
-                 "--threads", "1", "--no-progress-bar", *extra])
+                 "--threads", "1", "--progress", "none", *extra])
 
 
-def test_writes_metrics_pictures_and_predictions(model_file, tmp_path):
+def test_writes_metrics_pictures_and_predictions(model_file, tmp_path, capsys):
     datalist = write_dataset(tmp_path / "data", count=8, normal=2)
-    assert evaluate(model_file, datalist, tmp_path / "out") == 0
+    assert evaluate(model_file, datalist, tmp_path / "out", "--progress", "json", "--batch-size", "4",
+                    "--malignancy-threshold", "0.4") == 0
+    events = [event for event in map(parse_event_line, capsys.readouterr().out.splitlines()) if event]
+    assert [event["event"] for event in events] == ["start", "progress", "progress", "progress", "done"]
+    assert [(event["done"], event["total"]) for event in events[1:4]] == [(4, 10), (8, 10), (10, 10)]
+    assert all(set(event) <= set(EVENT_FIELDS) for event in events)
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["malignancy_threshold"] == 0.4 and metrics["lesion_threshold"] == 0.5
     overall = metrics["overall"]
     for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "auc", "dice", "false_lesion_rate"):
         assert key in overall

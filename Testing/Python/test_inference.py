@@ -26,7 +26,7 @@ from MFFMTCore.inference import (
     find_components,
     resize_to_frame,
 )
-from MFFMTCore.inference.slicer_segmentation import segment_extent, write_segmentation
+from MFFMTCore.inference.segmentation_file import segment_extent, write_segmentation
 from MFFMTCore.model_file import ModelFileError, ModelInfo, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput
 

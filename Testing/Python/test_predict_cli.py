@@ -15,6 +15,7 @@ import slicerio
 import torch
 
 from MFFMTCore import model_file
+from MFFMTCore.base.progress_events import EVENT_FIELDS
 from MFFMTCore.cli import main
 
 
@@ -94,7 +95,7 @@ def test_batch_writes_every_output_and_reports_the_corrupt_file(model_path, inpu
 def test_segmentation_file_opens_in_slicerio_with_the_input_geometry(model_path, inputs, tmp_path):
     output = tmp_path / "out"
     main(["predict", str(inputs / "clip.nrrd"), str(inputs / "left" / "frame.png"), "--output", str(output),
-          "--model", str(model_path), "--threshold", "0.3", "--progress", "none"])
+          "--model", str(model_path), "--lesion-threshold", "0.3", "--progress", "none"])
     clip = sitk.ReadImage(str(inputs / "clip.nrrd"))
     segmentation = slicerio.read_segmentation(str(output / "clip.seg.nrrd"))
     (segment,) = segmentation["segments"]
@@ -128,9 +129,13 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(model_path, input
     rows = read_csv(output / "results.csv")
 
     assert main(["predict", str(inputs / "left"), str(inputs / "right"), *options, "--progress", "json"]) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["status"] for line in lines[:-1]] == ["skipped", "done"]
-    assert lines[-1] == {"event": "done", "total": 2, "done": 1, "skipped": 1, "failed": 0, "output": str(output)}
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [event["event"] for event in events] == ["start", "progress", "progress", "done"]
+    assert all(set(event) <= set(EVENT_FIELDS) for event in events)
+    assert [(event["done"], event["total"], event["status"]) for event in events[1:3]] == [(1, 2, "skipped"),
+                                                                                           (2, 2, "done")]
+    assert {key: value for key, value in events[-1].items() if key != "time"} == {
+        "event": "done", "total": 2, "done": 1, "skipped": 1, "failed": 0, "output": str(output)}
     for name, mtime in written.items():
         if name.startswith("frame"):
             assert (output / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
@@ -141,16 +146,19 @@ def test_rerun_skips_finished_inputs_and_overwrite_redoes_them(model_path, input
     assert main([*arguments, "--overwrite", "--progress", "none"]) == 0
     assert (output / "frame.seg.nrrd").stat().st_mtime_ns != written["frame.seg.nrrd"]
 
-    # Another threshold is another result: the input is done again.
+    # Another threshold is another result: the input is done again. (--threshold, the old name of
+    # --lesion-threshold, still works with a warning.)
     assert main([*arguments, "--threshold", "0.7", "--progress", "json"]) == 0
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["status"] == "done"
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[1])["status"] == "done"
+    assert "--threshold is deprecated; use --lesion-threshold" in captured.err
 
 
 def test_roi_option_and_bad_options(model_path, inputs, tmp_path, capsys):
     output = tmp_path / "out"
     threads = torch.get_num_threads()
     assert main(["predict", str(inputs / "left" / "frame.png"), "--output", str(output), "--model",
-                 str(model_path), "--roi", "10,4,40,33", "--threshold", "0.01", "--progress", "none",
+                 str(model_path), "--roi", "10,4,40,33", "--lesion-threshold", "0.01", "--progress", "none",
                  "--threads", "1", "--batch-size", "2"]) == 0
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)

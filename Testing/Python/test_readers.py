@@ -11,7 +11,7 @@ from test_data_synthetic import make_busbra, make_busi, square_mask, write_png
 
 from MFFMTCore.data import (
     BIRADS_CLASSES,
-    LABELS,
+    CLASS_INDEX,
     DatasetError,
     birads_index,
     label_index,
@@ -180,4 +180,4 @@ def test_summarize_counts_per_dataset_label_and_scanner(tmp_path: Path) -> None:
 def test_class_and_birads_indices() -> None:
     assert [label_index(name) for name in ("benign", "malignant", "normal", None)] == [0, 1, -1, -1]
     assert [birads_index(grade) for grade in ("2", "3", "4", "4c", "5", "6", "", None)] == [0, 1, 2, 2, 3, -1, -1, -1]
-    assert BIRADS_CLASSES == ["2", "3", "4", "5"] and LABELS == {"benign": 0, "malignant": 1}
+    assert BIRADS_CLASSES == ["2", "3", "4", "5"] and CLASS_INDEX == {"benign": 0, "malignant": 1}

@@ -398,7 +398,7 @@ def test_scene_export_is_read_back_by_mffmtcore(env, picture_result, tmp_path):
     logic.setTrainingLabel(volume, "malignant")
     export = logic.exportSceneTrainingData([(volume, drawn, "malignant")], tmp_path / "export")
     from MFFMTCore.data.readers import read_datalist
-    from MFFMTCore.io import read_grey, read_mask
+    from MFFMTCore.files import read_grey, read_mask
 
     records = read_datalist(export.datalist)
     assert len(records) == 1 and records[0].label == "malignant" and records[0].dataset == "slicer"

@@ -64,7 +64,7 @@ for module in {PURE_MODULES!r}:
 
 def test_predict_command_has_every_option_in_contract_form(tmp_path):
     args = commands.predict_command("/opt/Slicer/bin/PythonSlicer", [tmp_path / "a.nrrd", tmp_path / "b.png"],
-                                    tmp_path / "out", model=tmp_path / "m.safetensors", threshold=0.35,
+                                    tmp_path / "out", model=tmp_path / "m.safetensors", lesion_threshold=0.35,
                                     roi=(10, 20, 30, 40), gradcam=True, device="GPU", batch_size=4)
     assert args[:4] == ["/opt/Slicer/bin/PythonSlicer", "-m", "MFFMTCore", "predict"]
     # Inputs last, after "--": a name starting with "-" is never taken for an option.
@@ -73,7 +73,7 @@ def test_predict_command_has_every_option_in_contract_form(tmp_path):
     assert pairs["--output"] == str(tmp_path / "out")
     assert pairs["--device"] == "cuda" and pairs["--progress"] == "json"
     assert pairs["--model"] == str(tmp_path / "m.safetensors")
-    assert float(pairs["--threshold"]) == 0.35 and pairs["--roi"] == "10,20,30,40" and pairs["--batch-size"] == "4"
+    assert float(pairs["--lesion-threshold"]) == 0.35 and pairs["--roi"] == "10,20,30,40" and pairs["--batch-size"] == "4"
     assert "--gradcam" in args and "--overwrite" in args
 
 
@@ -91,13 +91,13 @@ def test_command_paths_are_absolute_and_inputs_follow_a_double_dash(tmp_path, mo
 
 def test_predict_command_leaves_defaults_to_the_command():
     args = commands.predict_command("python", ["x.png"], "out")
-    for flag in ("--model", "--threshold", "--roi", "--gradcam", "--batch-size"):
+    for flag in ("--model", "--lesion-threshold", "--roi", "--gradcam", "--batch-size"):
         assert flag not in args
     assert args[args.index("--device") + 1] == "cpu"
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"threshold": 1.0}, "threshold"), ({"threshold": 0.0}, "threshold"), ({"roi": (1, 2, 0, 4)}, "ROI"),
+    ({"lesion_threshold": 1.0}, "threshold"), ({"lesion_threshold": 0.0}, "threshold"), ({"roi": (1, 2, 0, 4)}, "ROI"),
     ({"roi": (-1, 2, 3, 4)}, "ROI"), ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch size"),
 ])
 def test_predict_command_rejects_bad_values(kwargs, message):
@@ -112,10 +112,10 @@ def test_predict_command_needs_inputs():
 
 def test_predict_command_parses_with_the_real_cli(tmp_path):
     parser = build_parser()
-    args = commands.predict_command("python", [tmp_path / "a.png"], tmp_path / "out", threshold=0.4, roi=(1, 2, 3, 4),
-                                    gradcam=True, device="CPU", batch_size=2)
+    args = commands.predict_command("python", [tmp_path / "a.png"], tmp_path / "out", lesion_threshold=0.4,
+                                    roi=(1, 2, 3, 4), gradcam=True, device="CPU", batch_size=2)
     parsed = parser.parse_args(args[3:])
-    assert parsed.command == "predict"
+    assert parsed.command == "predict" and parsed.lesion_threshold == 0.4 and parsed.progress == "json"
 
 
 def test_train_command_has_every_option(tmp_path):
@@ -140,7 +140,7 @@ def test_train_command_omits_what_is_not_given(tmp_path, monkeypatch):
     args = commands.train_command("python", ["data"], "run")
     assert args == ["python", "-m", "MFFMTCore", "train", f"--data={tmp_path / 'data'}", "--output", str(tmp_path / "run"),
                     "--device", "cpu"]
-    assert commands.train_command("python", ["d"], "r", progress_bar=False)[-1] == "--no-progress-bar"
+    assert commands.train_command("python", ["d"], "r", progress="none")[-2:] == ["--progress", "none"]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -165,9 +165,9 @@ def test_train_command_parses_with_the_real_cli(tmp_path):
     args = commands.train_command("python", [tmp_path / "d"], tmp_path / "run", backbone="resnet18", epochs=1,
                                   lr=1e-4, lambda_loc=1.0, batch_size=2, val_fraction=0.3,
                                   input_size=64, init_model=tmp_path / "m.safetensors", stop_file=tmp_path / "S",
-                                  progress_bar=False)
+                                  progress="none")
     parsed = parser.parse_args(args[3:])
-    assert parsed.command == "train" and parsed.progress_bar is False
+    assert parsed.command == "train" and parsed.progress == "none"
 
 
 def test_locate_core_package_finds_the_source_checkout_and_skips_other_folders(tmp_path):
@@ -199,10 +199,17 @@ def test_predict_progress_follows_events():
     assert state.fraction == 0.0
     state.update({"event": "progress", "done": 1, "total": 4, "input": "a.png"})
     assert state.fraction == 0.25 and state.current_input == "a.png" and not state.finished
+    state.update({"event": "progress", "done": 2, "total": 4, "input": "b.png", "status": "failed",
+                  "message": "b.png: file is empty"})
+    assert state.failures == {"b.png": "b.png: file is empty"} and state.error is None
     state.update({"event": "done", "total": 4})
     assert state.finished and state.fraction == 1.0 and state.done == 4
-    state.update({"event": "error", "message": "bad file"})
-    assert state.error == "bad file"
+    stopped = progress.PredictProgress()
+    stopped.update({"event": "error", "message": "out: another run is writing into this folder"})
+    assert stopped.finished and stopped.error == "out: another run is writing into this folder"
+    stopped = progress.PredictProgress()
+    stopped.update({"event": "cancelled", "done": 1, "total": 3})
+    assert stopped.finished and stopped.cancelled and stopped.total == 3
 
 
 def test_jsonl_tail_reads_incrementally_and_waits_for_a_partial_last_line(tmp_path):
@@ -296,16 +303,16 @@ ROWS = [
 ]
 
 
-def test_read_results_prefers_json_and_falls_back_to_csv(tmp_path):
+def test_read_result_rows_prefers_json_and_falls_back_to_csv(tmp_path):
     (tmp_path / "results.json").write_text(json.dumps(ROWS))
-    rows = results.read_results(tmp_path)
+    rows = results.read_result_rows(tmp_path)
     assert [r["frame"] for r in rows] == [0, 1] and rows[0]["p_malignant"] == 0.87
     assert math.isnan(rows[1]["centroid_x"])
     (tmp_path / "results.json").unlink()
     header = list(ROWS[0])
     lines = [",".join(header)] + [",".join("" if r[k] is None else str(r[k]) for k in header) for r in ROWS]
     (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
-    rows_csv = results.read_results(tmp_path)
+    rows_csv = results.read_result_rows(tmp_path)
     assert rows_csv[0]["frame"] == 0 and rows_csv[0]["lesion_area_px"] == 482.0
     assert rows_csv[0]["prediction"] == "malignant" and math.isnan(rows_csv[1]["centroid_y"])
 
@@ -325,12 +332,12 @@ def test_read_output_files_maps_finished_inputs_to_their_files(tmp_path):
         results.read_output_files(tmp_path)
 
 
-def test_read_results_explains_missing_and_malformed_files(tmp_path):
+def test_read_result_rows_explains_missing_and_malformed_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
-        results.read_results(tmp_path)
+        results.read_result_rows(tmp_path)
     (tmp_path / "results.json").write_text('{"oops": 1}')
     with pytest.raises(ValueError, match="list of result rows"):
-        results.read_results(tmp_path)
+        results.read_result_rows(tmp_path)
 
 
 def test_results_table_columns_are_typed_and_centroids_are_ras():

@@ -52,7 +52,7 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_path):
     ijk_to_ras[:3, 3] = [30.0, 12.0, 0.0]
     input_path = write_volume(image, ijk_to_ras, tmp_path / "input.nrrd")
     output = tmp_path / "output"
-    args = commands.predict_command(sys.executable, [input_path], output, model=model_path, threshold=0.5,
+    args = commands.predict_command(sys.executable, [input_path], output, model=model_path, lesion_threshold=0.5,
                                     gradcam=True, roi=(10, 5, 50, 40), device="CPU")
     process, events = _run(args)
     assert process.returncode == 0, process.tail()
@@ -60,9 +60,9 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_path):
     state = progress.PredictProgress()
     for event in events:
         state.update(event)
-    assert [e["event"] for e in events] == ["progress", "done"] and state.finished and state.fraction == 1.0
+    assert [e["event"] for e in events] == ["start", "progress", "done"] and state.finished and state.fraction == 1.0
 
-    rows = results.read_results(output)
+    rows = results.read_result_rows(output)
     assert len(rows) == 1 and rows[0]["input"] == str(input_path.absolute()) and rows[0]["frame"] == 0
     row = rows[0]
     assert row["prediction"] in ("benign", "malignant") and not row["error"]
@@ -100,8 +100,13 @@ def test_predict_reports_an_unreadable_input_in_its_row(tmp_path, model_path):
     output = tmp_path / "output"
     process, events = _run(commands.predict_command(sys.executable, [bad], output, model=model_path))
     assert process.returncode == 1
-    assert events[0]["event"] == "progress" and "broken.png" in events[0]["error"]
-    rows = results.read_results(output)
+    assert [event["event"] for event in events] == ["start", "progress", "done"]
+    assert events[1]["status"] == "failed" and "broken.png" in events[1]["message"]
+    state = progress.PredictProgress()
+    for event in events:
+        state.update(event)
+    assert state.finished and state.error is None and "broken.png" in state.failures[str(bad)]
+    rows = results.read_result_rows(output)
     assert "broken.png" in rows[0]["error"] and results.lesion_label(rows[0]).startswith("Error:")
 
 
@@ -126,7 +131,7 @@ def test_train_one_epoch_and_add_the_model_to_a_models_folder(tmp_path, model_pa
     run = tmp_path / "runs" / "first"
     args = commands.train_command(sys.executable, _training_data(tmp_path), run, backbone="resnet18", epochs=1,
                                   batch_size=2, val_fraction=0.34, input_size=64, lr=1e-3,
-                                  stop_file=run / "STOP", device="CPU", progress_bar=False) + ["--threads", "1"]
+                                  stop_file=run / "STOP", device="CPU", progress="none") + ["--threads", "1"]
     tail, state = progress.JsonlTail(run / "progress.jsonl"), progress.TrainingState()
 
     def follow(_events):
@@ -155,7 +160,7 @@ def test_train_stops_at_a_safe_point_when_the_stop_file_appears(tmp_path):
     stop = run / "STOP"
     args = commands.train_command(sys.executable, _training_data(tmp_path), run, epochs=50, batch_size=2,
                                   val_fraction=0.34, input_size=64, stop_file=stop, device="cpu",
-                                  progress_bar=False) + ["--threads", "1"]
+                                  progress="none") + ["--threads", "1"]
     tail, state = progress.JsonlTail(run / "progress.jsonl"), progress.TrainingState()
 
     def stop_after_first_step(_events):

@@ -44,7 +44,7 @@ def test_train_resume_and_evaluate_on_real_images(tmp_path):
     datalist = tmp_path / "few.json"
     datalist.write_text(json.dumps({"training": few_records({"benign": 12, "malignant": 10, "normal": 4})}))
     run_dir = tmp_path / "run"
-    options = ["--input-size", "64", "--batch-size", "8", "--threads", "1", "--no-progress-bar"]
+    options = ["--input-size", "64", "--batch-size", "8", "--threads", "1", "--progress", "none"]
     assert main(["train", "--data", str(datalist), "--output", str(run_dir), "--epochs", "2", *options]) == 0
     assert main(["train", "--output", str(run_dir), "--resume", "--epochs", "4", *options]) == 0
 
@@ -59,7 +59,7 @@ def test_train_resume_and_evaluate_on_real_images(tmp_path):
 
     output = tmp_path / "evaluation"
     assert main(["evaluate", "--model", str(run_dir / "model.safetensors"), "--data", str(datalist),
-                 "--split", str(run_dir / "split.json"), "--output", str(output), "--no-progress-bar"]) == 0
+                 "--split", str(run_dir / "split.json"), "--output", str(output), "--progress", "none"]) == 0
     metrics = json.loads((output / "metrics.json").read_text())
     assert set(metrics["datasets"]) == {"BUSI", "BUS-BRA"}
     assert metrics["samples"] == info.training["data_summary"]["validation"]["images"]

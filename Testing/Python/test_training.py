@@ -31,7 +31,7 @@ from MFFMTCore.training.optim import build_optimizer, lr_factor
 from MFFMTCore.training.progress import read_progress
 from MFFMTCore.training.trainer import TrainingRun, selection_score
 
-TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--no-progress-bar", "--val-fraction", "0.25"]
+TINY = ["--input-size", "64", "--batch-size", "4", "--threads", "1", "--progress", "none", "--val-fraction", "0.25"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""Reading ultrasound images from disk, with errors that name the file and the problem.
+"""Files on disk: reading ultrasound images (errors name the file and the problem), and writing
+outputs atomically as strict JSON or text.
+
+(Named ``files`` rather than ``io`` so that it never shadows the standard library's :mod:`io` in a
+reader's mind where both are imported.)
 
 Every reader in MFFMTCore (datasets, inference, the command line) goes through :func:`read_image`,
 so PNG, JPEG, BMP, NRRD, NIfTI and DICOM (a file or a series folder) behave the same everywhere.

@@ -16,7 +16,7 @@ import slicerio
 
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.terminology import LESION_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_NAME
-from MFFMTCore.io import atomic_path
+from MFFMTCore.files import atomic_path
 
 
 def segment_extent(mask: np.ndarray) -> list[int]:
