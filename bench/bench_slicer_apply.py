@@ -56,7 +56,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-slicer-apply-"))
     scene = slicercore.start(work / "tmp")
     import slicer
-    from MFFMTSlicerLib.commands import predict_command
     from MFFMTSlicerLib.slicer_nodes import writeVolumeNode
     from MFFMTSlicerLib.slicer_tasks import pythonExecutable, startCommand
 
@@ -94,8 +93,10 @@ def main() -> None:
     if not args.no_child:
         inputPath = writeVolumeNode(volume, work / "child" / "input.nrrd")
         start = time.perf_counter()
-        process = startCommand(predict_command(pythonExecutable(), [inputPath], work / "child" / "output",
-                                               gradcam=True), work / "child")
+        # The module's path before the warm worker: one mffmt predict child per Apply.
+        command = [pythonExecutable(), "-m", "MFFMTCore", "predict", "--output", str(work / "child" / "output"),
+                   "--gradcam", "--progress", "json", "--", str(inputPath.absolute())]
+        process = startCommand(command, work / "child")
         while not process.is_finished():
             process.read_lines()
             time.sleep(0.01)

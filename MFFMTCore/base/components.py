@@ -61,18 +61,25 @@ def find_components(
         geometry: the input's geometry (2D, or 3D with frames along k).
         frame: index of the frame in the stack (its k index for a 3D input).
     """
-    labelled, count = ndimage.label(label, structure=_CONNECTIVITY)
-    if count == 0:
+    # Lesions are a small part of a frame: label the box that holds every lesion pixel, and measure
+    # each region inside its own box.
+    rows_with_lesion = np.flatnonzero(label.any(axis=1))
+    if rows_with_lesion.size == 0:
         return []
+    columns_with_lesion = np.flatnonzero(label.any(axis=0))
+    top, left = int(rows_with_lesion[0]), int(columns_with_lesion[0])
+    window = (slice(top, int(rows_with_lesion[-1]) + 1), slice(left, int(columns_with_lesion[-1]) + 1))
+    labelled, _ = ndimage.label(label[window], structure=_CONNECTIVITY)
+    window_probability = probability[window]
     pixel_area = geometry.pixel_area_mm2() if geometry.spacing_known else None
     components = []
-    # Each region is measured inside its bounding box: a lesion is a small part of a frame.
     for number, box in enumerate(ndimage.find_objects(labelled), start=1):
-        rows, columns = box
         region = labelled[box] == number
         region_rows, region_columns = np.nonzero(region)
+        row0, column0 = box[0].start + top, box[1].start + left  # the box on the frame's grid
+        height, width = region.shape
         area = int(region_rows.size)
-        index = np.array([[region_columns.mean() + columns.start, region_rows.mean() + rows.start]])  # ITK order
+        index = np.array([[region_columns.mean() + column0, region_rows.mean() + row0]])  # ITK order
         if geometry.dimension == 3:
             index = np.column_stack([index, [float(frame)]])
         physical = geometry.to_physical(index)[0]
@@ -82,11 +89,11 @@ def find_components(
             LesionComponent(
                 area_px=area,
                 area_mm2=float(area * pixel_area) if pixel_area is not None else None,
-                bbox=(columns.start, rows.start, columns.stop - columns.start, rows.stop - rows.start),
+                bbox=(column0, row0, width, height),
                 centroid_index=(float(index[0, 0]), float(index[0, 1])),
                 centroid=tuple(float(v) for v in physical),
-                mean_probability=float(probability[box][region].mean(dtype=np.float64)),
-                measurements=measure_lesion(region, geometry, frame, offset=(rows.start, columns.start)),
+                mean_probability=float(window_probability[box][region].mean(dtype=np.float64)),
+                measurements=measure_lesion(region, geometry, frame, offset=(row0, column0)),
             )
         )
     return sorted(components, key=lambda component: component.area_px, reverse=True)

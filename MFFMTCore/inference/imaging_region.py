@@ -149,7 +149,7 @@ def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingReg
     labelled, count = ndimage.label(opened)
     if count == 0:
         return None
-    sizes = ndimage.sum_labels(np.ones_like(labelled), labelled, np.arange(1, count + 1))
+    sizes = np.bincount(labelled.ravel())[1:]
     largest = labelled == (int(np.argmax(sizes)) + 1)
     largest = ndimage.binary_fill_holes(largest)
     if largest.sum() < _MIN_AREA * small * large:

@@ -1,11 +1,12 @@
-"""Command lines for ``mffmt predict`` and ``mffmt train``, and the environment to run them in.
+"""What the Slicer module asks of MFFMTCore's processes: ``predict`` requests to the warm ``mffmt serve``
+worker, the ``mffmt train`` command line, and the environment to run them in.
 
-The Slicer module never runs the network in its own process: it starts
-``<Slicer's python> -m MFFMTCore predict|train ...`` (the contract in the project docs) and reads
-its progress, so the GUI stays responsive and Cancel can stop the work.
+The Slicer module never runs the network in its own process: segment & classify goes to one
+long-lived ``<Slicer's python> -m MFFMTCore serve`` worker, training to a ``... -m MFFMTCore train``
+child whose progress file it reads, so the GUI stays responsive and Cancel can stop the work.
 
 Every path is made absolute (the child runs in a temporary working folder, not the caller's) and
-input paths come after ``--``, so names that start with ``-`` are never taken for options.
+command-line inputs come after ``--``, so names that start with ``-`` are never taken for options.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.base.progress_events import PROGRESS_CHOICES
 from MFFMTCore.base.train_options import OPTIONS
 
 # Device choices shown to the user -> the --device values of the command line.
@@ -38,61 +38,34 @@ def roi_argument(box: Sequence[int]) -> str:
     return ",".join(str(int(v)) for v in box)
 
 
-def predict_command(
-    python: str | os.PathLike,
-    inputs: Iterable[str | os.PathLike],
-    output_dir: str | os.PathLike,
-    *,
-    model: str | os.PathLike | None = None,
-    lesion_threshold: float | None = None,
-    roi: Sequence[int] | None = None,
-    gradcam: bool = False,
-    device: str = "cpu",
-    batch_size: int | None = None,
-    overwrite: bool = True,
-    progress: str = "json",
-) -> list[str]:
-    """The argument list of ``python -m MFFMTCore predict``.
+def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
+                    lesion_threshold: float | None = None, roi: Sequence[int] | None = None,
+                    gradcam: bool = False, overwrite: bool = True) -> dict[str, Any]:
+    """The fields of a ``predict`` request to the warm ``mffmt serve`` worker (what ``mffmt predict``
+    does with the same inputs and options; see :mod:`MFFMTCore.serving.protocol`).
 
     Args:
-        python: the Python executable (Slicer's ``PythonSlicer``).
-        inputs: image files to segment and classify.
-        output_dir: folder for the results (``--output``).
-        model: model file; None uses the installed default model.
-        lesion_threshold: lesion probability threshold in (0, 1) (``--lesion-threshold``); None uses the
-            model's own.
+        inputs: image files or folders to segment and classify.
+        output_dir: folder for the results.
+        lesion_threshold: lesion probability threshold in (0, 1); None uses the model's own.
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
-        device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
-        batch_size: frames per forward pass; None uses the command's default.
         overwrite: replace results already in ``output_dir``.
-        progress: ``"json"`` (one progress event per line on stdout, see
-            :mod:`MFFMTCore.base.progress_events`), ``"bar"`` or ``"none"``.
+
+    Raises:
+        ValueError: no input, a threshold outside (0, 1) or a malformed ROI.
     """
-    inputs = [_absolute(path) for path in inputs]
-    if not inputs:
+    fields: dict[str, Any] = {"inputs": [_absolute(path) for path in inputs], "output": _absolute(output_dir),
+                              "gradcam": bool(gradcam), "overwrite": bool(overwrite)}
+    if not fields["inputs"]:
         raise ValueError("nothing to segment: no input files")
-    if lesion_threshold is not None and not 0.0 < lesion_threshold < 1.0:
-        raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    if progress not in PROGRESS_CHOICES:
-        raise ValueError(f"progress must be one of {', '.join(PROGRESS_CHOICES)}, got {progress!r}")
-    args = [str(python), "-m", "MFFMTCore", "predict", "--output", _absolute(output_dir),
-            "--device", device_argument(device), "--progress", progress]
-    if model is not None:
-        args += ["--model", _absolute(model)]
     if lesion_threshold is not None:
-        args += ["--lesion-threshold", repr(float(lesion_threshold))]
+        if not 0.0 < lesion_threshold < 1.0:
+            raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
+        fields["threshold"] = float(lesion_threshold)
     if roi is not None:
-        args += ["--roi", roi_argument(roi)]
-    if gradcam:
-        args.append("--gradcam")
-    if batch_size is not None:
-        args += ["--batch-size", str(int(batch_size))]
-    if overwrite:
-        args.append("--overwrite")
-    return [*args, "--", *inputs]
+        fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
+    return fields
 
 
 def train_command(

@@ -31,7 +31,7 @@ from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
 from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
-from MFFMTSlicerLib.commands import roi_argument
+from MFFMTSlicerLib.commands import predict_request
 from MFFMTSlicerLib.progress import PredictProgress
 from MFFMTSlicerLib.results import (
     apply_measurements,
@@ -62,24 +62,6 @@ def withoutPhysicalSizes(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def predictFields(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, threshold: float | None,
-                  roi: Sequence[int] | None, gradcam: bool, overwrite: bool) -> dict[str, Any]:
-    """The fields of the worker's ``predict`` request (paths absolute: the worker has its own working folder).
-
-    Raises:
-        ValueError: a threshold outside (0, 1) or a malformed ROI.
-    """
-    if threshold is not None and not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-    fields: dict[str, Any] = {"inputs": [str(Path(path).absolute()) for path in inputs],
-                              "output": str(Path(output).absolute()), "gradcam": gradcam, "overwrite": overwrite}
-    if threshold is not None:
-        fields["threshold"] = float(threshold)
-    if roi is not None:
-        fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
-    return fields
-
-
 class WorkerRequestTask(BackgroundTask):
     """A ``predict`` request to the warm worker, followed like a background command.
 
@@ -92,7 +74,7 @@ class WorkerRequestTask(BackgroundTask):
     Args:
         worker: the logic's warm worker.
         workerReady: the future of :meth:`WarmWorker.clientLater`.
-        fields: the ``predict`` request's fields (:func:`predictFields`).
+        fields: the ``predict`` request's fields (:func:`MFFMTSlicerLib.commands.predict_request`).
     """
 
     name = "mffmt predict (worker)"
@@ -331,7 +313,7 @@ class PredictionLogic:
         workDir = makeWorkFolder(self.workRoot)
         try:
             inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd").absolute()
-            fields = predictFields([inputPath], workDir / "output", threshold, roi, gradcam, overwrite=True)
+            fields = predict_request([inputPath], workDir / "output", lesion_threshold=threshold, roi=roi, gradcam=gradcam)
             workerReady = self.worker.clientLater(model, device)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
@@ -411,7 +393,8 @@ class PredictionLogic:
         if not inputDir.is_dir():
             raise ValueError(f"{inputDir}: not a folder")
         self.requireRequirements()
-        fields = predictFields([inputDir], outputDir, threshold, roi, gradcam, overwrite)
+        fields = predict_request([inputDir], outputDir, lesion_threshold=threshold, roi=roi, gradcam=gradcam,
+                                 overwrite=overwrite)
         workDir = makeWorkFolder(self.workRoot)  # nothing is written there: every task has one
         task = WorkerRequestTask(
             worker=self.worker, workerReady=self.worker.clientLater(model, device), fields=fields, workDir=workDir,

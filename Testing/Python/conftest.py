@@ -8,8 +8,9 @@ other test files, and ``MFFMTSlicer/``, for the Slicer module's ``MFFMTSlicerLib
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,29 @@ def dev_extra() -> Callable[[str], None]:
     """Check that a package of the dev extras is installed: a test whose other side is such a package
     fails loudly without it (CI installs the dev extras) rather than skipping."""
     return _check_dev_extra
+
+
+@contextlib.contextmanager
+def _slicer_core_session(root: Path) -> Iterator[tuple]:
+    import slicercore
+
+    scene = slicercore.start(root / "tmp")
+    import slicer
+
+    import MFFMTSlicer
+
+    logic = MFFMTSlicer.MFFMTSlicerLogic(modelsFolder=root / "models", workRoot=root / "work")
+    try:
+        yield scene, slicer, MFFMTSlicer, logic
+    finally:
+        logic.stopLive()
+        logic.closeWorker()
+
+
+@pytest.fixture(scope="session")
+def slicer_core_session(dev_extra) -> Callable[[Path], contextlib.AbstractContextManager[tuple]]:
+    """``with slicer_core_session(root) as (scene, slicer, MFFMTSlicer, logic):`` Slicer's core libraries
+    with the module loaded as Slicer loads it (``slicercore/``) and a logic whose models and work
+    folders are under ``root``; its worker and live session end with the block."""
+    dev_extra("slicer-core")
+    return _slicer_core_session

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import slicercore
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "MFFMTCore" / "samples"
@@ -29,20 +28,12 @@ HEIGHT, WIDTH = 240, 320
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, dev_extra):
+def env(tmp_path_factory, slicer_core_session):
     """The scene, the slicer module and a logic whose worker is started once for the file."""
-    dev_extra("slicer-core")
     root = tmp_path_factory.mktemp("slicercore-live")
-    scene = slicercore.start(root / "tmp")
-    import slicer
-
-    import MFFMTSlicer
-
-    logic = MFFMTSlicer.MFFMTSlicerLogic(modelsFolder=root / "models", workRoot=root / "work")
-    logic.worker.client()  # warm before the first test, so that timing-dependent steps are deterministic
-    yield scene, slicer, logic, root
-    logic.stopLive()
-    logic.closeWorker()
+    with slicer_core_session(root) as (scene, slicer, _, logic):
+        logic.worker.client()  # warm before the first test, so that timing-dependent steps are deterministic
+        yield scene, slicer, logic, root
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import slicercore
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "MFFMTCore" / "samples"
@@ -30,18 +29,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, dev_extra):
+def env(tmp_path_factory, slicer_core_session):
     """The scene, the slicer module, the MFFMTSlicer module and a logic with its own folders."""
-    dev_extra("slicer-core")
     root = tmp_path_factory.mktemp("slicercore")
-    scene = slicercore.start(root / "tmp")
-    import slicer
-
-    import MFFMTSlicer
-
-    logic = MFFMTSlicer.MFFMTSlicerLogic(modelsFolder=root / "models", workRoot=root / "work")
-    yield scene, slicer, MFFMTSlicer, logic, root
-    logic.closeWorker()
+    with slicer_core_session(root) as (scene, slicer, module, logic):
+        yield scene, slicer, module, logic, root
 
 
 def _samples() -> list[dict[str, str]]:

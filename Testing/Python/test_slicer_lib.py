@@ -62,60 +62,36 @@ for module in {PURE_MODULES!r}:
 # ---------------------------------------------------------------------------------------- commands
 
 
-def test_predict_command_has_every_option_in_contract_form(tmp_path):
-    args = commands.predict_command("/opt/Slicer/bin/PythonSlicer", [tmp_path / "a.nrrd", tmp_path / "b.png"],
-                                    tmp_path / "out", model=tmp_path / "m.safetensors", lesion_threshold=0.35,
-                                    roi=(10, 20, 30, 40), gradcam=True, device="GPU", batch_size=4)
-    assert args[:4] == ["/opt/Slicer/bin/PythonSlicer", "-m", "MFFMTCore", "predict"]
-    # Inputs last, after "--": a name starting with "-" is never taken for an option.
-    assert args[-3:] == ["--", str(tmp_path / "a.nrrd"), str(tmp_path / "b.png")]
-    pairs = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
-    assert pairs["--output"] == str(tmp_path / "out")
-    assert pairs["--device"] == "cuda" and pairs["--progress"] == "json"
-    assert pairs["--model"] == str(tmp_path / "m.safetensors")
-    assert float(pairs["--lesion-threshold"]) == 0.35 and pairs["--roi"] == "10,20,30,40" and pairs["--batch-size"] == "4"
-    assert "--gradcam" in args and "--overwrite" in args
-
-
-def test_command_paths_are_absolute_and_inputs_follow_a_double_dash(tmp_path, monkeypatch):
+def test_predict_request_has_every_field_with_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = commands.predict_command("python", ["-scan.png"], "-out", model="m.safetensors")
-    assert args[-2:] == ["--", str(tmp_path / "-scan.png")]
-    assert args[args.index("--output") + 1] == str(tmp_path / "-out")
-    assert args[args.index("--model") + 1] == str(tmp_path / "m.safetensors")
+    fields = commands.predict_request(["-scan.png", tmp_path / "b.png"], "-out", lesion_threshold=0.35,
+                                      roi=(10, 20, 30, 40), gradcam=True, overwrite=False)
+    assert fields == {"inputs": [str(tmp_path / "-scan.png"), str(tmp_path / "b.png")], "output": str(tmp_path / "-out"),
+                      "threshold": 0.35, "roi": [10, 20, 30, 40], "gradcam": True, "overwrite": False}
+    # Left to the worker's model when not given.
+    assert set(commands.predict_request(["x.png"], "out")) == {"inputs", "output", "gradcam", "overwrite"}
+
+
+def test_train_command_paths_are_absolute_and_data_is_one_argument(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     args = commands.train_command("python", ["-data"], "run", init_model="m.safetensors", stop_file="STOP")
     assert f"--data={tmp_path / '-data'}" in args
     for flag, name in (("--output", "run"), ("--init-model", "m.safetensors"), ("--stop-file", "STOP")):
         assert args[args.index(flag) + 1] == str(tmp_path / name)
 
 
-def test_predict_command_leaves_defaults_to_the_command():
-    args = commands.predict_command("python", ["x.png"], "out")
-    for flag in ("--model", "--lesion-threshold", "--roi", "--gradcam", "--batch-size"):
-        assert flag not in args
-    assert args[args.index("--device") + 1] == "cpu"
-
-
 @pytest.mark.parametrize("kwargs, message", [
     ({"lesion_threshold": 1.0}, "threshold"), ({"lesion_threshold": 0.0}, "threshold"), ({"roi": (1, 2, 0, 4)}, "ROI"),
-    ({"roi": (-1, 2, 3, 4)}, "ROI"), ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch size"),
+    ({"roi": (-1, 2, 3, 4)}, "ROI"),
 ])
-def test_predict_command_rejects_bad_values(kwargs, message):
+def test_predict_request_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        commands.predict_command("python", ["x.png"], "out", **kwargs)
+        commands.predict_request(["x.png"], "out", **kwargs)
 
 
-def test_predict_command_needs_inputs():
+def test_predict_request_needs_inputs():
     with pytest.raises(ValueError, match="no input"):
-        commands.predict_command("python", [], "out")
-
-
-def test_predict_command_parses_with_the_real_cli(tmp_path):
-    parser = build_parser()
-    args = commands.predict_command("python", [tmp_path / "a.png"], tmp_path / "out", lesion_threshold=0.4,
-                                    roi=(1, 2, 3, 4), gradcam=True, device="CPU", batch_size=2)
-    parsed = parser.parse_args(args[3:])
-    assert parsed.command == "predict" and parsed.lesion_threshold == 0.4 and parsed.progress == "json"
+        commands.predict_request([], "out")
 
 
 def test_train_command_has_every_option(tmp_path):

@@ -52,8 +52,8 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_path):
     ijk_to_ras[:3, 3] = [30.0, 12.0, 0.0]
     input_path = write_volume(image, ijk_to_ras, tmp_path / "input.nrrd")
     output = tmp_path / "output"
-    args = commands.predict_command(sys.executable, [input_path], output, model=model_path, lesion_threshold=0.5,
-                                    gradcam=True, roi=(10, 5, 50, 40), device="CPU")
+    args = [sys.executable, "-m", "MFFMTCore", "predict", "--output", str(output), "--model", str(model_path),
+            "--lesion-threshold", "0.5", "--gradcam", "--roi", "10,5,50,40", "--progress", "json", "--", str(input_path)]
     process, events = _run(args)
     assert process.returncode == 0, process.tail()
 
@@ -98,7 +98,8 @@ def test_predict_reports_an_unreadable_input_in_its_row(tmp_path, model_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a picture")
     output = tmp_path / "output"
-    process, events = _run(commands.predict_command(sys.executable, [bad], output, model=model_path))
+    process, events = _run([sys.executable, "-m", "MFFMTCore", "predict", "--output", str(output), "--model",
+                            str(model_path), "--progress", "json", "--", str(bad)])
     assert process.returncode == 1
     assert [event["event"] for event in events] == ["start", "progress", "done"]
     assert events[1]["status"] == "failed" and "broken.png" in events[1]["message"]
