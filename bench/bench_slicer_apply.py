@@ -57,7 +57,7 @@ def main() -> None:
     scene = slicercore.start(work / "tmp")
     import slicer
     from MFFMTSlicerLib.slicer_nodes import writeVolumeNode
-    from MFFMTSlicerLib.slicer_tasks import pythonExecutable, startCommand
+    from MFFMTSlicerLib.tasks import pythonExecutable, startCommand
 
     import MFFMTSlicer
 

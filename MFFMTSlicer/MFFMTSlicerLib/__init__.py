@@ -3,15 +3,16 @@
 Two kinds of modules live here:
 
 - Slicer-free helpers, importable and tested in any Python (no ``slicer``, ``vtk``, ``qt`` or ``ctk``):
-  ``commands`` (the ``mffmt`` command lines), ``dependencies`` (first-use checks), ``models`` (the
-  models folder), ``process`` (background processes), ``progress`` (predict and train progress),
-  ``results`` (results to table rows), ``scene_data`` (scene volumes to a training datalist) and
-  ``volumes`` (arrays to NRRD files). What they share with MFFMTCore (geometry, results columns,
+  ``commands`` (the worker's ``predict`` request and the ``mffmt train`` command line),
+  ``dependencies`` (first-use checks), ``models`` (the models folder), ``process`` (background
+  processes), ``progress`` (predict and train progress), ``results`` (results to table rows),
+  ``scene_data`` (scene volumes to a training datalist), ``tasks`` (work running in the background:
+  poll, wait, cancel), ``worker`` (the warm ``mffmt serve`` worker) and ``volumes`` (arrays to NRRD
+  files). What they share with MFFMTCore (geometry, results columns,
   terminology, labels, model metadata, requirements) comes from :mod:`MFFMTCore.base`, which needs
   no torch.
-- Slicer-only modules, prefixed ``slicer_``: ``slicer_nodes`` (MRML nodes), ``slicer_tasks`` (a
-  command running in the background), ``slicer_requirements``, ``slicer_models``,
-  ``slicer_prediction`` and ``slicer_training`` (the logic, by concern), ``slicer_logic`` (the
+- Slicer-only modules, prefixed ``slicer_``: ``slicer_nodes`` (MRML nodes), ``slicer_requirements``,
+  ``slicer_models``, ``slicer_prediction``, ``slicer_live`` and ``slicer_training`` (the logic, by concern), ``slicer_logic`` (the
   module's logic and parameter node) and ``slicer_widget`` (the panel).
 
 Importing this package puts the folder holding MFFMTCore on ``sys.path``: next to the module when

@@ -39,7 +39,7 @@ from MFFMTCore.serving.client import PendingRequest, WorkerError
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label, normalise_row
 from MFFMTSlicerLib.slicer_prediction import oneLine, withoutPhysicalSizes
-from MFFMTSlicerLib.slicer_worker import WarmWorker
+from MFFMTSlicerLib.worker import WarmWorker
 
 # Attributes of the live segmentation: the latest frame's label and the running finding (strict JSON).
 LIVE_LABEL_ATTRIBUTE = "MFFMT.liveLabel"

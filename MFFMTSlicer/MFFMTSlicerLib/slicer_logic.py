@@ -2,9 +2,9 @@
 
 The logic is put together from one class per concern: :class:`RequirementsLogic` (first-use
 packages), :class:`ModelsLogic` (default model and models folder), :class:`PredictionLogic`
-(segment & classify, through the warm worker of :mod:`MFFMTSlicerLib.slicer_worker`),
+(segment & classify, through the warm worker of :mod:`MFFMTSlicerLib.worker`),
 :class:`TrainingLogic` (retrain) and :class:`LiveLogic` (follow a changing image, frame by frame).
-Work runs in the background, as tasks (:mod:`MFFMTSlicerLib.slicer_tasks`): ``start...`` methods
+Work runs in the background, as tasks (:mod:`MFFMTSlicerLib.tasks`): ``start...`` methods
 return a running task, and ``process``, ``processFolder`` and ``train`` wait for theirs. The logic
 raises exceptions and never opens a dialog.
 """
@@ -38,7 +38,7 @@ from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
 from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, TrainingLogic
-from MFFMTSlicerLib.slicer_worker import WarmWorker
+from MFFMTSlicerLib.worker import WarmWorker
 
 
 @parameterNodeWrapper

@@ -1,7 +1,7 @@
 """The logic's segment & classify: the warm worker runs ``mffmt predict`` on a volume or sequence, results into the scene. Slicer only.
 
 :meth:`PredictionLogic.startProcessing` writes the input to a temporary working folder and asks the
-logic's warm ``mffmt serve`` worker (:mod:`MFFMTSlicerLib.slicer_worker`) to run its ``predict`` op
+logic's warm ``mffmt serve`` worker (:mod:`MFFMTSlicerLib.worker`) to run its ``predict`` op
 on it, and returns a :class:`PredictionTask`; when the request ends, the task loads the
 segmentation, the probability volume (for re-thresholding), a results table, labelled points and
 the Grad-CAM heat map next to the input. :meth:`PredictionLogic.process` does the same and waits.
@@ -43,8 +43,8 @@ from MFFMTSlicerLib.results import (
     read_result_rows,
     read_threshold,
 )
-from MFFMTSlicerLib.slicer_tasks import BackgroundTask, makeWorkFolder
-from MFFMTSlicerLib.slicer_worker import WarmWorker
+from MFFMTSlicerLib.tasks import BackgroundTask, makeWorkFolder
+from MFFMTSlicerLib.worker import WarmWorker
 
 # Attributes of a result segmentation: its result rows (strict JSON) and the threshold they reflect.
 RESULTS_ATTRIBUTE = "MFFMT.resultRows"

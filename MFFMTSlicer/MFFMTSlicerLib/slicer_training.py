@@ -20,7 +20,7 @@ from MFFMTSlicerLib.models import safe_model_filename
 from MFFMTSlicerLib.progress import JsonlTail, TrainingState
 from MFFMTSlicerLib.scene_data import SceneVolume, TrainingExport, write_training_datalist
 from MFFMTSlicerLib.slicer_prediction import isResultSegmentation
-from MFFMTSlicerLib.slicer_tasks import (
+from MFFMTSlicerLib.tasks import (
     BackgroundTask,
     makeWorkFolder,
     processError,

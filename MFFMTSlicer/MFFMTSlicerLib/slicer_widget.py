@@ -27,7 +27,7 @@ from MFFMTSlicerLib.slicer_training import learningRateAfterModeChange
 
 # Reloaded in this order by "Reload" in developer mode (dependencies first).
 LIB_MODULES = ("volumes", "commands", "dependencies", "models", "process", "progress", "results", "scene_data",
-               "slicer_nodes", "slicer_tasks", "slicer_worker", "slicer_requirements", "slicer_models",
+               "tasks", "worker", "slicer_nodes", "slicer_requirements", "slicer_models",
                "slicer_prediction", "slicer_live", "slicer_training", "slicer_logic", "slicer_widget")
 NO_LABEL = "(no label)"
 # How often running work is polled (milliseconds): a warm worker answers in a fraction of a second.

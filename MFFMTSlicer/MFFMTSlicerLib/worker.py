@@ -5,7 +5,7 @@ tenth of one. So the module keeps one ``mffmt serve`` worker (:class:`MFFMTCore.
 which needs no torch in Slicer's process) for all its segment & classify work and live frames:
 
 - started on first use, with Slicer's Python and the environment the commands get
-  (:func:`MFFMTSlicerLib.slicer_tasks.pythonExecutable`, :func:`MFFMTSlicerLib.commands.child_environment`);
+  (:func:`MFFMTSlicerLib.tasks.pythonExecutable`, :func:`MFFMTSlicerLib.commands.child_environment`);
 - reused while it lives, started again when it has died (crashed, killed) or the device changes;
 - told to ``load`` another model when one is asked for (a model that cannot be loaded is an error
   and the worker keeps the one it had);
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from MFFMTCore.serving.client import WorkerClient
 from MFFMTSlicerLib.commands import child_environment, device_argument
-from MFFMTSlicerLib.slicer_tasks import coreFolder, pythonExecutable
+from MFFMTSlicerLib.tasks import coreFolder, pythonExecutable
 
 
 def modelKey(model: str | os.PathLike | None) -> str | None:
