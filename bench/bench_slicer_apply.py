@@ -15,8 +15,8 @@ what a user waits for after pressing Apply. Reports, in one run:
 - ``child``: a cold ``mffmt predict`` child process on the same input file, started and waited for
   alone (no scene work): what every Apply paid before the module used a warm worker.
 
-Run: ``python bench/bench_slicer_apply.py [--runs 10] [--sample bus_0012-r.png]`` (needs
-``pip install slicer-core==5.13.31053.0``). Prints one JSON object.
+Run: ``python bench/bench_slicer_apply.py [--runs 10] [--sample bus_0012-r.png]`` (needs the dev
+extras, which bring slicer-core). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -30,11 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from needs import require
+
+require("MFFMTCore", "slicer_core")
+
 import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Testing" / "Python"))
+sys.path.insert(0, str(ROOT / "Testing" / "Python"))  # slicercore: Slicer's module loading, as the tests use it
 
 
 def picture_volume(slicer, png: Path):
