@@ -10,7 +10,8 @@ bundled samples) talks to ``mffmt live`` running in its own process with the def
   client that answers each frame at once with a label map of the same size and a result string,
   without segmenting) and the neural network alone (the default model's forward pass, batch 1,
   1 and 2 threads); the ratio of the end-to-end latency to the forward pass is the cost of transport and
-  pre/post-processing;
+  pre/post-processing; the Predictor on a whole frame in this process, interleaved with the forward
+  pass, gives the pre/post-processing share alone (``predict_over_forward``);
 - the offered-rate figures again with the same cores used the other way (1 worker of 2 threads,
   suffix ``_1x2``: one frame at a time on both cores; or 2 workers of 1 thread, ``_2x1``);
 - memory (RSS of the ``mffmt live`` process) over ``--frames`` frames sent one after the other's
@@ -210,8 +211,11 @@ def network_figures(images: list[np.ndarray], seconds: float) -> dict:
             "network_ms_p95_at_10": round(percentile(latencies, 95), 2)}
 
 
-def forward_figures(runs: int = 30) -> dict:
-    """The default model's forward pass alone (batch 1, its input size) on 1 and 2 threads, as the Predictor runs it."""
+def forward_figures(images: list[np.ndarray], runs: int = 30) -> dict:
+    """On 1 and 2 threads, in this process: the default model's forward pass alone (batch 1, its input
+    size, as the Predictor runs it) and, interleaved with it, the Predictor on a whole 480x640 frame
+    (imaging region, network input, forward pass, maps back on the frame, lesion regions and their
+    measurements, input check): their ratio is what pre- and post-processing add, without transport."""
     import torch
 
     from MFFMTCore.inference.predictor import Predictor
@@ -221,13 +225,18 @@ def forward_figures(runs: int = 30) -> dict:
     figures = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        times = []
-        with torch.inference_mode():
-            for _ in range(runs + 3):
-                started = time.perf_counter()
+        forward, whole = [], []
+        for index in range(runs + 3):
+            started = time.perf_counter()
+            with torch.inference_mode():
                 predictor.model(x)
-                times.append(1000 * (time.perf_counter() - started))
-        figures[f"forward_ms_p50_{threads}thread"] = round(statistics.median(times[3:]), 1)
+            forward.append(1000 * (time.perf_counter() - started))
+            started = time.perf_counter()
+            predictor.predict(images[index % len(images)])
+            whole.append(1000 * (time.perf_counter() - started))
+        figures[f"forward_ms_p50_{threads}thread"] = round(statistics.median(forward[3:]), 1)
+        figures[f"predict_ms_p50_{threads}thread"] = round(statistics.median(whole[3:]), 1)
+        figures[f"predict_over_forward_{threads}thread"] = round(statistics.median(whole[3:]) / statistics.median(forward[3:]), 2)
     return figures
 
 
@@ -282,7 +291,7 @@ def main() -> None:
         threads, workers = (1, args.threads) if args.workers == 1 else (args.workers, 1)
         other = live_figures(images, args.seconds, 0, threads, workers)
         figures.update({f"{key}_{workers}x{threads}": value for key, value in other.items()})
-    figures.update(forward_figures())
+    figures.update(forward_figures(images))
     # End to end against the network forward pass alone: transport, pre- and post-processing on top.
     forward = figures[f"forward_ms_p50_{min(args.threads, 2)}thread"]
     figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"] / forward, 2)
