@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -200,13 +201,21 @@ class TrainingLogic:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         runDir = self.modelsFolder.absolute() / "runs" / f"{stamp}-{safe_model_filename(modelName)}"
         runDir.mkdir(parents=True, exist_ok=False)
-        if sceneItems:
-            data.append(self.exportSceneTrainingData(sceneItems, runDir / "scene_data").datalist)
-        args = train_command(pythonExecutable(), data, runDir, device=device, progress="none",
-                             **{**options, "stop_file": RunFolder(runDir).stop})
-        workDir = makeWorkFolder(self.workRoot)
-        return TrainingTask(runDir, modelName, self.addModelFile, process=startCommand(args, workDir),
-                            workDir=workDir, progressCallback=progressCallback, completedCallback=completedCallback)
+        workDir = None
+        try:  # a start that fails (a bad option, a scene volume that cannot be exported) leaves nothing behind
+            if sceneItems:
+                data.append(self.exportSceneTrainingData(sceneItems, runDir / "scene_data").datalist)
+            args = train_command(pythonExecutable(), data, runDir, device=device, progress="none",
+                                 **{**options, "stop_file": RunFolder(runDir).stop})
+            workDir = makeWorkFolder(self.workRoot)
+            process = startCommand(args, workDir)
+        except BaseException:
+            shutil.rmtree(runDir, ignore_errors=True)
+            if workDir is not None:
+                shutil.rmtree(workDir, ignore_errors=True)
+            raise
+        return TrainingTask(runDir, modelName, self.addModelFile, process=process, workDir=workDir,
+                            progressCallback=progressCallback, completedCallback=completedCallback)
 
     def train(self, data: Sequence[str | os.PathLike] = (), modelName: str = "my_model", **options: Any) -> Path:
         """:meth:`startTraining` and wait; the path of the new model in the models folder.

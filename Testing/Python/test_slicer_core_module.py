@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MFFMTCore.errors import MFFMTError
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "MFFMTCore" / "samples"
 
@@ -446,6 +448,11 @@ def test_training_cancelled_or_failed_adds_no_model(env, tmp_path):
     with pytest.raises(RuntimeError, match="no_such_image"):
         logic.train([broken], modelName="broken", epochs=1, input_size=64)
     assert [entry.path for entry in logic.models()] == listed
+    # A bad option is refused before anything runs, and leaves no run folder behind.
+    runs = sorted((logic.modelsFolder / "runs").iterdir())
+    with pytest.raises(MFFMTError, match="--epochs"):
+        logic.startTraining([SAMPLES / "samples.csv"], modelName="bad option", epochs=0)
+    assert sorted((logic.modelsFolder / "runs").iterdir()) == runs and list(logic.workRoot.iterdir()) == []
 
 
 def test_spacing_is_known_by_mffmtcores_rule_for_files(env):
