@@ -48,12 +48,19 @@ PIXEL_UNIT = hd.sr.CodedConcept("{pixel}", "UCUM", "pixel")
 SQUARE_PIXEL_UNIT = hd.sr.CodedConcept("{pixel}2", "UCUM", "square pixel")
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
 SERIES_NUMBERS = {"segmentation": 9301, "report": 9302}
+MANUFACTURER = "MFFMTSlicer"
 
 
 def dicom_output_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
     """Name -> path of the files :func:`write_dicom_results` writes for ``stem``."""
     directory = Path(directory)
     return {"dicom_segmentation": directory / f"{stem}_seg.dcm", "dicom_report": directory / f"{stem}_sr.dcm"}
+
+
+def _new_instance(kind: str) -> dict:
+    """The identity of a new instance we write (``kind``: "segmentation" or "report"), in its own new series."""
+    return {"series_instance_uid": hd.UID(), "series_number": SERIES_NUMBERS[kind], "sop_instance_uid": hd.UID(),
+            "instance_number": 1, "manufacturer": MANUFACTURER}
 
 
 def _value_code(text: str) -> hd.sr.CodedConcept:
@@ -86,11 +93,7 @@ def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bo
         pixel_array=label[frame].astype(np.uint8)[np.newaxis],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBERS["segmentation"],
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="MFFMTSlicer",
+        **_new_instance("segmentation"),
         manufacturer_model_name="MFFMT",
         software_versions=__version__,
         device_serial_number="none",
@@ -193,7 +196,7 @@ def _documents(result: PredictionResult, source: Dataset) -> tuple[hd.seg.Segmen
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="MFFMT", manufacturer_name="MFFMTSlicer", model_name=f"MFFMT {__version__}"),
+            uid=hd.UID(), name="MFFMT", manufacturer_name=MANUFACTURER, model_name=f"MFFMT {__version__}"),
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
@@ -203,11 +206,7 @@ def _documents(result: PredictionResult, source: Dataset) -> tuple[hd.seg.Segmen
     document = hd.sr.EnhancedSR(
         evidence=[source, segmentation],
         content=report,
-        series_instance_uid=hd.UID(),
-        series_number=SERIES_NUMBERS["report"],
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="MFFMTSlicer",
+        **_new_instance("report"),
         series_description="MFFMT lesion report",
         is_complete=True,
     )
