@@ -9,7 +9,6 @@ flushing each line; a reader may still catch the last line half-written.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 from MFFMTCore.base.progress_events import parse_event_line
 
-__all__ = ["EpochRecord", "JsonlTail", "PredictProgress", "TrainingState", "parse_event_line"]
+__all__ = ["EpochRecord", "JsonlTail", "PredictProgress", "TrainingState"]
 
 
 @dataclass
@@ -67,9 +66,10 @@ class PredictProgress:
 class JsonlTail:
     """Reads the events a process appends to a JSON-lines file, a few at a time.
 
-    Each :meth:`read_events` returns the complete lines added since the previous call. A last line
-    without its newline is kept until the rest arrives; a line that is not a JSON object is counted
-    in ``bad_lines`` and skipped. If the file is replaced by a shorter one, reading starts over.
+    Each :meth:`read_events` returns the events of the complete lines added since the previous call.
+    A last line without its newline is kept until the rest arrives; a line that is not an event (see
+    :func:`MFFMTCore.base.progress_events.parse_event_line`) is counted in ``bad_lines`` and skipped.
+    If the file is replaced by a shorter one, reading starts over.
 
     Args:
         path: the file (it may not exist yet).
@@ -99,14 +99,13 @@ class JsonlTail:
             if not raw.strip():
                 continue
             try:
-                event = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                event = parse_event_line(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                event = None
+            if event is None:
                 self.bad_lines += 1
-                continue
-            if isinstance(event, dict):
-                events.append(event)
             else:
-                self.bad_lines += 1
+                events.append(event)
         return events
 
 

@@ -27,6 +27,7 @@ from MFFMTSlicerLib import (
 )
 
 from MFFMTCore.base import geometry, terminology
+from MFFMTCore.base.progress_events import parse_event_line
 from MFFMTCore.base.requirements import REQUIREMENTS, Requirement
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
 from MFFMTCore.cli import build_parser
@@ -165,12 +166,12 @@ def test_child_environment_puts_core_first_on_pythonpath_and_unbuffers():
 
 
 def test_parse_event_line_accepts_events_and_ignores_other_output():
-    assert progress.parse_event_line('{"event": "progress", "done": 1, "total": 3, "input": "a.png"}\n') == {
+    assert parse_event_line('{"event": "progress", "done": 1, "total": 3, "input": "a.png"}\n') == {
         "event": "progress", "done": 1, "total": 3, "input": "a.png"}
-    assert progress.parse_event_line(' 40%|####  | 2/5\r{"event": "done", "total": 5}') == {"event": "done",
+    assert parse_event_line(' 40%|####  | 2/5\r{"event": "done", "total": 5}') == {"event": "done",
                                                                                             "total": 5}
     for line in ("", "WARNING: something", "{not json", '{"done": 1}', "[1, 2]", '{"event": 3}'):
-        assert progress.parse_event_line(line) is None
+        assert parse_event_line(line) is None
 
 
 def test_predict_progress_follows_events():

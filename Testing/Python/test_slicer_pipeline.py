@@ -22,6 +22,8 @@ from MFFMTSlicerLib import commands, models, progress, results, scene_data
 from MFFMTSlicerLib.process import BackgroundProcess
 from MFFMTSlicerLib.volumes import write_volume
 
+from MFFMTCore.base.progress_events import parse_event_line
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 600
@@ -35,11 +37,11 @@ def _run(args: list[str], until=None) -> tuple[BackgroundProcess, list[dict]]:
     events, deadline = [], time.monotonic() + TIMEOUT_S
     while not process.is_finished():
         assert time.monotonic() < deadline, f"timed out: {process.tail()}"
-        events += [e for e in map(progress.parse_event_line, process.read_lines()) if e]
+        events += [e for e in map(parse_event_line, process.read_lines()) if e]
         if until is not None:
             until(events)
         time.sleep(0.1)
-    events += [e for e in map(progress.parse_event_line, process.read_lines()) if e]
+    events += [e for e in map(parse_event_line, process.read_lines()) if e]
     return process, events
 
 
