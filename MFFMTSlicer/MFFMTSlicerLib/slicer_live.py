@@ -128,19 +128,11 @@ class LiveSession:
         self.segmentationNode = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                             self.scene.GenerateUniqueName(f"{name} live lesion"))
         self.segmentationNode.CreateDefaultDisplayNodes()
-        nodes.placeLike(self.segmentationNode, volumeNode)
-        self.segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        self.segmentationNode.SetNodeReferenceID(self.segmentationNode.GetReferenceImageGeometryReferenceRole(),
-                                                 volumeNode.GetID())
-        self.segmentationNode.SetNodeReferenceID(nodes.INPUT_ROLE, volumeNode.GetID())
-        self.segmentId = nodes.lesionSegmentId(self.segmentationNode)
-        self.tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName(f"{name} live MFFMT"))
-        self.pointsNode = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode",
-                                                      self.scene.GenerateUniqueName(f"{name} live finding"))
-        self.pointsNode.CreateDefaultDisplayNodes()
-        nodes.placeLike(self.pointsNode, volumeNode)
-        for node, role in ((self.tableNode, nodes.TABLE_ROLE), (self.pointsNode, nodes.POINTS_ROLE)):
-            self.segmentationNode.SetNodeReferenceID(role, node.GetID())
+        self.segmentId = nodes.attachToInput(self.segmentationNode, volumeNode)
+        self.tableNode = nodes.addResultNode(self.segmentationNode, volumeNode, "vtkMRMLTableNode",
+                                             f"{name} live MFFMT", nodes.TABLE_ROLE)
+        self.pointsNode = nodes.addResultNode(self.segmentationNode, volumeNode, "vtkMRMLMarkupsFiducialNode",
+                                              f"{name} live finding", nodes.POINTS_ROLE)
         self.browserNode = self._makeRecording(name) if record else None
         self._observers = [volumeNode.AddObserver(event, self._onImageModified)
                            for event in (slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, vtk.vtkCommand.ModifiedEvent)]

@@ -151,6 +151,15 @@ def loadLesionSegmentation(path: str | os.PathLike, inputVolume):
     """Load a ``<stem>.seg.nrrd`` of ``mffmt predict`` as the lesion segmentation of ``inputVolume``."""
     segmentationNode = slicer.util.loadSegmentation(str(path))
     segmentationNode.SetName(inputVolume.GetScene().GenerateUniqueName(f"{inputVolume.GetName()} lesion"))
+    attachToInput(segmentationNode, inputVolume)
+    # Its file is in a temporary folder: "Save" must write the data, not refer to that file.
+    segmentationNode.StorableModified()
+    return segmentationNode
+
+
+def attachToInput(segmentationNode, inputVolume) -> str:
+    """Make ``segmentationNode`` the lesion segmentation of ``inputVolume``: placed like it, on its
+    voxels, referencing it; returns the lesion segment's ID (made when missing)."""
     # Under the input's transform first: the reference geometry is computed relative to the
     # segmentation's own transform, so set afterwards it matches the input's voxels exactly.
     placeLike(segmentationNode, inputVolume)
@@ -158,10 +167,19 @@ def loadLesionSegmentation(path: str | os.PathLike, inputVolume):
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
     segmentationNode.SetNodeReferenceID(segmentationNode.GetReferenceImageGeometryReferenceRole(), inputVolume.GetID())
     segmentationNode.SetNodeReferenceID(INPUT_ROLE, inputVolume.GetID())
-    lesionSegmentId(segmentationNode)
-    # Its file is in a temporary folder: "Save" must write the data, not refer to that file.
-    segmentationNode.StorableModified()
-    return segmentationNode
+    return lesionSegmentId(segmentationNode)
+
+
+def addResultNode(segmentationNode, inputVolume, className: str, name: str, role: str):
+    """A new node of ``className`` named ``name`` (made unique), placed like the input, that the
+    segmentation references under ``role``."""
+    scene = inputVolume.GetScene()
+    node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
+    if node.IsA("vtkMRMLDisplayableNode"):
+        node.CreateDefaultDisplayNodes()
+    placeLike(node, inputVolume)
+    segmentationNode.SetNodeReferenceID(role, node.GetID())
+    return node
 
 
 def loadHiddenVolume(path: str | os.PathLike, name: str, referenceVolume):

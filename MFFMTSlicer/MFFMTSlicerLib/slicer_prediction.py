@@ -178,7 +178,6 @@ class PredictionTask(WorkerRequestTask):
         """Load the outputs of the finished run as nodes next to the input volume."""
         outputDir = self.workDir / "output"
         volume = self.inputVolume
-        scene = volume.GetScene()
         key = str(self.inputPath)  # predict names inputs by the absolute path it was given
         rows = [row for row in read_result_rows(outputDir) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
@@ -196,21 +195,11 @@ class PredictionTask(WorkerRequestTask):
         probability = nodes.loadHiddenVolume(files["probability"], f"{volume.GetName()} lesion probability", volume)
         created.append(probability)
         segmentation.SetNodeReferenceID(nodes.PROBABILITY_ROLE, probability.GetID())
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{volume.GetName()} MFFMT"))
-        created.append(table)
-        points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(f"{volume.GetName()} finding"))
-        created.append(points)
-        points.CreateDefaultDisplayNodes()
-        lines = []
-        for name in ("long axis", "perpendicular axis"):
-            line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", scene.GenerateUniqueName(f"{volume.GetName()} {name}"))
-            created.append(line)
-            line.CreateDefaultDisplayNodes()
-            lines.append(line)
-        roles = ((table, nodes.TABLE_ROLE), (points, nodes.POINTS_ROLE), *zip(lines, nodes.CALIPER_ROLES))
-        for node, role in roles:
-            segmentation.SetNodeReferenceID(role, node.GetID())
-            nodes.placeLike(node, volume)
+        results = (("vtkMRMLTableNode", "MFFMT", nodes.TABLE_ROLE), ("vtkMRMLMarkupsFiducialNode", "finding", nodes.POINTS_ROLE),
+                   *(("vtkMRMLMarkupsLineNode", name, role)
+                     for name, role in zip(("long axis", "perpendicular axis"), nodes.CALIPER_ROLES)))
+        for className, name, role in results:
+            created.append(nodes.addResultNode(segmentation, volume, className, f"{volume.GetName()} {name}", role))
         if self.gradcam and "gradcam" in files:
             heatmap = nodes.loadHiddenVolume(files["gradcam"], f"{volume.GetName()} Grad-CAM", volume)
             created.append(heatmap)
