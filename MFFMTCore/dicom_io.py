@@ -30,6 +30,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from MFFMTCore.errors import one_line
 from MFFMTCore.files import ImageReadError
 
 # Codes of the Sequence of Ultrasound Regions (DICOM PS3.3 C.8.5.5.1).
@@ -214,7 +215,7 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
     except Exception as error:  # pydicom raises RuntimeError, NotImplementedError, ValueError, ...
         transfer = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
         name = transfer.name if transfer is not None else "unknown transfer syntax"
-        detail = " ".join(str(error).split())[:200]
+        detail = one_line(error)[:200]
         raise ImageReadError(path, f"DICOM pixel data ({name}) cannot be decoded ({detail})") from error
     if not hasattr(dataset, "file_meta") or "TransferSyntaxUID" not in dataset.file_meta:
         dataset.file_meta = dataset.get("file_meta", pydicom.dataset.FileMetaDataset())

@@ -10,6 +10,12 @@ from __future__ import annotations
 import os
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space: a message that is a
+    log line, a CSV cell or a status line."""
+    return " ".join(str(text).split())
+
+
 class MFFMTError(ValueError):
     """A problem the user can fix. The message is ``"<path>: <problem>"`` on one line.
 
@@ -20,5 +26,5 @@ class MFFMTError(ValueError):
 
     def __init__(self, path: str | os.PathLike, problem: str):
         self.path = str(path)
-        self.problem = " ".join(str(problem).split())  # one line: it is a log line and a CSV cell
+        self.problem = one_line(problem)
         super().__init__(f"{self.path}: {self.problem}")

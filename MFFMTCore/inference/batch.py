@@ -32,7 +32,7 @@ from typing import Any
 
 from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
-from MFFMTCore.errors import MFFMTError
+from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
@@ -378,7 +378,7 @@ def _failed(
         message = f"{path}: {error}"
     else:
         message = f"{path}: {type(error).__name__}: {error}"
-    message = " ".join(message.split())  # one line: it is a CSV cell and a log line
+    message = one_line(message)
     outcome = InputOutcome(key, stem, "failed", error=message, seconds=time.perf_counter() - started)
     rows[key] = [error_row(key, message)]
     return outcome, {"input": key, "stem": stem, "status": "failed", "error": message}

@@ -36,7 +36,7 @@ import numpy as np
 import pyigtl
 import SimpleITK as sitk
 
-from MFFMTCore.errors import MFFMTError
+from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.serving.igtl import IgtlClient, MalformedMessage
 from MFFMTCore.serving.latest import LatestItems
@@ -185,7 +185,7 @@ class LiveSegmenter:
         self._send_error(timestamp, source_device, error)
 
     def _send_error(self, timestamp: float, source_device: str, error: str) -> None:
-        text = json.dumps({"timestamp": timestamp, "source_device": source_device, "error": " ".join(error.split())},
+        text = json.dumps({"timestamp": timestamp, "source_device": source_device, "error": one_line(error)},
                           allow_nan=False)
         if not self.client.send(pyigtl.StringMessage(text, timestamp=timestamp, device_name=self.result_device)):
             self.unsent += 1

@@ -41,6 +41,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from MFFMTCore.errors import one_line
 from MFFMTCore.inference.batch import _model_document, find_inputs, predict_files
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import frame_rows
@@ -132,7 +133,7 @@ class Worker:
         try:
             self.predictor = Predictor(self.model_path, device=self.device, batch_size=self.batch_size)
         except (ValueError, FileNotFoundError) as error:
-            self.send({"id": None, "event": "error", "error": " ".join(str(error).split())})
+            self.send({"id": None, "event": "error", "error": one_line(error)})
             return 2
         self.send({"id": None, "event": "ready", "model": _model_document(self.predictor),
                    "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()})
@@ -181,7 +182,7 @@ class Worker:
 
     def _reply_error(self, request_id: Any, text: str) -> None:
         try:
-            self.send({"id": request_id, "event": "error", "error": " ".join(text.split())})
+            self.send({"id": request_id, "event": "error", "error": one_line(text)})
         except (BrokenPipeError, ValueError):
             pass  # the client is gone; the serving thread notices at its next reply
 

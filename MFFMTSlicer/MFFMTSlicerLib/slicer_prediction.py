@@ -29,6 +29,7 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
+from MFFMTCore.errors import one_line
 from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.commands import predict_request
@@ -53,7 +54,7 @@ THRESHOLD_ATTRIBUTE = "MFFMT.threshold"
 
 def oneLine(error: BaseException) -> str:
     """An error of the worker or its start as the one-line message the user sees."""
-    return " ".join(str(error).split()) or type(error).__name__
+    return one_line(error) or type(error).__name__
 
 
 def withoutPhysicalSizes(row: dict[str, Any]) -> dict[str, Any]:
