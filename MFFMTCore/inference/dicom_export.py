@@ -33,9 +33,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UltrasoundImageStorage
+from pydicom.valuerep import DA, TM
 
 from MFFMTCore.base.measurements import LesionMeasurements
-from MFFMTCore.errors import MFFMTError
+from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.version import __version__
@@ -49,6 +50,13 @@ SQUARE_PIXEL_UNIT = hd.sr.CodedConcept("{pixel}2", "UCUM", "square pixel")
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
 SERIES_NUMBERS = {"segmentation": 9301, "report": 9302}
 MANUFACTURER = "MFFMTSlicer"
+# Attributes of the source that the results must repeat or reference (Type 1: a value is required,
+# nothing we could make up would be the source's) and those the results copy that may be empty
+# (Type 2 of the Patient and General Study modules, PS3.3 C.7.1.1 and C.7.2.1).
+REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+EMPTY_ALLOWED_ATTRIBUTES = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                            "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
+NOT_WRITTEN = "DICOM results not written"
 
 
 def dicom_output_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
@@ -166,20 +174,72 @@ def _groups(
     return groups
 
 
+def referable_source(header: Dataset, source: str) -> Dataset:
+    """A copy of a DICOM input's header that results can reference: Type 2 attributes it lacks are
+    added empty (as the standard allows); a missing Type 1 UID cannot be made up.
+
+    Raises:
+        MFFMTError: the header lacks one of :data:`REQUIRED_SOURCE_ATTRIBUTES`.
+    """
+    missing = [keyword for keyword in REQUIRED_SOURCE_ATTRIBUTES if not str(header.get(keyword, "") or "").strip()]
+    if missing:
+        raise MFFMTError(source, f"{NOT_WRITTEN}: the file has no {', '.join(missing)} for them to reference")
+    referable = copy.deepcopy(header)
+    for keyword in EMPTY_ALLOWED_ATTRIBUTES:
+        if keyword not in referable:
+            setattr(referable, keyword, None)
+        elif keyword in _DATE_TIME:
+            setattr(referable, keyword, _conformant(_DATE_TIME[keyword], referable[keyword].value))
+    return referable
+
+
+# Dates and times the results copy, with their value representations.
+_DATE_TIME = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+
+
+def _conformant(representation: type, value) -> str | None:
+    """A date or time as DICOM 3 writes it: ACR-NEMA's "yyyy.mm.dd" and "hh:mm:ss" (which PS3.5 6.2
+    asks readers to accept) without their separators; a value that does not parse is left empty."""
+    text = str(value or "").strip().replace("." if representation is DA else ":", "")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns before it raises
+            return str(representation(text)) if text else None
+    except ValueError:
+        return None
+
+
+def export_dicom_results(result: PredictionResult, directory: str | os.PathLike, stem: str) -> dict[str, Path]:
+    """``mffmt predict --dicom`` for one input: :func:`write_dicom_results` for a DICOM input, nothing
+    for another. A DICOM input whose results cannot be written gets no DICOM files and a one-line
+    note why (in :attr:`DicomImage.notes`, so in results.json); its other results stand.
+    """
+    dicom = result.input_frames.dicom if result.input_frames is not None else None
+    if dicom is None:
+        return {}
+    try:
+        return write_dicom_results(result, directory, stem)
+    except Exception as error:  # a header highdicom cannot use: the prediction itself is still good
+        problem = error.problem if isinstance(error, MFFMTError) else f"{NOT_WRITTEN}: {type(error).__name__}: {error}"
+        dicom.notes.append(one_line(problem))
+        return {}
+
+
 def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, stem: str) -> dict[str, Path]:
     """Write the DICOM Segmentation and Structured Report of ``result``; returns name -> path.
 
     Raises:
-        MFFMTError: the input was not a DICOM file (there is nothing to reference).
+        MFFMTError: the input was not a DICOM file, or its header lacks a UID to reference.
     """
     dicom = result.input_frames.dicom if result.input_frames is not None else None
     if dicom is None:
         raise MFFMTError(result.source, "DICOM results need a DICOM input")
+    source = referable_source(dicom.header, result.source)
     with warnings.catch_warnings():
         # highdicom warns about source attributes it cannot fix (e.g. a one-part patient name):
         # they are the scanner's, copied as they are.
         warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
-        segmentation, document = _documents(result, dicom.header)
+        segmentation, document = _documents(result, source)
     paths = dicom_output_paths(directory, stem)
     for name, dataset in (("dicom_segmentation", segmentation), ("dicom_report", document)):
         with atomic_path(paths[name]) as temporary:
