@@ -7,9 +7,9 @@ pixels are; it also drops palette colour and some compressed colour encodings. T
 - single- and multi-frame files; MONOCHROME1/2, RGB, YBR_* (returned as RGB) and PALETTE COLOR
   (returned as RGB); uncompressed, RLE, JPEG (baseline, extended, lossless) and JPEG 2000, with the
   decoders pydicom finds (pylibjpeg-libjpeg, pylibjpeg-openjpeg, Pillow; RLE is built in);
-- the calibration: the 2D tissue region (RegionSpatialFormat 1 = 2D, RegionDataType 1 = tissue) whose
-  physical units are cm in both directions gives the pixel spacing (converted to mm) and the imaging
-  region (the rectangle the network should see). Regions of other kinds (M-mode, spectral Doppler,
+- the calibration: the largest 2D tissue region (RegionSpatialFormat 1 = 2D, RegionDataType 1 = tissue)
+  whose physical units are cm in both directions and that is at least 32 pixels on a side gives the
+  pixel spacing (converted to mm) and the imaging region (the rectangle the network should see). Regions of other kinds (M-mode, spectral Doppler,
   waveforms) or other units are ignored. Without such a region, PixelSpacing (or ImagerPixelSpacing)
   gives the spacing when present; otherwise the spacing is unknown and areas stay in pixels.
 
@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from MFFMTCore.errors import one_line
-from MFFMTCore.files import ImageReadError
+from MFFMTCore.files import MIN_IMAGE_SIDE, ImageReadError
 
 # Codes of the Sequence of Ultrasound Regions (DICOM PS3.3 C.8.5.5.1).
 SPATIAL_FORMAT_2D = 1
@@ -142,34 +142,50 @@ def calibrated_region(
 ) -> tuple[UltrasoundRegion | None, tuple[int, int, int, int] | None, list[str]]:
     """The calibrated 2D tissue region of a frame, its pixel box (x, y, w, h) cut to the frame, and notes.
 
-    The first calibrated tissue region whose top-left corner lies in the frame is taken (a capture
-    with two side-by-side B-mode images has two; the first is the one scanners list first, the
-    active one). See the module docstring for regions reaching past the frame.
+    Of the calibrated tissue regions that lie in the frame and are at least
+    :data:`MFFMTCore.files.MIN_IMAGE_SIDE` pixels on a side (smaller ones cannot be the network's
+    input), the largest is taken: the scan, where a capture also holds small calibrated insets
+    (a probe map, a zoom box); of equal ones, the first (the one scanners list first, the active
+    image of a dual view). See the module docstring for regions reaching past the frame. Each reason
+    a region was passed over gives one note (its first region and how many more).
 
     Args:
         regions: the file's ultrasound regions.
         frame_shape: (rows, columns) of a frame.
     """
     height, width = frame_shape
-    notes = []
+    passed_over: dict[str, list[list[int]]] = {}
+    candidates = []
     for region in regions:
         if not region.is_calibrated_tissue:
             continue
+        location = region.to_json()["location"]
         if not (0 <= region.x0 < width and 0 <= region.y0 < height) or region.x1 < region.x0 or region.y1 < region.y0:
-            notes.append(f"ultrasound region {region.to_json()['location']} does not lie in the "
-                         f"{width}x{height} frame: calibration ignored")
+            passed_over.setdefault(f"does not lie in the {width}x{height} frame", []).append(location)
             continue
         past_right = region.x1 > width - 1 + _EDGE_TOLERANCE
         past_bottom = region.y1 > height - 1 + _EDGE_TOLERANCE
         if past_right and past_bottom:
-            notes.append(f"ultrasound region {region.to_json()['location']} reaches past the {width}x{height} "
-                         "frame on both axes (the capture was resized after calibration): calibration ignored")
+            passed_over.setdefault(f"reaches past the {width}x{height} frame on both axes (the capture was "
+                                   "resized after calibration)", []).append(location)
             continue
-        x1, y1 = min(region.x1, width - 1), min(region.y1, height - 1)
-        if past_right or past_bottom:
-            notes.append(f"ultrasound region {region.to_json()['location']} cut to the {width}x{height} frame")
-        return region, (region.x0, region.y0, x1 - region.x0 + 1, y1 - region.y0 + 1), notes
-    return None, None, notes
+        box = (region.x0, region.y0, min(region.x1, width - 1) - region.x0 + 1,
+               min(region.y1, height - 1) - region.y0 + 1)
+        if min(box[2:]) < MIN_IMAGE_SIDE:
+            passed_over.setdefault(f"is smaller than the {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} pixels MFFMT can "
+                                   "classify", []).append(location)
+            continue
+        candidates.append((region, box, past_right or past_bottom))
+    outcome = "not used" if candidates else "calibration ignored"
+    notes = [f"ultrasound region {locations[0]}"
+             + (f" (and {len(locations) - 1} more)" if len(locations) > 1 else "")
+             + f" {reason}: {outcome}" for reason, locations in passed_over.items()]
+    if not candidates:
+        return None, None, notes
+    region, box, cut = max(candidates, key=lambda candidate: candidate[1][2] * candidate[1][3])
+    if cut:
+        notes.append(f"ultrasound region {region.to_json()['location']} cut to the {width}x{height} frame")
+    return region, box, notes
 
 
 def _rgb_pixels(dataset: Dataset, pixels: np.ndarray) -> np.ndarray:

@@ -282,3 +282,34 @@ def test_undecodable_pixel_data_names_the_file_and_its_transfer_syntax(tmp_path)
     dataset.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageReadError, match=r"a\.dcm: DICOM pixel data \(JPEG-LS Lossless Image Compression\) cannot be decoded"):
         read_dicom(path)
+
+
+def test_calibrated_region_smaller_than_the_network_minimum_is_not_the_imaging_region(tmp_path, dark_lesion_predictor):
+    """A 5x5 calibrated region is neither the network's input nor the calibration: the scan is detected."""
+    path = ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=[region_item(box=(40, 30, 44, 34))])
+    image = read_dicom(path)
+    assert image.region is None and image.spacing is None
+    assert image.notes == ["ultrasound region [40, 30, 44, 34] is smaller than the 32x32 pixels MFFMT can classify: "
+                           "calibration ignored"]
+    result = dark_lesion_predictor.predict(path)
+    assert result.imaging_region.method == "detected" and min(result.imaging_region.box[2:]) >= 32
+    assert not result.geometry.spacing_known and result.frames[0].lesion_area_mm2 is None
+
+
+def test_largest_calibrated_region_is_used_among_many(tmp_path):
+    """100 regions: a 6x6 corner first, 98 small insets (one over 32 pixels), the scan last."""
+    corner = region_item(box=(0, 0, 5, 5), delta_cm=(0.5, 0.5))
+    insets = [region_item(box=(1 + i, 1, 10 + i, 10), delta_cm=(0.1, 0.1)) for i in range(97)]
+    inset = region_item(box=(100, 0, 139, 33), delta_cm=(0.05, 0.05))  # usable, but smaller than the scan
+    regions = [corner, *insets, inset, region_item(delta_cm=(0.02, 0.03))]
+    image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
+    assert image.region == BOX and image.spacing == pytest.approx((0.2, 0.3))
+    assert image.notes == ["ultrasound region [0, 0, 5, 5] (and 97 more) is smaller than the 32x32 pixels MFFMT "
+                           "can classify: not used"]
+
+
+def test_detected_region_smaller_than_the_network_minimum_is_not_used():
+    rng = np.random.default_rng(0)
+    frame = np.zeros((1, 400, 400), dtype=np.uint8)
+    frame[0, 20:380, 100:125] = rng.integers(60, 200, size=(360, 25))  # a textured strip 25 pixels wide
+    assert detect_imaging_region(frame) is None
