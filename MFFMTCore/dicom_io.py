@@ -29,7 +29,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
+from MFFMTCore.base.calibration import spacing_problem
 from MFFMTCore.errors import one_line
 from MFFMTCore.files import MIN_IMAGE_SIDE, ImageReadError
 
@@ -67,21 +69,36 @@ class UltrasoundRegion:
 
     @classmethod
     def from_item(cls, item: Dataset) -> UltrasoundRegion:
+        """Read one item of the sequence.
+
+        Raises:
+            ValueError: a location is missing, or a value is not a number (says which).
+        """
+        def number(keyword: str, kind: type, default=None):
+            try:
+                value = item.get(keyword, default)
+                if value is None or value == "":
+                    raise ValueError(f"has no {keyword}")
+                return kind(value)
+            except (TypeError, ValueError, OverflowError) as error:  # pydicom parses the value on access
+                raise ValueError(str(error) if str(error).startswith("has no") else
+                                 f"has a {keyword} that is not a number") from error
+
         return cls(
-            x0=int(item.RegionLocationMinX0), y0=int(item.RegionLocationMinY0),
-            x1=int(item.RegionLocationMaxX1), y1=int(item.RegionLocationMaxY1),
-            spatial_format=int(item.get("RegionSpatialFormat", 0)), data_type=int(item.get("RegionDataType", 0)),
-            units_x=int(item.get("PhysicalUnitsXDirection", 0)), units_y=int(item.get("PhysicalUnitsYDirection", 0)),
-            delta_x=float(item.get("PhysicalDeltaX", 0.0)), delta_y=float(item.get("PhysicalDeltaY", 0.0)),
+            x0=number("RegionLocationMinX0", int), y0=number("RegionLocationMinY0", int),
+            x1=number("RegionLocationMaxX1", int), y1=number("RegionLocationMaxY1", int),
+            spatial_format=number("RegionSpatialFormat", int, 0), data_type=number("RegionDataType", int, 0),
+            units_x=number("PhysicalUnitsXDirection", int, 0), units_y=number("PhysicalUnitsYDirection", int, 0),
+            delta_x=number("PhysicalDeltaX", float, 0.0), delta_y=number("PhysicalDeltaY", float, 0.0),
         )
 
     @property
     def is_calibrated_tissue(self) -> bool:
-        """A 2D tissue image with a positive pixel size in cm along both axes."""
+        """A 2D tissue image calibrated in cm along both axes (whether its deltas are plausible is
+        :func:`MFFMTCore.base.calibration.spacing_problem`'s question)."""
         return (
             self.spatial_format == SPATIAL_FORMAT_2D and self.data_type == DATA_TYPE_TISSUE
             and self.units_x == UNITS_CM and self.units_y == UNITS_CM
-            and abs(self.delta_x) > 0 and abs(self.delta_y) > 0
         )
 
     @property
@@ -160,6 +177,10 @@ def calibrated_region(
         if not region.is_calibrated_tissue:
             continue
         location = region.to_json()["location"]
+        problem = spacing_problem(region.spacing_mm)
+        if problem is not None:
+            passed_over.setdefault(problem, []).append(location)
+            continue
         if not (0 <= region.x0 < width and 0 <= region.y0 < height) or region.x1 < region.x0 or region.y1 < region.y0:
             passed_over.setdefault(f"does not lie in the {width}x{height} frame", []).append(location)
             continue
@@ -203,6 +224,37 @@ def _rgb_pixels(dataset: Dataset, pixels: np.ndarray) -> np.ndarray:
     if photometric == "MONOCHROME1":  # 0 is white: invert so that bright is tissue, as everywhere else
         return pixels.max() - pixels if pixels.size else pixels
     return pixels
+
+
+def _ultrasound_regions(dataset: Dataset) -> tuple[list[UltrasoundRegion], list[str]]:
+    """The items of the Sequence of Ultrasound Regions that can be read, and a note per one that cannot."""
+    regions, notes = [], []
+    for number, item in enumerate(dataset.get("SequenceOfUltrasoundRegions", []), start=1):
+        try:
+            regions.append(UltrasoundRegion.from_item(item))
+        except ValueError as error:
+            notes.append(f"ultrasound region {number} {error}: calibration ignored")
+    return regions, notes
+
+
+def pixel_spacing(dataset: Dataset, notes: list[str]) -> tuple[float, float] | None:
+    """(column, row) spacing in mm from PixelSpacing, else ImagerPixelSpacing; a value that is not two
+    plausible numbers (:func:`MFFMTCore.base.calibration.spacing_problem`) is ignored with a note."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword not in dataset:
+            continue
+        try:
+            value = dataset[keyword].value
+            values = [float(v) for v in (value if isinstance(value, (list, tuple, MultiValue)) else [value])]
+        except (TypeError, ValueError, OverflowError):  # pydicom parses the value on access
+            notes.append(f"{keyword} is not a list of numbers: calibration ignored")
+            continue
+        spacing = (values[1], values[0]) if len(values) == 2 else values  # DICOM gives (row, column)
+        problem = spacing_problem(spacing)
+        if problem is None:
+            return spacing
+        notes.append(f"{keyword} {problem}: calibration ignored")
+    return None
 
 
 def read_dicom(path: str | os.PathLike) -> DicomImage:
@@ -249,14 +301,11 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
     if not np.issubdtype(pixels.dtype, np.integer) and not np.isfinite(pixels).all():
         raise ImageReadError(path, "DICOM pixels are not finite")
 
-    regions = [UltrasoundRegion.from_item(item) for item in dataset.get("SequenceOfUltrasoundRegions", [])]
-    chosen, box, notes = calibrated_region(regions, pixels.shape[1:3])
+    regions, notes = _ultrasound_regions(dataset)
+    chosen, box, region_notes = calibrated_region(regions, pixels.shape[1:3])
+    notes += region_notes
     spacing = chosen.spacing_mm if chosen is not None else None
     if spacing is None:
-        for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-            values = dataset.get(keyword)
-            if values is not None and len(values) == 2 and all(float(v) > 0 for v in values):
-                spacing = (float(values[1]), float(values[0]))  # DICOM gives (row, column) spacing
-                break
+        spacing = pixel_spacing(dataset, notes)
     del dataset.PixelData
     return DicomImage(pixels, spacing, box, regions, multiframe, dataset, notes)

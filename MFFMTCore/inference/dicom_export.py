@@ -36,6 +36,7 @@ from pydicom.uid import UltrasoundImageStorage
 from pydicom.valuerep import DA, TM
 
 from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.dicom_io import pixel_spacing
 from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.result import FrameResult, PredictionResult
@@ -176,7 +177,8 @@ def _groups(
 
 def referable_source(header: Dataset, source: str) -> Dataset:
     """A copy of a DICOM input's header that results can reference: Type 2 attributes it lacks are
-    added empty (as the standard allows); a missing Type 1 UID cannot be made up.
+    added empty (as the standard allows), a PixelSpacing that was not believed is left out; a
+    missing Type 1 UID cannot be made up.
 
     Raises:
         MFFMTError: the header lacks one of :data:`REQUIRED_SOURCE_ATTRIBUTES`.
@@ -185,6 +187,8 @@ def referable_source(header: Dataset, source: str) -> Dataset:
     if missing:
         raise MFFMTError(source, f"{NOT_WRITTEN}: the file has no {', '.join(missing)} for them to reference")
     referable = copy.deepcopy(header)
+    if "PixelSpacing" in referable and pixel_spacing(referable, []) is None:
+        del referable.PixelSpacing  # the results would repeat a spacing that was not believed
     for keyword in EMPTY_ALLOWED_ATTRIBUTES:
         if keyword not in referable:
             setattr(referable, keyword, None)

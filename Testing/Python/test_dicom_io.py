@@ -6,6 +6,8 @@ with pydicom check what a scanner's capture gives.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pydicom
 import pytest
@@ -313,3 +315,78 @@ def test_detected_region_smaller_than_the_network_minimum_is_not_used():
     frame = np.zeros((1, 400, 400), dtype=np.uint8)
     frame[0, 20:380, 100:125] = rng.integers(60, 200, size=(360, 25))  # a textured strip 25 pixels wide
     assert detect_imaging_region(frame) is None
+
+
+def _without(item, keyword):
+    del item[keyword]
+    return item
+
+
+def _with_pixel_spacing(path, value):
+    """Rewrite ``path`` with a raw PixelSpacing value (bytes as they stand in the file)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    dataset = pydicom.dcmread(path)
+    dataset._dict[Tag("PixelSpacing")] = RawDataElement(Tag("PixelSpacing"), "DS", len(value), value, 0, False, True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+ABSURD_REGIONS = {
+    "1e10 cm": ([region_item(delta_cm=(1e10, 1e10))], "gives 1e+11 x 1e+11 mm pixels, outside the plausible"),
+    "0.01 x 100 cm": ([region_item(delta_cm=(0.01, 100.0))], "gives 0.1 x 1000 mm pixels, outside the plausible"),
+    "0.01 x 0.2 cm": ([region_item(delta_cm=(0.01, 0.2))], "more than 10 times longer one way than the other"),
+    "inf": ([region_item(delta_cm=(float("inf"), 0.02))], "gives inf x 0.2 mm pixels"),
+    "1e300": ([region_item(delta_cm=(1e300, 1e300))], "outside the plausible"),
+    "1e-300": ([region_item(delta_cm=(1e-300, 1e-300))], "outside the plausible"),
+    "zero": ([region_item(delta_cm=(0.0, 0.0))], "gives 0 x 0 mm pixels"),
+    "no location": ([_without(region_item(), "RegionLocationMaxX1")], "region 1 has no RegionLocationMaxX1"),
+}
+
+
+@pytest.mark.parametrize("case", list(ABSURD_REGIONS))
+def test_absurd_region_calibration_is_ignored_with_a_note(tmp_path, case):
+    regions, note = ABSURD_REGIONS[case]
+    image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
+    assert image.spacing is None and image.region is None
+    (text,) = image.notes
+    assert note in text and text.endswith("calibration ignored")
+
+
+@pytest.mark.parametrize(("value", "note"), [
+    (b"0.2 ", "PixelSpacing has 1 value(s), not 2"),
+    (b"abc\\0.2 ", "PixelSpacing is not a list of numbers"),
+    (b"inf\\0.1 ", "PixelSpacing gives 0.1 x inf mm pixels"),
+    (b"1e10\\1e10 ", "PixelSpacing gives 1e+10 x 1e+10 mm pixels, outside the plausible 0.001-5 mm"),
+])
+def test_absurd_pixel_spacing_is_ignored_with_a_note(tmp_path, value, note):
+    image = read_dicom(_with_pixel_spacing(ultrasound_dicom(tmp_path / "a.dcm", capture()), value))
+    assert image.spacing is None
+    (text,) = image.notes
+    assert text.startswith(note) and text.endswith("calibration ignored")
+
+
+def test_frames_with_absurd_calibrations_are_predicted_in_pixels(tmp_path, dark_lesion_predictor):
+    """Every case a done row in pixels with its note (before: 6e25 mm², or an exception row)."""
+    from MFFMTCore.inference.batch import predict_files
+
+    inputs = [ultrasound_dicom(tmp_path / f"{number}.dcm", capture(), regions=regions)
+              for number, (regions, _) in enumerate(ABSURD_REGIONS.values())]
+    inputs.append(_with_pixel_spacing(ultrasound_dicom(tmp_path / "ps.dcm", capture()), b"0.2 "))
+    summary = predict_files(dark_lesion_predictor, inputs, tmp_path / "out", dicom=True)
+    assert [outcome.status for outcome in summary.outcomes] == ["done"] * len(inputs), summary.failed
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    for entry in document["inputs"]:
+        assert not entry["geometry"]["spacing_known"]
+        assert len(entry["notes"]) == 1 and "calibration ignored" in entry["notes"][0]
+        assert {"dicom_segmentation", "dicom_report"} <= set(entry["outputs"])
+    for row in document["rows"]:
+        assert row["lesion_area_px"] > 0 and row["lesion_area_mm2"] is None and row["long_axis_mm"] is None
+
+
+def test_a_plausible_region_after_an_absurd_one_is_used(tmp_path):
+    regions = [region_item(delta_cm=(1e10, 1e10)), region_item(delta_cm=(0.02, 0.03))]
+    image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
+    assert image.spacing == pytest.approx((0.2, 0.3)) and image.region == BOX
+    assert image.notes[0].endswith("outside the plausible 0.001-5 mm: not used")
