@@ -22,11 +22,13 @@ these pixels: the calibration is then ignored, and the reason is kept in :attr:`
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -257,6 +259,40 @@ def pixel_spacing(dataset: Dataset, notes: list[str]) -> tuple[float, float] | N
     return None
 
 
+def _truncation(dataset: Dataset, messages: list[str], size: int) -> str | None:
+    """Where a file read with ``force=True`` ends too early, or None. pydicom reads a cut file without
+    an error: it keeps an element shorter than its length, drops a last element header of under 8
+    bytes, and drops the whole data set (with a warning) when the file ends inside an element of
+    undefined length (encapsulated pixel data, a sequence).
+
+    Args:
+        dataset: what pydicom read.
+        messages: the warnings it gave.
+        size: the file's size in bytes.
+    """
+    if any("End of file" in message for message in messages):
+        return "it ends inside an element of undefined length (compressed pixel data or a sequence)"
+    last_end, last_defined = (132 if getattr(dataset, "preamble", None) is not None else 0), True
+    for group in (dataset.get("file_meta", Dataset()), dataset):
+        for tag in list(group.keys()):
+            element = group._dict[tag]
+            value, length = getattr(element, "value", None), getattr(element, "length", 0)
+            if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+                return f"it ends inside {keyword_for_tag(tag) or tag} ({len(value)} of its {length} bytes)"
+            start = getattr(element, "value_tell", None)
+            if start is not None and start >= last_end:
+                last_end, last_defined = start + (0 if length == 0xFFFFFFFF else length), length != 0xFFFFFFFF
+    # An element header is 8 or 12 bytes: fewer left over after the last element is a cut header
+    # (more is an element pydicom parsed into a value without its position, e.g. a sequence).
+    if last_defined and 0 < size - last_end < 12:
+        return f"it ends inside the header of an element ({size - last_end} bytes after the last whole one)"
+    sop_class = dataset.get("SOPClassUID") or dataset.get("file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    if "PixelData" not in dataset and sop_class is not None and str(getattr(sop_class, "name", "")).endswith(
+            "Image Storage"):
+        return f"its {sop_class.name} data set ends before its Pixel Data"
+    return None
+
+
 def read_dicom(path: str | os.PathLike) -> DicomImage:
     """Read a DICOM image file with its ultrasound calibration.
 
@@ -264,7 +300,7 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
         path: a DICOM file (Part 10, or a bare data set).
 
     Raises:
-        ImageReadError: the file is missing, not DICOM, holds no image, or its pixels cannot be
+        ImageReadError: the file is missing, not DICOM, truncated, holds no image, or its pixels cannot be
             decoded (the message says which decoder package is missing).
     """
     path = Path(path)
@@ -273,9 +309,14 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty")
     try:
-        dataset = pydicom.dcmread(str(path), force=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(str(path), force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as error:
         raise ImageReadError(path, f"cannot be read as DICOM ({error})") from error
+    truncation = _truncation(dataset, [str(warning.message) for warning in caught], path.stat().st_size)
+    if truncation is not None:
+        raise ImageReadError(path, f"DICOM file is truncated ({path.stat().st_size} bytes): {truncation}")
     if "PixelData" not in dataset or "Rows" not in dataset:
         raise ImageReadError(path, "DICOM file holds no image (no Pixel Data)")
     try:

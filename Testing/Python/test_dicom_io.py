@@ -390,3 +390,35 @@ def test_a_plausible_region_after_an_absurd_one_is_used(tmp_path):
     image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
     assert image.spacing == pytest.approx((0.2, 0.3)) and image.region == BOX
     assert image.notes[0].endswith("outside the plausible 0.001-5 mm: not used")
+
+
+def _pixel_data_offset(data: bytes) -> int:
+    return data.rindex(b"\xe0\x7f\x10\x00")  # (7FE0,0010) little endian
+
+
+@pytest.mark.parametrize(("transfer_syntax", "cut", "problem"), [
+    (None, lambda data: len(data) // 2, r"it ends inside PixelData \(\d+ of its 38400 bytes\)"),
+    (RLELossless, lambda data: len(data) // 2, r"it ends inside an element of undefined length"),
+    (JPEG2000Lossless, lambda data: len(data) - 10, r"it ends inside an element of undefined length"),
+    (None, lambda data: _pixel_data_offset(data) + 5, r"it ends inside the header of an element \(5 bytes"),
+    (None, _pixel_data_offset, r"its Ultrasound Multi-frame Image Storage data set ends before its Pixel Data"),
+    (None, lambda data: 200, r"it ends inside the header of an element"),  # inside the file meta
+])
+def test_truncated_files_are_reported_as_truncated(tmp_path, transfer_syntax, cut, problem):
+    whole = ultrasound_dicom(tmp_path / "whole.dcm", capture(frames=2), regions=[region_item()],
+                             **({"transfer_syntax": transfer_syntax} if transfer_syntax else {}))
+    data = whole.read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: cut(data)])
+    with pytest.raises(ImageReadError, match=rf"cut\.dcm: DICOM file is truncated \(\d+ bytes\): {problem}"):
+        as_frame_stack(path)
+
+
+def test_whole_file_of_a_non_image_class_still_holds_no_image(tmp_path):
+    path = ultrasound_dicom(tmp_path / "a.dcm", capture())
+    dataset = pydicom.dcmread(path)
+    del dataset.PixelData
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="holds no image"):
+        read_dicom(path)
