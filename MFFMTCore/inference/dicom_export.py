@@ -109,6 +109,9 @@ def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bo
         series_description="MFFMT lesion segmentation",
         omit_empty_frames=False,
     )
+    # General Image module, Type 2C where there is no Image Orientation (Patient): the source's
+    # row and column directions (e.g. A\\F), or empty where the source does not say.
+    segmentation.PatientOrientation = source.get("PatientOrientation")
     if multiframe:
         references = [item for group in segmentation.PerFrameFunctionalGroupsSequence
                       for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
@@ -147,6 +150,11 @@ def _groups(
             source.SOPClassUID, source.SOPInstanceUID,
             referenced_frame_numbers=[frame + 1] if "NumberOfFrames" in source else None),
     )
+    # PS3.3 Table 10-3: a reference to a Segmentation names its segment only where it names no
+    # frame; highdicom writes both (dciodvfy: "shall not be present"). Frame 1 holds segment 1 only.
+    for item in referenced[0].ReferencedSOPSequence:
+        if "ReferencedFrameNumber" in item:
+            del item.ReferencedSegmentNumber
     verdict = [
         hd.sr.QualitativeEvaluation(CLASS_CONCEPT, _value_code(finding.prediction)),
     ]
