@@ -33,6 +33,15 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+try:  # pydicom 3
+    from pydicom.pixels import apply_color_lut, convert_color_space
+
+    _DECODES_TO_RGB = True
+except ImportError:  # pydicom 2.4, as Slicer 5.10 bundles it: same functions, older home
+    from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
+
+    _DECODES_TO_RGB = False
+
 from MFFMTCore.base.calibration import spacing_problem
 from MFFMTCore.errors import one_line
 from MFFMTCore.files import MIN_IMAGE_SIDE, ImageReadError
@@ -214,11 +223,13 @@ def calibrated_region(
 def _rgb_pixels(dataset: Dataset, pixels: np.ndarray) -> np.ndarray:
     """Pixels as grey or RGB, whatever the photometric interpretation.
 
-    pydicom (3.0+) already returns YBR_* data as RGB; palette colour and MONOCHROME1 are handled here.
+    pydicom 3 returns YBR_FULL and YBR_FULL_422 data as RGB; pydicom 2 (which Slicer 5.10 bundles)
+    returns them as stored, so they are converted here. Palette colour and MONOCHROME1 are handled
+    here for both.
     """
-    from pydicom.pixels import apply_color_lut
-
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if not _DECODES_TO_RGB and photometric in ("YBR_FULL", "YBR_FULL_422") and pixels.shape[-1:] == (3,):
+        pixels = convert_color_space(pixels, photometric, "RGB")
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(pixels, dataset)
         # Palette entries are 8- or 16-bit (PS3.3 C.7.6.3.1.5); bring 16-bit ones to 8 bits.
