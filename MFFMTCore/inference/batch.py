@@ -35,7 +35,7 @@ from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
-from MFFMTCore.inference.dicom_export import dicom_output_paths, export_dicom_results
+from MFFMTCore.inference.dicom_results import dicom_output_paths, export_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (

@@ -37,8 +37,9 @@ from pydicom.valuerep import DA, TM
 
 from MFFMTCore.base.measurements import LesionMeasurements
 from MFFMTCore.dicom_io import pixel_spacing
-from MFFMTCore.errors import MFFMTError, one_line
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import atomic_path
+from MFFMTCore.inference.dicom_results import NOT_WRITTEN, dicom_output_paths
 from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.version import __version__
 
@@ -57,13 +58,6 @@ MANUFACTURER = "MFFMTSlicer"
 REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 EMPTY_ALLOWED_ATTRIBUTES = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
                             "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
-NOT_WRITTEN = "DICOM results not written"
-
-
-def dicom_output_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
-    """Name -> path of the files :func:`write_dicom_results` writes for ``stem``."""
-    directory = Path(directory)
-    return {"dicom_segmentation": directory / f"{stem}_seg.dcm", "dicom_report": directory / f"{stem}_sr.dcm"}
 
 
 def _new_instance(kind: str) -> dict:
@@ -219,22 +213,6 @@ def _conformant(representation: type, value) -> str | None:
             return str(representation(text)) if text else None
     except ValueError:
         return None
-
-
-def export_dicom_results(result: PredictionResult, directory: str | os.PathLike, stem: str) -> dict[str, Path]:
-    """``mffmt predict --dicom`` for one input: :func:`write_dicom_results` for a DICOM input, nothing
-    for another. A DICOM input whose results cannot be written gets no DICOM files and a one-line
-    note why (in :attr:`DicomImage.notes`, so in results.json); its other results stand.
-    """
-    dicom = result.input_frames.dicom if result.input_frames is not None else None
-    if dicom is None:
-        return {}
-    try:
-        return write_dicom_results(result, directory, stem)
-    except Exception as error:  # a header highdicom cannot use: the prediction itself is still good
-        problem = error.problem if isinstance(error, MFFMTError) else f"{NOT_WRITTEN}: {type(error).__name__}: {error}"
-        dicom.notes.append(one_line(problem))
-        return {}
 
 
 def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, stem: str) -> dict[str, Path]:

@@ -90,3 +90,40 @@ def test_dicom_reading_gives_the_same_answers_with_pydicom_2(tmp_path):
         # Lossy JPEG in YCbCr: the two versions round the conversion to RGB differently (1-3 grey levels).
         difference = np.abs(pixels[name].astype(int) - expected_pixels[name].astype(int))
         assert difference.max() <= 3 and difference.mean() < 0.5, f"{name}: pixels differ under pydicom 2"
+
+
+def test_highdicom_is_not_required_next_to_slicers_pydicom_2():
+    """pip would put pydicom 3 over Slicer 5.10's 2.4.4 to install highdicom: it is only wanted with 3."""
+    from importlib.metadata import PackageNotFoundError
+
+    from MFFMTSlicerLib.dependencies import check_requirements, missing_requirements
+
+    from MFFMTCore.base.requirements import REQUIREMENTS
+
+    def installed(versions):
+        def version_of(name):
+            if name not in versions:
+                raise PackageNotFoundError(name)
+            return versions[name]
+        return version_of
+
+    wanted = [r for r in REQUIREMENTS if r.name in ("pydicom", "highdicom")]
+    with_2 = check_requirements(wanted, installed({"pydicom": "2.4.4"}), importable=lambda module: False)
+    assert missing_requirements(with_2) == []
+    with_3 = check_requirements(wanted, installed({"pydicom": "3.0.2"}), importable=lambda module: False)
+    assert [status.requirement.name for status in missing_requirements(with_3)] == ["highdicom"]
+
+
+def test_without_highdicom_a_dicom_input_is_predicted_with_a_note(tmp_path, dark_lesion_predictor, monkeypatch):
+    from MFFMTCore.inference.batch import predict_files
+
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom raises ImportError
+    monkeypatch.delitem(sys.modules, "MFFMTCore.inference.dicom_export", raising=False)
+    source = ultrasound_dicom(tmp_path / "us.dcm", capture(), regions=[region_item()])
+    summary = predict_files(dark_lesion_predictor, [source], tmp_path / "out", dicom=True)
+    (outcome,) = summary.outcomes
+    assert outcome.status == "done" and "dicom_segmentation" not in outcome.outputs
+    (entry,) = json.loads((tmp_path / "out" / "results.json").read_text())["inputs"]
+    assert entry["geometry"]["spacing_known"]
+    (note,) = entry["notes"]
+    assert note.startswith("DICOM results not written: they need highdicom with pydicom 3")
