@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO
 from dicom_read_summary import summarise
 from dicom_samples import capture, region_item, ultrasound_dicom
 from pydicom.data import get_testdata_file
 from pydicom.pixels import convert_color_space
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+REPO = Path(__file__).resolve().parents[2]
 PYDICOM2 = "pydicom==2.4.4"
 CACHE = Path(os.environ.get("MFFMT_TEST_CACHE", Path.home() / ".cache" / "mffmt-tests")) / PYDICOM2.replace("==", "-")
 REAL = ["examples_palette.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm", "examples_jpeg2k.dcm",
