@@ -6,7 +6,7 @@ on it, and returns a :class:`PredictionTask`; when the request ends, the task lo
 segmentation, the probability volume (for re-thresholding), a results table, labelled points and
 the Grad-CAM heat map next to the input. :meth:`PredictionLogic.process` does the same and waits.
 A volume loaded through Slicer's DICOM module from an ultrasound file is predicted from that file
-instead, with its calibration and a DICOM SEG and SR (:mod:`MFFMTSlicerLib.dicom_source`).
+instead, with its calibration and a DICOM SEG and SR (:mod:`MFFMTSlicerLib.slicer_dicom_source`).
 
 Why the ``predict`` op (files) rather than ``segment`` (arrays in memory): it is ``mffmt predict``'s
 own code (``predict_files``), so the files, rows, threshold and ROI handling are those of the
@@ -35,15 +35,6 @@ from MFFMTCore.errors import one_line
 from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.commands import predict_request
-from MFFMTSlicerLib.dicom_source import (
-    DICOM_FILE_ATTRIBUTES,
-    DicomDatabase,
-    DicomSource,
-    applySourceGeometry,
-    findDicomSource,
-    keepDicomResults,
-    resultEntry,
-)
 from MFFMTSlicerLib.progress import PredictProgress
 from MFFMTSlicerLib.results import (
     apply_measurements,
@@ -54,6 +45,15 @@ from MFFMTSlicerLib.results import (
     read_output_files,
     read_result_rows,
     read_threshold,
+)
+from MFFMTSlicerLib.slicer_dicom_source import (
+    DICOM_FILE_ATTRIBUTES,
+    DicomDatabase,
+    DicomSource,
+    applySourceGeometry,
+    findDicomSource,
+    keepDicomResults,
+    resultEntry,
 )
 from MFFMTSlicerLib.tasks import BackgroundTask, makeWorkFolder
 from MFFMTSlicerLib.worker import WarmWorker
