@@ -288,9 +288,11 @@ def _truncation(dataset: Dataset, messages: list[str], size: int) -> str | None:
         for tag in list(group.keys()):
             element = group._dict[tag]
             value, length = getattr(element, "value", None), getattr(element, "length", 0)
-            if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
-                return f"it ends inside {keyword_for_tag(tag) or tag} ({len(value)} of its {length} bytes)"
             start = getattr(element, "value_tell", None)
+            # A value read is shorter than its length; a value left in the file (deferred) ends past it.
+            held = len(value) if isinstance(value, bytes) else size - start if value is None and start else None
+            if held is not None and length != 0xFFFFFFFF and held < length:
+                return f"it ends inside {keyword_for_tag(tag) or tag} ({held} of its {length} bytes)"
             if start is not None and start >= last_end:
                 last_end, last_defined = start + (0 if length == 0xFFFFFFFF else length), length != 0xFFFFFFFF
     # An element header is 8 or 12 bytes: fewer left over after the last element is a cut header
@@ -304,6 +306,32 @@ def _truncation(dataset: Dataset, messages: list[str], size: int) -> str | None:
     return None
 
 
+def read_dicom_header(path: str | os.PathLike, defer_size: int | None = 65536) -> Dataset:
+    """The data set of a DICOM image file, checked as :func:`read_dicom` checks it, without decoding
+    its pixels (values over ``defer_size`` bytes are left in the file; None reads them all).
+
+    Raises:
+        ImageReadError: the file is missing, not DICOM, truncated or holds no image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(str(path), force=True, defer_size=defer_size)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
+        raise ImageReadError(path, f"cannot be read as DICOM ({error})") from error
+    truncation = _truncation(dataset, [str(warning.message) for warning in caught], path.stat().st_size)
+    if truncation is not None:
+        raise ImageReadError(path, f"DICOM file is truncated ({path.stat().st_size} bytes): {truncation}")
+    if "PixelData" not in dataset or "Rows" not in dataset:
+        raise ImageReadError(path, "DICOM file holds no image (no Pixel Data)")
+    return dataset
+
+
 def read_dicom(path: str | os.PathLike) -> DicomImage:
     """Read a DICOM image file with its ultrasound calibration.
 
@@ -315,21 +343,7 @@ def read_dicom(path: str | os.PathLike) -> DicomImage:
             decoded (the message says which decoder package is missing).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "file is empty")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            dataset = pydicom.dcmread(str(path), force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
-        raise ImageReadError(path, f"cannot be read as DICOM ({error})") from error
-    truncation = _truncation(dataset, [str(warning.message) for warning in caught], path.stat().st_size)
-    if truncation is not None:
-        raise ImageReadError(path, f"DICOM file is truncated ({path.stat().st_size} bytes): {truncation}")
-    if "PixelData" not in dataset or "Rows" not in dataset:
-        raise ImageReadError(path, "DICOM file holds no image (no Pixel Data)")
+    dataset = read_dicom_header(path, defer_size=None)
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # pydicom raises RuntimeError, NotImplementedError, ValueError, ...

@@ -72,7 +72,7 @@ def findDicomSource(volumeNode, database: DicomDatabase) -> DicomSource:
     Volumes not loaded from DICOM, and DICOM volumes with patient geometry (CT, MR: their voxels are
     placed already), are predicted from their voxels without a note.
     """
-    from MFFMTCore.dicom_io import read_dicom
+    from MFFMTCore.dicom_io import read_dicom_header
     from MFFMTCore.files import ImageReadError
 
     uids = (volumeNode.GetAttribute(INSTANCE_UIDS_ATTRIBUTE) or "").split()
@@ -91,13 +91,13 @@ def findDicomSource(volumeNode, database: DicomDatabase) -> DicomSource:
         return voxels(f"its DICOM instance cannot be looked up ({one_line(error)})")
     if not file:
         return voxels(f"DICOM instance {uids[0]} is not in the DICOM database")
-    try:
-        image = read_dicom(file)
+    try:  # checked without decoding the pixels, which the worker does
+        header = read_dicom_header(file)
     except ImageReadError as error:
         return voxels(f"its source file cannot be read ({error})")
-    if "ImageOrientationPatient" in image.header or "SharedFunctionalGroupsSequence" in image.header:
+    if "ImageOrientationPatient" in header or "SharedFunctionalGroupsSequence" in header:
         return DicomSource(None)
-    frames, rows, columns = image.pixels.shape[:3]
+    frames, rows, columns = int(header.get("NumberOfFrames", 1) or 1), int(header.Rows), int(header.Columns)
     if tuple(volumeNode.GetImageData().GetDimensions()) != (columns, rows, frames):
         return voxels(f"its source file {file} holds {frames} frame(s) of {columns}x{rows} pixels, "
                       f"not the volume's {'x'.join(map(str, volumeNode.GetImageData().GetDimensions()))}")

@@ -422,3 +422,18 @@ def test_whole_file_of_a_non_image_class_still_holds_no_image(tmp_path):
     dataset.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageReadError, match="holds no image"):
         read_dicom(path)
+
+
+def test_header_is_checked_without_decoding_and_a_cut_in_deferred_pixel_data_is_found(tmp_path):
+    from pydicom.tag import Tag
+
+    from MFFMTCore.dicom_io import read_dicom_header
+
+    whole = ultrasound_dicom(tmp_path / "clip.dcm", capture(frames=4))  # 76800 bytes of pixels: deferred
+    header = read_dicom_header(whole, defer_size=1024)
+    assert (header.Rows, header.Columns, header.NumberOfFrames) == (120, 160, 4)
+    assert header._dict[Tag("PixelData")].value is None  # left in the file
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:40000])
+    with pytest.raises(ImageReadError, match=r"truncated \(40000 bytes\): it ends inside PixelData \(\d+ of its 76800"):
+        read_dicom_header(cut, defer_size=1024)
