@@ -107,12 +107,15 @@ def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bo
     # row and column directions (e.g. A\\F), or empty where the source does not say.
     segmentation.PatientOrientation = source.get("PatientOrientation")
     if multiframe:
-        references = [item for group in segmentation.PerFrameFunctionalGroupsSequence
-                      for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
-        references += [item for series in segmentation.ReferencedSeriesSequence
-                       for item in series.ReferencedInstanceSequence]
-        for item in references:
+        derivations = [item for group in segmentation.PerFrameFunctionalGroupsSequence
+                       for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
+        instances = [item for series in segmentation.ReferencedSeriesSequence
+                     for item in series.ReferencedInstanceSequence]
+        for item in derivations + instances:
             item.ReferencedSOPClassUID = source.SOPClassUID
+        # The frame goes where the Image SOP Instance Reference Macro has it; the series' instance
+        # list names instances only (dciodvfy: "not present in standard DICOM IOD" there).
+        for item in derivations:
             item.ReferencedFrameNumber = frame + 1
     return segmentation
 

@@ -81,6 +81,8 @@ def test_clip_segmentation_is_its_key_frame_referenced_by_number(tmp_path, dark_
     (reference,) = source_references(segmentation)
     assert reference.ReferencedSOPClassUID == pydicom.uid.UltrasoundMultiFrameImageStorage
     assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID and reference.ReferencedFrameNumber == 3
+    (instance,) = segmentation.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert instance.ReferencedSOPClassUID == source.SOPClassUID and "ReferencedFrameNumber" not in instance
     np.testing.assert_array_equal(segmentation.pixel_array.reshape(source.Rows, source.Columns), result.label[2])
     assert len(report.content.get_planar_roi_measurement_groups()) == len(result.frames[2].components)
 
