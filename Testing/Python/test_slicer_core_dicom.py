@@ -142,7 +142,8 @@ def test_real_palette_capture_is_calibrated_from_its_ultrasound_region(env):
             row["lesion_area_px"] == 0 and (area == 0 or math.isnan(area)))
 
 
-@pytest.mark.parametrize("case", ["not in the database", "file gone", "truncated", "another image"])
+@pytest.mark.parametrize("case", ["not in the database", "file gone", "truncated", "another image",
+                                  "several instances", "no database"])
 def test_unusable_dicom_source_is_predicted_from_the_voxels_with_a_note(env, breast_file, tmp_path, case):
     scene, slicer, logic, _ = env
     volume, uid = loaded_from_dicom(slicer, breast_file, f"breast {case}")
@@ -155,15 +156,27 @@ def test_unusable_dicom_source_is_predicted_from_the_voxels_with_a_note(env, bre
         logic.dicomDatabase.files[uid] = str(copy)
     elif case == "another image":
         logic.dicomDatabase.files[uid] = get_testdata_file("examples_palette.dcm")
+    elif case == "several instances":  # a series of frames: which file would hold the volume?
+        logic.dicomDatabase.files[uid] = str(breast_file)
+        volume.SetAttribute("DICOM.instanceUIDs", f"{uid} {uid}.2")
     else:
         logic.dicomDatabase.files.pop(uid, None)
-    task = logic.startProcessing(volume, threshold=0.5).wait()
+    database = logic.dicomDatabase
+    if case == "no database":  # the real seam, where slicer-core has no DICOM database
+        from MFFMTSlicerLib.slicer_dicom_source import DicomDatabase
+
+        logic.dicomDatabase = DicomDatabase()
+    try:
+        task = logic.startProcessing(volume, threshold=0.5).wait()
+    finally:
+        logic.dicomDatabase = database
     assert task.status == "done", task.error
     (note,) = task.notes
     assert note.startswith(f"breast {case}: ") and note.endswith("predicted from its voxels, calibration was "
                                                                  "not available") and "\n" not in note
     expected = {"not in the database": "is not in the DICOM database", "file gone": "file not found",
-                "truncated": "DICOM file is truncated", "another image": "holds 1 frame(s) of 800x350 pixels"}
+                "truncated": "DICOM file is truncated", "another image": "holds 1 frame(s) of 800x350 pixels",
+                "several instances": "made from 2 DICOM instances", "no database": "cannot be looked up"}
     assert expected[case] in note
     (row,) = task.results
     assert volume.GetSpacing() == pytest.approx((1.0, 1.0, 1.0))  # untouched
