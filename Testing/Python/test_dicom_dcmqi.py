@@ -22,14 +22,14 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_samples import capture, region_item, ultrasound_dicom
+from dicom_samples import region_item, ultrasound_dicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from MFFMTCore.inference.dicom_export import write_dicom_results
 
-LESION = (60, 40, 40, 20)
+REPO = Path(__file__).resolve().parents[2]
 
 
 def dcmqi_tool(name: str, dev_extra) -> str:
@@ -43,11 +43,20 @@ def run(*command) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture
-def calibrated_results(tmp_path, dark_lesion_predictor):
-    source = ultrasound_dicom(tmp_path / "us.dcm", capture(lesion=LESION), regions=[region_item()])
-    result = dark_lesion_predictor.predict(source)
-    return result, write_dicom_results(result, tmp_path / "out", "us")
+@pytest.fixture(scope="module")
+def calibrated_results(tmp_path_factory, default_model):
+    """A BUS-BRA breast frame with a lesion (bus_0012-r) as a calibrated ultrasound DICOM file (0.1 mm
+    pixels), predicted by the shipped model, and its SEG and SR."""
+    from MFFMTCore.inference import Predictor
+
+    folder = tmp_path_factory.mktemp("dcmqi")
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(REPO / "MFFMTCore" / "samples" / "bus_0012-r.png")))
+    pixels = pixels[..., 0] if pixels.ndim == 3 else pixels
+    region = region_item(box=(0, 0, pixels.shape[1] - 1, pixels.shape[0] - 1), delta_cm=(0.01, 0.01))
+    source = ultrasound_dicom(folder / "breast.dcm", pixels[np.newaxis], regions=[region])
+    result = Predictor(default_model).predict(source, threshold=0.5)
+    assert result.geometry.spacing_known and result.frames[0].components, "the shipped model finds this lesion"
+    return result, write_dicom_results(result, folder / "out", "breast")
 
 
 def with_identity_geometry(path: Path, destination: Path) -> Path:
@@ -90,10 +99,10 @@ def test_dcmqi_reads_our_report(tmp_path, calibrated_results, dev_extra):
     read = run(tool, "--inputDICOM", str(paths["dicom_report"]), "--outputMetadata", str(output))
     assert read.returncode == 0, read.stdout + read.stderr
     assert "Both Referenced Frame Number and Referenced Segment Number" not in read.stdout + read.stderr
-    (group,) = json.loads(output.read_text())["Measurements"]
+    group = json.loads(output.read_text())["Measurements"][0]
     assert group["FindingSite"]["CodeMeaning"] == "Breast" and group["Finding"]["CodeMeaning"] == "Lesion"
     values = {item["quantity"]["CodeMeaning"]: item for item in group["measurementItems"]}
-    (component,) = result.frames[0].components
+    component = result.frames[0].components[0]
     assert values["Long axis"]["units"]["CodeValue"] == "mm"
     assert float(values["Long axis"]["value"]) == pytest.approx(component.measurements.long_axis.length_mm, rel=1e-6)
     assert float(values["Area"]["value"]) == pytest.approx(component.area_mm2, rel=1e-6)
