@@ -2,9 +2,9 @@
 
 dcmqi's ``tid1500reader`` reads the SR. dcmqi's ``segimage2itkimage`` does not read a Segmentation of a
 2D ultrasound frame: it needs Plane Orientation (Patient) and per-frame Plane Position (Patient)
-(``Helper::getImageDirections`` and ``computeVolumeExtent`` in dcmqi's source), which the standard asks
-of a Segmentation only where its source has patient geometry; an ultrasound capture has none, and
-writing some would invent where the frame lies in the patient. The test pins both facts: our SEG is
+(``Helper::getImageDirections`` and ``computeVolumeExtent`` in dcmqi's source). highdicom writes them
+only for sources with patient geometry, and dciodvfy finds our SEG complete without them; an
+ultrasound capture has no patient geometry, and writing some would invent where the frame lies. The test pins both facts: our SEG is
 refused for that reason only (a copy with made-up identity geometry loads, with our label), so
 Slicer's path loads our ``.seg.nrrd`` with the SR (docs/DICOM.md).
 """
