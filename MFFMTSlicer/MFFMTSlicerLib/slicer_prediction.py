@@ -203,7 +203,9 @@ class PredictionTask(WorkerRequestTask):
             raise RuntimeError(failed or f"mffmt predict wrote no result for {self.inputPath}")
         fromDicom = self.dicomSource.path is not None
         entry = resultEntry(outputDir, key) if fromDicom else {}
-        self.notes += entry.get("notes", [])
+        for note in entry.get("notes", []):  # calibration cut or ignored, DICOM results not written
+            logging.warning(f"MFFMT: {volume.GetName()}: {note}")
+            self.notes.append(note)
         spacingKnown = bool(entry["geometry"]["spacing_known"]) if fromDicom else nodes.spacingKnown(volume)
         for row in rows:
             row["input"] = volume.GetName()
