@@ -18,7 +18,8 @@ Slicer's own Python before the network's packages are installed:
 - :mod:`~MFFMTCore.base.choices`: the named choices (backbones, fusions, augmentations, ...);
 - :mod:`~MFFMTCore.base.presets`: the named training recipes;
 - :mod:`~MFFMTCore.base.train_options`: the options of ``mffmt train``, declared once;
-- :mod:`~MFFMTCore.base.run_folder`: a training run's folder, its files and their reading and writing.
+- :mod:`~MFFMTCore.base.run_folder`: a training run's folder, its files and their reading and writing;
+- :mod:`~MFFMTCore.base.calibration`: which pixel spacings a header may claim (the plausibility range).
 
 This file imports none of them.
 """

@@ -35,7 +35,7 @@ from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
-from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
+from MFFMTCore.inference.dicom_results import dicom_output_paths, export_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (
@@ -340,8 +340,8 @@ def _predict_one(
         result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold,
                                    imaging_region=imaging_region)
         written = {name: str(file) for name, file in write_outputs(result, output, stem).items()}
-        if dicom and result.input_frames is not None and result.input_frames.dicom is not None:
-            written.update({name: str(file) for name, file in write_dicom_results(result, output, stem).items()})
+        if dicom:
+            written.update({name: str(file) for name, file in export_dicom_results(result, output, stem).items()})
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
         return _failed(path, stem, started, rows, error)
     outcome = InputOutcome(key, stem, "done", outputs=written, seconds=time.perf_counter() - started)

@@ -4,7 +4,7 @@ Requests and replies travel as described in :mod:`MFFMTCore.serving.protocol`. O
 
 - ``{"op": "info"}`` -> ``{"event": "info", "model": {...}, "protocol": 1, "version": ...}``.
 - ``{"op": "predict", "inputs": [files or folders], "output": DIR, "threshold"?, "roi"? [x, y, w, h],
-  "gradcam"?, "overwrite"?}``: exactly what ``mffmt predict`` does (same files, same results.csv and
+  "gradcam"?, "overwrite"?, "dicom"?}``: exactly what ``mffmt predict`` does (same files, same results.csv and
   results.json, same reruns). Progress: ``{"event": "progress", "done", "total", "input", "status",
   "message"}`` after each input (the fields of ``mffmt predict --progress json``'s events) and ``{"event":
   "progress", "input", "frames_done", "frames_total"}`` within a clip. Final: ``{"event": "done",
@@ -240,7 +240,8 @@ class Worker:
         paths = find_inputs(inputs, exclude=output)
         summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=_optional(message, "threshold", (int, float)),
                                 roi=_roi(message), gradcam=bool(message.get("gradcam")),
-                                overwrite=bool(message.get("overwrite")), progress=input_done)
+                                overwrite=bool(message.get("overwrite")), progress=input_done,
+                                dicom=bool(message.get("dicom")))
         counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
         return {"event": "done", "total": len(paths), **counts, "output": output,
                 "outcomes": [asdict(outcome) for outcome in summary.outcomes]}, None

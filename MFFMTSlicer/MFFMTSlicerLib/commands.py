@@ -40,7 +40,7 @@ def roi_argument(box: Sequence[int]) -> str:
 
 def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
                     lesion_threshold: float | None = None, roi: Sequence[int] | None = None,
-                    gradcam: bool = False, overwrite: bool = True) -> dict[str, Any]:
+                    gradcam: bool = False, overwrite: bool = True, dicom: bool = False) -> dict[str, Any]:
     """The fields of a ``predict`` request to the warm ``mffmt serve`` worker (what ``mffmt predict``
     does with the same inputs and options; see :mod:`MFFMTCore.serving.protocol`).
 
@@ -51,6 +51,7 @@ def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.Pa
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
         overwrite: replace results already in ``output_dir``.
+        dicom: also write a DICOM Segmentation and Structured Report for DICOM inputs (``--dicom``).
 
     Raises:
         ValueError: no input, a threshold outside (0, 1) or a malformed ROI.
@@ -65,6 +66,8 @@ def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.Pa
         fields["threshold"] = float(lesion_threshold)
     if roi is not None:
         fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
+    if dicom:
+        fields["dicom"] = True
     return fields
 
 

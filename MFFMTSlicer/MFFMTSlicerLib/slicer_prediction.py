@@ -5,6 +5,8 @@ logic's warm ``mffmt serve`` worker (:mod:`MFFMTSlicerLib.worker`) to run its ``
 on it, and returns a :class:`PredictionTask`; when the request ends, the task loads the
 segmentation, the probability volume (for re-thresholding), a results table, labelled points and
 the Grad-CAM heat map next to the input. :meth:`PredictionLogic.process` does the same and waits.
+A volume loaded through Slicer's DICOM module from an ultrasound file is predicted from that file
+instead, with its calibration and a DICOM SEG and SR (:mod:`MFFMTSlicerLib.slicer_dicom_source`).
 
 Why the ``predict`` op (files) rather than ``segment`` (arrays in memory): it is ``mffmt predict``'s
 own code (``predict_files``), so the files, rows, threshold and ROI handling are those of the
@@ -43,6 +45,15 @@ from MFFMTSlicerLib.results import (
     read_output_files,
     read_result_rows,
     read_threshold,
+)
+from MFFMTSlicerLib.slicer_dicom_source import (
+    DICOM_FILE_ATTRIBUTES,
+    DicomDatabase,
+    DicomSource,
+    applySourceGeometry,
+    findDicomSource,
+    keepDicomResults,
+    resultEntry,
 )
 from MFFMTSlicerLib.tasks import BackgroundTask, makeWorkFolder
 from MFFMTSlicerLib.worker import WarmWorker
@@ -155,14 +166,19 @@ class PredictionTask(WorkerRequestTask):
     outcome; otherwise ``error`` says what went wrong and no result node is left in the scene.
     """
 
-    def __init__(self, inputVolume, inputPath: Path, threshold: float | None, gradcam: bool, **kwargs):
+    def __init__(self, inputVolume, inputPath: Path, threshold: float | None, gradcam: bool,
+                 dicomSource: DicomSource | None = None, dicomResultsFolder: Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.inputVolume = inputVolume
         self.inputPath = inputPath
         self.threshold = threshold
         self.gradcam = gradcam
+        self.dicomSource = dicomSource or DicomSource(None)
+        self.dicomResultsFolder = dicomResultsFolder
         self.segmentationNode = None
         self.results: list[dict[str, Any]] = []
+        # One-line notes for the user: calibration not available, DICOM results not written, ...
+        self.notes: list[str] = [self.dicomSource.note] if self.dicomSource.note else []
 
     def _finish(self) -> None:
         self.reply()
@@ -185,7 +201,12 @@ class PredictionTask(WorkerRequestTask):
         files = read_output_files(outputDir).get(key)
         if failed or not rows or not files:
             raise RuntimeError(failed or f"mffmt predict wrote no result for {self.inputPath}")
-        spacingKnown = nodes.spacingKnown(volume)
+        fromDicom = self.dicomSource.path is not None
+        entry = resultEntry(outputDir, key) if fromDicom else {}
+        for note in entry.get("notes", []):  # calibration cut or ignored, DICOM results not written
+            logging.warning(f"MFFMT: {volume.GetName()}: {note}")
+            self.notes.append(note)
+        spacingKnown = bool(entry["geometry"]["spacing_known"]) if fromDicom else nodes.spacingKnown(volume)
         for row in rows:
             row["input"] = volume.GetName()
             if not spacingKnown:  # written as NRRD, but the image itself has no physical spacing
@@ -212,6 +233,11 @@ class PredictionTask(WorkerRequestTask):
             nodes.volumeArray(probability)[frame:frame + 1], read_threshold(outputDir),
             nodes.ijkToRasArray(probability), spacingKnown, first_frame=frame)[0]["calipers"]
         showResults(segmentation, rows, self.threshold, calipers)
+        if fromDicom:  # the volume takes its source's calibrated geometry, which the results have
+            kept = keepDicomResults(files, self.dicomResultsFolder / self.workDir.name)
+            for name, path in kept.items():
+                segmentation.SetAttribute(DICOM_FILE_ATTRIBUTES[name], str(path))
+            applySourceGeometry(volume, entry["geometry"])
         self.segmentationNode, self.results = segmentation, rows
 
 
@@ -238,6 +264,14 @@ class PredictionLogic:
 
     workRoot: Path
     worker: WarmWorker
+    # Slicer's DICOM database, where volumes loaded from DICOM find their source files (tests replace it).
+    dicomDatabase = DicomDatabase()
+
+    @property
+    def dicomResultsFolder(self) -> Path:
+        """Where the DICOM SEG and SR of volumes predicted from their DICOM source are kept: beside
+        the models folder, one subfolder per run."""
+        return self.modelsFolder.parent / "DICOM results"
 
     @staticmethod
     def inputVolume(inputNode) -> vtkMRMLScalarVolumeNode:
@@ -300,15 +334,20 @@ class PredictionLogic:
         if self.worker.ready(model, device) is None:  # a running worker has them: skip the check's 50 ms
             self.requireRequirements()
         roi = self.roiBox(roiNode, volume) if roiNode is not None else None
+        source = findDicomSource(volume, self.dicomDatabase)
+        if source.note:
+            logging.warning(f"MFFMT: {source.note}")
         workDir = makeWorkFolder(self.workRoot)
         try:
-            inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd").absolute()
-            fields = predict_request([inputPath], workDir / "output", lesion_threshold=threshold, roi=roi, gradcam=gradcam)
+            inputPath = source.path or nodes.writeVolumeNode(volume, workDir / "input.nrrd").absolute()
+            fields = predict_request([inputPath], workDir / "output", lesion_threshold=threshold, roi=roi, gradcam=gradcam,
+                                     dicom=source.path is not None)
             workerReady = self.worker.clientLater(model, device)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        task = PredictionTask(volume, inputPath, threshold, gradcam, worker=self.worker, workerReady=workerReady,
+        task = PredictionTask(volume, inputPath, threshold, gradcam, source, self.dicomResultsFolder,
+                              worker=self.worker, workerReady=workerReady,
                               fields=fields, workDir=workDir, progressCallback=progressCallback,
                               completedCallback=completedCallback, keepFiles=keepFiles)
         task.poll()  # a warm worker gets the request now
@@ -329,6 +368,22 @@ class PredictionLogic:
         if task.status != "done":
             raise RuntimeError(task.error or f"prediction {task.status}")
         return task.segmentationNode, task.results
+
+    def addDicomResultsToDatabase(self, segmentationNode: vtkMRMLSegmentationNode) -> list[Path]:
+        """Add the DICOM SEG and SR of a result predicted from a DICOM source to Slicer's DICOM database;
+        the files added.
+
+        Raises:
+            ValueError: the result has no DICOM SEG and SR (its input was not a DICOM ultrasound file).
+        """
+        files = [Path(path) for path in (segmentationNode.GetAttribute(attribute)
+                                         for attribute in DICOM_FILE_ATTRIBUTES.values()) if path]
+        if not files:
+            raise ValueError(f"{segmentationNode.GetName()}: no DICOM SEG and SR (its input was not predicted "
+                             "from an ultrasound DICOM file)")
+        for path in files:
+            self.dicomDatabase.insert(path)
+        return files
 
     @staticmethod
     def cancel(task: BackgroundTask) -> None:
