@@ -29,7 +29,7 @@ from MFFMTSlicerLib.tasks import (
     startCommand,
 )
 
-FINE_TUNE = "Fine-tune the selected model"
+FINE_TUNE = "Fine-tune the selected model on my data"
 FROM_SCRATCH = "Train a new model from scratch"
 # Learning rates suggested for fine-tuning and for training from scratch.
 SUGGESTED_LEARNING_RATE = {FINE_TUNE: 1e-4, FROM_SCRATCH: 1e-3}
