@@ -11,6 +11,7 @@ zombies left to an init that does not reap them excepted.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import sys
 import time
@@ -79,11 +80,15 @@ def test_closing_a_worker_that_does_not_stop_ends_the_python_under_the_launcher(
     from MFFMTCore.serving.client import WorkerClient
 
     client = WorkerClient(command=[str(launcher), "-c", HUNG_WORKER], start_timeout=60)
-    assert len(running_in_session(client.pid)) == 2  # the launcher and the Python it started
-    started = time.monotonic()
-    client.close(timeout=0.5)
-    wait_until_none_run(client.pid)
-    assert time.monotonic() - started < 10
+    try:
+        assert len(running_in_session(client.pid)) == 2  # the launcher and the Python it started
+        started = time.monotonic()
+        client.close(timeout=0.5)
+        wait_until_none_run(client.pid)
+        assert time.monotonic() - started < 10
+    finally:  # a failed check leaves no hung process behind
+        for pid in running_in_session(client.pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
