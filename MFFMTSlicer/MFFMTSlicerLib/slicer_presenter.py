@@ -188,14 +188,15 @@ class MFFMTSlicerPresenter:
         self.warmUp.add_done_callback(_logStartFailure)
 
     def initializeParameterNode(self) -> None:
-        """Use the scene's parameter node; an empty input becomes the scene's first image volume."""
+        """Use the scene's parameter node; an empty input becomes the scene's first image volume. The
+        model list is read again (headers only): models may have been added meanwhile, and a new
+        scene's parameter node has no model yet."""
         self.setParameterNode(self.logic.getParameterNode())
         if not self.parameters.inputNode:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self.parameters.inputNode = firstVolume
-        if not self.models:
-            self.refreshModels()
+        self.refreshModels()
 
     def setParameterNode(self, parameters) -> None:
         self.parameters = parameters

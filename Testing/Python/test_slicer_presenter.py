@@ -375,8 +375,11 @@ def test_scene_close_stops_a_running_segmentation_and_comes_back(panel):
     assert view.plots[-1] is None
     presenter.sceneEndClose(entered=False)
     assert presenter.parameters is None
+    scene.Clear(0)  # the new scene's parameter node has no model yet: the default one is selected again
+    presenter.parameters = None
+    logic.getParameterNode().modelPath = ""
     presenter.sceneEndClose(entered=True)
-    assert presenter.parameters is not None
+    assert presenter.currentModel() == str(logic.defaultModelPath()) and view.state.modelIndex == 0
 
 
 def test_missing_packages_are_offered_before_anything_runs(panel, monkeypatch):
