@@ -239,6 +239,30 @@ def test_a_model_the_worker_cannot_load_is_unusable_and_the_previous_model_stays
         damaged.unlink(missing_ok=True)
 
 
+def test_a_model_that_stops_the_worker_from_starting_is_unusable(panel):
+    presenter, view, scene, slicer, logic = panel
+    damaged = logic.modelsFolder / "edited.safetensors"
+    logic.modelsFolder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(logic.defaultModelPath(), damaged)
+    with open(damaged, "r+b") as handle:
+        handle.seek(-10, 2)
+        byte = handle.read(1)
+        handle.seek(-10, 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    try:
+        logic.closeWorker()
+        _pictureVolume(slicer, SAMPLES / "bus_0012-r.png")
+        presenter.initializeParameterNode()
+        presenter.selectModel(str(damaged))  # as a scene saved with it selected
+        presenter.apply()  # the worker is started with this model, and refuses it
+        _waitForWork(presenter)
+        assert "checksum mismatch" in view.state.status and logic.worker.pid is None
+        choice = next(choice for choice in view.state.models if choice.path == str(damaged))
+        assert not choice.usable and not view.state.apply.enabled
+    finally:
+        damaged.unlink(missing_ok=True)
+
+
 def test_threshold_comes_from_the_model_and_redraws_the_result(panel, random_model):
     presenter, view, scene, slicer, logic = panel
     from MFFMTSlicerLib.slicer_prediction import THRESHOLD_ATTRIBUTE
