@@ -1,7 +1,7 @@
 """The torch-free layer of MFFMTCore: what the network code and the Slicer module both need.
 
-Everything here imports only NumPy, SimpleITK and SciPy, and of MFFMTCore only ``errors`` and ``io``
-(which import nothing above them; never torch or MONAI), so that the Slicer module can use it in
+Everything here imports only NumPy, SimpleITK, SciPy and the standard library, and of MFFMTCore only
+``errors`` and ``files`` (which import nothing above them; never torch or MONAI), so that the Slicer module can use it in
 Slicer's own Python before the network's packages are installed:
 
 - :mod:`~MFFMTCore.base.geometry`: image geometry, RAS/LPS, pixel area, which files record a spacing;
@@ -19,7 +19,8 @@ Slicer's own Python before the network's packages are installed:
 - :mod:`~MFFMTCore.base.presets`: the named training recipes;
 - :mod:`~MFFMTCore.base.train_options`: the options of ``mffmt train``, declared once;
 - :mod:`~MFFMTCore.base.run_folder`: a training run's folder, its files and their reading and writing;
-- :mod:`~MFFMTCore.base.calibration`: which pixel spacings a header may claim (the plausibility range).
+- :mod:`~MFFMTCore.base.calibration`: which pixel spacings a header may claim (the plausibility range);
+- :mod:`~MFFMTCore.base.process_group`: child processes started and stopped as a group (with what they start).
 
 This file imports none of them.
 """

@@ -22,8 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tqdm import tqdm
-
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.progress_events import PROGRESS_CHOICES, event_line, make_event
 
 #: The shared options, for ``mffmt --help``.
@@ -140,7 +139,8 @@ class Progress:
         self.total = total
         self.done = 0
         self.stream = stream if stream is not None else sys.stdout
-        self.bar = tqdm(total=total, unit=unit, disable=mode != "bar" or not own_bar, file=sys.stderr, dynamic_ncols=True)
+        self.bar = progress_bar(total=total, unit=unit, disable=mode != "bar" or not own_bar, file=sys.stderr,
+                                dynamic_ncols=True)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Send one event (``--progress json`` only)."""

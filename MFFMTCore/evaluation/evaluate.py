@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.labels import CLASS_NAMES
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.run_folder import read_split
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
 from MFFMTCore.evaluation.metrics import grouped_report
@@ -37,7 +37,7 @@ DICE_NOTE = ("dice: mean per-image Dice over images whose mask holds a lesion, a
 def _readable(dataset: MFFMTDataset, show: bool) -> tuple[list[int], list[dict[str, str]]]:
     """Indices of the samples that load, and the failures of the others (each named)."""
     good, failures = [], []
-    for index in tqdm(range(len(dataset)), desc="reading images", unit="image", disable=not show):
+    for index in progress_bar(range(len(dataset)), desc="reading images", unit="image", disable=not show):
         try:
             dataset[index]
         except DatasetError as error:
@@ -130,8 +130,8 @@ def evaluate(
     if not good:
         raise DatasetError(f"all {len(failures)} images", f"none can be read; the first: {failures[0]['error']}")
     loader = DataLoader(Subset(dataset, good), batch_size=batch_size, shuffle=False)
-    batches = tqdm(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch", total=len(loader),
-                   disable=not progress)
+    batches = progress_bar(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch",
+                           total=len(loader), disable=not progress)
     rows, _ = predict_rows(model, batches, device, threshold=info.threshold)
     report = grouped_report(rows, malignancy_threshold)
     output = Path(output)

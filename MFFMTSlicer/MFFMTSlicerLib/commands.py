@@ -71,6 +71,41 @@ def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.Pa
     return fields
 
 
+def camel_case(name: str) -> str:
+    """An option's name as Slicer spells keywords and parameters: ``batch_size`` -> ``batchSize``."""
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+#: The options a caller may give training, by the keyword that gives them: each option of
+#: ``mffmt train`` (:data:`~MFFMTCore.base.train_options.OPTIONS`) by its camelCase name, Slicer's
+#: convention (``initModel``, ``batchSize``, ``labelSmoothing``), and by its own name (``init_model``).
+#: Left out: what the caller sets otherwise (data, run folder, device, stop file, the terminal bar).
+TRAIN_KEYWORDS: dict[str, str] = {
+    keyword: name for name, declared in OPTIONS.items()
+    if declared.command_line and name not in ("data", "output", "device", "stop_file")
+    for keyword in (camel_case(name), name)}
+
+
+def train_options(keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """Training options given as keywords (:data:`TRAIN_KEYWORDS`, either spelling) -> by option name.
+
+    Raises:
+        TypeError: a keyword that is no option, or one option given twice (``initModel`` and ``init_model``).
+    """
+    options: dict[str, Any] = {}
+    for keyword, value in keywords.items():
+        name = TRAIN_KEYWORDS.get(keyword)
+        if name is None:
+            known = ", ".join(sorted({camel_case(name) for name in TRAIN_KEYWORDS.values()}))
+            raise TypeError(f"{keyword!r} is not a training option; the options are {known} "
+                            "(or mffmt train's own names: init_model, batch_size, ...)")
+        if name in options:
+            raise TypeError(f"training option {camel_case(name)!r} is given twice ({name!r} is the same option)")
+        options[name] = value
+    return options
+
+
 def train_command(
     python: str | os.PathLike,
     data: Iterable[str | os.PathLike],
@@ -78,6 +113,7 @@ def train_command(
     *,
     device: str = "cpu",
     progress: str | None = None,
+    stop_file: str | os.PathLike | None = None,
     **options: Any,
 ) -> list[str]:
     """The argument list of ``python -m MFFMTCore train``, its values checked as the command checks them.
@@ -89,9 +125,10 @@ def train_command(
         device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
         progress: ``"bar"`` or ``"none"`` (``--progress``); a program reading the run's progress file
             passes ``"none"``. None leaves the command's default (a bar).
-        options: any other option of ``mffmt train`` by its name (:data:`MFFMTCore.base.train_options.OPTIONS`:
-            ``epochs=3``, ``lr=1e-4``, ``init_model=path`` ...); None leaves it to the command's preset
-            or default. Paths are made absolute.
+        stop_file: the run stops at a safe point when this file appears (``--stop-file``).
+        options: any other option of ``mffmt train`` (:data:`TRAIN_KEYWORDS`: ``epochs=3``, ``lr=1e-4``,
+            ``initModel=path`` or ``init_model=path`` ...); None leaves it to the command's preset or
+            default. Paths are made absolute.
 
     Raises:
         MFFMTError: a value the command would refuse (named by its option); TypeError: an unknown option.
@@ -100,12 +137,10 @@ def train_command(
     OPTIONS["data"].check(data)
     args = [str(python), "-m", "MFFMTCore", "train", *OPTIONS["data"].arguments(data),
             "--output", _absolute(output_dir), "--device", device_argument(device)]
-    for name, value in options.items():
-        declared = OPTIONS.get(name)
-        if declared is None or not declared.command_line or name in ("data", "output", "device"):
-            raise TypeError(f"train_command() got an unexpected option {name!r}")
+    for name, value in {**train_options(options), "stop_file": stop_file}.items():
         if value is None:
             continue
+        declared = OPTIONS[name]
         if declared.path:
             value = _absolute(value)
         declared.check(value)

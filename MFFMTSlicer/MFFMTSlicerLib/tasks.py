@@ -1,4 +1,4 @@
-"""A command of the module running in the background: start, follow, wait for, cancel. Slicer only.
+"""A command of the module running in the background: start, follow, wait for, cancel. Slicer-free.
 
 The network never runs in Slicer's process: each task runs ``<PythonSlicer> -m MFFMTCore ...`` in a
 temporary working folder of its own (removed at the end, so nothing is written inside the

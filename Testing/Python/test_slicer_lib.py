@@ -150,6 +150,30 @@ def test_train_command_parses_with_the_real_cli(tmp_path):
     assert parsed.command == "train" and parsed.progress == "none"
 
 
+def test_training_keywords_are_slicers_camel_case_and_mffmt_trains_own_names(tmp_path):
+    from MFFMTCore.base.train_options import OPTIONS
+
+    # Every option the caller gives, in both spellings, and nothing the logic sets itself.
+    given = {name for name, declared in OPTIONS.items() if declared.command_line} - {"data", "output", "device",
+                                                                                      "stop_file"}
+    assert set(commands.TRAIN_KEYWORDS.values()) == given
+    assert {"initModel", "batchSize", "labelSmoothing", "lambdaLoc", "valFraction", "init_model", "batch_size",
+            "epochs", "lr"} <= set(commands.TRAIN_KEYWORDS)
+    camel = commands.train_command("python", ["d"], "run", initModel=tmp_path / "m.safetensors", batchSize=4,
+                                   labelSmoothing=0.1, epochs=2)
+    snake = commands.train_command("python", ["d"], "run", init_model=tmp_path / "m.safetensors", batch_size=4,
+                                   label_smoothing=0.1, epochs=2)
+    assert camel == snake and "--init-model" in camel and "--label-smoothing" in camel
+    assert commands.train_options({"initModel": "a", "lr": 1e-4}) == {"init_model": "a", "lr": 1e-4}
+    with pytest.raises(TypeError, match="'initModel' is given twice"):
+        commands.train_options({"initModel": "a", "init_model": "b"})
+    with pytest.raises(TypeError, match="'initModle' is not a training option.*initModel"):
+        commands.train_options({"initModle": "a"})
+    for reserved in ("data", "output", "stopFile", "progressBar"):
+        with pytest.raises(TypeError, match="not a training option"):
+            commands.train_options({reserved: "x"})
+
+
 def test_locate_core_package_finds_the_source_checkout_and_skips_other_folders(tmp_path):
     assert commands.locate_core_package([tmp_path, REPO / "MFFMTSlicer", REPO]) == REPO.resolve()
     assert commands.locate_core_package([tmp_path]) is None
