@@ -8,6 +8,7 @@ Slicer's own Python before the network's packages are installed:
 - :mod:`~MFFMTCore.base.roi`: regions of interest in pixels and in physical space;
 - :mod:`~MFFMTCore.base.components`: lesion measurement (connected components, area, centroid);
 - :mod:`~MFFMTCore.base.results_schema`: the columns of ``results.csv`` / ``results.json``;
+- :mod:`~MFFMTCore.base.thresholds`: the one rule for lesion and malignancy thresholds;
 - :mod:`~MFFMTCore.base.lesion_decision`: whether a frame shows a lesion (the model's lesion rule);
 - :mod:`~MFFMTCore.base.clip_finding`: one finding for a clip from its frames (lesion-weighted);
 - :mod:`~MFFMTCore.base.terminology`: the "Lesion" segment's name, colour and terminology;

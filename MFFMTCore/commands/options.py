@@ -25,6 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from MFFMTCore.base.progress_events import PROGRESS_CHOICES, event_line, make_event
+from MFFMTCore.base.thresholds import threshold_problem
 
 #: The shared options, for ``mffmt --help``.
 VOCABULARY = """options that mean the same in every command:
@@ -38,13 +39,14 @@ events: JSON objects with "event" (start, progress, done, cancelled, error; trai
 
 
 def probability(text: str) -> float:
-    """A probability in (0, 1], for thresholds."""
+    """A threshold: a probability strictly between 0 and 1 (:mod:`MFFMTCore.base.thresholds`)."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(threshold_problem(text)) from None
+    problem = threshold_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -20,6 +20,7 @@ import torch
 
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data.transforms import expand_box, preprocess_frame
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
@@ -27,7 +28,7 @@ from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
 from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
 from MFFMTCore.inference.postprocessing import resize_to_frame
-from MFFMTCore.inference.result import PredictionResult, check_threshold
+from MFFMTCore.inference.result import PredictionResult
 from MFFMTCore.model_file import load_model, resolve_model_path
 
 

@@ -41,6 +41,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import one_line
 from MFFMTCore.inference.batch import _model_document, find_inputs, predict_files
 from MFFMTCore.inference.predictor import Predictor
@@ -85,6 +86,12 @@ def _optional(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) 
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
         raise ValueError(f"'{key}' must be {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
+
+
+def _threshold(message: dict[str, Any]) -> float | None:
+    """The request's lesion threshold (None: the model's), refused once for the whole request when bad."""
+    value = message.get("threshold")
+    return None if value is None else check_threshold(value, "'threshold'")
 
 
 def _roi(message: dict[str, Any]) -> tuple[int, int, int, int] | None:
@@ -237,8 +244,9 @@ class Worker:
             self.send({"id": request_id, "event": "progress", "done": done, "total": total,
                        "input": outcome.input, "status": outcome.status, "message": outcome.error})
 
+        threshold = _threshold(message)
         paths = find_inputs(inputs, exclude=output)
-        summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=_optional(message, "threshold", (int, float)),
+        summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=threshold,
                                 roi=_roi(message), gradcam=bool(message.get("gradcam")),
                                 overwrite=bool(message.get("overwrite")), progress=input_done)
         counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
@@ -266,7 +274,7 @@ class Worker:
             direction=_optional(message, "direction", list),
             roi=_roi(message),
             gradcam=gradcam,
-            threshold=_optional(message, "threshold", (int, float)),
+            threshold=_threshold(message),
             progress=frames_done,
         )
         source = _optional(message, "source", str) or result.source

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.base.train_options import OPTIONS
 
 # Device choices shown to the user -> the --device values of the command line.
@@ -47,22 +48,20 @@ def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.Pa
     Args:
         inputs: image files or folders to segment and classify.
         output_dir: folder for the results.
-        lesion_threshold: lesion probability threshold in (0, 1); None uses the model's own.
+        lesion_threshold: lesion probability threshold (:mod:`MFFMTCore.base.thresholds`); None uses the model's.
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
         overwrite: replace results already in ``output_dir``.
 
     Raises:
-        ValueError: no input, a threshold outside (0, 1) or a malformed ROI.
+        ValueError: no input, a bad threshold or a malformed ROI.
     """
     fields: dict[str, Any] = {"inputs": [_absolute(path) for path in inputs], "output": _absolute(output_dir),
                               "gradcam": bool(gradcam), "overwrite": bool(overwrite)}
     if not fields["inputs"]:
         raise ValueError("nothing to segment: no input files")
     if lesion_threshold is not None:
-        if not 0.0 < lesion_threshold < 1.0:
-            raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
-        fields["threshold"] = float(lesion_threshold)
+        fields["threshold"] = check_threshold(lesion_threshold)
     if roi is not None:
         fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
     return fields

@@ -23,6 +23,7 @@ from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
 from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.base.measurements import LesionMeasurements
 from MFFMTCore.base.results_schema import column_types, measurement_cells
+from MFFMTCore.base.thresholds import threshold_problem
 
 FIELD_TYPES: dict[str, type] = column_types()
 
@@ -84,8 +85,8 @@ def read_threshold(output_dir: str | os.PathLike) -> float:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (did mffmt predict finish?)")
     threshold = (json.loads(path.read_text(encoding="utf-8")).get("settings") or {}).get("threshold")
-    if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"{path}: records no lesion threshold")
+    if threshold_problem(threshold) is not None:
+        raise ValueError(f"{path}: records no usable lesion threshold ({threshold_problem(threshold)})")
     return float(threshold)
 
 

@@ -32,6 +32,7 @@ from slicer.parameterNodeWrapper import (
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MFFMTCore.base.choices import BACKBONES
+from MFFMTCore.base.thresholds import SLIDER_RANGE, THRESHOLD_STEP
 from MFFMTCore.base.train_options import OPTIONS
 from MFFMTSlicerLib.slicer_live import LiveLogic
 from MFFMTSlicerLib.slicer_models import ModelsLogic
@@ -59,7 +60,7 @@ class MFFMTSlicerParameterNode:
 
     inputNode: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]
     roiNode: vtkMRMLMarkupsROINode
-    threshold: Annotated[float, WithinRange(0.01, 0.99), Decimals(2), SingleStep(0.01), Default(0.5)]
+    threshold: Annotated[float, WithinRange(*SLIDER_RANGE), Decimals(2), SingleStep(THRESHOLD_STEP), Default(0.5)]
     gradcam: bool
     device: Annotated[str, Choice(["CPU", "GPU"]), Default("CPU")]
     modelPath: str

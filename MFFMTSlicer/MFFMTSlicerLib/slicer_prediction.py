@@ -29,6 +29,7 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import one_line
 from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
@@ -348,8 +349,7 @@ class PredictionLogic:
 
         The classification stays; lesion area, component count, centroid, table and points follow.
         """
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        threshold = check_threshold(threshold)
         rows = self.results(segmentationNode)
         lesionFree = lesion_free_frames(rows)
         probability = nodes.rethreshold(segmentationNode, threshold, lesionFree)
