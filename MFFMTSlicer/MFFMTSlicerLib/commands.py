@@ -16,20 +16,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.devices import DEVICE_CHOICES, DEVICE_LABELS
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.base.train_options import OPTIONS
 
-# Device choices shown to the user -> the --device values of the command line.
-DEVICES = {"CPU": "cpu", "GPU": "cuda"}
-
 
 def device_argument(choice: str) -> str:
-    """``"CPU"``/``"GPU"`` (or ``"cpu"``/``"cuda"``) -> the ``--device`` value."""
-    if choice in DEVICES:
-        return DEVICES[choice]
-    if choice in DEVICES.values():
+    """A device of the panel's list (``"Automatic"``, ``"CPU"``, ``"GPU"``, ``"Apple GPU"``) or a ``--device``
+    value -> the ``--device`` value. Whether the device is present is the worker's to say (Slicer's
+    process does not import torch)."""
+    if choice in DEVICE_LABELS:
+        return DEVICE_LABELS[choice]
+    if choice in DEVICE_CHOICES:
         return choice
-    raise ValueError(f"unknown device {choice!r}: choose one of {', '.join(DEVICES)}")
+    raise ValueError(f"unknown device {choice!r}: choose one of {', '.join(DEVICE_LABELS)}")
 
 
 def roi_argument(box: Sequence[int]) -> str:
@@ -72,7 +72,7 @@ def train_command(
     data: Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     progress: str | None = None,
     **options: Any,
 ) -> list[str]:
@@ -82,7 +82,7 @@ def train_command(
         python: the Python executable (Slicer's ``PythonSlicer``).
         data: dataset folders (BUSI or BUS-BRA layout) and datalist files (``--data``, repeated).
         output_dir: the run folder (``--output``; see :class:`MFFMTCore.base.run_folder.RunFolder`).
-        device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
+        device: a ``--device`` value or a device of the panel (see :func:`device_argument`).
         progress: ``"bar"`` or ``"none"`` (``--progress``); a program reading the run's progress file
             passes ``"none"``. None leaves the command's default (a bar).
         options: any other option of ``mffmt train`` by its name (:data:`MFFMTCore.base.train_options.OPTIONS`:

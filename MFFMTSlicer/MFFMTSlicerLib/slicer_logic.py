@@ -32,6 +32,7 @@ from slicer.parameterNodeWrapper import (
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MFFMTCore.base.choices import BACKBONES
+from MFFMTCore.base.devices import DEVICE_LABELS
 from MFFMTCore.base.thresholds import SLIDER_RANGE, THRESHOLD_STEP
 from MFFMTCore.base.train_options import OPTIONS
 from MFFMTSlicerLib.slicer_live import LiveLogic
@@ -50,7 +51,8 @@ class MFFMTSlicerParameterNode:
     roiNode: optional box: only the pixels inside are classified (the paper's ROI mode).
     threshold: lesion probability threshold of the segmentation.
     gradcam: also compute a Grad-CAM heat map of the malignant class.
-    device: CPU or GPU for inference and training.
+    device: where the network runs, for inference and training: Automatic (an NVIDIA GPU, else an
+        Apple GPU, else the CPU), CPU, GPU (CUDA) or Apple GPU (MPS).
     modelPath: the selected model file.
     result: the lesion segmentation of the last run (the threshold slider redraws it).
     The others are the retraining settings; those named as an option of ``mffmt train`` in camelCase
@@ -62,7 +64,7 @@ class MFFMTSlicerParameterNode:
     roiNode: vtkMRMLMarkupsROINode
     threshold: Annotated[float, WithinRange(*SLIDER_RANGE), Decimals(2), SingleStep(THRESHOLD_STEP), Default(0.5)]
     gradcam: bool
-    device: Annotated[str, Choice(["CPU", "GPU"]), Default("CPU")]
+    device: Annotated[str, Choice(list(DEVICE_LABELS)), Default(next(iter(DEVICE_LABELS)))]
     modelPath: str
     result: vtkMRMLSegmentationNode
     useSceneData: bool
@@ -82,7 +84,7 @@ def camelCase(name: str) -> str:
     return first + "".join(part.capitalize() for part in rest)
 
 
-#: Parameter name -> the ``mffmt train`` option it sets. ``device`` is the panel's own (CPU/GPU, for
+#: Parameter name -> the ``mffmt train`` option it sets. ``device`` is the panel's own (a device label, for
 #: inference too); the logic turns it into the option.
 TRAINING_PARAMETERS = {camelCase(name): name for name in OPTIONS
                        if camelCase(name) in MFFMTSlicerParameterNode.allParameters and name != "device"}

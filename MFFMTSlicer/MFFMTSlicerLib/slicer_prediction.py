@@ -273,7 +273,7 @@ class PredictionLogic:
         return resolve_roi(box, ImageGeometry.from_ijk_to_ras(nodes.ijkToRasArray(volumeNode)), (height, width))
 
     def startProcessing(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                        roiNode=None, gradcam: bool = False, device: str = "cpu",
+                        roiNode=None, gradcam: bool = False, device: str = "auto",
                         progressCallback: Callable[[PredictionTask], None] | None = None,
                         completedCallback: Callable[[PredictionTask], None] | None = None,
                         keepFiles: bool = False) -> PredictionTask:
@@ -285,7 +285,7 @@ class PredictionLogic:
             threshold: lesion probability threshold; None uses the model's.
             roiNode: optional markups ROI; only pixels inside are classified (the paper's protocol).
             gradcam: also show a Grad-CAM heat map of the malignant class over the input.
-            device: "cpu"/"cuda" (or "CPU"/"GPU").
+            device: a ``--device`` value or a device of the panel (see :func:`MFFMTSlicerLib.commands.device_argument`).
             progressCallback: called with the task whenever progress is read.
             completedCallback: called with the task when it has finished, failed or been cancelled.
             keepFiles: keep the temporary working folder (input and ``mffmt predict`` output).
@@ -316,7 +316,7 @@ class PredictionLogic:
         return task
 
     def process(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                roiNode=None, gradcam: bool = False, device: str = "cpu"
+                roiNode=None, gradcam: bool = False, device: str = "auto"
                 ) -> tuple[vtkMRMLSegmentationNode, list[dict[str, Any]]]:
         """:meth:`startProcessing` and wait: (segmentation node, one result row per frame).
 
@@ -364,7 +364,7 @@ class PredictionLogic:
 
     def processFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,
                       model: str | os.PathLike | None = None, threshold: float | None = None,
-                      roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "cpu",
+                      roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "auto",
                       overwrite: bool = False, progressCallback: Callable[[PredictProgress], None] | None = None
                       ) -> list[dict[str, Any]]:
         """Segment and classify every image file in a folder (recursively) into ``outputDir``.

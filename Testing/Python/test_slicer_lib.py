@@ -119,7 +119,7 @@ def test_train_command_omits_what_is_not_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = commands.train_command("python", ["data"], "run")
     assert args == ["python", "-m", "MFFMTCore", "train", f"--data={tmp_path / 'data'}", "--output", str(tmp_path / "run"),
-                    "--device", "cpu"]
+                    "--device", "auto"]
     assert commands.train_command("python", ["d"], "r", progress="none")[-2:] == ["--progress", "none"]
 
 
