@@ -35,9 +35,10 @@ from vtk.util import numpy_support
 from MFFMTCore.base.clip_finding import ClipResult, clip_finding
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.results_schema import typed_row
 from MFFMTCore.serving.client import PendingRequest, WorkerError
 from MFFMTSlicerLib import slicer_nodes as nodes
-from MFFMTSlicerLib.results import lesion_label, normalise_row
+from MFFMTSlicerLib.results import lesion_label
 from MFFMTSlicerLib.slicer_prediction import oneLine, withoutPhysicalSizes
 from MFFMTSlicerLib.worker import WarmWorker
 
@@ -240,7 +241,7 @@ class LiveSession:
             self.failed += 1
             self.lastError = oneLine(error)
             return False
-        row = normalise_row(reply.rows[0])
+        row = typed_row(reply.rows[0])
         if not nodes.spacingKnown(self.volumeNode):
             withoutPhysicalSizes(row)
         row["frame"] = index

@@ -28,6 +28,7 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.results_schema import document_rows, document_threshold, finished_outputs, typed_row
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import one_line
@@ -40,10 +41,7 @@ from MFFMTSlicerLib.results import (
     frame_measurements,
     key_frame,
     lesion_free_frames,
-    normalise_row,
-    read_output_files,
-    read_result_rows,
-    read_threshold,
+    read_results,
 )
 from MFFMTSlicerLib.tasks import BackgroundTask, makeWorkFolder
 from MFFMTSlicerLib.worker import WarmWorker
@@ -181,9 +179,10 @@ class PredictionTask(WorkerRequestTask):
         outputDir = self.workDir / "output"
         volume = self.inputVolume
         key = str(self.inputPath)  # predict names inputs by the absolute path it was given
-        rows = [row for row in read_result_rows(outputDir) if row["input"] == key]
+        document = read_results(outputDir)  # read once: rows, files and threshold
+        rows = [row for row in document_rows(document) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
-        files = read_output_files(outputDir).get(key)
+        files = finished_outputs(document).get(key)
         if failed or not rows or not files:
             raise RuntimeError(failed or f"mffmt predict wrote no result for {self.inputPath}")
         spacingKnown = nodes.spacingKnown(volume)
@@ -210,7 +209,7 @@ class PredictionTask(WorkerRequestTask):
         # The rows hold mffmt predict's measurements; only the key frame's caliper ends are measured here.
         frame = key_frame(rows)
         calipers = [] if frame is None else frame_measurements(
-            nodes.volumeArray(probability)[frame:frame + 1], read_threshold(outputDir),
+            nodes.volumeArray(probability)[frame:frame + 1], document_threshold(document),
             nodes.ijkToRasArray(probability), spacingKnown, first_frame=frame)[0]["calipers"]
         showResults(segmentation, rows, self.threshold, calipers)
         self.segmentationNode, self.results = segmentation, rows
@@ -342,7 +341,7 @@ class PredictionLogic:
         text = segmentationNode.GetAttribute(RESULTS_ATTRIBUTE) if segmentationNode else None
         if not text:
             raise ValueError(f"{segmentationNode.GetName() if segmentationNode else 'None'}: not an MFFMT result")
-        return [normalise_row(row) for row in json.loads(text)]
+        return [typed_row(row) for row in json.loads(text)]
 
     def updateThreshold(self, segmentationNode: vtkMRMLSegmentationNode, threshold: float) -> list[dict[str, Any]]:
         """Redraw a result at another lesion threshold without running the network; the new rows.
@@ -391,7 +390,7 @@ class PredictionLogic:
             progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
         if task.status != "done":  # failed inputs do not fail the run: their rows say why
             raise RuntimeError(task.error or f"prediction {task.status}")
-        return read_result_rows(outputDir)
+        return document_rows(read_results(outputDir))
 
     def closeWorker(self) -> None:
         """End the warm worker (the next run starts another); call it when the logic is no longer used."""
