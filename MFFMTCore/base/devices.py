@@ -1,6 +1,4 @@
-"""The one rule for choosing where the network runs: ``--device auto|cpu|cuda|mps``.
-
-Also the CPU threads torch may use (``--threads``): at most :data:`THREADS_PER_CORE` per usable core.
+"""The one rule for choosing where the network runs: ``--device auto|cpu|cuda|mps`` (and ``--threads``).
 
 ``auto`` (the default everywhere) takes what is present, in the order of :data:`PREFERENCE`: an
 NVIDIA GPU (CUDA), else an Apple GPU (MPS), else the CPU. A device chosen by name that this
@@ -9,6 +7,8 @@ computer lacks is refused in one line (:func:`choose_device`), before any model 
 What is present is asked of torch in the process that runs the network
 (:func:`MFFMTCore.devices.present_devices`); the Slicer module, which never imports torch, offers
 every choice (:data:`DEVICE_LABELS`) and shows the worker's one-line refusal.
+
+On the CPU, torch may use at most :data:`THREADS_PER_CORE` threads per usable core (``--threads``).
 """
 
 from __future__ import annotations

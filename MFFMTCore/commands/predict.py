@@ -27,6 +27,7 @@ from MFFMTCore.commands.options import (
     output_path,
     positive_int,
 )
+from MFFMTCore.devices import torch_device
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
 from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
@@ -76,11 +77,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    device = torch_device(args.device)  # a device this computer lacks is refused before any folder is made
     inputs = find_inputs(args.inputs, exclude=args.output)
     check_output_folder(args.output, overwrite=args.overwrite)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(args.model, device=device, batch_size=args.batch_size)
     progress = Progress(args.progress, total=len(inputs), unit="input")
     progress.event("start", total=len(inputs), output=str(args.output))
 
