@@ -105,7 +105,7 @@ class LiveSession:
     message is in ``lastError``). After :meth:`stop`, received = processed + dropped + failed.
     """
 
-    def __init__(self, volumeNode, worker: WarmWorker, workerReady: Future, model=None, device: str = "cpu",
+    def __init__(self, volumeNode, worker: WarmWorker, workerReady: Future, model=None, device: str = "auto",
                  threshold: float | None = None, record: bool = False,
                  resultCallback: Callable[[LiveSession], None] | None = None):
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA(
@@ -355,7 +355,7 @@ class LiveLogic:
     worker: WarmWorker
     live: LiveSession | None = None
 
-    def startLive(self, volumeNode, model=None, threshold: float | None = None, device: str = "cpu",
+    def startLive(self, volumeNode, model=None, threshold: float | None = None, device: str = "auto",
                   record: bool = False, resultCallback: Callable[[LiveSession], None] | None = None) -> LiveSession:
         """Start following ``volumeNode`` (stopping a session already running); returns the session.
 
