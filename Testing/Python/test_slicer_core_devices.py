@@ -60,3 +60,18 @@ def test_an_absent_gpu_is_one_line_from_the_worker(env):
     assert "exited with status" not in message and "\n" not in message
     assert scene.GetNumberOfNodes() == before  # nothing half-made is left
     scene.RemoveNode(volume)
+
+
+def test_training_on_an_absent_gpu_is_one_line_and_leaves_nothing(env):
+    _, _, logic = env
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this computer has CUDA")
+    with pytest.raises(RuntimeError) as refused:
+        logic.train([SAMPLES / "samples.csv"], modelName="no gpu", epochs=1, input_size=64, device="GPU")
+    message = str(refused.value)  # the child's own line, not "mffmt train failed (exit status 2): ..."
+    assert message.startswith("--device cuda: this computer has no NVIDIA GPU (CUDA) that torch can use; choose")
+    assert "\n" not in message
+    assert not (logic.modelsFolder / "no_gpu.safetensors").exists() and list(logic.workRoot.iterdir()) == []
+
