@@ -20,6 +20,7 @@ from tqdm import tqdm
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.labels import CLASS_NAMES
 from MFFMTCore.base.run_folder import read_split
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
 from MFFMTCore.devices import torch_device
 from MFFMTCore.evaluation.metrics import grouped_report
@@ -115,10 +116,12 @@ def evaluate(
         The content of metrics.json.
 
     Raises:
+        MFFMTError: a device this computer lacks, or a malignancy threshold outside (0, 1).
         ModelFileError: the model file cannot be used.
         DatasetError: no image at all could be evaluated.
     """
     device = torch_device(device)
+    malignancy_threshold = check_threshold(malignancy_threshold, "malignancy threshold")
     path = resolve_model_path(model_path)
     model, info = load_model(path, device=device)
     if info.intensity != "minmax":

@@ -85,3 +85,11 @@ def test_a_model_file_with_threshold_one_is_refused(random_model, tmp_path):
     with pytest.raises(ValueError, match="threshold .*strictly between 0 and 1"):
         random_model(tmp_path / "one.safetensors", threshold=1.0)
     assert random_model(tmp_path / "high.safetensors", threshold=0.99).is_file()
+
+
+def test_evaluate_called_from_python_refuses_a_malignancy_threshold_of_one(model_path, tmp_path):
+    from MFFMTCore.evaluation.evaluate import evaluate
+
+    with pytest.raises(MFFMTError, match="^malignancy threshold: must be a probability strictly between 0 and 1"):
+        evaluate(model_path, [], tmp_path / "eval", malignancy_threshold=1.0)
+    assert not (tmp_path / "eval").exists()
