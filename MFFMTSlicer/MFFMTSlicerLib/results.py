@@ -9,7 +9,6 @@ labelled point at each lesion's centroid.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -24,20 +23,10 @@ from MFFMTCore.base.results_schema import (
     MEASUREMENT_COLUMNS,
     column_types,
     measurement_cells,
-    read_results_document,
     typed_row,
 )
 
 FIELD_TYPES: dict[str, type] = column_types()
-
-
-def read_results(output_dir: str | os.PathLike) -> dict[str, Any]:
-    """The results document ``mffmt predict`` (or the worker) wrote to ``output_dir``.
-
-    Raises:
-        MFFMTError: there is none (the run did not finish), or it is damaged.
-    """
-    return read_results_document(output_dir, required=True)
 
 
 def lesion_free_frames(rows: list[dict[str, Any]]) -> set[int]:

@@ -28,7 +28,13 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
-from MFFMTCore.base.results_schema import document_rows, document_threshold, finished_outputs, typed_row
+from MFFMTCore.base.results_schema import (
+    document_rows,
+    document_threshold,
+    finished_outputs,
+    read_results_document,
+    typed_row,
+)
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import one_line
@@ -41,7 +47,6 @@ from MFFMTSlicerLib.results import (
     frame_measurements,
     key_frame,
     lesion_free_frames,
-    read_results,
 )
 from MFFMTSlicerLib.tasks import BackgroundTask, makeWorkFolder
 from MFFMTSlicerLib.worker import WarmWorker
@@ -179,7 +184,7 @@ class PredictionTask(WorkerRequestTask):
         outputDir = self.workDir / "output"
         volume = self.inputVolume
         key = str(self.inputPath)  # predict names inputs by the absolute path it was given
-        document = read_results(outputDir)  # read once: rows, files and threshold
+        document = read_results_document(outputDir, required=True)  # read once: rows, files and threshold
         rows = [row for row in document_rows(document) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
         files = finished_outputs(document).get(key)
@@ -390,7 +395,7 @@ class PredictionLogic:
             progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
         if task.status != "done":  # failed inputs do not fail the run: their rows say why
             raise RuntimeError(task.error or f"prediction {task.status}")
-        return document_rows(read_results(outputDir))
+        return document_rows(read_results_document(outputDir, required=True))
 
     def closeWorker(self) -> None:
         """End the warm worker (the next run starts another); call it when the logic is no longer used."""

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from MFFMTSlicerLib import results
 
 from MFFMTCore.base.results_schema import (
     CSV_NAME,
@@ -83,13 +82,13 @@ def test_what_is_not_a_results_document_is_refused_in_one_line(tmp_path, text, p
         read_results_document(tmp_path)
     assert str(refused.value).startswith(f"{tmp_path / JSON_NAME}: {problem}") and "\n" not in str(refused.value)
     with pytest.raises(MFFMTError, match=problem):
-        results.read_results(tmp_path)
+        read_results_document(tmp_path, required=True)
 
 
 def test_a_missing_document_is_none_for_a_rerun_and_an_error_for_the_slicer_import(tmp_path):
     assert read_results_document(tmp_path) is None
     with pytest.raises(MFFMTError, match=r"results.json: not found \(did mffmt predict finish\?\)"):
-        results.read_results(tmp_path)
+        read_results_document(tmp_path, required=True)
 
 
 def test_rows_are_typed_by_the_documents_own_columns(tmp_path):
