@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from MFFMTSlicerLib import commands, results
+from MFFMTSlicerLib import commands
 
+from MFFMTCore.base.results_schema import document_threshold, read_results_document
 from MFFMTCore.base.thresholds import SLIDER_RANGE, THRESHOLD_STEP, check_threshold
 from MFFMTCore.cli import build_parser
 from MFFMTCore.errors import MFFMTError
@@ -77,8 +78,8 @@ def test_the_slicer_request_and_the_results_reader_use_the_rule(tmp_path):
     assert commands.predict_request(["x.png"], "out", lesion_threshold=0.99)["threshold"] == 0.99
     document = {"format": "mffmt-results", "settings": {"threshold": 1.0}, "inputs": [], "rows": []}
     (tmp_path / "results.json").write_text(json.dumps(document))
-    with pytest.raises(ValueError, match="threshold"):
-        results.read_threshold(tmp_path)
+    with pytest.raises(MFFMTError, match="results.json threshold: must be a probability strictly between 0 and 1"):
+        document_threshold(read_results_document(tmp_path, required=True))
 
 
 def test_a_model_file_with_threshold_one_is_refused(random_model, tmp_path):
