@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.base.results_schema import result_columns
+from MFFMTCore.base.results_schema import (
+    CSV_NAME,
+    JSON_NAME,
+    error_row,
+    read_results_document,
+    result_columns,
+    results_document,
+    write_results,
+)
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
@@ -38,16 +46,8 @@ from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_results import dicom_output_paths, export_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.inference.results_table import (
-    CSV_NAME,
-    JSON_NAME,
-    error_row,
-    frame_rows,
-    read_results_document,
-    write_results,
-)
+from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.model_file import read_model_checksum
-from MFFMTCore.version import __version__
 
 
 @dataclass
@@ -275,15 +275,8 @@ def _predict_locked(
     ours = {os.path.realpath(file) for entry in entries.values() for file in (entry.get("outputs") or {}).values()}
 
     def save() -> None:
-        document = {
-            "software": {"MFFMTCore": __version__},
-            "model": model,
-            "settings": settings,
-            "columns": columns,
-            "inputs": list(entries.values()),
-            "rows": [row for key in entries for row in rows.get(key, [])],
-        }
-        write_results(output, document, columns)
+        write_results(output, results_document(model, settings, columns, list(entries.values()),
+                                               [row for key in entries for row in rows.get(key, [])]))
 
     outcomes = []
     for done, path in enumerate(inputs, start=1):

@@ -131,7 +131,7 @@ class PendingRequest:
 
 
 def worker_command(model: str | os.PathLike | None = None, threads: int | None = None,
-                   device: str = "cpu", python: str = sys.executable) -> list[str]:
+                   device: str = "auto", python: str = sys.executable) -> list[str]:
     """The command line that starts a worker."""
     command = [python, "-m", "MFFMTCore", "serve", "--device", device]
     if model is not None:
@@ -147,7 +147,8 @@ class WorkerClient:
     Args:
         model: model file for the worker; None for the default model.
         threads: CPU threads for the worker's network (default: torch's choice).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: a ``--device`` value (:mod:`MFFMTCore.base.devices`); one the worker's computer lacks
+            is a WorkerError with the worker's one-line reason.
         python: the Python that runs the worker (one where MFFMTCore and torch are installed).
         command: the full command that starts a worker, instead of the one built from the above.
         env: environment of the worker (default: this process's).
@@ -162,7 +163,7 @@ class WorkerClient:
         self,
         model: str | os.PathLike | None = None,
         threads: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         python: str = sys.executable,
         command: Sequence[str] | None = None,
         env: dict[str, str] | None = None,

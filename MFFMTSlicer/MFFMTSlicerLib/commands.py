@@ -16,19 +16,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.devices import DEVICE_CHOICES, DEVICE_LABELS
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.base.train_options import OPTIONS
-
-# Device choices shown to the user -> the --device values of the command line.
-DEVICES = {"CPU": "cpu", "GPU": "cuda"}
 
 
 def device_argument(choice: str) -> str:
-    """``"CPU"``/``"GPU"`` (or ``"cpu"``/``"cuda"``) -> the ``--device`` value."""
-    if choice in DEVICES:
-        return DEVICES[choice]
-    if choice in DEVICES.values():
+    """A device of the panel's list (``"Automatic"``, ``"CPU"``, ``"GPU"``, ``"Apple GPU"``) or a ``--device``
+    value -> the ``--device`` value. Whether the device is present is the worker's to say (Slicer's
+    process does not import torch)."""
+    if choice in DEVICE_LABELS:
+        return DEVICE_LABELS[choice]
+    if choice in DEVICE_CHOICES:
         return choice
-    raise ValueError(f"unknown device {choice!r}: choose one of {', '.join(DEVICES)}")
+    raise ValueError(f"unknown device {choice!r}: choose one of {', '.join(DEVICE_LABELS)}")
 
 
 def roi_argument(box: Sequence[int]) -> str:
@@ -47,23 +48,21 @@ def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.Pa
     Args:
         inputs: image files or folders to segment and classify.
         output_dir: folder for the results.
-        lesion_threshold: lesion probability threshold in (0, 1); None uses the model's own.
+        lesion_threshold: lesion probability threshold (:mod:`MFFMTCore.base.thresholds`); None uses the model's.
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
         overwrite: replace results already in ``output_dir``.
         dicom: also write a DICOM Segmentation and Structured Report for DICOM inputs (``--dicom``).
 
     Raises:
-        ValueError: no input, a threshold outside (0, 1) or a malformed ROI.
+        ValueError: no input, a bad threshold or a malformed ROI.
     """
     fields: dict[str, Any] = {"inputs": [_absolute(path) for path in inputs], "output": _absolute(output_dir),
                               "gradcam": bool(gradcam), "overwrite": bool(overwrite)}
     if not fields["inputs"]:
         raise ValueError("nothing to segment: no input files")
     if lesion_threshold is not None:
-        if not 0.0 < lesion_threshold < 1.0:
-            raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
-        fields["threshold"] = float(lesion_threshold)
+        fields["threshold"] = check_threshold(lesion_threshold)
     if roi is not None:
         fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
     if dicom:
@@ -111,7 +110,7 @@ def train_command(
     data: Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     progress: str | None = None,
     stop_file: str | os.PathLike | None = None,
     **options: Any,
@@ -122,7 +121,7 @@ def train_command(
         python: the Python executable (Slicer's ``PythonSlicer``).
         data: dataset folders (BUSI or BUS-BRA layout) and datalist files (``--data``, repeated).
         output_dir: the run folder (``--output``; see :class:`MFFMTCore.base.run_folder.RunFolder`).
-        device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
+        device: a ``--device`` value or a device of the panel (see :func:`device_argument`).
         progress: ``"bar"`` or ``"none"`` (``--progress``); a program reading the run's progress file
             passes ``"none"``. None leaves the command's default (a bar).
         stop_file: the run stops at a safe point when this file appears (``--stop-file``).

@@ -32,6 +32,8 @@ from slicer.parameterNodeWrapper import (
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MFFMTCore.base.choices import BACKBONES
+from MFFMTCore.base.devices import DEVICE_LABELS
+from MFFMTCore.base.thresholds import SLIDER_RANGE, THRESHOLD_STEP
 from MFFMTSlicerLib.commands import TRAIN_KEYWORDS
 from MFFMTSlicerLib.slicer_live import LiveLogic
 from MFFMTSlicerLib.slicer_models import ModelsLogic
@@ -49,7 +51,8 @@ class MFFMTSlicerParameterNode:
     roiNode: optional box: only the pixels inside are classified (the paper's ROI mode).
     threshold: lesion probability threshold of the segmentation.
     gradcam: also compute a Grad-CAM heat map of the malignant class.
-    device: CPU or GPU for inference and training.
+    device: where the network runs, for inference and training: Automatic (an NVIDIA GPU, else an
+        Apple GPU, else the CPU), CPU, GPU (CUDA) or Apple GPU (MPS).
     modelPath: the selected model file.
     result: the lesion segmentation of the last run (the threshold slider redraws it).
     The others are the retraining settings; those named as an option of ``mffmt train`` in camelCase
@@ -59,9 +62,9 @@ class MFFMTSlicerParameterNode:
 
     inputNode: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]
     roiNode: vtkMRMLMarkupsROINode
-    threshold: Annotated[float, WithinRange(0.01, 0.99), Decimals(2), SingleStep(0.01), Default(0.5)]
+    threshold: Annotated[float, WithinRange(*SLIDER_RANGE), Decimals(2), SingleStep(THRESHOLD_STEP), Default(0.5)]
     gradcam: bool
-    device: Annotated[str, Choice(["CPU", "GPU"]), Default("CPU")]
+    device: Annotated[str, Choice(list(DEVICE_LABELS)), Default(next(iter(DEVICE_LABELS)))]
     modelPath: str
     result: vtkMRMLSegmentationNode
     useSceneData: bool
@@ -76,7 +79,7 @@ class MFFMTSlicerParameterNode:
 
 
 #: Parameter name -> the ``mffmt train`` option it sets: the parameters spelled as a training keyword
-#: (:data:`MFFMTSlicerLib.commands.TRAIN_KEYWORDS`). ``device`` is the panel's own (CPU/GPU, for
+#: (:data:`MFFMTSlicerLib.commands.TRAIN_KEYWORDS`). ``device`` is the panel's own (a device label, for
 #: inference too); the logic turns it into the option.
 TRAINING_PARAMETERS = {keyword: name for keyword, name in TRAIN_KEYWORDS.items()
                        if keyword in MFFMTSlicerParameterNode.allParameters}

@@ -30,7 +30,15 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.results_schema import (
+    document_rows,
+    document_threshold,
+    finished_outputs,
+    read_results_document,
+    typed_row,
+)
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import one_line
 from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
@@ -41,10 +49,6 @@ from MFFMTSlicerLib.results import (
     frame_measurements,
     key_frame,
     lesion_free_frames,
-    normalise_row,
-    read_output_files,
-    read_result_rows,
-    read_threshold,
 )
 from MFFMTSlicerLib.slicer_dicom_source import (
     DICOM_FILE_ATTRIBUTES,
@@ -196,9 +200,10 @@ class PredictionTask(WorkerRequestTask):
         outputDir = self.workDir / "output"
         volume = self.inputVolume
         key = str(self.inputPath)  # predict names inputs by the absolute path it was given
-        rows = [row for row in read_result_rows(outputDir) if row["input"] == key]
+        document = read_results_document(outputDir, required=True)  # read once: rows, files and threshold
+        rows = [row for row in document_rows(document) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
-        files = read_output_files(outputDir).get(key)
+        files = finished_outputs(document).get(key)
         if failed or not rows or not files:
             raise RuntimeError(failed or f"mffmt predict wrote no result for {self.inputPath}")
         fromDicom = self.dicomSource.path is not None
@@ -230,7 +235,7 @@ class PredictionTask(WorkerRequestTask):
         # The rows hold mffmt predict's measurements; only the key frame's caliper ends are measured here.
         frame = key_frame(rows)
         calipers = [] if frame is None else frame_measurements(
-            nodes.volumeArray(probability)[frame:frame + 1], read_threshold(outputDir),
+            nodes.volumeArray(probability)[frame:frame + 1], document_threshold(document),
             nodes.ijkToRasArray(probability), spacingKnown, first_frame=frame)[0]["calipers"]
         showResults(segmentation, rows, self.threshold, calipers)
         if fromDicom:  # the volume takes its source's calibrated geometry, which the results have
@@ -306,7 +311,7 @@ class PredictionLogic:
         return resolve_roi(box, ImageGeometry.from_ijk_to_ras(nodes.ijkToRasArray(volumeNode)), (height, width))
 
     def startProcessing(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                        roiNode=None, gradcam: bool = False, device: str = "cpu",
+                        roiNode=None, gradcam: bool = False, device: str = "auto",
                         progressCallback: Callable[[PredictionTask], None] | None = None,
                         completedCallback: Callable[[PredictionTask], None] | None = None,
                         keepFiles: bool = False) -> PredictionTask:
@@ -318,7 +323,7 @@ class PredictionLogic:
             threshold: lesion probability threshold; None uses the model's.
             roiNode: optional markups ROI; only pixels inside are classified (the paper's protocol).
             gradcam: also show a Grad-CAM heat map of the malignant class over the input.
-            device: "cpu"/"cuda" (or "CPU"/"GPU").
+            device: a ``--device`` value or a device of the panel (see :func:`MFFMTSlicerLib.commands.device_argument`).
             progressCallback: called with the task whenever progress is read.
             completedCallback: called with the task when it has finished, failed or been cancelled.
             keepFiles: keep the temporary working folder (input and ``mffmt predict`` output).
@@ -354,7 +359,7 @@ class PredictionLogic:
         return task
 
     def process(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                roiNode=None, gradcam: bool = False, device: str = "cpu"
+                roiNode=None, gradcam: bool = False, device: str = "auto"
                 ) -> tuple[vtkMRMLSegmentationNode, list[dict[str, Any]]]:
         """:meth:`startProcessing` and wait: (segmentation node, one result row per frame).
 
@@ -396,15 +401,14 @@ class PredictionLogic:
         text = segmentationNode.GetAttribute(RESULTS_ATTRIBUTE) if segmentationNode else None
         if not text:
             raise ValueError(f"{segmentationNode.GetName() if segmentationNode else 'None'}: not an MFFMT result")
-        return [normalise_row(row) for row in json.loads(text)]
+        return [typed_row(row) for row in json.loads(text)]
 
     def updateThreshold(self, segmentationNode: vtkMRMLSegmentationNode, threshold: float) -> list[dict[str, Any]]:
         """Redraw a result at another lesion threshold without running the network; the new rows.
 
         The classification stays; lesion area, component count, centroid, table and points follow.
         """
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        threshold = check_threshold(threshold)
         rows = self.results(segmentationNode)
         lesionFree = lesion_free_frames(rows)
         probability = nodes.rethreshold(segmentationNode, threshold, lesionFree)
@@ -419,7 +423,7 @@ class PredictionLogic:
 
     def processFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,
                       model: str | os.PathLike | None = None, threshold: float | None = None,
-                      roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "cpu",
+                      roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "auto",
                       overwrite: bool = False, progressCallback: Callable[[PredictProgress], None] | None = None
                       ) -> list[dict[str, Any]]:
         """Segment and classify every image file in a folder (recursively) into ``outputDir``.
@@ -446,7 +450,7 @@ class PredictionLogic:
             progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
         if task.status != "done":  # failed inputs do not fail the run: their rows say why
             raise RuntimeError(task.error or f"prediction {task.status}")
-        return read_result_rows(outputDir)
+        return document_rows(read_results_document(outputDir, required=True))
 
     def closeWorker(self) -> None:
         """End the warm worker (the next run starts another); call it when the logic is no longer used."""

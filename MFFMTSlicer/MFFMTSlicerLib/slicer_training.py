@@ -166,7 +166,7 @@ class TrainingLogic:
         return write_training_datalist(volumes, outputDir)
 
     def startTraining(self, data: Sequence[str | os.PathLike] = (), modelName: str = "my_model",
-                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), device: str = "cpu",
+                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), device: str = "auto",
                       progressCallback: Callable[[TrainingTask], None] | None = None,
                       completedCallback: Callable[[TrainingTask], None] | None = None,
                       **options: Any) -> TrainingTask:
@@ -176,7 +176,7 @@ class TrainingLogic:
             data: BUSI or BUS-BRA folders and datalist files.
             modelName: name of the new model file in the models folder (made unique if taken).
             sceneItems: (volume, segmentation or None, "benign"/"malignant"/"normal"/None) from the scene.
-            device: "cpu"/"cuda" (or "CPU"/"GPU").
+            device: a ``--device`` value or a device of the panel (see :func:`MFFMTSlicerLib.commands.device_argument`).
             progressCallback: called with the task whenever new progress is read.
             completedCallback: called with the task when it has finished, failed or been cancelled.
             options: options of ``mffmt train`` in camelCase or by their own names

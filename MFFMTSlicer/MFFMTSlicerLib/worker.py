@@ -69,7 +69,7 @@ class WarmWorker:
         client = self._client
         return client.pid if client is not None and client.alive() else None
 
-    def ready(self, model: str | os.PathLike | None, device: str = "cpu") -> WorkerClient | None:
+    def ready(self, model: str | os.PathLike | None, device: str = "auto") -> WorkerClient | None:
         """The worker, when it runs with ``model`` on ``device`` already (no start, no load needed)."""
         client = self._client
         if (client is not None and client.alive() and self._device == device_argument(device)
@@ -77,7 +77,7 @@ class WarmWorker:
             return client
         return None
 
-    def client(self, model: str | os.PathLike | None = None, device: str = "cpu") -> WorkerClient:
+    def client(self, model: str | os.PathLike | None = None, device: str = "auto") -> WorkerClient:
         """The worker with ``model`` loaded on ``device``: started, restarted or told to load it as needed.
 
         Blocks while a worker starts (seconds); see :meth:`clientLater`.
@@ -119,7 +119,7 @@ class WarmWorker:
         mark = self._unusable.get(key)
         return mark[1] if mark is not None and mark[0] == fileStamp(key) else None
 
-    def clientLater(self, model: str | os.PathLike | None = None, device: str = "cpu") -> Future:
+    def clientLater(self, model: str | os.PathLike | None = None, device: str = "auto") -> Future:
         """:meth:`client` on a helper thread: a future of the worker (done at once when it is ready)."""
         client = self.ready(model, device)
         if client is not None:
