@@ -22,8 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.devices import AUTO, DEVICE_CHOICES, DEVICE_HELP, threads_problem
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.progress_events import PROGRESS_CHOICES, event_line, make_event
 from MFFMTCore.base.thresholds import threshold_problem
 
