@@ -227,7 +227,7 @@ def test_a_model_the_worker_cannot_load_is_unusable_and_the_previous_model_stays
         choice = next(choice for choice in view.state.models if choice.path == str(damaged))
         assert not choice.usable and choice.title == "damaged (unusable)" and "checksum mismatch" in choice.description
         assert not view.state.apply.enabled and "checksum mismatch" in view.state.apply.toolTip
-        assert logic.worker.ready(default, "CPU") is not None and logic.worker.starts == starts  # kept its model
+        assert logic.worker.ready(default, presenter.parameters.device) is not None and logic.worker.starts == starts  # kept its model
         presenter.selectModel(default)
         presenter.apply()
         _waitForWork(presenter)
