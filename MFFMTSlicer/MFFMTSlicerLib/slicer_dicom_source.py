@@ -17,7 +17,6 @@ available. :class:`DicomDatabase` is the seam to Slicer's DICOM database that te
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from MFFMTCore.base.geometry import ImageGeometry
+from MFFMTCore.base.results_schema import read_results_document
 from MFFMTCore.errors import one_line
 
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
@@ -106,7 +106,7 @@ def findDicomSource(volumeNode, database: DicomDatabase) -> DicomSource:
 
 def resultEntry(outputDir: str | os.PathLike, key: str) -> dict[str, Any]:
     """The results.json entry of input ``key`` (its geometry, notes and outputs)."""
-    document = json.loads((Path(outputDir) / "results.json").read_text(encoding="utf-8"))
+    document = read_results_document(outputDir, required=True)
     return next(entry for entry in document["inputs"] if entry["input"] == key)
 
 
