@@ -51,7 +51,7 @@ STAGES = [
     ("content hash", "content_hash"),
     ("read", "as_frame_stack"),
     ("imaging region", "find_imaging_region"),
-    ("network input", "_network_input"),
+    ("network input", "preprocess_frame"),
     ("network", "forward"),
     ("post-processing", "resize_to_frame"),
     ("measurement", "find_components"),
@@ -224,7 +224,7 @@ def main() -> None:
         clip = make_clip(files, args.clip_frames)
         torch.set_num_threads(args.clip_threads)
         predictor.predict(clip[:8])  # warm-up
-        for run in range(args.repeat):
+        for _run in range(args.repeat):
             before = bare_frames_per_second(bare)
             start = time.perf_counter()
             predictor.predict(clip)

@@ -59,27 +59,6 @@ class RequestCancelled(BaseException):
     """
 
 
-class _ReportingPredictor:
-    """A :class:`Predictor` whose every ``predict`` reports after each chunk of frames.
-
-    ``predict_files`` calls ``predictor.predict(path, ...)`` without a progress callback; this adds
-    one, so that a cancel is honoured between chunks of a long clip and not only between inputs.
-    """
-
-    def __init__(self, predictor: Predictor, progress: Callable[[str, int, int], None]):
-        self._predictor = predictor
-        self._progress = progress
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._predictor, name)
-
-    def predict(self, image: Any, **options: Any) -> Any:
-        def report(done: int, total: int) -> None:
-            self._progress(str(image), done, total)
-
-        return self._predictor.predict(image, progress=report, **options)
-
-
 def _optional(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = message.get(key)
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
@@ -238,9 +217,10 @@ class Worker:
                        "input": outcome.input, "status": outcome.status, "message": outcome.error})
 
         paths = find_inputs(inputs, exclude=output)
-        summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=_optional(message, "threshold", (int, float)),
+        summary = predict_files(self.predictor, paths, output, threshold=_optional(message, "threshold", (int, float)),
                                 roi=_roi(message), gradcam=bool(message.get("gradcam")),
-                                overwrite=bool(message.get("overwrite")), progress=input_done)
+                                overwrite=bool(message.get("overwrite")), progress=input_done,
+                                frames_progress=frames_done)
         counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
         return {"event": "done", "total": len(paths), **counts, "output": output,
                 "outcomes": [asdict(outcome) for outcome in summary.outcomes]}, None

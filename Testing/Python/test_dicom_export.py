@@ -15,6 +15,7 @@ from pydicom.sr.codedict import codes
 
 from MFFMTCore.inference.batch import predict_files
 from MFFMTCore.inference.dicom_export import CLASS_CONCEPT, PROBABILITY_CONCEPT, write_dicom_results
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
 
 LESION = (60, 40, 40, 20)
 
@@ -105,7 +106,8 @@ def test_batch_writes_dicom_results_for_dicom_inputs_only(tmp_path, dark_lesion_
     png_input = tmp_path / "capture.png"
     Image.fromarray(capture()[0]).save(png_input)
     output = tmp_path / "out"
-    summary = predict_files(dark_lesion_predictor, [dicom_input, png_input], output, dicom=True)
+    summary = predict_files(dark_lesion_predictor, [dicom_input, png_input], output,
+                            outputs=(*DEFAULT_OUTPUTS, "dicom"))
     assert [outcome.status for outcome in summary.outcomes] == ["done", "done"]
     assert (output / "us_seg.dcm").is_file() and (output / "us_sr.dcm").is_file()
     assert not (output / "capture_seg.dcm").exists()
