@@ -8,8 +8,12 @@
 - Each input gets a unique stem: its file name without the image suffix, followed by its parent
   folder's name when two inputs share a name; an input keeps the stem an earlier run gave it.
 - An input that fails (unreadable, not an image, NaN pixels, too small, ROI outside the frame, a
-  symbolic-link loop) gets a row with its error; the others go on. results.csv and results.json
-  are rewritten after every input, so stopping (Ctrl-C) loses at most the input in progress.
+  symbolic-link loop) gets a row with its error; the others go on at full speed.
+- Frames of several inputs go through the network together (the predictor's ``batch_size``); the
+  next inputs are read and the finished ones written in two threads beside it. results.csv and
+  results.json are rewritten whenever the writer has caught up, and at least once a second.
+  Stopping (Ctrl-C, a cancel) records every input whose files are written and drops the inputs in
+  flight whole: no output file is left without its row.
 - One run at a time per output folder (:class:`MFFMTCore.folder_lock.FolderLock`); temporary files
   of an interrupted earlier run are removed when the next one starts.
 - A rerun skips an input only when an earlier run finished it from the same content (SHA-256 of

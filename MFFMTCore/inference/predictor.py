@@ -74,6 +74,12 @@ class Predictor:
         recipe = self.info.training.get("recipe", {})  # the training configuration `mffmt train` records
         return float(recipe.get("margin", 0.0)) if recipe.get("mode") == "lesion" else 0.0
 
+    def warm_up(self) -> None:
+        """Predict once on a synthetic frame, so that the first real prediction does not pay for the
+        network's first call (kernel selection, memory pools) and the lazily loaded libraries."""
+        frame = np.random.default_rng(0).integers(0, 256, self.input_size, dtype=np.uint8)
+        self.predict(frame, imaging_region="none")
+
     def _explain(self, x: torch.Tensor) -> torch.Tensor:
         if self._explainer is None:
             self._explainer = GradCamExplainer(self.model, class_index=len(self.class_names) - 1)

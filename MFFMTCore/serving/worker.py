@@ -114,6 +114,7 @@ class Worker:
         except (ValueError, FileNotFoundError) as error:
             self.send({"id": None, "event": "error", "error": one_line(error)})
             return 2
+        self.predictor.warm_up()  # before "ready": the first request then runs at a warm worker's speed
         self.send({"id": None, "event": "ready", "model": _model_document(self.predictor),
                    "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()})
         threading.Thread(target=self._read_requests, name="mffmt-serve-reader", daemon=True).start()
