@@ -13,7 +13,11 @@ run and averaged, so both see the same load from other processes on a shared mac
   thread; stages that overlap (a writer thread) can add up to more than the wall time;
 - a clip of ``--clip-frames`` 480x640 frames made of real frames: ``Predictor.predict`` frames/s
   against the bare ResNet18 at the same threads, with the same stage table;
-- the start of a ``mffmt predict`` process: ``import`` of the command's modules.
+- the start of a ``mffmt predict`` process: ``import`` of the command's modules;
+- a ``mffmt serve`` worker (what Slicer's module starts): start to ready, first and second request.
+
+With ``--before CHECKOUT`` the command-line figures of another checkout run alternately with this
+one's (for before/after tables); for its stage tables run this script with ``PYTHONPATH=CHECKOUT``.
 
 Run: ``python bench/bench_predict.py [--folder-files 120] [--clip-frames 32] [--threads 2] [--repeat 2]``.
 The frames come from ``--images`` (default ``../shared/data/busbra/Images`` beside the repository).
@@ -159,8 +163,9 @@ def print_stages(title: str, timer: StageTimer, wall: float, frames: int) -> Non
     print(f"    {'(rest)':20s} {wall - accounted:7.2f} s  (negative: stages overlapped)")
 
 
-def child_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+def child_env(code: Path = ROOT) -> dict[str, str]:
+    """The environment of a child that imports MFFMTCore from the checkout ``code``."""
+    return {**os.environ, "PYTHONPATH": str(code)}
 
 
 def import_seconds() -> float:
@@ -170,12 +175,30 @@ def import_seconds() -> float:
                                 env=child_env()).stdout)
 
 
-def folder_command(folder: Path, output: Path, threads: int) -> float:
-    """Wall time of ``mffmt predict FOLDER`` in a child process (process start included)."""
+def folder_command(folder: Path, output: Path, threads: int, code: Path = ROOT) -> float:
+    """Wall time of ``mffmt predict FOLDER`` in a child process (process start included), from checkout ``code``."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "MFFMTCore.cli", "predict", str(folder), "--output", str(output),
-                    "--threads", str(threads), "--progress", "none"], check=True, env=child_env())
+                    "--threads", str(threads), "--progress", "none"], check=True, env=child_env(code))
     return time.perf_counter() - start
+
+
+def serve_start(code: Path, frame: Path, output: Path) -> str:
+    """A ``mffmt serve`` worker of checkout ``code``: start to ready, then the first and second ``predict``
+    of one real frame into files (what Apply asks for), as Slicer's module would see them."""
+    from MFFMTCore.serving.client import WorkerClient
+
+    start = time.perf_counter()
+    worker = WorkerClient(threads=2, env=child_env(code))
+    ready = time.perf_counter() - start
+    figures = []
+    for number in range(2):
+        start = time.perf_counter()
+        worker.predict([frame], output / f"apply{number}")
+        figures.append(time.perf_counter() - start)
+    worker.close()
+    return (f"start to ready {ready:.2f} s, first predict {figures[0]:.2f} s, second {figures[1]:.2f} s; "
+            f"ready + first {ready + figures[0]:.2f} s")
 
 
 def main() -> None:
@@ -186,6 +209,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clip-threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="another checkout (e.g. the main branch) whose `mffmt predict` runs alternately with "
+                             "this one's on the folder, each beside its own bare ResNet18 figure")
     args = parser.parse_args()
     if not args.images.is_dir():
         sys.exit(f"bench_predict.py: no images at {args.images}; pass --images FOLDER")
@@ -199,18 +225,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         files = make_folder(args.images, args.folder_files, work / "in")
+        torch.set_num_threads(args.threads)
+        checkouts = [("before", args.before), ("this checkout", ROOT)] if args.before else [("this checkout", ROOT)]
         for run in range(args.repeat):
-            torch.set_num_threads(args.threads)
-            before = bare_frames_per_second(bare)
-            wall = folder_command(work / "in", work / f"out{run}", args.threads)
-            after = bare_frames_per_second(bare)
-            reference = (before + after) / 2
-            print(f"folder of {len(files)} frames, `mffmt predict` in a child, {args.threads} threads: "
-                  f"{wall:.2f} s, {len(files) / wall:.1f} frames/s; bare ResNet18 {reference:.1f} frames/s "
-                  f"({before:.1f} before, {after:.1f} after); ratio {len(files) / wall / reference:.2f}")
+            for name, code in checkouts:
+                before = bare_frames_per_second(bare)
+                wall = folder_command(work / "in", work / f"out{run}_{len(name)}", args.threads, code)
+                after = bare_frames_per_second(bare)
+                reference = (before + after) / 2
+                print(f"folder of {len(files)} frames, `mffmt predict` of {name} in a child, {args.threads} threads: "
+                      f"{wall:.2f} s, {len(files) / wall:.1f} frames/s; bare ResNet18 {reference:.1f} frames/s "
+                      f"({before:.1f} before, {after:.1f} after); ratio {len(files) / wall / reference:.2f}; "
+                      f"load {os.getloadavg()[0]:.1f}")
+
+        for name, code in checkouts:
+            print(f"`mffmt serve` of {name}: {serve_start(code, files[0], work / f'serve_{len(name)}')}; "
+                  f"load {os.getloadavg()[0]:.1f}")
 
         predictor = Predictor()
         inputs = find_inputs([work / "in"])
+        print(f"stage tables of {Path(sys.modules['MFFMTCore'].__file__).parents[1]}")
         torch.set_num_threads(args.threads)
         timer = StageTimer()
         timer.install(predictor.model)

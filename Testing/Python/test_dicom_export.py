@@ -113,4 +113,4 @@ def test_batch_writes_dicom_results_for_dicom_inputs_only(tmp_path, dark_lesion_
     assert not (output / "capture_seg.dcm").exists()
     document = json.loads((output / "results.json").read_text())
     assert document["inputs"][0]["outputs"]["dicom_report"].endswith("us_sr.dcm")
-    assert document["settings"]["dicom"] is True
+    assert document["settings"]["outputs"] == ["seg", "probability", "overlay", "dicom"]
