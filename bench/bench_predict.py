@@ -56,6 +56,7 @@ STAGES = [
     ("read", "as_frame_stack"),
     ("imaging region", "find_imaging_region"),
     ("network input", "preprocess_frame"),
+    ("network input", "preprocess_frames"),
     ("network", "forward"),
     ("post-processing", "resize_to_frame"),
     ("measurement", "find_components"),

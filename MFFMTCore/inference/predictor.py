@@ -21,7 +21,7 @@ import torch
 
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
-from MFFMTCore.data.transforms import expand_box, preprocess_frame
+from MFFMTCore.data.transforms import expand_box, preprocess_frames
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import FrameStack, ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
@@ -191,11 +191,11 @@ class Predictor:
                 continue
             prepared.colour[start:stop] = colour_share(
                 prepared.stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], prepared.stack.components)
-            crops.extend(preprocess_frame(frame, self.input_size) for frame in grey)
+            crops.append(preprocess_frames(grey, self.input_size))
             runs.append((prepared, start, stop))
         if not runs:
             return
-        x = torch.stack(crops).to(self.device).contiguous(memory_format=torch.channels_last)
+        x = torch.cat(crops).to(self.device).contiguous(memory_format=torch.channels_last)
         recorder = FeatureRecorder(self.model)
         with torch.inference_mode(), recorder:
             output = self.model(x)
