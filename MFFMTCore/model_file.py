@@ -44,6 +44,7 @@ from MFFMTCore.base.model_metadata import (
     check_format,
     default_model_path,
 )
+from MFFMTCore.base.thresholds import threshold_problem
 from MFFMTCore.files import atomic_path, describe_write_error
 from MFFMTCore.version import __version__
 
@@ -142,8 +143,8 @@ class ModelInfo:
             raise ValueError(f"input_size {size!r} must be two positive multiples of {_INPUT_STRIDE}")
         if self.intensity not in INTENSITIES:
             raise ValueError(f"intensity normalisation {self.intensity!r} is not supported ({', '.join(INTENSITIES)})")
-        if not number(self.threshold) or not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold {self.threshold!r} must be a probability in (0, 1]")
+        if threshold_problem(self.threshold) is not None:
+            raise ValueError(f"threshold {threshold_problem(self.threshold)}")
         if not number(self.temperature) or not self.temperature > 0:
             raise ValueError(f"temperature {self.temperature!r} must be a positive number")
         if not isinstance(self.lesion_decision, dict):

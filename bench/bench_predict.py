@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clip-threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--stages-only", action="store_true", help="only the stage tables (in this process)")
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="another checkout (e.g. the main branch) whose `mffmt predict` runs alternately with "
                              "this one's on the folder, each beside its own bare ResNet18 figure")
@@ -228,7 +229,7 @@ def main() -> None:
         files = make_folder(args.images, args.folder_files, work / "in")
         torch.set_num_threads(args.threads)
         checkouts = [("before", args.before), ("this checkout", ROOT)] if args.before else [("this checkout", ROOT)]
-        for run in range(args.repeat):
+        for run in range(0 if args.stages_only else args.repeat):
             for name, code in checkouts:
                 before = bare_frames_per_second(bare)
                 wall = folder_command(work / "in", work / f"out{run}_{len(name)}", args.threads, code)
@@ -239,7 +240,7 @@ def main() -> None:
                       f"({before:.1f} before, {after:.1f} after); ratio {len(files) / wall / reference:.2f}; "
                       f"load {os.getloadavg()[0]:.1f}")
 
-        for name, code in checkouts:
+        for name, code in [] if args.stages_only else checkouts:
             print(f"`mffmt serve` of {name}: {serve_start(code, files[0], work / f'serve_{len(name)}')}; "
                   f"load {os.getloadavg()[0]:.1f}")
 

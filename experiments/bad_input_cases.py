@@ -356,6 +356,47 @@ def leftover(tmp: Path):
             f"exit {result.returncode}; leftover {'STILL THERE' if left.exists() else 'removed'}")
 
 
+# Issue 21 item 12, before (67ef1c0) -> after (branch i20b), `python experiments/bad_input_cases.py 21.12`:
+# 21.12a: exit 0, the results written into the current folder -> exit 2, "--output: expected a file or
+#         folder name, got ''", nothing written;
+# 21.12b: exit 1, "libgomp: Out of memory allocating 800008 bytes" -> exit 2, "--threads: must be at most 8
+#         (4 x the 2 cores this process may use), got 100000";
+# 21.12c: exit 1, traceback "AssertionError: Torch not compiled with CUDA enabled", output folder made ->
+#         exit 2, "--device cuda: this computer has no NVIDIA GPU (CUDA) that torch can use; choose auto or
+#         one of: cpu", no folder made.
+
+
+@case("21.12a. --output= (empty)")
+def empty_output(tmp: Path):
+    png(tmp / "in" / "a.png")
+    (tmp / "run").mkdir()
+    result = mffmt("predict", tmp / "in" / "a.png", "--output=", "--model", model(tmp / "m.safetensors"), *FAST,
+                   cwd=tmp / "run")
+    written = sorted(path.name for path in (tmp / "run").iterdir())
+    return ("mffmt predict a.png --output=", f"{said(result)}; written into the current folder: {written or 'nothing'}")
+
+
+@case("21.12b. --threads 100000")
+def absurd_threads(tmp: Path):
+    png(tmp / "a.png")
+    try:
+        result = mffmt("predict", "a.png", "--output", "out", "--model", model(tmp / "m.safetensors"),
+                       "--progress", "none", "--threads", "100000", cwd=tmp, timeout=120)
+    except subprocess.TimeoutExpired:
+        return ("mffmt predict a.png --output out --threads 100000", "NO ANSWER within 120 s")
+    return ("mffmt predict a.png --output out --threads 100000", said(result))
+
+
+@case("21.12c. --device cuda / mps where absent")
+def absent_device(tmp: Path):
+    png(tmp / "a.png")
+    absent = "mps" if torch.cuda.is_available() else "cuda"
+    result = mffmt("predict", "a.png", "--output", "out", "--model", model(tmp / "m.safetensors"), *FAST,
+                   "--device", absent, cwd=tmp)
+    return (f"mffmt predict a.png --output out --device {absent}",
+            f"{said(result)}; output folder {'made' if (tmp / 'out').exists() else 'not made'}")
+
+
 def main() -> int:
     only = set(sys.argv[1:])
     print(f"MFFMTCore from {Path(MFFMTCore.__file__).parent}", file=sys.stderr)

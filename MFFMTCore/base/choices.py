@@ -22,5 +22,3 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 #: Arithmetic of the training forward pass; ``auto`` is bf16 where the processor computes it natively.
 PRECISIONS = ("fp32", "bf16", "auto")
-#: ``--device`` values.
-DEVICES = ("cpu", "cuda")

@@ -21,12 +21,15 @@ class Requirement:
         specifier: version range, e.g. ">=2.2,<3".
         module: name to import.
         installer: "pytorch" (PyTorch extension), "pip", or "bundled" (ships with Slicer).
+        only_with: another requirement (e.g. "pydicom>=3") without which this one is neither needed
+            nor installed: installing it would replace a package Slicer bundles.
     """
 
     name: str
     specifier: str
     module: str
     installer: str = "pip"
+    only_with: str | None = None
 
     def __str__(self) -> str:
         return f"{self.name}{self.specifier}"
@@ -41,11 +44,13 @@ REQUIREMENTS = (
     Requirement("tqdm", ">=4.60", "tqdm"),
     Requirement("matplotlib", ">=3.7", "matplotlib"),
     Requirement("pillow", ">=10.1", "PIL"),
-    Requirement("pydicom", ">=3.0,<4", "pydicom", "bundled"),
+    Requirement("pydicom", ">=2.4,<4", "pydicom", "bundled"),  # 2.4: Slicer 5.10 bundles 2.4.4
     Requirement("pylibjpeg", ">=2.0,<3", "pylibjpeg"),
     Requirement("pylibjpeg-libjpeg", ">=2.1,<3", "libjpeg"),
     Requirement("pylibjpeg-openjpeg", ">=2.3,<3", "openjpeg"),
-    Requirement("highdicom", ">=0.28,<1", "highdicom"),
+    # The DICOM SEG and SR; highdicom needs pydicom 3, and pip would put it over the pydicom 2.4 that
+    # Slicer 5.10 bundles: there MFFMT predicts DICOM inputs without them (a note says so).
+    Requirement("highdicom", ">=0.28,<1", "highdicom", only_with="pydicom>=3"),
     Requirement("scipy", ">=1.10", "scipy"),
     Requirement("slicerio", ">=1.1", "slicerio"),
 )

@@ -30,13 +30,13 @@ from MFFMTCore.base.choices import (
     AUGMENTATIONS,
     AUX_MODES,
     BACKBONES,
-    DEVICES,
     FUSION_CHOICES,
     OPTIMIZERS,
     PRECISIONS,
     SAMPLE_MODES,
     SCHEDULES,
 )
+from MFFMTCore.base.devices import AUTO, DEVICE_CHOICES, DEVICE_HELP, threads_problem
 from MFFMTCore.base.presets import PRESETS
 from MFFMTCore.errors import MFFMTError
 
@@ -265,7 +265,7 @@ class TrainOptions:
                                     range=Range(0, 1, high_open=True))
     seed: int = option(0, "seed of the split, initialisation and augmentation", "recipe")
     # run
-    device: str = option("cpu", "cpu, or cuda (one GPU per process)", "run", choices=DEVICES)
+    device: str = option(AUTO, DEVICE_HELP + " (cuda: one GPU per process)", "run", choices=DEVICE_CHOICES)
     threads: int | None = option(None, "torch CPU threads (default: the cores available to this process)", "run",
                                  metavar="N", range=POSITIVE)
     stop_file: str | None = option(None, "stop at a safe point when this file appears (default RUN_DIR/STOP)",
@@ -276,6 +276,8 @@ class TrainOptions:
         """Raise :class:`~MFFMTError` naming the first option whose value cannot work."""
         for name, declared in OPTIONS.items():
             declared.check(getattr(self, name))
+        if self.threads is not None and threads_problem(self.threads) is not None:
+            raise MFFMTError(OPTIONS["threads"].flag, threads_problem(self.threads))
 
     def to_json(self) -> str:
         """The options as strict JSON (the content of ``RUN_DIR/config.json``)."""

@@ -14,9 +14,17 @@ import sys
 
 import torch
 
-from MFFMTCore.commands.options import Progress, add_malignancy_threshold, add_progress, positive_int
+from MFFMTCore.base.devices import available_cores
+from MFFMTCore.commands.options import (
+    Progress,
+    add_device,
+    add_malignancy_threshold,
+    add_progress,
+    add_threads,
+    output_path,
+    positive_int,
+)
 from MFFMTCore.evaluation.evaluate import evaluate, read_evaluation_records
-from MFFMTCore.training.distributed import available_cores
 
 EXAMPLES = """examples:
   mffmt evaluate --model runs/mffmt18/model.safetensors --data ../shared/data/busbra --output eval/busbra
@@ -32,15 +40,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
     parser.add_argument("--data", action="append", required=True, metavar="PATH",
                         help="BUSI or BUS-BRA folder, or datalist (.json/.csv); repeat for several")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--output", required=True, type=output_path, metavar="DIR", help="output folder")
     parser.add_argument("--split", metavar="SPLIT_JSON",
                         help="evaluate only the validation images of a training run's split.json")
     parser.add_argument("--mode", choices=("frame", "lesion"), help="sample mode (default: the model's)")
     parser.add_argument("--margin", type=float, help="lesion-crop margin (default: the model's)")
     add_malignancy_threshold(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: available cores)")
+    add_device(parser)
+    add_threads(parser, "torch CPU threads (default: available cores)")
     add_progress(parser, old_bar_flags=True)
     parser.set_defaults(run=run)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from MFFMTCore.commands.options import output_path
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.model_file import load_model, resolve_model_path
 from MFFMTCore.network.export import EXPORT_FORMATS, export_difference, export_model
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "batch and size), then check that the exported model's outputs match PyTorch's on a random input.",
     )
     parser.add_argument("--model", help="model file (.safetensors); default: the installed default model")
-    parser.add_argument("--output", required=True, help="exported file to write (.pt or .onnx)")
+    parser.add_argument("--output", required=True, type=output_path, help="exported file to write (.pt or .onnx)")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
                         help="export format (default: onnx when --output ends in .onnx, else torchscript)")
     parser.add_argument("--input-size", type=int, default=None,

@@ -17,9 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from MFFMTCore.commands.options import Progress, add_progress, float_between, positive_int
+from MFFMTCore.commands.options import (
+    Progress,
+    add_device,
+    add_progress,
+    float_between,
+    output_path,
+    positive_int,
+)
 from MFFMTCore.data.records import SampleRecord
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import write_text_atomic
@@ -64,7 +70,7 @@ def fit_input_check(
     max_train_frames: int | None = None,
     quantile: float = 0.995,
     neighbours: int = 20,
-    device: str = "cpu",
+    device: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Fit the feature statistics of ``model_path`` and write a copy of it holding them to ``output``.
@@ -78,7 +84,7 @@ def fit_input_check(
         max_train_frames: fit on at most this many training images, spread evenly (for speed).
         quantile: quantile of the training frames' distances that becomes the limit.
         neighbours: the nearest training frame whose distance is a frame's distance.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: a ``--device`` value (:mod:`MFFMTCore.base.devices`).
         progress: called with each file's name after it is done.
 
     Returns:
@@ -150,7 +156,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "fit-input-check", help="fit the breast B-mode input check of a model file on its training data",
         description=__doc__.replace("``", ""), epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="model file (read only)")
-    parser.add_argument("--output", required=True, metavar="FILE", help="model file to write, with the statistics")
+    parser.add_argument("--output", required=True, type=output_path, metavar="FILE",
+                        help="model file to write, with the statistics")
     parser.add_argument("--data", action="append", metavar="PATH",
                         help="dataset folder or datalist (repeat; default: the data the model was trained on)")
     parser.add_argument("--others", nargs="*", default=[], metavar="FILE",
@@ -160,15 +167,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="quantile of the training frames' distances that becomes the limit (default 0.995)")
     parser.add_argument("--neighbours", type=positive_int, default=20, metavar="K",
                         help="a frame's distance is its cosine distance to the K-th nearest training frame (default 20)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device(parser)
     add_progress(parser, help="bar: a bar of the files done on stderr (default); json: one JSON event per file "
                               "on stdout; none: nothing (the report is printed after the events in any case)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise MFFMTError("--device cuda", "no CUDA device is available")
     progress = Progress(args.progress, unit="file")
     progress.event("start", output=str(args.output))
     report = fit_input_check(args.model, args.output, data=args.data, others=args.others,

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 
 from MFFMTCore.base.progress_events import event_line, make_event
-from MFFMTCore.commands.options import add_lesion_threshold, add_progress, positive_int
+from MFFMTCore.commands.options import (
+    add_device,
+    add_lesion_threshold,
+    add_progress,
+    add_threads,
+    positive_int,
+)
+from MFFMTCore.devices import torch_device
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.inference.predictor import Predictor
 
@@ -67,10 +74,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="frames segmented at once (default: one per usable core on cpu, 1 on cuda); results "
                              "still go out in frame order")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="torch threads per frame (default on cpu: 1; one frame per core is much faster than "
-                             "one frame on all cores while frames keep arriving, see bench/bench_live.py)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_threads(parser, "torch threads per frame (default on cpu: 1; one frame per core is much faster than "
+                        "one frame on all cores while frames keep arriving, see bench/bench_live.py)")
+    add_device(parser)
     parser.add_argument("--report-every", type=float, default=10.0, metavar="S", help="seconds between status lines")
     add_progress(parser, help="bar: a status line on stderr every --report-every seconds (default); json: the "
                               "same counts as one JSON event per line on stdout; none: nothing")
@@ -83,14 +89,15 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:  # pyigtl is the `live` extra
         raise MFFMTError(str(error.name), "not installed; mffmt live needs it: pip install 'MFFMTCore[live]'") from error
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = args.workers or (cores if args.device == "cpu" else 1)
-    threads = args.threads or (1 if args.device == "cpu" else None)
+    device = torch_device(args.device)
+    workers = args.workers or (cores if device.type == "cpu" else 1)
+    threads = args.threads or (1 if device.type == "cpu" else None)
     if threads is not None:
         torch.set_num_threads(threads)
     host, port = args.igtl
     devices = {name: getattr(args, name) for name in ("label_device", "result_device", "model_device")}
     live = LiveSegmenter(
-        Predictor(args.model, device=args.device, batch_size=1), host, port, input_device=args.input_device,
+        Predictor(args.model, device=device, batch_size=1), host, port, input_device=args.input_device,
         threshold=args.lesion_threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap, workers=workers,
         **{name: value for name, value in devices.items() if value is not None},
     )

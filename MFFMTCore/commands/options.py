@@ -22,9 +22,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tqdm import tqdm
-
+from MFFMTCore.base.devices import AUTO, DEVICE_CHOICES, DEVICE_HELP, threads_problem
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.progress_events import PROGRESS_CHOICES, event_line, make_event
+from MFFMTCore.base.thresholds import threshold_problem
 
 #: The shared options, for ``mffmt --help``.
 VOCABULARY = """options that mean the same in every command:
@@ -38,13 +39,14 @@ events: JSON objects with "event" (start, progress, done, cancelled, error; trai
 
 
 def probability(text: str) -> float:
-    """A probability in (0, 1], for thresholds."""
+    """A threshold: a probability strictly between 0 and 1 (:mod:`MFFMTCore.base.thresholds`)."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], got {text!r}")
+        raise argparse.ArgumentTypeError(threshold_problem(text)) from None
+    problem = threshold_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -53,6 +55,34 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
+
+
+def output_path(text: str) -> str:
+    """A file or folder to write: not empty (``--output=`` would otherwise mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a file or folder name, got {text!r}")
+    return text
+
+
+def thread_count(text: str) -> int:
+    """Torch CPU threads: a whole number from 1 to :data:`~MFFMTCore.base.devices.THREADS_PER_CORE` x the
+    usable cores."""
+    value = positive_int(text)
+    problem = threads_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def add_threads(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--threads N`` (``args.threads``, None = the command's default)."""
+    parser.add_argument("--threads", type=thread_count, metavar="N", help=help)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (``args.device``): a :data:`~MFFMTCore.base.devices.DEVICE_CHOICES` value, ``auto`` by default;
+    :func:`MFFMTCore.devices.torch_device` turns it into the device or refuses it in one line."""
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default=AUTO, help=f"{DEVICE_HELP} (default {AUTO})")
 
 
 def float_between(low: float, high: float) -> Callable[[str], float]:
@@ -140,7 +170,8 @@ class Progress:
         self.total = total
         self.done = 0
         self.stream = stream if stream is not None else sys.stdout
-        self.bar = tqdm(total=total, unit=unit, disable=mode != "bar" or not own_bar, file=sys.stderr, dynamic_ncols=True)
+        self.bar = progress_bar(total=total, unit=unit, disable=mode != "bar" or not own_bar, file=sys.stderr,
+                                dynamic_ncols=True)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Send one event (``--progress json`` only)."""

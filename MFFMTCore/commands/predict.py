@@ -18,7 +18,16 @@ import sys
 import torch
 
 from MFFMTCore.base.progress_events import INPUT_STATUSES
-from MFFMTCore.commands.options import Progress, add_lesion_threshold, add_progress, positive_int
+from MFFMTCore.commands.options import (
+    Progress,
+    add_device,
+    add_lesion_threshold,
+    add_progress,
+    add_threads,
+    output_path,
+    positive_int,
+)
+from MFFMTCore.devices import torch_device
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
 from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS
@@ -51,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image or clip files (PNG, JPEG, NRRD, NIfTI, DICOM, ...) or folders (searched recursively)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--output", required=True, type=output_path, metavar="DIR", help="output folder")
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
     add_lesion_threshold(parser)
     parser.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
@@ -71,21 +80,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="redo the inputs given even when an earlier run finished them (other inputs' rows are "
                              "kept), and replace files in their output names that predict did not write")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="frames per network call")
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="CPU threads for torch (default: torch's choice); 1 is fastest when other "
-                             "processes keep the cores busy")
+    add_threads(parser, "CPU threads for torch (default: torch's choice); 1 is fastest when other "
+                        "processes keep the cores busy")
     add_progress(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = torch_device(args.device)  # a device this computer lacks is refused before any folder is made
     inputs = find_inputs(args.inputs, exclude=args.output)
     check_output_folder(args.output, overwrite=args.overwrite)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(args.model, device=device, batch_size=args.batch_size)
     progress = Progress(args.progress, total=len(inputs), unit="input")
     progress.event("start", total=len(inputs), output=str(args.output))
 

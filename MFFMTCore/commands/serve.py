@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from MFFMTCore.commands.options import positive_int
+from MFFMTCore.commands.options import add_device, add_threads, positive_int
 from MFFMTCore.serving.worker import Worker
 
 
@@ -26,9 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="frames per network call")
-    parser.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    add_threads(parser, "CPU threads for torch (default: torch's choice)")
     parser.set_defaults(run=run)
 
 

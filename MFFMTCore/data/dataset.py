@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from monai.transforms import Compose
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.data.records import DatasetError, birads_index, label_index
 from MFFMTCore.data.transforms import (
     DEFAULT_SIZE,
@@ -75,7 +75,7 @@ class MFFMTDataset(Dataset):
         if self._cache is None:
             return
         failures: list[str] = []
-        for index in tqdm(range(len(self)), desc="preparing images", unit="image", disable=not progress):
+        for index in progress_bar(range(len(self)), desc="preparing images", unit="image", disable=not progress):
             try:
                 self._prepared(index)
             except DatasetError as error:

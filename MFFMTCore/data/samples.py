@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
 from MFFMTCore.base.choices import SAMPLE_MODES
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.data.records import DatasetError, SampleRecord
 from MFFMTCore.files import ImageReadError, read_mask
 
@@ -64,7 +64,8 @@ def make_samples(records: list[SampleRecord], mode: str = "frame", margin: float
     if margin < 0:
         raise DatasetError(mode, f"the lesion margin must not be negative, got {margin}")
     samples: list[dict[str, Any]] = []
-    for record in tqdm(records, desc="finding lesions", unit="image", disable=not (progress and mode == "lesion")):
+    for record in progress_bar(records, desc="finding lesions", unit="image",
+                               disable=not (progress and mode == "lesion")):
         base = {**asdict(record), "crop": None, "margin": margin}
         boxes = _record_boxes(record) if mode == "lesion" else []
         if not boxes:

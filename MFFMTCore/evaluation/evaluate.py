@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.labels import CLASS_NAMES
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.run_folder import read_split
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
+from MFFMTCore.devices import torch_device
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
@@ -37,7 +39,7 @@ DICE_NOTE = ("dice: mean per-image Dice over images whose mask holds a lesion, a
 def _readable(dataset: MFFMTDataset, show: bool) -> tuple[list[int], list[dict[str, str]]]:
     """Indices of the samples that load, and the failures of the others (each named)."""
     good, failures = [], []
-    for index in tqdm(range(len(dataset)), desc="reading images", unit="image", disable=not show):
+    for index in progress_bar(range(len(dataset)), desc="reading images", unit="image", disable=not show):
         try:
             dataset[index]
         except DatasetError as error:
@@ -91,7 +93,7 @@ def evaluate(
     mode: str | None = None,
     margin: float | None = None,
     batch_size: int = 8,
-    device: str = "cpu",
+    device: str = "auto",
     malignancy_threshold: float = 0.5,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
@@ -105,7 +107,7 @@ def evaluate(
         mode: ``frame`` or ``lesion``; None uses the mode the model was trained with.
         margin: lesion-crop margin; None uses the model's.
         batch_size: images per network call.
-        device: ``cpu`` or ``cuda``.
+        device: a ``--device`` value (:mod:`MFFMTCore.base.devices`).
         malignancy_threshold: malignancy probability from which a case is called malignant.
         progress: show progress bars.
         on_batch: called after each batch with (images done, images to do).
@@ -114,9 +116,12 @@ def evaluate(
         The content of metrics.json.
 
     Raises:
+        MFFMTError: a device this computer lacks, or a malignancy threshold outside (0, 1).
         ModelFileError: the model file cannot be used.
         DatasetError: no image at all could be evaluated.
     """
+    device = torch_device(device)
+    malignancy_threshold = check_threshold(malignancy_threshold, "malignancy threshold")
     path = resolve_model_path(model_path)
     model, info = load_model(path, device=device)
     if info.intensity != "minmax":
@@ -130,8 +135,8 @@ def evaluate(
     if not good:
         raise DatasetError(f"all {len(failures)} images", f"none can be read; the first: {failures[0]['error']}")
     loader = DataLoader(Subset(dataset, good), batch_size=batch_size, shuffle=False)
-    batches = tqdm(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch", total=len(loader),
-                   disable=not progress)
+    batches = progress_bar(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch",
+                           total=len(loader), disable=not progress)
     rows, _ = predict_rows(model, batches, device, threshold=info.threshold)
     report = grouped_report(rows, malignancy_threshold)
     output = Path(output)

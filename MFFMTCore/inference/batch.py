@@ -35,25 +35,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.base.results_schema import result_columns
-from MFFMTCore.base.roi import RoiInput
-from MFFMTCore.errors import MFFMTError, one_line
-from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
-from MFFMTCore.folder_lock import FolderLock
-from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
-from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS, output_paths, write_outputs
-from MFFMTCore.inference.predictor import Predictor, PreparedInput
-from MFFMTCore.inference.result import check_threshold
-from MFFMTCore.inference.results_table import (
+from MFFMTCore.base.results_schema import (
     CSV_NAME,
     JSON_NAME,
     error_row,
-    frame_rows,
     read_results_document,
+    result_columns,
+    results_document,
     write_results,
 )
+from MFFMTCore.base.roi import RoiInput
+from MFFMTCore.base.thresholds import check_threshold
+from MFFMTCore.errors import MFFMTError, one_line
+from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
+from MFFMTCore.folder_lock import FolderLock
+from MFFMTCore.inference.dicom_results import dicom_output_paths, export_dicom_results
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS, output_paths, write_outputs
+from MFFMTCore.inference.predictor import Predictor, PreparedInput
+from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.model_file import read_model_checksum
-from MFFMTCore.version import __version__
 
 
 @dataclass
@@ -367,15 +367,8 @@ def _predict_locked(
     ours = {os.path.realpath(file) for entry in entries.values() for file in (entry.get("outputs") or {}).values()}
 
     def save() -> None:
-        document = {
-            "software": {"MFFMTCore": __version__},
-            "model": model,
-            "settings": settings,
-            "columns": columns,
-            "inputs": list(entries.values()),
-            "rows": [row for key in entries for row in rows.get(key, [])],
-        }
-        write_results(output, document, columns)
+        write_results(output, results_document(model, settings, columns, list(entries.values()),
+                                               [row for key in entries for row in rows.get(key, [])]))
 
     def read(path: Path) -> _Input:
         """Reader thread: decide whether ``path`` needs the network, and read it if so."""
@@ -559,9 +552,8 @@ def _write_one(
     try:
         result = predictor.result(item.prepared)
         written = {name: str(file) for name, file in write_outputs(result, output, item.stem, outputs).items()}
-        if "dicom" in outputs and result.input_frames is not None and result.input_frames.dicom is not None:
-            written.update({name: str(file)
-                            for name, file in write_dicom_results(result, output, item.stem).items()})
+        if "dicom" in outputs:
+            written.update({name: str(file) for name, file in export_dicom_results(result, output, item.stem).items()})
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
         return _failed(item.path, item.stem, item.started, error)
     outcome = InputOutcome(key, item.stem, "done", outputs=written, seconds=time.perf_counter() - item.started)

@@ -33,10 +33,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UltrasoundImageStorage
+from pydicom.valuerep import DA, TM
 
 from MFFMTCore.base.measurements import LesionMeasurements
+from MFFMTCore.dicom_io import pixel_spacing
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import atomic_path
+from MFFMTCore.inference.dicom_results import NOT_WRITTEN, dicom_output_paths
 from MFFMTCore.inference.result import FrameResult, PredictionResult
 from MFFMTCore.version import __version__
 
@@ -49,12 +52,12 @@ SQUARE_PIXEL_UNIT = hd.sr.CodedConcept("{pixel}2", "UCUM", "square pixel")
 UNITY = hd.sr.CodedConcept("1", "UCUM", "no units")
 SERIES_NUMBERS = {"segmentation": 9301, "report": 9302}
 MANUFACTURER = "MFFMTSlicer"
-
-
-def dicom_output_paths(directory: str | os.PathLike, stem: str) -> dict[str, Path]:
-    """Name -> path of the files :func:`write_dicom_results` writes for ``stem``."""
-    directory = Path(directory)
-    return {"dicom_segmentation": directory / f"{stem}_seg.dcm", "dicom_report": directory / f"{stem}_sr.dcm"}
+# Attributes of the source that the results must repeat or reference (Type 1: a value is required,
+# nothing we could make up would be the source's) and those the results copy that may be empty
+# (Type 2 of the Patient and General Study modules, PS3.3 C.7.1.1 and C.7.2.1).
+REQUIRED_SOURCE_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+EMPTY_ALLOWED_ATTRIBUTES = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                            "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
 def _new_instance(kind: str) -> dict:
@@ -100,13 +103,19 @@ def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bo
         series_description="MFFMT lesion segmentation",
         omit_empty_frames=False,
     )
+    # General Image module, Type 2C where there is no Image Orientation (Patient): the source's
+    # row and column directions (e.g. A\\F), or empty where the source does not say.
+    segmentation.PatientOrientation = source.get("PatientOrientation")
     if multiframe:
-        references = [item for group in segmentation.PerFrameFunctionalGroupsSequence
-                      for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
-        references += [item for series in segmentation.ReferencedSeriesSequence
-                       for item in series.ReferencedInstanceSequence]
-        for item in references:
+        derivations = [item for group in segmentation.PerFrameFunctionalGroupsSequence
+                       for derivation in group.DerivationImageSequence for item in derivation.SourceImageSequence]
+        instances = [item for series in segmentation.ReferencedSeriesSequence
+                     for item in series.ReferencedInstanceSequence]
+        for item in derivations + instances:
             item.ReferencedSOPClassUID = source.SOPClassUID
+        # The frame goes where the Image SOP Instance Reference Macro has it; the series' instance
+        # list names instances only (dciodvfy: "not present in standard DICOM IOD" there).
+        for item in derivations:
             item.ReferencedFrameNumber = frame + 1
     return segmentation
 
@@ -138,6 +147,11 @@ def _groups(
             source.SOPClassUID, source.SOPInstanceUID,
             referenced_frame_numbers=[frame + 1] if "NumberOfFrames" in source else None),
     )
+    # PS3.3 Table 10-3: a reference to a Segmentation names its segment only where it names no
+    # frame; highdicom writes both (dciodvfy: "shall not be present"). Frame 1 holds segment 1 only.
+    for item in referenced[0].ReferencedSOPSequence:
+        if "ReferencedFrameNumber" in item:
+            del item.ReferencedSegmentNumber
     verdict = [
         hd.sr.QualitativeEvaluation(CLASS_CONCEPT, _value_code(finding.prediction)),
     ]
@@ -166,20 +180,59 @@ def _groups(
     return groups
 
 
+def referable_source(header: Dataset, source: str) -> Dataset:
+    """A copy of a DICOM input's header that results can reference: Type 2 attributes it lacks are
+    added empty (as the standard allows), a PixelSpacing that was not believed is left out; a
+    missing Type 1 UID cannot be made up.
+
+    Raises:
+        MFFMTError: the header lacks one of :data:`REQUIRED_SOURCE_ATTRIBUTES`.
+    """
+    missing = [keyword for keyword in REQUIRED_SOURCE_ATTRIBUTES if not str(header.get(keyword, "") or "").strip()]
+    if missing:
+        raise MFFMTError(source, f"{NOT_WRITTEN}: the file has no {', '.join(missing)} for them to reference")
+    referable = copy.deepcopy(header)
+    if "PixelSpacing" in referable and pixel_spacing(referable, []) is None:
+        del referable.PixelSpacing  # the results would repeat a spacing that was not believed
+    for keyword in EMPTY_ALLOWED_ATTRIBUTES:
+        if keyword not in referable:
+            setattr(referable, keyword, None)
+        elif keyword in _DATE_TIME:
+            setattr(referable, keyword, _conformant(_DATE_TIME[keyword], referable[keyword].value))
+    return referable
+
+
+# Dates and times the results copy, with their value representations.
+_DATE_TIME = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
+
+
+def _conformant(representation: type, value) -> str | None:
+    """A date or time as DICOM 3 writes it: ACR-NEMA's "yyyy.mm.dd" and "hh:mm:ss" (which PS3.5 6.2
+    asks readers to accept) without their separators; a value that does not parse is left empty."""
+    text = str(value or "").strip().replace("." if representation is DA else ":", "")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns before it raises
+            return str(representation(text)) if text else None
+    except ValueError:
+        return None
+
+
 def write_dicom_results(result: PredictionResult, directory: str | os.PathLike, stem: str) -> dict[str, Path]:
     """Write the DICOM Segmentation and Structured Report of ``result``; returns name -> path.
 
     Raises:
-        MFFMTError: the input was not a DICOM file (there is nothing to reference).
+        MFFMTError: the input was not a DICOM file, or its header lacks a UID to reference.
     """
     dicom = result.input_frames.dicom if result.input_frames is not None else None
     if dicom is None:
         raise MFFMTError(result.source, "DICOM results need a DICOM input")
+    source = referable_source(dicom.header, result.source)
     with warnings.catch_warnings():
         # highdicom warns about source attributes it cannot fix (e.g. a one-part patient name):
         # they are the scanner's, copied as they are.
         warnings.filterwarnings("ignore", category=UserWarning, module="highdicom")
-        segmentation, document = _documents(result, dicom.header)
+        segmentation, document = _documents(result, source)
     paths = dicom_output_paths(directory, stem)
     for name, dataset in (("dicom_segmentation", segmentation), ("dicom_report", document)):
         with atomic_path(paths[name]) as temporary:

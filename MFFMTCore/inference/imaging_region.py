@@ -6,8 +6,8 @@ clock), body markers, a grey-scale bar, thumbnails. The network was trained on i
 so it is run on the scan's rectangle only and its maps are pasted back into the full frame (zero
 outside). The rectangle comes from:
 
-1. the DICOM Sequence of Ultrasound Regions when the file has a calibrated 2D tissue region
-   (method ``"dicom"``; see :mod:`MFFMTCore.dicom_io`);
+1. the DICOM Sequence of Ultrasound Regions when the file has a calibrated 2D tissue region of at
+   least 32 pixels on a side (method ``"dicom"``; the largest of several; see :mod:`MFFMTCore.dicom_io`);
 2. otherwise it is detected (method ``"detected"``) by :func:`detect_imaging_region`:
 
    - scan pixels are grey and textured: speckle gives every part of a scan a local standard
@@ -23,8 +23,9 @@ outside). The rectangle comes from:
      below 8 of 255): screen borders are, with text and marks on them; dark deep tissue and
      acoustic shadows below a lesion are not, and are kept;
    - nothing is cropped when that box covers nearly all (98%) of both sides of the frame (an
-     image that is already the scan), or when no region of at least 5% of the frame is found (an
-     image too flat or too small to tell; then the whole frame is used, as before).
+     image that is already the scan), or when no region of at least 5% of the frame and 32 pixels
+     (:data:`MFFMTCore.files.MIN_IMAGE_SIDE`) on a side is found (an image too flat or too small to
+     tell; then the whole frame is used, as before).
 
 What was cropped is reported with the result (:meth:`ImagingRegion.to_json`: box, method, margins).
 """
@@ -38,6 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from MFFMTCore.inference.frames import FrameStack
@@ -171,6 +173,8 @@ def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingReg
     y0, y1 = top * step, min(height, bottom * step)
     x0, x1 = left * step, min(width, right * step)
     if (x1 - x0) >= _WHOLE_FRAME * width and (y1 - y0) >= _WHOLE_FRAME * height:
+        return None
+    if min(x1 - x0, y1 - y0) < MIN_IMAGE_SIDE:  # too small to be the network's input: not the scan
         return None
     return ImagingRegion((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), (width, height), "detected")
 

@@ -21,14 +21,16 @@ import torch
 
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data.transforms import expand_box, preprocess_frames
+from MFFMTCore.devices import torch_device
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import FrameStack, ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
 from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
 from MFFMTCore.inference.postprocessing import resize_to_frame
-from MFFMTCore.inference.result import PredictionResult, check_threshold
+from MFFMTCore.inference.result import PredictionResult
 from MFFMTCore.model_file import load_model, resolve_model_path
 
 
@@ -38,7 +40,8 @@ class Predictor:
     Args:
         model_path: a model file (``RUN_DIR/model.safetensors`` of ``mffmt train``); None for the
             default model shipped with MFFMTCore.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: a ``--device`` value (``auto``: CUDA, else MPS, else CPU; see :mod:`MFFMTCore.base.devices`)
+            or a torch device.
         batch_size: frames per network call. Frames of a clip go through in chunks of this size,
             so memory on the network side does not grow with the clip's length.
 
@@ -47,11 +50,12 @@ class Predictor:
             (checksum mismatch) or built for another architecture.
     """
 
-    def __init__(self, model_path: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 8):
+    def __init__(self, model_path: str | os.PathLike | None = None, device: str | torch.device = "auto",
+                 batch_size: int = 8):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model_path = resolve_model_path(model_path)
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self.model, self.info = load_model(self.model_path, device=self.device)
         # Channels-last convolutions measured 10-25% faster on CPU at batch 8 (bench/bench_inference.py).
         self.model.to(memory_format=torch.channels_last)

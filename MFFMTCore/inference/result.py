@@ -18,17 +18,10 @@ from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.measurements import LesionMeasurements
-from MFFMTCore.errors import MFFMTError
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.inference.frames import FrameStack
 from MFFMTCore.inference.imaging_region import ImagingRegion
 from MFFMTCore.inference.input_check import InputCheck
-
-
-def check_threshold(threshold: float) -> float:
-    """``threshold`` as a float; MFFMTError unless it is a probability in (0, 1]."""
-    if not 0.0 < threshold <= 1.0:
-        raise MFFMTError("threshold", f"must be in (0, 1], got {threshold}")
-    return float(threshold)
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,13 @@
-"""``results.csv`` and ``results.json``: one row per frame of every input, and the run's context.
-
-The columns are those of :data:`MFFMTCore.base.results_schema.RESULT_COLUMNS`. ``results.json``
-holds the same rows plus the model, the settings, and per input its status, output files and, for
-clips, the clip-level result.
-"""
+"""The result rows of a prediction: one row per frame, in the columns of
+:data:`MFFMTCore.base.results_schema.RESULT_COLUMNS` (the document that holds them, results.json and
+results.csv, is written and read by :mod:`MFFMTCore.base.results_schema`)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from MFFMTCore.base.results_schema import INPUT_CHECK_COLUMNS, measurement_cells
-from MFFMTCore.errors import MFFMTError
-from MFFMTCore.files import json_text, write_text_atomic
 from MFFMTCore.inference.result import FrameResult, PredictionResult
-
-CSV_NAME = "results.csv"
-JSON_NAME = "results.json"
 
 
 def _rounded(value: float | None, digits: int = 6) -> float | None:
@@ -69,39 +56,3 @@ def _input_check_cells(frame: FrameResult) -> dict[str, Any]:
         return dict.fromkeys(INPUT_CHECK_COLUMNS)
     return {"input_flagged": check.flagged, "input_score": _rounded(check.score, 4),
             "input_reason": check.reason or None}
-
-
-def error_row(input_name: str, error: str) -> dict[str, Any]:
-    """The row of an input that could not be processed."""
-    return {"input": input_name, "frame": None, "error": error}
-
-
-def write_results(directory: str | os.PathLike, document: dict[str, Any], columns: list[str]) -> None:
-    """Write ``document`` to results.json and its ``rows`` to results.csv, each atomically."""
-    directory = Path(directory)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in document["rows"]:
-        writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
-    # One line: the C encoder is about 10x faster than the indenting one, and it is rewritten often.
-    write_text_atomic(directory / JSON_NAME, json_text(document, indent=None))
-    write_text_atomic(directory / CSV_NAME, buffer.getvalue())
-
-
-def read_results_document(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The results.json of an earlier run in ``directory``, or None when there is none.
-
-    Raises:
-        MFFMTError: the file exists but is not a results document (damaged or foreign).
-    """
-    path = Path(directory) / JSON_NAME
-    if not path.is_file():
-        return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MFFMTError(path, f"cannot be read ({error}); remove it or use --overwrite") from error
-    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
-        raise MFFMTError(path, "is not an `mffmt predict` results file; remove it or use --overwrite")
-    return document

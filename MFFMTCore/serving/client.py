@@ -14,7 +14,10 @@ second without importing torch itself::
         pending = worker.submit("segment", arrays={"image": clip})  # without waiting
         pending.cancel()
 
-Requests may come from several threads; the worker answers them one at a time.
+Requests may come from several threads; the worker answers them one at a time. The worker runs in a
+process group of its own and is stopped as a group (:mod:`MFFMTCore.base.process_group`): where the
+command is a launcher (3D Slicer's ``PythonSlicer`` starts the real Python as its child), closing
+the client also ends the Python under it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from MFFMTCore.base.process_group import group_options, stop_group
 from MFFMTCore.serving.protocol import FINAL_EVENTS, ProtocolError, read_message, write_message
 
 
@@ -127,7 +131,7 @@ class PendingRequest:
 
 
 def worker_command(model: str | os.PathLike | None = None, threads: int | None = None,
-                   device: str = "cpu", python: str = sys.executable) -> list[str]:
+                   device: str = "auto", python: str = sys.executable) -> list[str]:
     """The command line that starts a worker."""
     command = [python, "-m", "MFFMTCore", "serve", "--device", device]
     if model is not None:
@@ -143,7 +147,8 @@ class WorkerClient:
     Args:
         model: model file for the worker; None for the default model.
         threads: CPU threads for the worker's network (default: torch's choice).
-        device: ``"cpu"`` or ``"cuda"``.
+        device: a ``--device`` value (:mod:`MFFMTCore.base.devices`); one the worker's computer lacks
+            is a WorkerError with the worker's one-line reason.
         python: the Python that runs the worker (one where MFFMTCore and torch are installed).
         command: the full command that starts a worker, instead of the one built from the above.
         env: environment of the worker (default: this process's).
@@ -158,7 +163,7 @@ class WorkerClient:
         self,
         model: str | os.PathLike | None = None,
         threads: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         python: str = sys.executable,
         command: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
@@ -174,7 +179,7 @@ class WorkerClient:
         self._closed = False
         try:
             self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=stderr, env=env)
+                                            stderr=stderr, env=env, **group_options())
         except OSError as error:
             raise WorkerError(f"cannot start the worker ({' '.join(self.command)}): {error}") from error
         threading.Thread(target=self._read_replies, name="mffmt-worker-replies", daemon=True).start()
@@ -328,7 +333,8 @@ class WorkerClient:
         """End the worker: close its input (it cancels what is running and exits) and wait for it.
 
         Returns:
-            The worker's exit status (it is killed when it does not exit within ``timeout`` s).
+            The worker's exit status. When it does not exit within ``timeout`` s, its process group
+            is terminated, then killed; whatever it started and left behind is killed too.
         """
         if not self._closed:
             self._closed = True
@@ -337,11 +343,7 @@ class WorkerClient:
                     self.process.stdin.close()
                 except OSError:
                     pass  # already broken: the worker is gone
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_group(self.process, grace_s=2.0, wait_s=timeout)
 
     def __enter__(self) -> WorkerClient:
         return self

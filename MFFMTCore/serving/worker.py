@@ -2,9 +2,10 @@
 
 Requests and replies travel as described in :mod:`MFFMTCore.serving.protocol`. Ops:
 
-- ``{"op": "info"}`` -> ``{"event": "info", "model": {...}, "protocol": 1, "version": ...}``.
+- ``{"op": "info"}`` -> ``{"event": "info", "model": {...}, "protocol": 1, "version": ..., "device": the one
+  the network runs on, "devices": [those present]}``.
 - ``{"op": "predict", "inputs": [files or folders], "output": DIR, "threshold"?, "roi"? [x, y, w, h],
-  "gradcam"?, "overwrite"?}``: exactly what ``mffmt predict`` does (same files, same results.csv and
+  "gradcam"?, "overwrite"?, "dicom"?}``: exactly what ``mffmt predict`` does (same files, same results.csv and
   results.json, same reruns). Progress: ``{"event": "progress", "done", "total", "input", "status",
   "message"}`` after each input (the fields of ``mffmt predict --progress json``'s events) and ``{"event":
   "progress", "input", "frames_done", "frames_total"}`` within a clip. Final: ``{"event": "done",
@@ -41,8 +42,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from MFFMTCore.base.thresholds import check_threshold
+from MFFMTCore.devices import present_devices
 from MFFMTCore.errors import one_line
 from MFFMTCore.inference.batch import _model_document, find_inputs, predict_files
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.serving.protocol import PROTOCOL_VERSION, ProtocolError, read_message, write_message
@@ -66,6 +70,12 @@ def _optional(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) 
     return value
 
 
+def _threshold(message: dict[str, Any]) -> float | None:
+    """The request's lesion threshold (None: the model's), refused once for the whole request when bad."""
+    value = message.get("threshold")
+    return None if value is None else check_threshold(value, "'threshold'")
+
+
 def _roi(message: dict[str, Any]) -> tuple[int, int, int, int] | None:
     roi = _optional(message, "roi", list)
     if roi is None:
@@ -82,7 +92,8 @@ class Worker:
         reader: binary stream of requests (the worker's stdin).
         writer: binary stream of replies (the worker's stdout, and nothing else may write to it).
         model_path: model file; None for the default model.
-        device: ``"cpu"`` or ``"cuda"``.
+        device: a ``--device`` value (:mod:`MFFMTCore.base.devices`); one this computer lacks is refused
+            in one line before the ``ready`` message, as a model that cannot be loaded is.
         batch_size: frames per network call.
     """
 
@@ -91,7 +102,7 @@ class Worker:
         reader: IO[bytes],
         writer: IO[bytes],
         model_path: str | os.PathLike | None = None,
-        device: str = "cpu",
+        device: str = "auto",
         batch_size: int = 8,
     ):
         self.reader, self.writer = reader, writer
@@ -116,7 +127,7 @@ class Worker:
             return 2
         self.predictor.warm_up()  # before "ready": the first request then runs at a warm worker's speed
         self.send({"id": None, "event": "ready", "model": _model_document(self.predictor),
-                   "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid()})
+                   "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid(), **self._devices()})
         threading.Thread(target=self._read_requests, name="mffmt-serve-reader", daemon=True).start()
         try:
             while (item := self._requests.get()) is not None:
@@ -196,7 +207,11 @@ class Worker:
 
     def _info(self, request_id: Any, message: dict, arrays: dict, check: Callable) -> tuple[dict, None]:
         return {"event": "info", "model": _model_document(self.predictor), "protocol": PROTOCOL_VERSION,
-                "version": __version__}, None
+                "version": __version__, **self._devices()}, None
+
+    def _devices(self) -> dict[str, Any]:
+        """The device the network runs on and those this computer has (for a device list)."""
+        return {"device": self.predictor.device.type, "devices": list(present_devices())}
 
     def _load(self, request_id: Any, message: dict, arrays: dict, check: Callable) -> tuple[dict, None]:
         model = _optional(message, "model", str)
@@ -217,11 +232,13 @@ class Worker:
             self.send({"id": request_id, "event": "progress", "done": done, "total": total,
                        "input": outcome.input, "status": outcome.status, "message": outcome.error})
 
+        threshold = _threshold(message)
         paths = find_inputs(inputs, exclude=output)
-        summary = predict_files(self.predictor, paths, output, threshold=_optional(message, "threshold", (int, float)),
+        outputs = [*DEFAULT_OUTPUTS, *(["dicom"] if message.get("dicom") else [])]
+        summary = predict_files(self.predictor, paths, output, threshold=threshold,
                                 roi=_roi(message), gradcam=bool(message.get("gradcam")),
                                 overwrite=bool(message.get("overwrite")), progress=input_done,
-                                frames_progress=frames_done)
+                                outputs=outputs, frames_progress=frames_done)
         counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
         return {"event": "done", "total": len(paths), **counts, "output": output,
                 "outcomes": [asdict(outcome) for outcome in summary.outcomes]}, None
@@ -247,7 +264,7 @@ class Worker:
             direction=_optional(message, "direction", list),
             roi=_roi(message),
             gradcam=gradcam,
-            threshold=_optional(message, "threshold", (int, float)),
+            threshold=_threshold(message),
             progress=frames_done,
         )
         source = _optional(message, "source", str) or result.source

@@ -14,6 +14,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from MFFMTCore.devices import torch_device
 from MFFMTCore.errors import MFFMTError
 
 
@@ -21,17 +22,19 @@ class DistributedContext:
     """Rank, world size and the process group of this training process.
 
     Args:
-        device: ``"cpu"`` (gloo backend) or ``"cuda"`` (nccl backend, one GPU per local rank).
+        device: a ``--device`` value (:mod:`MFFMTCore.base.devices`): on ``cpu`` the gloo backend, on
+            ``cuda`` nccl with one GPU per local rank; ``mps`` runs in one process only.
     """
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "auto") -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(device)
+        self.device = torch_device(device)
+        device = self.device.type
+        if device == "mps" and self.enabled:
+            raise MFFMTError("--device mps", "trains in one process only; start mffmt train without torchrun")
         if device == "cuda":
-            if not torch.cuda.is_available():
-                raise MFFMTError("--device cuda", "was asked for, but torch sees no CUDA device")
             self.device = torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
             torch.cuda.set_device(self.device)
         if self.enabled and not dist.is_initialized():
@@ -67,8 +70,3 @@ class DistributedContext:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.progress_events import event_line, make_event, parse_event_line
 
 
@@ -83,5 +84,5 @@ def read_progress(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool) -> tqdm:
     """A tqdm bar for one epoch's steps; disabled bars cost nothing."""
-    return tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", dynamic_ncols=True,
-                leave=False, disable=not enabled)
+    return progress_bar(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", dynamic_ncols=True,
+                        leave=False, disable=not enabled)

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from MFFMTCore.base.devices import available_cores
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import BIRADS_CLASSES, MFFMTDataset, make_samples, summarize
@@ -59,7 +60,7 @@ from MFFMTCore.training.checkpoint import (
 )
 from MFFMTCore.training.config import TrainConfig
 from MFFMTCore.training.datasplit import plan_split, restore_split
-from MFFMTCore.training.distributed import DistributedContext, available_cores
+from MFFMTCore.training.distributed import DistributedContext
 from MFFMTCore.training.optim import build_optimizer, build_scheduler
 from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar
 

@@ -12,8 +12,9 @@ Two kinds of modules live here:
   terminology, labels, model metadata, requirements) comes from :mod:`MFFMTCore.base`, which needs
   no torch.
 - Slicer-only modules, prefixed ``slicer_``: ``slicer_nodes`` (MRML nodes), ``slicer_requirements``,
-  ``slicer_models``, ``slicer_prediction``, ``slicer_live`` and ``slicer_training`` (the logic, by concern), ``slicer_logic`` (the
-  module's logic and parameter node) and ``slicer_widget`` (the panel).
+  ``slicer_models``, ``slicer_prediction``, ``slicer_live`` and ``slicer_training`` (the logic, by
+  concern), ``slicer_logic`` (the module's logic and parameter node), ``slicer_presenter`` (the
+  panel's decisions, without Qt) and ``slicer_widget`` (the panel: Qt bound to the presenter).
 
 Importing this package puts the folder holding MFFMTCore on ``sys.path``: next to the module when
 the extension is installed, one folder up in a source checkout.

@@ -16,19 +16,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.devices import DEVICE_CHOICES, DEVICE_LABELS
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.base.train_options import OPTIONS
-
-# Device choices shown to the user -> the --device values of the command line.
-DEVICES = {"CPU": "cpu", "GPU": "cuda"}
 
 
 def device_argument(choice: str) -> str:
-    """``"CPU"``/``"GPU"`` (or ``"cpu"``/``"cuda"``) -> the ``--device`` value."""
-    if choice in DEVICES:
-        return DEVICES[choice]
-    if choice in DEVICES.values():
+    """A device of the panel's list (``"Automatic"``, ``"CPU"``, ``"GPU"``, ``"Apple GPU"``) or a ``--device``
+    value -> the ``--device`` value. Whether the device is present is the worker's to say (Slicer's
+    process does not import torch)."""
+    if choice in DEVICE_LABELS:
+        return DEVICE_LABELS[choice]
+    if choice in DEVICE_CHOICES:
         return choice
-    raise ValueError(f"unknown device {choice!r}: choose one of {', '.join(DEVICES)}")
+    raise ValueError(f"unknown device {choice!r}: choose one of {', '.join(DEVICE_LABELS)}")
 
 
 def roi_argument(box: Sequence[int]) -> str:
@@ -40,32 +41,68 @@ def roi_argument(box: Sequence[int]) -> str:
 
 def predict_request(inputs: Iterable[str | os.PathLike], output_dir: str | os.PathLike, *,
                     lesion_threshold: float | None = None, roi: Sequence[int] | None = None,
-                    gradcam: bool = False, overwrite: bool = True) -> dict[str, Any]:
+                    gradcam: bool = False, overwrite: bool = True, dicom: bool = False) -> dict[str, Any]:
     """The fields of a ``predict`` request to the warm ``mffmt serve`` worker (what ``mffmt predict``
     does with the same inputs and options; see :mod:`MFFMTCore.serving.protocol`).
 
     Args:
         inputs: image files or folders to segment and classify.
         output_dir: folder for the results.
-        lesion_threshold: lesion probability threshold in (0, 1); None uses the model's own.
+        lesion_threshold: lesion probability threshold (:mod:`MFFMTCore.base.thresholds`); None uses the model's.
         roi: (x, y, w, h) pixel box that restricts each frame (the paper's ROI mode).
         gradcam: also write Grad-CAM heat maps.
         overwrite: replace results already in ``output_dir``.
+        dicom: also write a DICOM Segmentation and Structured Report for DICOM inputs (``--dicom``).
 
     Raises:
-        ValueError: no input, a threshold outside (0, 1) or a malformed ROI.
+        ValueError: no input, a bad threshold or a malformed ROI.
     """
     fields: dict[str, Any] = {"inputs": [_absolute(path) for path in inputs], "output": _absolute(output_dir),
                               "gradcam": bool(gradcam), "overwrite": bool(overwrite)}
     if not fields["inputs"]:
         raise ValueError("nothing to segment: no input files")
     if lesion_threshold is not None:
-        if not 0.0 < lesion_threshold < 1.0:
-            raise ValueError(f"lesion threshold must be between 0 and 1, got {lesion_threshold}")
-        fields["threshold"] = float(lesion_threshold)
+        fields["threshold"] = check_threshold(lesion_threshold)
     if roi is not None:
         fields["roi"] = [int(value) for value in roi_argument(roi).split(",")]
+    if dicom:
+        fields["dicom"] = True
     return fields
+
+
+def camel_case(name: str) -> str:
+    """An option's name as Slicer spells keywords and parameters: ``batch_size`` -> ``batchSize``."""
+    first, *rest = name.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+#: The options a caller may give training, by the keyword that gives them: each option of
+#: ``mffmt train`` (:data:`~MFFMTCore.base.train_options.OPTIONS`) by its camelCase name, Slicer's
+#: convention (``initModel``, ``batchSize``, ``labelSmoothing``), and by its own name (``init_model``).
+#: Left out: what the caller sets otherwise (data, run folder, device, stop file, the terminal bar).
+TRAIN_KEYWORDS: dict[str, str] = {
+    keyword: name for name, declared in OPTIONS.items()
+    if declared.command_line and name not in ("data", "output", "device", "stop_file")
+    for keyword in (camel_case(name), name)}
+
+
+def train_options(keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """Training options given as keywords (:data:`TRAIN_KEYWORDS`, either spelling) -> by option name.
+
+    Raises:
+        TypeError: a keyword that is no option, or one option given twice (``initModel`` and ``init_model``).
+    """
+    options: dict[str, Any] = {}
+    for keyword, value in keywords.items():
+        name = TRAIN_KEYWORDS.get(keyword)
+        if name is None:
+            known = ", ".join(sorted({camel_case(name) for name in TRAIN_KEYWORDS.values()}))
+            raise TypeError(f"{keyword!r} is not a training option; the options are {known} "
+                            "(or mffmt train's own names: init_model, batch_size, ...)")
+        if name in options:
+            raise TypeError(f"training option {camel_case(name)!r} is given twice ({name!r} is the same option)")
+        options[name] = value
+    return options
 
 
 def train_command(
@@ -73,8 +110,9 @@ def train_command(
     data: Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     progress: str | None = None,
+    stop_file: str | os.PathLike | None = None,
     **options: Any,
 ) -> list[str]:
     """The argument list of ``python -m MFFMTCore train``, its values checked as the command checks them.
@@ -83,12 +121,13 @@ def train_command(
         python: the Python executable (Slicer's ``PythonSlicer``).
         data: dataset folders (BUSI or BUS-BRA layout) and datalist files (``--data``, repeated).
         output_dir: the run folder (``--output``; see :class:`MFFMTCore.base.run_folder.RunFolder`).
-        device: ``"cpu"``/``"cuda"`` or ``"CPU"``/``"GPU"``.
+        device: a ``--device`` value or a device of the panel (see :func:`device_argument`).
         progress: ``"bar"`` or ``"none"`` (``--progress``); a program reading the run's progress file
             passes ``"none"``. None leaves the command's default (a bar).
-        options: any other option of ``mffmt train`` by its name (:data:`MFFMTCore.base.train_options.OPTIONS`:
-            ``epochs=3``, ``lr=1e-4``, ``init_model=path`` ...); None leaves it to the command's preset
-            or default. Paths are made absolute.
+        stop_file: the run stops at a safe point when this file appears (``--stop-file``).
+        options: any other option of ``mffmt train`` (:data:`TRAIN_KEYWORDS`: ``epochs=3``, ``lr=1e-4``,
+            ``initModel=path`` or ``init_model=path`` ...); None leaves it to the command's preset or
+            default. Paths are made absolute.
 
     Raises:
         MFFMTError: a value the command would refuse (named by its option); TypeError: an unknown option.
@@ -97,12 +136,10 @@ def train_command(
     OPTIONS["data"].check(data)
     args = [str(python), "-m", "MFFMTCore", "train", *OPTIONS["data"].arguments(data),
             "--output", _absolute(output_dir), "--device", device_argument(device)]
-    for name, value in options.items():
-        declared = OPTIONS.get(name)
-        if declared is None or not declared.command_line or name in ("data", "output", "device"):
-            raise TypeError(f"train_command() got an unexpected option {name!r}")
+    for name, value in {**train_options(options), "stop_file": stop_file}.items():
         if value is None:
             continue
+        declared = OPTIONS[name]
         if declared.path:
             value = _absolute(value)
         declared.check(value)

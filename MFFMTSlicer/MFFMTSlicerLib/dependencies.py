@@ -40,6 +40,17 @@ def _version_in(version: str, specifier: str) -> bool:
     return SpecifierSet(specifier).contains(Version(parsed.public), prereleases=True)
 
 
+def _met(requirement: str, version_of: Callable[[str], str]) -> bool:
+    """Whether ``requirement`` ("name" and a version range) is installed here."""
+    from packaging.requirements import Requirement as Specified
+
+    specified = Specified(requirement)
+    try:
+        return _version_in(version_of(specified.name), str(specified.specifier))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def check_requirements(
     requirements: Iterable[Requirement] = REQUIREMENTS,
     version_of: Callable[[str], str] = importlib.metadata.version,
@@ -55,6 +66,9 @@ def check_requirements(
     """
     statuses = []
     for requirement in requirements:
+        if requirement.only_with is not None and not _met(requirement.only_with, version_of):
+            statuses.append(RequirementStatus(requirement, f"not used without {requirement.only_with}", True))
+            continue
         try:
             version = version_of(requirement.name)
         except importlib.metadata.PackageNotFoundError:

@@ -1,8 +1,11 @@
 """The models folder: which MFFMT model files the user can choose, with their metadata.
 
 Listing reads only each file's metadata header (:mod:`MFFMTCore.base.model_metadata`:
-architecture, class names, input size, threshold, training summary, validation metrics), so the
-list is quick and works before torch is installed.
+architecture, class names, input size, threshold, training summary, validation metrics): no torch
+in Slicer's process and no weights read, so the list is quick and works before torch is installed.
+The checksum over weights and metadata is verified where the weights are read, by the worker when
+it loads the model; a file that fails there is listed as unusable with the worker's reason
+(``ModelRegistry(unusable=...)``).
 
 New models (trained in Slicer, or added with "Add model file...") are copied into the folder
 atomically and never replace an existing file; the default model that ships with the extension
@@ -17,7 +20,8 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,20 +79,6 @@ class ModelEntry:
         return "\n".join(lines)
 
 
-def read_model_info(path: str | os.PathLike) -> dict[str, Any]:
-    """A model file's metadata, verified by MFFMTCore (checksum over weights and header, every field
-    checked) when it is installed, else read from the header alone (before the first-use install).
-
-    Raises:
-        ValueError: not a usable MFFMT model file (the message names the file and the problem).
-    """
-    try:
-        from MFFMTCore.model_file import read_model_info as read_verified
-    except ImportError:  # torch or safetensors not installed yet
-        return read_model_metadata(path)
-    return asdict(read_verified(path))
-
-
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -110,17 +100,22 @@ class ModelRegistry:
     Args:
         folder: the models folder (created when a model is added).
         default_model: the model that ships with the extension, or None.
+        unusable: why a model file could not be loaded, or None (the worker's verdict: its header
+            reads, but its checksum or weights failed when the worker loaded it).
     """
 
-    def __init__(self, folder: str | os.PathLike, default_model: str | os.PathLike | None = None):
+    def __init__(self, folder: str | os.PathLike, default_model: str | os.PathLike | None = None,
+                 unusable: Callable[[Path], str | None] | None = None):
         self.folder = Path(folder)
         self.default_model = Path(default_model) if default_model is not None else None
+        self.unusable = unusable
 
     def _entry(self, path: Path, is_default: bool) -> ModelEntry:
         try:
-            return ModelEntry(path, read_model_info(path), is_default)
+            info = read_model_metadata(path)
         except (ValueError, OSError) as error:
             return ModelEntry(path, {}, is_default, error=str(error))
+        return ModelEntry(path, info, is_default, error=self.unusable(path) if self.unusable else None)
 
     def entries(self) -> list[ModelEntry]:
         """The default model first (when installed), then the folder's models by name."""
@@ -141,7 +136,8 @@ class ModelRegistry:
     def add(self, source: str | os.PathLike, name: str | None = None) -> Path:
         """Copy a model file into the folder under ``name`` (default: its own name) and return the new path.
 
-        The copy is checked to be an MFFMT model, written under a temporary name and then linked to
+        The copy is checked to be an MFFMT model (its header: the weights' checksum is verified when
+        the worker loads it), written under a temporary name and then linked to
         its final name, so the folder never shows a half-written model and an existing model is
         never replaced: "name.safetensors" becomes "name-2.safetensors" when the name is taken.
 
@@ -149,7 +145,7 @@ class ModelRegistry:
             ValueError: ``source`` is not a readable MFFMT model file.
         """
         source = Path(source)
-        read_model_info(source)
+        read_model_metadata(source)
         self.folder.mkdir(parents=True, exist_ok=True)
         stem = safe_model_filename(name if name else source.stem)
         handle, temporary = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=self.folder)
@@ -157,7 +153,7 @@ class ModelRegistry:
         temporary = Path(temporary)
         try:
             shutil.copyfile(source, temporary)
-            read_model_info(temporary)  # the copy is complete and readable
+            read_model_metadata(temporary)  # the copy is complete and readable
             for number in range(1, 10000):
                 target = self.folder / (f"{stem}{MODEL_SUFFIX}" if number == 1 else f"{stem}-{number}{MODEL_SUFFIX}")
                 if _place_without_overwrite(temporary, target):

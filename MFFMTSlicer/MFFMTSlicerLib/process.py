@@ -2,20 +2,20 @@
 
 Slicer's GUI polls :meth:`BackgroundProcess.read_lines` from a timer; a script can poll it in a
 loop. The process runs in its own process group so that Cancel stops it together with any process
-it started (Slicer's ``PythonSlicer`` is a launcher that starts the real Python as a child).
+it started (Slicer's ``PythonSlicer`` is a launcher that starts the real Python as a child; see
+:mod:`MFFMTCore.base.process_group`).
 """
 
 from __future__ import annotations
 
 import collections
-import os
 import queue
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+
+from MFFMTCore.base.process_group import group_options, stop_group
 
 
 class BackgroundProcess:
@@ -46,16 +46,11 @@ class BackgroundProcess:
         """
         if self._process is not None:
             raise RuntimeError("the process was already started")
-        options: dict = {}
-        if sys.platform == "win32":
-            # No console window; a process group of its own so that taskkill /T reaches the children.
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-        else:
-            options["start_new_session"] = True
         try:
             self._process = subprocess.Popen(
                 self.args, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1, **options)
+                stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1,
+                **group_options())
         except OSError as error:
             raise OSError(f"cannot start {self.args[0]}: {error}") from error
         self._reader = threading.Thread(target=self._read, name="BackgroundProcess reader", daemon=True)
@@ -109,29 +104,7 @@ class BackgroundProcess:
         return list(self._tail)[-count:]
 
     def terminate(self, grace_s: float = 5.0) -> None:
-        """Stop the process and the processes it started: ask politely, then kill after ``grace_s``.
-
-        On POSIX the whole process group gets SIGTERM (``mffmt train`` stops at a safe point on it);
-        after the process ends or ``grace_s`` passes, whatever is left of the group gets SIGKILL.
-        On Windows ``taskkill /T /F`` ends the tree at once.
-        """
-        if self._process is None or self._process.poll() is not None:
-            return
-        if sys.platform == "win32":
-            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._process.pid)], capture_output=True, check=False)
-        else:
-            self._signal_group(signal.SIGTERM)
-            try:
-                self._process.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            # Children that outlive the launcher would keep the output pipe open.
-            self._signal_group(signal.SIGKILL)
-        self._process.wait()
-
-    def _signal_group(self, signum: int) -> None:
-        assert self._process is not None
-        try:
-            os.killpg(self._process.pid, signum)
-        except ProcessLookupError:
-            pass  # already gone
+        """Stop the process and the processes it started: ask politely, then kill after ``grace_s``
+        (:func:`MFFMTCore.base.process_group.stop_group`; ``mffmt train`` stops at a safe point on SIGTERM)."""
+        if self._process is not None and self._process.poll() is None:
+            stop_group(self._process, grace_s)

@@ -1,19 +1,16 @@
-"""``mffmt predict`` results (results.json / results.csv rows) as typed rows, table columns and labels.
+"""``mffmt predict`` results as Slicer shows them: table columns, labels, measurements at another threshold.
 
-One row per frame with the columns of :data:`MFFMTCore.base.results_schema.RESULT_COLUMNS`
+The results document (results.json: rows, columns, output files, settings) is read by
+:mod:`MFFMTCore.base.results_schema`, its one owner; rows are typed by its :func:`typed_row`
 (centroids in physical LPS, as SimpleITK gives them). Slicer shows them in a table node and as a
 labelled point at each lesion's centroid.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,99 +19,19 @@ from MFFMTCore.base.components import LesionSummary, find_components
 from MFFMTCore.base.geometry import ImageGeometry, lps_to_ras
 from MFFMTCore.base.labels import UNSUITABLE
 from MFFMTCore.base.measurements import LesionMeasurements
-from MFFMTCore.base.results_schema import column_types, measurement_cells
+from MFFMTCore.base.results_schema import (
+    MEASUREMENT_COLUMNS,
+    column_types,
+    measurement_cells,
+    typed_row,
+)
 
 FIELD_TYPES: dict[str, type] = column_types()
 
 
-def _typed(kind: type, value: Any) -> Any:
-    if kind is str:
-        return "" if value is None else str(value)
-    if kind is bool:  # JSON gives true/false, the CSV "True"/"False"
-        return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1")
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return -1 if kind is int else math.nan
-    try:
-        return int(float(value)) if kind is int else float(value)
-    except (TypeError, ValueError):
-        return -1 if kind is int else math.nan
-
-
-def normalise_row(raw: dict[str, Any]) -> dict[str, Any]:
-    """A result row with every contract field present and typed (missing numbers are NaN, frame -1)."""
-    row = {name: _typed(kind, raw.get(name)) for name, kind in FIELD_TYPES.items()}
-    row.update({key: value for key, value in raw.items() if key not in FIELD_TYPES})
-    return row
-
-
-def read_result_rows(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows ``mffmt predict`` wrote to ``output_dir`` (results.json, else results.csv).
-
-    Raises:
-        FileNotFoundError: neither file exists.
-        ValueError: the file is not a list of rows.
-    """
-    output_dir = Path(output_dir)
-    json_path, csv_path = output_dir / "results.json", output_dir / "results.csv"
-    if json_path.is_file():
-        try:
-            data = json.loads(json_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{json_path}: not valid JSON ({error})") from error
-        if isinstance(data, dict):
-            data = data.get("results", data.get("rows"))
-        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-            raise ValueError(f"{json_path}: expected a list of result rows")
-        raw_rows = data
-    elif csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8") as handle:
-            raw_rows = list(csv.DictReader(handle))
-    else:
-        raise FileNotFoundError(f"{output_dir}: no results.json or results.csv (did mffmt predict finish?)")
-    return [normalise_row(row) for row in raw_rows]
-
-
-def read_threshold(output_dir: str | os.PathLike) -> float:
-    """The lesion threshold ``mffmt predict`` used for the results in ``output_dir`` (its results.json).
-
-    Raises:
-        FileNotFoundError: there is no results.json; ValueError: it records no threshold.
-    """
-    path = Path(output_dir) / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (did mffmt predict finish?)")
-    threshold = (json.loads(path.read_text(encoding="utf-8")).get("settings") or {}).get("threshold")
-    if not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
-        raise ValueError(f"{path}: records no lesion threshold")
-    return float(threshold)
-
-
-def read_output_files(output_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
-    """Input path -> {output name: file} of the inputs ``mffmt predict`` finished, from results.json.
-
-    Output names are "segmentation", "probability", "overlay" and, with Grad-CAM, "gradcam".
-
-    Raises:
-        FileNotFoundError: there is no results.json.
-        ValueError: results.json is not a results document.
-    """
-    path = Path(output_dir) / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (did mffmt predict finish?)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    entries = document.get("inputs") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: not a results document (no list of inputs)")
-    return {str(entry["input"]): {name: Path(file) for name, file in (entry.get("outputs") or {}).items()}
-            for entry in entries if isinstance(entry, dict) and entry.get("status") in ("done", "skipped")}
-
-
 def lesion_free_frames(rows: list[dict[str, Any]]) -> set[int]:
     """The frames the model's lesion rule found lesion-free (their label map stays empty at any threshold)."""
-    return {row["frame"] for row in map(normalise_row, rows) if not row["error"] and not row["lesion_present"]}
+    return {row["frame"] for row in map(typed_row, rows) if not row["error"] and not row["lesion_present"]}
 
 
 def has_lesion(row: dict[str, Any]) -> bool:
@@ -182,7 +99,7 @@ _TABLE_LAYOUT = (
 
 def results_table(rows: list[dict[str, Any]]) -> list[TableColumn]:
     """The results as table columns (centroids in RAS), in the order Slicer's table shows them."""
-    rows = [normalise_row(row) for row in rows]
+    rows = [typed_row(row) for row in rows]
     return [TableColumn(title, kind, [value(row) for row in rows]) for title, kind, value in _TABLE_LAYOUT]
 
 
@@ -230,7 +147,7 @@ def frame_measurements(probability: np.ndarray, threshold: float, ijk_to_ras: np
 def _diameters(measured: LesionMeasurements | None) -> dict[str, Any]:
     """Result-row cells of a region's diameters and orientation (typed: NaN and "" without a region),
     and its two ``calipers`` to draw."""
-    cells = {key: _typed(FIELD_TYPES[key], value) for key, value in measurement_cells(measured).items()}
+    cells = typed_row(measurement_cells(measured), {key: FIELD_TYPES[key] for key in MEASUREMENT_COLUMNS})
     calipers = [] if measured is None else [
         caliper_line(name, caliper)
         for name, caliper in (("long axis", measured.long_axis), ("perpendicular axis", measured.perpendicular_axis))]
@@ -246,7 +163,7 @@ def caliper_line(name: str, caliper: Any) -> dict[str, Any]:
 
 def key_frame(rows: list[dict[str, Any]]) -> int | None:
     """The frame to draw calipers on: the one with the largest lesion (None when no frame has one)."""
-    found = [row for row in map(normalise_row, rows) if has_lesion(row)]
+    found = [row for row in map(typed_row, rows) if has_lesion(row)]
     return max(found, key=lambda row: row["lesion_area_px"])["frame"] if found else None
 
 
@@ -254,7 +171,7 @@ def apply_measurements(rows: list[dict[str, Any]], measurements: list[dict[str, 
     """Rows with the lesion measurements of their frame replaced (rows with an error are kept as they are)."""
     updated = []
     for row in rows:
-        row = normalise_row(row)
+        row = typed_row(row)
         frame = row["frame"]
         if not row["error"] and 0 <= frame < len(measurements):
             row.update({key: value for key, value in measurements[frame].items() if key != "calipers"})

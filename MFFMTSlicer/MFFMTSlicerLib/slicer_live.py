@@ -35,9 +35,10 @@ from vtk.util import numpy_support
 from MFFMTCore.base.clip_finding import ClipResult, clip_finding
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.results_schema import typed_row
 from MFFMTCore.serving.client import PendingRequest, WorkerError
 from MFFMTSlicerLib import slicer_nodes as nodes
-from MFFMTSlicerLib.results import lesion_label, normalise_row
+from MFFMTSlicerLib.results import lesion_label
 from MFFMTSlicerLib.slicer_prediction import oneLine, withoutPhysicalSizes
 from MFFMTSlicerLib.worker import WarmWorker
 
@@ -104,7 +105,7 @@ class LiveSession:
     message is in ``lastError``). After :meth:`stop`, received = processed + dropped + failed.
     """
 
-    def __init__(self, volumeNode, worker: WarmWorker, workerReady: Future, model=None, device: str = "cpu",
+    def __init__(self, volumeNode, worker: WarmWorker, workerReady: Future, model=None, device: str = "auto",
                  threshold: float | None = None, record: bool = False,
                  resultCallback: Callable[[LiveSession], None] | None = None):
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA(
@@ -240,7 +241,7 @@ class LiveSession:
             self.failed += 1
             self.lastError = oneLine(error)
             return False
-        row = normalise_row(reply.rows[0])
+        row = typed_row(reply.rows[0])
         if not nodes.spacingKnown(self.volumeNode):
             withoutPhysicalSizes(row)
         row["frame"] = index
@@ -354,7 +355,7 @@ class LiveLogic:
     worker: WarmWorker
     live: LiveSession | None = None
 
-    def startLive(self, volumeNode, model=None, threshold: float | None = None, device: str = "cpu",
+    def startLive(self, volumeNode, model=None, threshold: float | None = None, device: str = "auto",
                   record: bool = False, resultCallback: Callable[[LiveSession], None] | None = None) -> LiveSession:
         """Start following ``volumeNode`` (stopping a session already running); returns the session.
 

@@ -32,7 +32,9 @@ from slicer.parameterNodeWrapper import (
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MFFMTCore.base.choices import BACKBONES
-from MFFMTCore.base.train_options import OPTIONS
+from MFFMTCore.base.devices import DEVICE_LABELS
+from MFFMTCore.base.thresholds import SLIDER_RANGE, THRESHOLD_STEP
+from MFFMTSlicerLib.commands import TRAIN_KEYWORDS
 from MFFMTSlicerLib.slicer_live import LiveLogic
 from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
@@ -49,19 +51,20 @@ class MFFMTSlicerParameterNode:
     roiNode: optional box: only the pixels inside are classified (the paper's ROI mode).
     threshold: lesion probability threshold of the segmentation.
     gradcam: also compute a Grad-CAM heat map of the malignant class.
-    device: CPU or GPU for inference and training.
+    device: where the network runs, for inference and training: Automatic (an NVIDIA GPU, else an
+        Apple GPU, else the CPU), CPU, GPU (CUDA) or Apple GPU (MPS).
     modelPath: the selected model file.
     result: the lesion segmentation of the last run (the threshold slider redraws it).
     The others are the retraining settings; those named as an option of ``mffmt train`` in camelCase
-    (``batchSize`` for ``batch_size``) are passed to it as that option (:func:`trainingOptions`), and
-    their ranges lie within the option's (a test checks it).
+    (``batchSize`` for ``batch_size``, as the console's keywords) are passed to it as that option
+    (:func:`trainingOptions`), and their ranges lie within the option's (a test checks it).
     """
 
     inputNode: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]
     roiNode: vtkMRMLMarkupsROINode
-    threshold: Annotated[float, WithinRange(0.01, 0.99), Decimals(2), SingleStep(0.01), Default(0.5)]
+    threshold: Annotated[float, WithinRange(*SLIDER_RANGE), Decimals(2), SingleStep(THRESHOLD_STEP), Default(0.5)]
     gradcam: bool
-    device: Annotated[str, Choice(["CPU", "GPU"]), Default("CPU")]
+    device: Annotated[str, Choice(list(DEVICE_LABELS)), Default(next(iter(DEVICE_LABELS)))]
     modelPath: str
     result: vtkMRMLSegmentationNode
     useSceneData: bool
@@ -75,16 +78,11 @@ class MFFMTSlicerParameterNode:
     modelName: Annotated[str, Default("my_model")]
 
 
-def camelCase(name: str) -> str:
-    """An option's name as a parameter's: ``batch_size`` -> ``batchSize``."""
-    first, *rest = name.split("_")
-    return first + "".join(part.capitalize() for part in rest)
-
-
-#: Parameter name -> the ``mffmt train`` option it sets. ``device`` is the panel's own (CPU/GPU, for
+#: Parameter name -> the ``mffmt train`` option it sets: the parameters spelled as a training keyword
+#: (:data:`MFFMTSlicerLib.commands.TRAIN_KEYWORDS`). ``device`` is the panel's own (a device label, for
 #: inference too); the logic turns it into the option.
-TRAINING_PARAMETERS = {camelCase(name): name for name in OPTIONS
-                       if camelCase(name) in MFFMTSlicerParameterNode.allParameters and name != "device"}
+TRAINING_PARAMETERS = {keyword: name for keyword, name in TRAIN_KEYWORDS.items()
+                       if keyword in MFFMTSlicerParameterNode.allParameters}
 
 
 def trainingOptions(parameters: MFFMTSlicerParameterNode) -> dict[str, Any]:

@@ -1,16 +1,22 @@
-"""The logic's models: the shipped default model and the models folder. Slicer only."""
+"""The logic's models: the shipped default model and the models folder. Slicer only.
+
+Listing reads model headers only (no torch in Slicer's process); a model the worker failed to load
+(its checksum, metadata or weights) is listed as unusable with the worker's reason.
+"""
 
 import os
 from pathlib import Path
 
 from MFFMTCore.base.model_metadata import default_model_path
 from MFFMTSlicerLib.models import ModelEntry, ModelRegistry
+from MFFMTSlicerLib.worker import WarmWorker
 
 
 class ModelsLogic:
-    """The models a user can choose. ``self._modelsFolder`` is set by the logic's constructor."""
+    """The models a user can choose. ``self._modelsFolder`` and ``self.worker`` are set by the logic's constructor."""
 
     _modelsFolder: Path | None = None
+    worker: WarmWorker
 
     @property
     def modelsFolder(self) -> Path:
@@ -29,7 +35,7 @@ class ModelsLogic:
         return default_model_path()
 
     def modelRegistry(self) -> ModelRegistry:
-        return ModelRegistry(self.modelsFolder, self.defaultModelPath())
+        return ModelRegistry(self.modelsFolder, self.defaultModelPath(), unusable=self.worker.unusable)
 
     def models(self) -> list[ModelEntry]:
         """The models to choose from: the default model first, then the models folder."""

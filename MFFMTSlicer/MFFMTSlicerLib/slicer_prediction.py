@@ -5,6 +5,8 @@ logic's warm ``mffmt serve`` worker (:mod:`MFFMTSlicerLib.worker`) to run its ``
 on it, and returns a :class:`PredictionTask`; when the request ends, the task loads the
 segmentation, the probability volume (for re-thresholding), a results table, labelled points and
 the Grad-CAM heat map next to the input. :meth:`PredictionLogic.process` does the same and waits.
+A volume loaded through Slicer's DICOM module from an ultrasound file is predicted from that file
+instead, with its calibration and a DICOM SEG and SR (:mod:`MFFMTSlicerLib.slicer_dicom_source`).
 
 Why the ``predict`` op (files) rather than ``segment`` (arrays in memory): it is ``mffmt predict``'s
 own code (``predict_files``), so the files, rows, threshold and ROI handling are those of the
@@ -28,7 +30,15 @@ from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmen
 
 from MFFMTCore.base.geometry import ImageGeometry, ras_to_lps
 from MFFMTCore.base.jsonsafe import json_safe
+from MFFMTCore.base.results_schema import (
+    document_rows,
+    document_threshold,
+    finished_outputs,
+    read_results_document,
+    typed_row,
+)
 from MFFMTCore.base.roi import PhysicalBox, resolve_roi
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import one_line
 from MFFMTCore.serving.client import PendingRequest
 from MFFMTSlicerLib import slicer_nodes as nodes
@@ -39,10 +49,15 @@ from MFFMTSlicerLib.results import (
     frame_measurements,
     key_frame,
     lesion_free_frames,
-    normalise_row,
-    read_output_files,
-    read_result_rows,
-    read_threshold,
+)
+from MFFMTSlicerLib.slicer_dicom_source import (
+    DICOM_FILE_ATTRIBUTES,
+    DicomDatabase,
+    DicomSource,
+    applySourceGeometry,
+    findDicomSource,
+    keepDicomResults,
+    resultEntry,
 )
 from MFFMTSlicerLib.tasks import BackgroundTask, makeWorkFolder
 from MFFMTSlicerLib.worker import WarmWorker
@@ -155,14 +170,19 @@ class PredictionTask(WorkerRequestTask):
     outcome; otherwise ``error`` says what went wrong and no result node is left in the scene.
     """
 
-    def __init__(self, inputVolume, inputPath: Path, threshold: float | None, gradcam: bool, **kwargs):
+    def __init__(self, inputVolume, inputPath: Path, threshold: float | None, gradcam: bool,
+                 dicomSource: DicomSource | None = None, dicomResultsFolder: Path | None = None, **kwargs):
         super().__init__(**kwargs)
         self.inputVolume = inputVolume
         self.inputPath = inputPath
         self.threshold = threshold
         self.gradcam = gradcam
+        self.dicomSource = dicomSource or DicomSource(None)
+        self.dicomResultsFolder = dicomResultsFolder
         self.segmentationNode = None
         self.results: list[dict[str, Any]] = []
+        # One-line notes for the user: calibration not available, DICOM results not written, ...
+        self.notes: list[str] = [self.dicomSource.note] if self.dicomSource.note else []
 
     def _finish(self) -> None:
         self.reply()
@@ -180,12 +200,18 @@ class PredictionTask(WorkerRequestTask):
         outputDir = self.workDir / "output"
         volume = self.inputVolume
         key = str(self.inputPath)  # predict names inputs by the absolute path it was given
-        rows = [row for row in read_result_rows(outputDir) if row["input"] == key]
+        document = read_results_document(outputDir, required=True)  # read once: rows, files and threshold
+        rows = [row for row in document_rows(document) if row["input"] == key]
         failed = next((row["error"] for row in rows if row["error"]), None)
-        files = read_output_files(outputDir).get(key)
+        files = finished_outputs(document).get(key)
         if failed or not rows or not files:
             raise RuntimeError(failed or f"mffmt predict wrote no result for {self.inputPath}")
-        spacingKnown = nodes.spacingKnown(volume)
+        fromDicom = self.dicomSource.path is not None
+        entry = resultEntry(outputDir, key) if fromDicom else {}
+        for note in entry.get("notes", []):  # calibration cut or ignored, DICOM results not written
+            logging.warning(f"MFFMT: {volume.GetName()}: {note}")
+            self.notes.append(note)
+        spacingKnown = bool(entry["geometry"]["spacing_known"]) if fromDicom else nodes.spacingKnown(volume)
         for row in rows:
             row["input"] = volume.GetName()
             if not spacingKnown:  # written as NRRD, but the image itself has no physical spacing
@@ -209,9 +235,14 @@ class PredictionTask(WorkerRequestTask):
         # The rows hold mffmt predict's measurements; only the key frame's caliper ends are measured here.
         frame = key_frame(rows)
         calipers = [] if frame is None else frame_measurements(
-            nodes.volumeArray(probability)[frame:frame + 1], read_threshold(outputDir),
+            nodes.volumeArray(probability)[frame:frame + 1], document_threshold(document),
             nodes.ijkToRasArray(probability), spacingKnown, first_frame=frame)[0]["calipers"]
         showResults(segmentation, rows, self.threshold, calipers)
+        if fromDicom:  # the volume takes its source's calibrated geometry, which the results have
+            kept = keepDicomResults(files, self.dicomResultsFolder / self.workDir.name)
+            for name, path in kept.items():
+                segmentation.SetAttribute(DICOM_FILE_ATTRIBUTES[name], str(path))
+            applySourceGeometry(volume, entry["geometry"])
         self.segmentationNode, self.results = segmentation, rows
 
 
@@ -238,6 +269,14 @@ class PredictionLogic:
 
     workRoot: Path
     worker: WarmWorker
+    # Slicer's DICOM database, where volumes loaded from DICOM find their source files (tests replace it).
+    dicomDatabase = DicomDatabase()
+
+    @property
+    def dicomResultsFolder(self) -> Path:
+        """Where the DICOM SEG and SR of volumes predicted from their DICOM source are kept: beside
+        the models folder, one subfolder per run."""
+        return self.modelsFolder.parent / "DICOM results"
 
     @staticmethod
     def inputVolume(inputNode) -> vtkMRMLScalarVolumeNode:
@@ -272,7 +311,7 @@ class PredictionLogic:
         return resolve_roi(box, ImageGeometry.from_ijk_to_ras(nodes.ijkToRasArray(volumeNode)), (height, width))
 
     def startProcessing(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                        roiNode=None, gradcam: bool = False, device: str = "cpu",
+                        roiNode=None, gradcam: bool = False, device: str = "auto",
                         progressCallback: Callable[[PredictionTask], None] | None = None,
                         completedCallback: Callable[[PredictionTask], None] | None = None,
                         keepFiles: bool = False) -> PredictionTask:
@@ -284,7 +323,7 @@ class PredictionLogic:
             threshold: lesion probability threshold; None uses the model's.
             roiNode: optional markups ROI; only pixels inside are classified (the paper's protocol).
             gradcam: also show a Grad-CAM heat map of the malignant class over the input.
-            device: "cpu"/"cuda" (or "CPU"/"GPU").
+            device: a ``--device`` value or a device of the panel (see :func:`MFFMTSlicerLib.commands.device_argument`).
             progressCallback: called with the task whenever progress is read.
             completedCallback: called with the task when it has finished, failed or been cancelled.
             keepFiles: keep the temporary working folder (input and ``mffmt predict`` output).
@@ -300,22 +339,27 @@ class PredictionLogic:
         if self.worker.ready(model, device) is None:  # a running worker has them: skip the check's 50 ms
             self.requireRequirements()
         roi = self.roiBox(roiNode, volume) if roiNode is not None else None
+        source = findDicomSource(volume, self.dicomDatabase)
+        if source.note:
+            logging.warning(f"MFFMT: {source.note}")
         workDir = makeWorkFolder(self.workRoot)
         try:
-            inputPath = nodes.writeVolumeNode(volume, workDir / "input.nrrd").absolute()
-            fields = predict_request([inputPath], workDir / "output", lesion_threshold=threshold, roi=roi, gradcam=gradcam)
+            inputPath = source.path or nodes.writeVolumeNode(volume, workDir / "input.nrrd").absolute()
+            fields = predict_request([inputPath], workDir / "output", lesion_threshold=threshold, roi=roi, gradcam=gradcam,
+                                     dicom=source.path is not None)
             workerReady = self.worker.clientLater(model, device)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
-        task = PredictionTask(volume, inputPath, threshold, gradcam, worker=self.worker, workerReady=workerReady,
+        task = PredictionTask(volume, inputPath, threshold, gradcam, source, self.dicomResultsFolder,
+                              worker=self.worker, workerReady=workerReady,
                               fields=fields, workDir=workDir, progressCallback=progressCallback,
                               completedCallback=completedCallback, keepFiles=keepFiles)
         task.poll()  # a warm worker gets the request now
         return task
 
     def process(self, inputNode, model: str | os.PathLike | None = None, threshold: float | None = None,
-                roiNode=None, gradcam: bool = False, device: str = "cpu"
+                roiNode=None, gradcam: bool = False, device: str = "auto"
                 ) -> tuple[vtkMRMLSegmentationNode, list[dict[str, Any]]]:
         """:meth:`startProcessing` and wait: (segmentation node, one result row per frame).
 
@@ -330,6 +374,22 @@ class PredictionLogic:
             raise RuntimeError(task.error or f"prediction {task.status}")
         return task.segmentationNode, task.results
 
+    def addDicomResultsToDatabase(self, segmentationNode: vtkMRMLSegmentationNode) -> list[Path]:
+        """Add the DICOM SEG and SR of a result predicted from a DICOM source to Slicer's DICOM database;
+        the files added.
+
+        Raises:
+            ValueError: the result has no DICOM SEG and SR (its input was not a DICOM ultrasound file).
+        """
+        files = [Path(path) for path in (segmentationNode.GetAttribute(attribute)
+                                         for attribute in DICOM_FILE_ATTRIBUTES.values()) if path]
+        if not files:
+            raise ValueError(f"{segmentationNode.GetName()}: no DICOM SEG and SR (its input was not predicted "
+                             "from an ultrasound DICOM file)")
+        for path in files:
+            self.dicomDatabase.insert(path)
+        return files
+
     @staticmethod
     def cancel(task: BackgroundTask) -> None:
         """Stop a running task; it ends with status "cancelled" and leaves no node or file behind."""
@@ -341,15 +401,14 @@ class PredictionLogic:
         text = segmentationNode.GetAttribute(RESULTS_ATTRIBUTE) if segmentationNode else None
         if not text:
             raise ValueError(f"{segmentationNode.GetName() if segmentationNode else 'None'}: not an MFFMT result")
-        return [normalise_row(row) for row in json.loads(text)]
+        return [typed_row(row) for row in json.loads(text)]
 
     def updateThreshold(self, segmentationNode: vtkMRMLSegmentationNode, threshold: float) -> list[dict[str, Any]]:
         """Redraw a result at another lesion threshold without running the network; the new rows.
 
         The classification stays; lesion area, component count, centroid, table and points follow.
         """
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        threshold = check_threshold(threshold)
         rows = self.results(segmentationNode)
         lesionFree = lesion_free_frames(rows)
         probability = nodes.rethreshold(segmentationNode, threshold, lesionFree)
@@ -412,7 +471,7 @@ class PredictionLogic:
             progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
         if task.status != "done":  # failed inputs do not fail the run: their rows say why
             raise RuntimeError(task.error or f"prediction {task.status}")
-        return read_result_rows(outputDir)
+        return document_rows(read_results_document(outputDir, required=True))
 
     def closeWorker(self) -> None:
         """End the warm worker (the next run starts another); call it when the logic is no longer used."""

@@ -16,7 +16,7 @@ from MFFMTCore.base.labels import IMAGE_LABELS
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.base.terminology import SEGMENT_NAME
 from MFFMTSlicerLib import slicer_nodes as nodes
-from MFFMTSlicerLib.commands import train_command
+from MFFMTSlicerLib.commands import train_command, train_options
 from MFFMTSlicerLib.models import safe_model_filename
 from MFFMTSlicerLib.progress import JsonlTail, TrainingState
 from MFFMTSlicerLib.scene_data import SceneVolume, TrainingExport, write_training_datalist
@@ -29,7 +29,7 @@ from MFFMTSlicerLib.tasks import (
     startCommand,
 )
 
-FINE_TUNE = "Fine-tune the selected model"
+FINE_TUNE = "Fine-tune the selected model on my data"
 FROM_SCRATCH = "Train a new model from scratch"
 # Learning rates suggested for fine-tuning and for training from scratch.
 SUGGESTED_LEARNING_RATE = {FINE_TUNE: 1e-4, FROM_SCRATCH: 1e-3}
@@ -166,7 +166,7 @@ class TrainingLogic:
         return write_training_datalist(volumes, outputDir)
 
     def startTraining(self, data: Sequence[str | os.PathLike] = (), modelName: str = "my_model",
-                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), device: str = "cpu",
+                      sceneItems: Iterable[tuple[Any, Any, str | None]] = (), device: str = "auto",
                       progressCallback: Callable[[TrainingTask], None] | None = None,
                       completedCallback: Callable[[TrainingTask], None] | None = None,
                       **options: Any) -> TrainingTask:
@@ -176,12 +176,13 @@ class TrainingLogic:
             data: BUSI or BUS-BRA folders and datalist files.
             modelName: name of the new model file in the models folder (made unique if taken).
             sceneItems: (volume, segmentation or None, "benign"/"malignant"/"normal"/None) from the scene.
-            device: "cpu"/"cuda" (or "CPU"/"GPU").
+            device: a ``--device`` value or a device of the panel (see :func:`MFFMTSlicerLib.commands.device_argument`).
             progressCallback: called with the task whenever new progress is read.
             completedCallback: called with the task when it has finished, failed or been cancelled.
-            options: options of ``mffmt train`` by name (:data:`MFFMTCore.base.train_options.OPTIONS`),
-                e.g. ``epochs=20, lr=1e-4, init_model=path``; None leaves a value to the command's
-                preset. With ``init_model`` (fine-tuning) ``backbone`` is ignored: the model keeps its own.
+            options: options of ``mffmt train`` in camelCase or by their own names
+                (:data:`MFFMTSlicerLib.commands.TRAIN_KEYWORDS`), e.g. ``epochs=20, lr=1e-4,
+                initModel=path, labelSmoothing=0.1``; None leaves a value to the command's preset. With
+                ``initModel`` (fine-tuning) ``backbone`` is ignored: the model keeps its own.
 
         Returns:
             The running task (poll it or wait for it).
@@ -190,6 +191,7 @@ class TrainingLogic:
             ValueError: no or missing data, bad options (MFFMTError names the option); TypeError: an
             unknown option; RuntimeError: missing packages.
         """
+        options = train_options(options)
         data = [Path(path).absolute() for path in data]
         missing = [str(path) for path in data if not path.exists()]
         if missing:
@@ -206,7 +208,7 @@ class TrainingLogic:
             if sceneItems:
                 data.append(self.exportSceneTrainingData(sceneItems, runDir / "scene_data").datalist)
             args = train_command(pythonExecutable(), data, runDir, device=device, progress="none",
-                                 **{**options, "stop_file": RunFolder(runDir).stop})
+                                 stop_file=RunFolder(runDir).stop, **options)
             workDir = makeWorkFolder(self.workRoot)
             process = startCommand(args, workDir)
         except BaseException:

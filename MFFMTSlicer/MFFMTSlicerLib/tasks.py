@@ -1,4 +1,4 @@
-"""A command of the module running in the background: start, follow, wait for, cancel. Slicer only.
+"""A command of the module running in the background: start, follow, wait for, cancel. Slicer-free.
 
 The network never runs in Slicer's process: each task runs ``<PythonSlicer> -m MFFMTCore ...`` in a
 temporary working folder of its own (removed at the end, so nothing is written inside the
@@ -45,8 +45,12 @@ def startCommand(args: list[str], workDir: Path) -> BackgroundProcess:
 
 
 def processError(name: str, process: BackgroundProcess) -> str:
-    """A message for a failed command: its exit status and last output lines."""
+    """A message for a failed command: its own one-line refusal of a user error (exit status 2, e.g. an
+    absent --device), else its exit status and last output lines."""
     lines = [line for line in process.tail(12) if line.strip()]
+    refusal = f"{name}: error: "
+    if process.returncode == 2 and lines and lines[-1].startswith(refusal):
+        return lines[-1][len(refusal):]
     return f"{name} failed (exit status {process.returncode}):\n" + "\n".join(lines)
 
 

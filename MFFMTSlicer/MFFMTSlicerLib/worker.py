@@ -1,14 +1,16 @@
-"""The logic's warm ``mffmt serve`` worker: started on first use, reused, restarted, closed. Slicer only.
+"""The logic's warm ``mffmt serve`` worker: started early, reused, restarted, closed. Slicer-free.
 
 Starting a process that imports torch and loads the model takes seconds; segmenting a frame takes a
 tenth of one. So the module keeps one ``mffmt serve`` worker (:class:`MFFMTCore.serving.client.WorkerClient`,
 which needs no torch in Slicer's process) for all its segment & classify work and live frames:
 
-- started on first use, with Slicer's Python and the environment the commands get
+- started when the module is entered (the panel asks for it then, so the first Apply finds it
+  ready) or on first use, with Slicer's Python and the environment the commands get
   (:func:`MFFMTSlicerLib.tasks.pythonExecutable`, :func:`MFFMTSlicerLib.commands.child_environment`);
 - reused while it lives, started again when it has died (crashed, killed) or the device changes;
-- told to ``load`` another model when one is asked for (a model that cannot be loaded is an error
-  and the worker keeps the one it had);
+- told to ``load`` another model when one is asked for; the worker verifies the file's checksum
+  as it loads it, and a model that cannot be loaded is an error, remembered as the file's
+  :meth:`~WarmWorker.unusable` reason (the model list shows it), while the worker keeps the model it had;
 - closed when the logic is cleaned up (the module is reloaded, Slicer quits) or :meth:`close` is
   called; a worker whose client has gone also exits by itself, when its input closes.
 
@@ -24,7 +26,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from MFFMTCore.serving.client import WorkerClient
+from MFFMTCore.errors import one_line
+from MFFMTCore.serving.client import RequestError, WorkerClient, WorkerError
 from MFFMTSlicerLib.commands import child_environment, device_argument
 from MFFMTSlicerLib.tasks import coreFolder, pythonExecutable
 
@@ -32,6 +35,15 @@ from MFFMTSlicerLib.tasks import coreFolder, pythonExecutable
 def modelKey(model: str | os.PathLike | None) -> str | None:
     """How a requested model is compared: its absolute path, or None for the default model."""
     return None if model is None else str(Path(model).resolve())
+
+
+def fileStamp(path: str) -> tuple[int, int] | None:
+    """(modification time, size) of a file, or None when it is gone: a changed file is a new one."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_mtime_ns, status.st_size
 
 
 class WarmWorker:
@@ -49,6 +61,7 @@ class WarmWorker:
         self._lock = threading.Lock()
         self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mffmt-worker-start")
         self.starts = 0  # how many worker processes were started (for the panel's log and the tests)
+        self._unusable: dict[str, tuple[tuple[int, int] | None, str]] = {}  # modelKey -> (fileStamp, reason)
 
     @property
     def pid(self) -> int | None:
@@ -56,7 +69,7 @@ class WarmWorker:
         client = self._client
         return client.pid if client is not None and client.alive() else None
 
-    def ready(self, model: str | os.PathLike | None, device: str = "cpu") -> WorkerClient | None:
+    def ready(self, model: str | os.PathLike | None, device: str = "auto") -> WorkerClient | None:
         """The worker, when it runs with ``model`` on ``device`` already (no start, no load needed)."""
         client = self._client
         if (client is not None and client.alive() and self._device == device_argument(device)
@@ -64,7 +77,7 @@ class WarmWorker:
             return client
         return None
 
-    def client(self, model: str | os.PathLike | None = None, device: str = "cpu") -> WorkerClient:
+    def client(self, model: str | os.PathLike | None = None, device: str = "auto") -> WorkerClient:
         """The worker with ``model`` loaded on ``device``: started, restarted or told to load it as needed.
 
         Blocks while a worker starts (seconds); see :meth:`clientLater`.
@@ -80,19 +93,33 @@ class WarmWorker:
                 if not self._client.alive():
                     logging.warning(f"MFFMT: the worker (pid {self._client.pid}) stopped; starting another")
                 self._closeClient()
-            if self._client is None:
-                logging.info(f"MFFMT: starting the worker ({device}, model {wanted or 'default'})")
-                self._client = WorkerClient(model=wanted, device=device, python=pythonExecutable(),
-                                            env=child_environment(os.environ, coreFolder()),
-                                            start_timeout=self.startTimeoutS)
-                self._device, self._model = device, wanted
-                self.starts += 1
-            elif self._model != wanted:
-                self._client.load(wanted)
-                self._model = wanted
+            try:
+                if self._client is None:
+                    logging.info(f"MFFMT: starting the worker ({device}, model {wanted or 'default'})")
+                    self._client = WorkerClient(model=wanted, device=device, python=pythonExecutable(),
+                                                env=child_environment(os.environ, coreFolder()),
+                                                start_timeout=self.startTimeoutS)
+                    self._device, self._model = device, wanted
+                    self.starts += 1
+                elif self._model != wanted:
+                    self._client.load(wanted)
+                    self._model = wanted
+            except (WorkerError, RequestError) as error:
+                # The worker names the model file when the file is what failed (MFFMTError: "PATH: problem").
+                if wanted is not None and f"{wanted}: " in str(error):
+                    self._unusable[wanted] = (fileStamp(wanted), one_line(str(error)))
+                raise
+            self._unusable.pop(wanted, None)
             return self._client
 
-    def clientLater(self, model: str | os.PathLike | None = None, device: str = "cpu") -> Future:
+    def unusable(self, model: str | os.PathLike) -> str | None:
+        """Why the worker could not load ``model`` (checksum, metadata, weights), or None; a file that
+        changed since it failed is tried again."""
+        key = modelKey(model)
+        mark = self._unusable.get(key)
+        return mark[1] if mark is not None and mark[0] == fileStamp(key) else None
+
+    def clientLater(self, model: str | os.PathLike | None = None, device: str = "auto") -> Future:
         """:meth:`client` on a helper thread: a future of the worker (done at once when it is ready)."""
         client = self.ready(model, device)
         if client is not None:

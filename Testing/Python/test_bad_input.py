@@ -199,7 +199,7 @@ def test_an_edited_model_header_is_refused_by_the_checksum(model_path, tmp_path)
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (edit_info(threshold=5.0), "threshold 5.0 must be a probability"),
+    (edit_info(threshold=5.0), "threshold must be a probability strictly between 0 and 1, got 5.0"),
     (edit_info(input_size=[33, 33]), "input_size .33, 33. must be two positive multiples of 32"),
     (edit_info(class_names=["benign"]), "class_names .'benign'. must be two or more"),
     (edit_info(class_names=["x", "x"]), "must be two or more different names"),

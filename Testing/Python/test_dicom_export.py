@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -81,6 +82,8 @@ def test_clip_segmentation_is_its_key_frame_referenced_by_number(tmp_path, dark_
     (reference,) = source_references(segmentation)
     assert reference.ReferencedSOPClassUID == pydicom.uid.UltrasoundMultiFrameImageStorage
     assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID and reference.ReferencedFrameNumber == 3
+    (instance,) = segmentation.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert instance.ReferencedSOPClassUID == source.SOPClassUID and "ReferencedFrameNumber" not in instance
     np.testing.assert_array_equal(segmentation.pixel_array.reshape(source.Rows, source.Columns), result.label[2])
     assert len(report.content.get_planar_roi_measurement_groups()) == len(result.frames[2].components)
 
@@ -114,3 +117,39 @@ def test_batch_writes_dicom_results_for_dicom_inputs_only(tmp_path, dark_lesion_
     document = json.loads((output / "results.json").read_text())
     assert document["inputs"][0]["outputs"]["dicom_report"].endswith("us_sr.dcm")
     assert document["settings"]["outputs"] == ["seg", "probability", "overlay", "dicom"]
+
+
+def test_header_without_patient_id_and_acr_nema_times_gets_dicom_results(tmp_path, dark_lesion_predictor):
+    """pydicom's ExplVR_BigEnd.dcm (a 1997 LOGIQ 700 capture): no PatientID, StudyTime '14:04:38'."""
+    source_path = Path(pydicom.data.get_testdata_file("ExplVR_BigEnd.dcm"))
+    summary = predict_files(dark_lesion_predictor, [source_path], tmp_path / "out", outputs=(*DEFAULT_OUTPUTS, "dicom"))
+    (outcome,) = summary.outcomes
+    assert outcome.status == "done", outcome.error
+    segmentation, report = read_back({name: outcome.outputs[name] for name in ("dicom_segmentation", "dicom_report")})
+    source = pydicom.dcmread(source_path)
+    for document in (segmentation, report):
+        assert document.PatientID == ""  # Type 2: present, empty, as the source had none
+        assert document.StudyInstanceUID == source.StudyInstanceUID
+        assert (document.StudyDate, document.StudyTime) == ("19970424", "140438")
+    (reference,) = source_references(segmentation)
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
+@pytest.mark.parametrize("missing", [("SOPInstanceUID",), ("StudyInstanceUID", "SeriesInstanceUID")])
+def test_header_without_uids_to_reference_keeps_the_other_results_and_says_why(
+        tmp_path, dark_lesion_predictor, missing):
+    source_path = ultrasound_dicom(tmp_path / "us.dcm", capture(lesion=LESION), regions=[region_item()])
+    dataset = pydicom.dcmread(source_path)
+    for keyword in missing:
+        delattr(dataset, keyword)
+    dataset.save_as(source_path, enforce_file_format=False)
+    output = tmp_path / "out"
+    summary = predict_files(dark_lesion_predictor, [source_path], output, outputs=(*DEFAULT_OUTPUTS, "dicom"))
+    (outcome,) = summary.outcomes
+    assert outcome.status == "done" and set(outcome.outputs) == {"segmentation", "probability", "overlay"}
+    assert not (output / "us_seg.dcm").exists() and not (output / "us_sr.dcm").exists()
+    (entry,) = json.loads((output / "results.json").read_text())["inputs"]
+    assert entry["notes"] == [f"DICOM results not written: the file has no {', '.join(missing)} for them to "
+                              "reference"]
+    rows = json.loads((output / "results.json").read_text())["rows"]
+    assert rows[0]["prediction"] == "malignant" and rows[0]["lesion_area_mm2"] > 0

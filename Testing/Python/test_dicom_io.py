@@ -6,6 +6,8 @@ with pydicom check what a scanner's capture gives.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pydicom
 import pytest
@@ -282,3 +284,157 @@ def test_undecodable_pixel_data_names_the_file_and_its_transfer_syntax(tmp_path)
     dataset.save_as(path, enforce_file_format=True)
     with pytest.raises(ImageReadError, match=r"a\.dcm: DICOM pixel data \(JPEG-LS Lossless Image Compression\) cannot be decoded"):
         read_dicom(path)
+
+
+def test_calibrated_region_smaller_than_the_network_minimum_is_not_the_imaging_region(tmp_path, dark_lesion_predictor):
+    """A 5x5 calibrated region is neither the network's input nor the calibration: the scan is detected."""
+    path = ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=[region_item(box=(40, 30, 44, 34))])
+    image = read_dicom(path)
+    assert image.region is None and image.spacing is None
+    assert image.notes == ["ultrasound region [40, 30, 44, 34] is smaller than the 32x32 pixels MFFMT can classify: "
+                           "calibration ignored"]
+    result = dark_lesion_predictor.predict(path)
+    assert result.imaging_region.method == "detected" and min(result.imaging_region.box[2:]) >= 32
+    assert not result.geometry.spacing_known and result.frames[0].lesion_area_mm2 is None
+
+
+def test_largest_calibrated_region_is_used_among_many(tmp_path):
+    """100 regions: a 6x6 corner first, 98 small insets (one over 32 pixels), the scan last."""
+    corner = region_item(box=(0, 0, 5, 5), delta_cm=(0.5, 0.5))
+    insets = [region_item(box=(1 + i, 1, 10 + i, 10), delta_cm=(0.1, 0.1)) for i in range(97)]
+    inset = region_item(box=(100, 0, 139, 33), delta_cm=(0.05, 0.05))  # usable, but smaller than the scan
+    regions = [corner, *insets, inset, region_item(delta_cm=(0.02, 0.03))]
+    image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
+    assert image.region == BOX and image.spacing == pytest.approx((0.2, 0.3))
+    assert image.notes == ["ultrasound region [0, 0, 5, 5] (and 97 more) is smaller than the 32x32 pixels MFFMT "
+                           "can classify: not used"]
+
+
+def test_detected_region_smaller_than_the_network_minimum_is_not_used():
+    rng = np.random.default_rng(0)
+    frame = np.zeros((1, 400, 400), dtype=np.uint8)
+    frame[0, 20:380, 100:125] = rng.integers(60, 200, size=(360, 25))  # a textured strip 25 pixels wide
+    assert detect_imaging_region(frame) is None
+
+
+def _without(item, keyword):
+    del item[keyword]
+    return item
+
+
+def _with_pixel_spacing(path, value):
+    """Rewrite ``path`` with a raw PixelSpacing value (bytes as they stand in the file)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    dataset = pydicom.dcmread(path)
+    dataset._dict[Tag("PixelSpacing")] = RawDataElement(Tag("PixelSpacing"), "DS", len(value), value, 0, False, True)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+ABSURD_REGIONS = {
+    "1e10 cm": ([region_item(delta_cm=(1e10, 1e10))], "gives 1e+11 x 1e+11 mm pixels, outside the plausible"),
+    "0.01 x 100 cm": ([region_item(delta_cm=(0.01, 100.0))], "gives 0.1 x 1000 mm pixels, outside the plausible"),
+    "0.01 x 0.2 cm": ([region_item(delta_cm=(0.01, 0.2))], "more than 10 times longer one way than the other"),
+    "inf": ([region_item(delta_cm=(float("inf"), 0.02))], "gives inf x 0.2 mm pixels"),
+    "1e300": ([region_item(delta_cm=(1e300, 1e300))], "outside the plausible"),
+    "1e-300": ([region_item(delta_cm=(1e-300, 1e-300))], "outside the plausible"),
+    "zero": ([region_item(delta_cm=(0.0, 0.0))], "gives 0 x 0 mm pixels"),
+    "no location": ([_without(region_item(), "RegionLocationMaxX1")], "region 1 has no RegionLocationMaxX1"),
+}
+
+
+@pytest.mark.parametrize("case", list(ABSURD_REGIONS))
+def test_absurd_region_calibration_is_ignored_with_a_note(tmp_path, case):
+    regions, note = ABSURD_REGIONS[case]
+    image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
+    assert image.spacing is None and image.region is None
+    (text,) = image.notes
+    assert note in text and text.endswith("calibration ignored")
+
+
+@pytest.mark.parametrize(("value", "note"), [
+    (b"0.2 ", "PixelSpacing has 1 value(s), not 2"),
+    (b"abc\\0.2 ", "PixelSpacing is not a list of numbers"),
+    (b"inf\\0.1 ", "PixelSpacing gives 0.1 x inf mm pixels"),
+    (b"1e10\\1e10 ", "PixelSpacing gives 1e+10 x 1e+10 mm pixels, outside the plausible 0.001-5 mm"),
+])
+def test_absurd_pixel_spacing_is_ignored_with_a_note(tmp_path, value, note):
+    image = read_dicom(_with_pixel_spacing(ultrasound_dicom(tmp_path / "a.dcm", capture()), value))
+    assert image.spacing is None
+    (text,) = image.notes
+    assert text.startswith(note) and text.endswith("calibration ignored")
+
+
+def test_frames_with_absurd_calibrations_are_predicted_in_pixels(tmp_path, dark_lesion_predictor):
+    """Every case a done row in pixels with its note (before: 6e25 mm², or an exception row)."""
+    from MFFMTCore.inference.batch import predict_files
+    from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
+
+    inputs = [ultrasound_dicom(tmp_path / f"{number}.dcm", capture(), regions=regions)
+              for number, (regions, _) in enumerate(ABSURD_REGIONS.values())]
+    inputs.append(_with_pixel_spacing(ultrasound_dicom(tmp_path / "ps.dcm", capture()), b"0.2 "))
+    summary = predict_files(dark_lesion_predictor, inputs, tmp_path / "out", outputs=(*DEFAULT_OUTPUTS, "dicom"))
+    assert [outcome.status for outcome in summary.outcomes] == ["done"] * len(inputs), summary.failed
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    for entry in document["inputs"]:
+        assert not entry["geometry"]["spacing_known"]
+        assert len(entry["notes"]) == 1 and "calibration ignored" in entry["notes"][0]
+        assert {"dicom_segmentation", "dicom_report"} <= set(entry["outputs"])
+    for row in document["rows"]:
+        assert row["lesion_area_px"] > 0 and row["lesion_area_mm2"] is None and row["long_axis_mm"] is None
+
+
+def test_a_plausible_region_after_an_absurd_one_is_used(tmp_path):
+    regions = [region_item(delta_cm=(1e10, 1e10)), region_item(delta_cm=(0.02, 0.03))]
+    image = read_dicom(ultrasound_dicom(tmp_path / "a.dcm", capture(), regions=regions))
+    assert image.spacing == pytest.approx((0.2, 0.3)) and image.region == BOX
+    assert image.notes[0].endswith("outside the plausible 0.001-5 mm: not used")
+
+
+def _pixel_data_offset(data: bytes) -> int:
+    return data.rindex(b"\xe0\x7f\x10\x00")  # (7FE0,0010) little endian
+
+
+@pytest.mark.parametrize(("transfer_syntax", "cut", "problem"), [
+    (None, lambda data: len(data) // 2, r"it ends inside PixelData \(\d+ of its 38400 bytes\)"),
+    (RLELossless, lambda data: len(data) // 2, r"it ends inside an element of undefined length"),
+    (JPEG2000Lossless, lambda data: len(data) - 10, r"it ends inside an element of undefined length"),
+    (None, lambda data: _pixel_data_offset(data) + 5, r"it ends inside the header of an element \(5 bytes"),
+    (None, _pixel_data_offset, r"its Ultrasound Multi-frame Image Storage data set ends before its Pixel Data"),
+    (None, lambda data: 200, r"it ends inside the header of an element"),  # inside the file meta
+])
+def test_truncated_files_are_reported_as_truncated(tmp_path, transfer_syntax, cut, problem):
+    whole = ultrasound_dicom(tmp_path / "whole.dcm", capture(frames=2), regions=[region_item()],
+                             **({"transfer_syntax": transfer_syntax} if transfer_syntax else {}))
+    data = whole.read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: cut(data)])
+    with pytest.raises(ImageReadError, match=rf"cut\.dcm: DICOM file is truncated \(\d+ bytes\): {problem}"):
+        as_frame_stack(path)
+
+
+def test_whole_file_of_a_non_image_class_still_holds_no_image(tmp_path):
+    path = ultrasound_dicom(tmp_path / "a.dcm", capture())
+    dataset = pydicom.dcmread(path)
+    del dataset.PixelData
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = pydicom.uid.BasicTextSRStorage
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(ImageReadError, match="holds no image"):
+        read_dicom(path)
+
+
+def test_header_is_checked_without_decoding_and_a_cut_in_deferred_pixel_data_is_found(tmp_path):
+    from pydicom.tag import Tag
+
+    from MFFMTCore.dicom_io import read_dicom_header
+
+    whole = ultrasound_dicom(tmp_path / "clip.dcm", capture(frames=4))  # 76800 bytes of pixels: deferred
+    header = read_dicom_header(whole, defer_size=1024)
+    assert (header.Rows, header.Columns, header.NumberOfFrames) == (120, 160, 4)
+    assert header._dict[Tag("PixelData")].value is None  # left in the file
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:40000])
+    with pytest.raises(ImageReadError, match=r"truncated \(40000 bytes\): it ends inside PixelData \(\d+ of its 76800"):
+        read_dicom_header(cut, defer_size=1024)

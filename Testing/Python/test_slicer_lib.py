@@ -119,7 +119,7 @@ def test_train_command_omits_what_is_not_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = commands.train_command("python", ["data"], "run")
     assert args == ["python", "-m", "MFFMTCore", "train", f"--data={tmp_path / 'data'}", "--output", str(tmp_path / "run"),
-                    "--device", "cpu"]
+                    "--device", "auto"]
     assert commands.train_command("python", ["d"], "r", progress="none")[-2:] == ["--progress", "none"]
 
 
@@ -148,6 +148,30 @@ def test_train_command_parses_with_the_real_cli(tmp_path):
                                   progress="none")
     parsed = parser.parse_args(args[3:])
     assert parsed.command == "train" and parsed.progress == "none"
+
+
+def test_training_keywords_are_slicers_camel_case_and_mffmt_trains_own_names(tmp_path):
+    from MFFMTCore.base.train_options import OPTIONS
+
+    # Every option the caller gives, in both spellings, and nothing the logic sets itself.
+    given = {name for name, declared in OPTIONS.items() if declared.command_line} - {"data", "output", "device",
+                                                                                      "stop_file"}
+    assert set(commands.TRAIN_KEYWORDS.values()) == given
+    assert {"initModel", "batchSize", "labelSmoothing", "lambdaLoc", "valFraction", "init_model", "batch_size",
+            "epochs", "lr"} <= set(commands.TRAIN_KEYWORDS)
+    camel = commands.train_command("python", ["d"], "run", initModel=tmp_path / "m.safetensors", batchSize=4,
+                                   labelSmoothing=0.1, epochs=2)
+    snake = commands.train_command("python", ["d"], "run", init_model=tmp_path / "m.safetensors", batch_size=4,
+                                   label_smoothing=0.1, epochs=2)
+    assert camel == snake and "--init-model" in camel and "--label-smoothing" in camel
+    assert commands.train_options({"initModel": "a", "lr": 1e-4}) == {"init_model": "a", "lr": 1e-4}
+    with pytest.raises(TypeError, match="'initModel' is given twice"):
+        commands.train_options({"initModel": "a", "init_model": "b"})
+    with pytest.raises(TypeError, match="'initModle' is not a training option.*initModel"):
+        commands.train_options({"initModle": "a"})
+    for reserved in ("data", "output", "stopFile", "progressBar"):
+        with pytest.raises(TypeError, match="not a training option"):
+            commands.train_options({reserved: "x"})
 
 
 def test_locate_core_package_finds_the_source_checkout_and_skips_other_folders(tmp_path):
@@ -281,43 +305,6 @@ ROWS = [
      "lesion_area_mm2": 0.0, "lesion_area_px": 0, "components": 0, "centroid_x": None, "centroid_y": None,
      "centroid_z": None, "error": ""},
 ]
-
-
-def test_read_result_rows_prefers_json_and_falls_back_to_csv(tmp_path):
-    (tmp_path / "results.json").write_text(json.dumps(ROWS))
-    rows = results.read_result_rows(tmp_path)
-    assert [r["frame"] for r in rows] == [0, 1] and rows[0]["p_malignant"] == 0.87
-    assert math.isnan(rows[1]["centroid_x"])
-    (tmp_path / "results.json").unlink()
-    header = list(ROWS[0])
-    lines = [",".join(header)] + [",".join("" if r[k] is None else str(r[k]) for k in header) for r in ROWS]
-    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
-    rows_csv = results.read_result_rows(tmp_path)
-    assert rows_csv[0]["frame"] == 0 and rows_csv[0]["lesion_area_px"] == 482.0
-    assert rows_csv[0]["prediction"] == "malignant" and math.isnan(rows_csv[1]["centroid_y"])
-
-
-def test_read_output_files_maps_finished_inputs_to_their_files(tmp_path):
-    document = {"inputs": [
-        {"input": "/t/a.nrrd", "stem": "a", "status": "done",
-         "outputs": {"segmentation": str(tmp_path / "a.seg.nrrd"), "probability": str(tmp_path / "a_probability.nrrd")}},
-        {"input": "/t/b.png", "stem": "b", "status": "failed", "error": "unreadable"},
-    ], "rows": ROWS}
-    (tmp_path / "results.json").write_text(json.dumps(document))
-    files = results.read_output_files(tmp_path)
-    assert list(files) == ["/t/a.nrrd"]
-    assert files["/t/a.nrrd"]["segmentation"] == tmp_path / "a.seg.nrrd"
-    (tmp_path / "results.json").write_text(json.dumps(ROWS))
-    with pytest.raises(ValueError, match="not a results document"):
-        results.read_output_files(tmp_path)
-
-
-def test_read_result_rows_explains_missing_and_malformed_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no results.json"):
-        results.read_result_rows(tmp_path)
-    (tmp_path / "results.json").write_text('{"oops": 1}')
-    with pytest.raises(ValueError, match="list of result rows"):
-        results.read_result_rows(tmp_path)
 
 
 def test_results_table_columns_are_typed_and_centroids_are_ras():

@@ -23,6 +23,7 @@ from MFFMTSlicerLib.process import BackgroundProcess
 from MFFMTSlicerLib.volumes import write_volume
 
 from MFFMTCore.base.progress_events import parse_event_line
+from MFFMTCore.base.results_schema import document_rows, finished_outputs, read_results_document
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -64,12 +65,13 @@ def test_predict_on_a_volume_written_like_slicer_does(tmp_path, model_path):
         state.update(event)
     assert [e["event"] for e in events] == ["start", "progress", "done"] and state.finished and state.fraction == 1.0
 
-    rows = results.read_result_rows(output)
+    document = read_results_document(output, required=True)
+    rows = document_rows(document)
     assert len(rows) == 1 and rows[0]["input"] == str(input_path.absolute()) and rows[0]["frame"] == 0
     row = rows[0]
     assert row["prediction"] in ("benign", "malignant") and not row["error"]
     assert row["p_benign"] + row["p_malignant"] == pytest.approx(1.0, abs=1e-4)
-    files = results.read_output_files(output)[str(input_path.absolute())]
+    files = finished_outputs(document)[str(input_path.absolute())]
     assert {"segmentation", "probability", "gradcam"} <= set(files) and all(f.is_file() for f in files.values())
 
     # Every output lies on the input's voxels: same size, spacing, origin and direction.
@@ -109,7 +111,7 @@ def test_predict_reports_an_unreadable_input_in_its_row(tmp_path, model_path):
     for event in events:
         state.update(event)
     assert state.finished and state.error is None and "broken.png" in state.failures[str(bad)]
-    rows = results.read_result_rows(output)
+    rows = document_rows(read_results_document(output, required=True))
     assert "broken.png" in rows[0]["error"] and results.lesion_label(rows[0]).startswith("Error:")
 
 

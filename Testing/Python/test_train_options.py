@@ -87,7 +87,7 @@ def test_every_option_is_declared_completely():
 def test_choices_are_what_the_code_implements():
     assert tuple(BACKBONE_LAYOUTS) == choices.BACKBONES
     assert all(tuple(values["lambda_loc"]) == choices.BACKBONES for values in PRESETS.values())
-    assert tuple(commands.DEVICES.values()) == choices.DEVICES
+    assert set(commands.DEVICE_LABELS.values()) == set(OPTIONS["device"].choices)
     model = torch.nn.Linear(2, 2)
     optimisers = {name: type(build_optimizer(model, TrainConfig(data=["d"], output="o", optimizer=name).resolved()))
                   for name in choices.OPTIMIZERS}
