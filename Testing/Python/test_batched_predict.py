@@ -19,10 +19,10 @@ import SimpleITK as sitk
 import slicerio
 from PIL import Image
 
+from MFFMTCore.base.results_schema import read_results_document
 from MFFMTCore.cli import main
 from MFFMTCore.inference import Predictor
 from MFFMTCore.inference.batch import find_inputs, predict_files
-from MFFMTCore.inference.results_table import read_results_document
 
 
 @pytest.fixture(scope="module")
