@@ -151,7 +151,8 @@ def write_results(directory: str | os.PathLike, document: dict[str, Any]) -> Non
     writer.writeheader()
     for row in document["rows"]:
         writer.writerow({key: "" if row.get(key) is None else row[key] for key in columns})
-    write_text_atomic(directory / JSON_NAME, json_text(document))
+    # One line: the C encoder is about 10x faster than the indenting one, and it is rewritten often.
+    write_text_atomic(directory / JSON_NAME, json_text(document, indent=None))
     write_text_atomic(directory / CSV_NAME, buffer.getvalue())
 
 

@@ -1,9 +1,9 @@
 """``mffmt predict``: lesion segmentation and benign/malignant classification of images and clips.
 
 For each input writes ``<stem>.seg.nrrd`` (Slicer segmentation), ``<stem>_probability.nrrd``,
-``<stem>_overlay.png``, with ``--gradcam`` ``<stem>_gradcam.nrrd``, with ``--dicom`` for DICOM inputs
-``<stem>_seg.dcm`` and ``<stem>_sr.dcm``, plus ``results.csv`` and
-``results.json`` for all inputs (see :mod:`MFFMTCore.inference.batch` for folders, stems, reruns).
+``<stem>_overlay.png`` (``--outputs`` chooses among them), with ``--gradcam`` ``<stem>_gradcam.nrrd``,
+with ``--dicom`` (or ``dicom`` in ``--outputs``) for DICOM inputs ``<stem>_seg.dcm`` and ``<stem>_sr.dcm``,
+plus ``results.csv`` and ``results.json`` for all inputs (see :mod:`MFFMTCore.inference.batch` for folders, stems, reruns).
 Exit status 0 when every input succeeded, 1 when some failed (listed on stderr), 2 for an error
 that stops everything (no model, bad option, output folder unusable or in use by another run; checked
 before the network runs), 130 when stopped with Ctrl-C. Inputs must be at least 32x32 pixels, as must
@@ -30,6 +30,7 @@ from MFFMTCore.commands.options import (
 from MFFMTCore.devices import torch_device
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
 from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS
 from MFFMTCore.inference.predictor import Predictor
 
 
@@ -41,6 +42,14 @@ def _roi(text: str) -> tuple[int, int, int, int]:
     if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
         raise argparse.ArgumentTypeError(f"expected X,Y,W,H in pixels with W and H positive, got {text!r}")
     return values
+
+
+def _outputs(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in OUTPUTS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(OUTPUTS)}, got {text!r}")
+    return names
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -60,8 +69,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="where the scan is without --roi: auto = a DICOM file's calibrated ultrasound "
                              "region, else detected (borders, text and panels left out); dicom = the DICOM "
                              "region only; none = the whole frame")
+    parser.add_argument("--outputs", type=_outputs, default=list(DEFAULT_OUTPUTS), metavar="LIST",
+                        help=f"files to write per input, comma-separated, of {', '.join(OUTPUTS)} (default: "
+                             f"{','.join(DEFAULT_OUTPUTS)}); results.csv and results.json are always written")
     parser.add_argument("--dicom", action="store_true",
-                        help="for DICOM inputs also write <stem>_seg.dcm (DICOM Segmentation) and <stem>_sr.dcm "
+                        help="add dicom to --outputs: for DICOM inputs also write <stem>_seg.dcm (DICOM Segmentation) and <stem>_sr.dcm "
                              "(DICOM Structured Report, TID 1500: class, probability, diameters, orientation), "
                              "referencing the input, for PACS")
     parser.add_argument("--gradcam", action="store_true", help="also write Grad-CAM maps of the malignant class")
@@ -92,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = predict_files(predictor, inputs, args.output, threshold=args.lesion_threshold, roi=args.roi,
                                 gradcam=args.gradcam, overwrite=args.overwrite, progress=report,
-                                imaging_region=args.imaging_region, dicom=args.dicom)
+                                imaging_region=args.imaging_region,
+                                outputs=[*args.outputs, *(["dicom"] if args.dicom else [])])
     except KeyboardInterrupt:
         progress.close()
         progress.event("cancelled", done=progress.done, total=len(inputs), output=str(args.output))

@@ -225,7 +225,21 @@ def run_chain(chain: Compose, data: Mapping[Hashable, Any]) -> dict[Hashable, An
         raise cause from None
 
 
+def preprocess_frames(grey: np.ndarray, size: Sequence[int] = DEFAULT_SIZE) -> torch.Tensor:
+    """Grey (N, H, W) frames as the network sees them: (N, 1, h, w) float32 in [0, 1], as in training.
+
+    The arithmetic of :func:`image_transforms` (MONAI's min-max ``ScaleIntensityd`` per frame, then
+    :func:`resize_image`) on a whole batch at once, without the chain's per-frame Python overhead;
+    equal to the chain to the last bit (``test_transforms.py`` holds that).
+    """
+    frames = torch.as_tensor(np.asarray(grey, dtype=np.float32))
+    low, high = frames.amin(dim=(1, 2), keepdim=True), frames.amax(dim=(1, 2), keepdim=True)
+    flat = high == low
+    # As MONAI's rescale_array: (x - min) / (max - min), and 0 for a constant frame.
+    scaled = torch.where(flat, frames * 0.0, (frames - low) / torch.where(flat, torch.ones_like(high), high - low))
+    return F.interpolate(scaled[:, None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def preprocess_frame(grey: np.ndarray, size: Sequence[int] = DEFAULT_SIZE) -> torch.Tensor:
-    """A grey (H, W) frame as the network sees it: (1, h, w) float32 in [0, 1], as in training."""
-    chain = Compose([*image_transforms(size), to_tensors()])
-    return run_chain(chain, {"image": np.asarray(grey, dtype=np.float32)[None]})["image"]
+    """A grey (H, W) frame as the network sees it: (1, h, w) float32 in [0, 1] (see :func:`preprocess_frames`)."""
+    return preprocess_frames(np.asarray(grey)[None], size)[0]

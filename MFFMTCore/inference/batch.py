@@ -8,8 +8,12 @@
 - Each input gets a unique stem: its file name without the image suffix, followed by its parent
   folder's name when two inputs share a name; an input keeps the stem an earlier run gave it.
 - An input that fails (unreadable, not an image, NaN pixels, too small, ROI outside the frame, a
-  symbolic-link loop) gets a row with its error; the others go on. results.csv and results.json
-  are rewritten after every input, so stopping (Ctrl-C) loses at most the input in progress.
+  symbolic-link loop) gets a row with its error; the others go on at full speed.
+- Frames of several inputs go through the network together (the predictor's ``batch_size``); the
+  next inputs are read and the finished ones written in two threads beside it. results.csv and
+  results.json are rewritten whenever the writer has caught up, and at least once a second.
+  Stopping (Ctrl-C, a cancel) records every input whose files are written and drops the inputs in
+  flight whole: no output file is left without its row.
 - One run at a time per output folder (:class:`MFFMTCore.folder_lock.FolderLock`); temporary files
   of an interrupted earlier run are removed when the next one starts.
 - A rerun skips an input only when an earlier run finished it from the same content (SHA-256 of
@@ -23,9 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +45,13 @@ from MFFMTCore.base.results_schema import (
     write_results,
 )
 from MFFMTCore.base.roi import RoiInput
+from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_results import dicom_output_paths, export_dicom_results
-from MFFMTCore.inference.outputs import output_paths, write_outputs
-from MFFMTCore.inference.predictor import Predictor
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS, output_paths, write_outputs
+from MFFMTCore.inference.predictor import Predictor, PreparedInput
 from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.model_file import read_model_checksum
 
@@ -125,7 +131,8 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
-        paths = [*output_paths(directory, stem, gradcam=True).values(), *dicom_output_paths(directory, stem).values()]
+        paths = [*output_paths(directory, stem, gradcam=True, outputs=OUTPUTS).values(),
+                 *dicom_output_paths(directory, stem).values()]
         return stem not in taken and not any(os.path.realpath(path) in protected for path in paths)
 
     for path in inputs:
@@ -215,9 +222,13 @@ def predict_files(
     overwrite: bool = False,
     progress: Callable[[InputOutcome, int, int], None] | None = None,
     imaging_region: str = "auto",
-    dicom: bool = False,
+    outputs: Collection[str] = DEFAULT_OUTPUTS,
+    frames_progress: Callable[[str, int, int], None] | None = None,
 ) -> BatchSummary:
     """Predict on each input and write its outputs and the results tables into ``output``.
+
+    Frames of several inputs go through the network together (``predictor.batch_size`` at a time);
+    the next inputs are read and the finished ones written in two threads beside the network.
 
     Args:
         predictor: the loaded model.
@@ -228,21 +239,94 @@ def predict_files(
         gradcam: also write Grad-CAM maps.
         overwrite: redo the inputs given even when an earlier run finished them, and replace
             files in their output names that predict did not write.
-        progress: called as ``progress(outcome, done, total)`` after each input.
+        progress: called as ``progress(outcome, done, total)`` after each input is recorded.
         imaging_region: where the scan is without an ROI (see :meth:`Predictor.predict`).
-        dicom: for DICOM inputs, also write a DICOM Segmentation and Structured Report
-            (:mod:`MFFMTCore.inference.dicom_export`).
+        outputs: the files to write of :data:`MFFMTCore.inference.outputs.OUTPUTS` (``dicom``: for
+            DICOM inputs, a DICOM Segmentation and Structured Report,
+            :mod:`MFFMTCore.inference.dicom_export`); the results tables are always written.
+        frames_progress: called as ``frames_progress(input, frames_done, frames_total)`` after each
+            network call for each input that had frames in it; raising from it (or from ``progress``)
+            stops the run: inputs already written are recorded, the ones in flight leave no file.
 
     Raises:
         FolderLockedError: another run is writing into ``output``.
-        MFFMTError: the folder's results files are damaged or not predict's (unless ``overwrite``).
+        MFFMTError: the folder's results files are damaged or not predict's (unless ``overwrite``),
+            or ``outputs`` names an unknown output.
         OSError: the folder or the results files cannot be written.
     """
+    unknown = sorted(set(outputs) - set(OUTPUTS))
+    if unknown:
+        raise MFFMTError("outputs", f"unknown {', '.join(unknown)}; choose from {', '.join(OUTPUTS)}")
     output = Path(output)
     with FolderLock(output, "mffmt predict"):
         remove_temporaries(output)
         return _predict_locked(predictor, inputs, output, threshold, roi, gradcam, overwrite, progress,
-                               imaging_region, dicom)
+                               imaging_region, [name for name in OUTPUTS if name in outputs], frames_progress)
+
+
+@dataclass(eq=False)
+class _Input:
+    """One input on its way from the reader through the network to the writer.
+
+    Args:
+        path: the input.
+        stem: its output stem.
+        digest: SHA-256 of its content (None: unreadable).
+        started: when its reading began.
+        prepared: read and checked, waiting for (or through) the network; None when decided without it.
+        outcome, entry, rows: what is recorded for it, once decided (skipped, failed or written).
+    """
+
+    path: Path
+    stem: str
+    digest: str | None
+    started: float
+    prepared: PreparedInput | None = None
+    outcome: InputOutcome | None = None
+    entry: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        """Frames it holds in memory (for the queues' bounds)."""
+        return self.prepared.stack.num_frames if self.prepared is not None else 0
+
+
+class _FrameQueue:
+    """A FIFO bounded by the frames its items hold (one item always fits), so that long clips do not pile up."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._items: deque[_Input | None] = deque()
+        self._frames = 0
+        self._condition = threading.Condition()
+
+    def put(self, item: _Input | None) -> None:
+        with self._condition:
+            while self._items and self._frames >= self.limit:
+                self._condition.wait()
+            self._items.append(item)
+            self._frames += item.frames if item is not None else 0
+            self._condition.notify_all()
+
+    def get(self) -> _Input | None:
+        with self._condition:
+            while not self._items:
+                self._condition.wait()
+            item = self._items.popleft()
+            self._frames -= item.frames if item is not None else 0
+            self._condition.notify_all()
+            return item
+
+    def empty(self) -> bool:
+        with self._condition:
+            return not self._items
+
+    def clear(self) -> None:
+        with self._condition:
+            self._items.clear()
+            self._frames = 0
+            self._condition.notify_all()
 
 
 def _predict_locked(
@@ -255,13 +339,20 @@ def _predict_locked(
     overwrite: bool,
     progress: Callable[[InputOutcome, int, int], None] | None,
     imaging_region: str,
-    dicom: bool,
+    outputs: list[str],
+    frames_progress: Callable[[str, int, int], None] | None,
 ) -> BatchSummary:
-    """:func:`predict_files` while holding the folder's lock."""
-    threshold = predictor.info.threshold if threshold is None else float(threshold)
+    """:func:`predict_files` while holding the folder's lock.
+
+    Three threads: the reader (content hash, rerun decision, reading, imaging region) fills a
+    queue; this thread gathers ``predictor.batch_size`` frames across inputs per network call and
+    hands finished inputs, in input order, to the writer (post-processing, output files, rows,
+    results tables). Both queues are bounded, so memory does not grow with the number of inputs.
+    """
+    threshold = check_threshold(predictor.info.threshold if threshold is None else float(threshold))
     model = _model_document(predictor)
     settings = {"model_sha256": model["sha256"], "threshold": threshold,
-                "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region, "dicom": dicom}
+                "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region, "outputs": outputs}
     previous = _previous_results(output, overwrite)
     entries: dict[str, dict[str, Any]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -269,6 +360,7 @@ def _predict_locked(
         entries = {entry["input"]: entry for entry in previous["inputs"]}
         for row in previous.get("rows", []):
             rows.setdefault(row["input"], []).append(row)
+    earlier_entries = dict(entries)
     stems = assign_stems(inputs, {key: entry["stem"] for key, entry in entries.items()}, output)
     columns = result_columns(predictor.class_names)
     # Files this folder's runs wrote: the only ones predict may replace without --overwrite.
@@ -278,17 +370,16 @@ def _predict_locked(
         write_results(output, results_document(model, settings, columns, list(entries.values()),
                                                [row for key in entries for row in rows.get(key, [])]))
 
-    outcomes = []
-    for done, path in enumerate(inputs, start=1):
-        key, stem = str(path), stems[str(path)]
-        paths = output_paths(output, stem, gradcam)
-        earlier = entries.get(key)
+    def read(path: Path) -> _Input:
+        """Reader thread: decide whether ``path`` needs the network, and read it if so."""
+        key, stem, started = str(path), stems[str(path)], time.perf_counter()
+        paths = output_paths(output, stem, gradcam, outputs)
+        earlier = earlier_entries.get(key)
         try:
             digest: str | None = content_hash(path)
         except OSError:
-            digest = None  # unreadable: _predict_one reports why
-        foreign = [file for file in paths.values()
-                   if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
+            digest = None  # unreadable: reading it reports why
+        item = _Input(path, stem, digest, started)
         if (
             not overwrite
             and earlier is not None
@@ -297,52 +388,179 @@ def _predict_locked(
             and digest is not None and earlier.get("sha256") == digest
             and all(file.is_file() for file in paths.values())
         ):
-            outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
-        else:
+            item.outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
+            return item
+        foreign = [file for file in paths.values()
+                   if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
+        try:
             if foreign and not overwrite:
-                outcome, entry = _failed(path, stem, time.perf_counter(), rows, MFFMTError(
-                    foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} is not "
-                                "predicted; remove it, choose another --output, or use --overwrite"))
-            else:
-                outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows,
-                                              imaging_region, dicom)
-            ours.update(os.path.realpath(file) for file in entry.get("outputs", {}).values())
-            entries[key] = entry | {"settings": settings, "sha256": digest}
-            save()
-        outcomes.append(outcome)
-        if progress is not None:
-            progress(outcome, done, len(inputs))
-    return BatchSummary(outcomes)
+                raise MFFMTError(foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} "
+                                             "is not predicted; remove it, choose another --output, or use --overwrite")
+            item.prepared = predictor.prepare(path, roi=roi, gradcam=gradcam, threshold=threshold,
+                                              imaging_region=imaging_region)
+        except Exception as error:  # one bad input must not stop the batch: its error is reported instead
+            item.outcome, item.entry, item.rows = _failed(path, stem, started, error)
+        return item
+
+    def write(item: _Input) -> None:
+        """Writer thread: the input's files and rows, then the results tables."""
+        if item.outcome is None:
+            item.outcome, item.entry, item.rows = _write_one(predictor, item, output, outputs)
+        if item.outcome.status != "skipped":
+            entries[item.outcome.input] = item.entry | {"settings": settings, "sha256": item.digest}
+            rows[item.outcome.input] = item.rows
+
+    pipeline = _Pipeline(predictor, inputs, read, write, save, progress, frames_progress)
+    return BatchSummary(pipeline.run())
 
 
-def _predict_one(
-    predictor: Predictor,
-    path: Path,
-    stem: str,
-    output: Path,
-    threshold: float,
-    roi: RoiInput | None,
-    gradcam: bool,
-    rows: dict[str, list[dict[str, Any]]],
-    imaging_region: str = "auto",
-    dicom: bool = False,
-) -> tuple[InputOutcome, dict[str, Any]]:
-    """Predict on one input, write its files and its rows; a failure becomes an error row."""
-    key, started = str(path), time.perf_counter()
+class _Pipeline:
+    """Reader thread -> network (this thread, frames of several inputs per call) -> writer thread.
+
+    Args:
+        predictor: runs the network.
+        inputs: in order.
+        read: path -> :class:`_Input` (in the reader thread; must not raise for a bad input).
+        write: records an input whose network run is over (in the writer thread).
+        save: writes the results tables (in the writer thread, and once more at the end).
+        progress, frames_progress: as in :func:`predict_files`; called in this thread.
+    """
+
+    def __init__(self, predictor: Predictor, inputs: Sequence[Path], read: Callable[[Path], _Input],
+                 write: Callable[[_Input], None], save: Callable[[], None],
+                 progress: Callable[[InputOutcome, int, int], None] | None,
+                 frames_progress: Callable[[str, int, int], None] | None):
+        self.predictor, self.inputs, self.read, self.write, self.save = predictor, inputs, read, write, save
+        self.progress, self.frames_progress = progress, frames_progress
+        limit = 2 * predictor.batch_size
+        self.read_queue, self.write_queue = _FrameQueue(limit), _FrameQueue(limit)
+        self.written: deque[InputOutcome] = deque()  # recorded by the writer, not yet reported
+        self.outcomes: list[InputOutcome] = []
+        self.stopping = threading.Event()  # cancelled: the reader stops, the writer drops what is queued
+        # What stopped the reader or the writer (a bug; a results table that cannot be written).
+        self.error: BaseException | None = None
+        self.unsaved = False
+
+    def run(self) -> list[InputOutcome]:
+        reader = threading.Thread(target=self._reader, name="mffmt-predict-reader", daemon=True)
+        writer = threading.Thread(target=self._writer, name="mffmt-predict-writer", daemon=True)
+        reader.start()
+        writer.start()
+        try:
+            self._compute()
+            self.write_queue.put(None)
+            writer.join()
+            self._report()
+        except BaseException:
+            # Cancelled (Ctrl-C, a progress callback) or failed: the input being written is finished
+            # and recorded, those in flight are dropped whole, so no output is left half-made.
+            self.stopping.set()
+            self.read_queue.clear()
+            self.write_queue.clear()
+            self.write_queue.put(None)
+            writer.join()
+            raise
+        finally:
+            self.stopping.set()
+            self.read_queue.clear()
+            reader.join()
+            if self.unsaved and self.error is None:
+                self.save()
+        return self.outcomes
+
+    def _reader(self) -> None:
+        try:
+            for path in self.inputs:
+                if self.stopping.is_set():
+                    return
+                self.read_queue.put(self.read(path))
+        except BaseException as error:  # a bug, not a bad input (those become error rows): stop the run
+            self.error = error
+        self.read_queue.put(None)
+
+    def _writer(self) -> None:
+        last_save = time.monotonic()
+        while (item := self.write_queue.get()) is not None:
+            if self.stopping.is_set() and item.prepared is not None:
+                continue
+            try:
+                self.write(item)
+                self.unsaved = True
+                # The tables are rewritten when the writer has caught up, or at least each second.
+                if self.write_queue.empty() or time.monotonic() - last_save >= 1.0:
+                    self.save()
+                    self.unsaved, last_save = False, time.monotonic()
+            except BaseException as error:
+                self.error = error
+                self.stopping.set()
+                self.write_queue.clear()
+                return
+            self.written.append(item.outcome)
+
+    def _compute(self) -> None:
+        """Gather frames across inputs, ``batch_size`` per network call; hand finished inputs on in order."""
+        waiting: deque[_Input] = deque()  # read, in input order, not yet handed to the writer
+        parts: list[tuple[_Input, int, int]] = []
+        size = self.predictor.batch_size
+
+        def run_parts() -> None:
+            self.predictor.run_network([(item.prepared, start, stop) for item, start, stop in parts])
+            for item in dict.fromkeys(item for item, _, _ in parts):
+                if self.frames_progress is not None:
+                    self.frames_progress(str(item.path), item.prepared.frames_done, item.prepared.stack.num_frames)
+            parts.clear()
+
+        def hand_on() -> None:
+            while waiting and (waiting[0].prepared is None or waiting[0].prepared.complete):
+                self.write_queue.put(waiting.popleft())
+            self._report()
+
+        while (item := self.read_queue.get()) is not None:
+            waiting.append(item)
+            count = item.frames
+            start = 0
+            while start < count:
+                stop = min(count, start + size - sum(b - a for _, a, b in parts))
+                parts.append((item, start, stop))
+                start = stop
+                if sum(b - a for _, a, b in parts) == size:
+                    run_parts()
+                    hand_on()
+            hand_on()
+        if parts:
+            run_parts()
+        hand_on()
+        if self.error is not None:
+            raise self.error
+
+    def _report(self) -> None:
+        """Report the inputs the writer recorded since the last call (in this thread); raise its error."""
+        if self.error is not None:
+            raise self.error
+        while self.written:
+            outcome = self.written.popleft()
+            self.outcomes.append(outcome)
+            if self.progress is not None:
+                self.progress(outcome, len(self.outcomes), len(self.inputs))
+
+
+def _write_one(
+    predictor: Predictor, item: _Input, output: Path, outputs: list[str]
+) -> tuple[InputOutcome, dict[str, Any], list[dict[str, Any]]]:
+    """The result of an input through the network, its files and rows; a failure becomes an error row."""
+    key = str(item.path)
     try:
-        result = predictor.predict(path, roi=roi, gradcam=gradcam, threshold=threshold,
-                                   imaging_region=imaging_region)
-        written = {name: str(file) for name, file in write_outputs(result, output, stem).items()}
-        if dicom:
-            written.update({name: str(file) for name, file in export_dicom_results(result, output, stem).items()})
+        result = predictor.result(item.prepared)
+        written = {name: str(file) for name, file in write_outputs(result, output, item.stem, outputs).items()}
+        if "dicom" in outputs:
+            written.update({name: str(file) for name, file in export_dicom_results(result, output, item.stem).items()})
     except Exception as error:  # one bad input must not stop the batch: its error is reported instead
-        return _failed(path, stem, started, rows, error)
-    outcome = InputOutcome(key, stem, "done", outputs=written, seconds=time.perf_counter() - started)
-    rows[key] = frame_rows(result, key)
+        return _failed(item.path, item.stem, item.started, error)
+    outcome = InputOutcome(key, item.stem, "done", outputs=written, seconds=time.perf_counter() - item.started)
     summary = result.to_json()
     entry = {
         "input": key,
-        "stem": stem,
+        "stem": item.stem,
         "status": "done",
         "error": None,
         "outputs": written,
@@ -355,13 +573,13 @@ def _predict_one(
         "imaging_region": summary["imaging_region"],
         "notes": summary["notes"],
     }
-    return outcome, entry
+    return outcome, entry, frame_rows(result, key)
 
 
 def _failed(
-    path: Path, stem: str, started: float, rows: dict[str, list[dict[str, Any]]], error: BaseException
-) -> tuple[InputOutcome, dict[str, Any]]:
-    """The outcome, error row and entry of an input that failed with ``error``."""
+    path: Path, stem: str, started: float, error: BaseException
+) -> tuple[InputOutcome, dict[str, Any], list[dict[str, Any]]]:
+    """The outcome, entry and error row of an input that failed with ``error``."""
     key = str(path)
     if isinstance(error, OSError) and error.strerror:
         message = f"{error.filename or path}: {error.strerror}"
@@ -373,6 +591,4 @@ def _failed(
         message = f"{path}: {type(error).__name__}: {error}"
     message = one_line(message)
     outcome = InputOutcome(key, stem, "failed", error=message, seconds=time.perf_counter() - started)
-    rows[key] = [error_row(key, message)]
-    return outcome, {"input": key, "stem": stem, "status": "failed", "error": message}
-
+    return outcome, {"input": key, "stem": stem, "status": "failed", "error": message}, [error_row(key, message)]

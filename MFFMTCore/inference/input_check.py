@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,8 +229,11 @@ class FeatureRecorder:
 
     def __enter__(self) -> FeatureRecorder:
         if self.layer is not None:
+            # Only this thread's forward passes: live mode runs one network in several threads.
+            thread = threading.get_ident()
             self._handle = self.layer.register_forward_hook(
                 lambda _module, _inputs, output: self._features.append(output.float().mean(dim=(2, 3)).cpu())
+                if threading.get_ident() == thread else None
             )
         return self
 

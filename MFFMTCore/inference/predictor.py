@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,10 +22,10 @@ import torch
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.base.thresholds import check_threshold
-from MFFMTCore.data.transforms import expand_box, preprocess_frame
+from MFFMTCore.data.transforms import expand_box, preprocess_frames
 from MFFMTCore.devices import torch_device
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
-from MFFMTCore.inference.frames import ImageInput, as_frame_stack
+from MFFMTCore.inference.frames import FrameStack, ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
 from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
@@ -77,9 +78,11 @@ class Predictor:
         recipe = self.info.training.get("recipe", {})  # the training configuration `mffmt train` records
         return float(recipe.get("margin", 0.0)) if recipe.get("mode") == "lesion" else 0.0
 
-    def _network_input(self, grey: np.ndarray) -> torch.Tensor:
-        batch = torch.stack([preprocess_frame(frame, self.input_size) for frame in grey])
-        return batch.to(self.device).contiguous(memory_format=torch.channels_last)
+    def warm_up(self) -> None:
+        """Predict once on a synthetic frame, so that the first real prediction does not pay for the
+        network's first call (kernel selection, memory pools) and the lazily loaded libraries."""
+        frame = np.random.default_rng(0).integers(0, 256, self.input_size, dtype=np.uint8)
+        self.predict(frame, imaging_region="none")
 
     def _explain(self, x: torch.Tensor) -> torch.Tensor:
         if self._explainer is None:
@@ -128,6 +131,33 @@ class Predictor:
                 better than a confident wrong one.
             ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.
         """
+        prepared = self.prepare(image, spacing, origin, direction, roi, gradcam, threshold, imaging_region)
+        count = prepared.stack.num_frames
+        for start in range(0, count, self.batch_size):
+            stop = min(start + self.batch_size, count)
+            self.run_network([(prepared, start, stop)])
+            if prepared.error is not None:
+                raise prepared.error
+            if progress is not None:
+                progress(stop, count)
+        return self.result(prepared)
+
+    def prepare(
+        self,
+        image: ImageInput,
+        spacing: Sequence[float] | None = None,
+        origin: Sequence[float] | None = None,
+        direction: Sequence[float] | None = None,
+        roi: RoiInput | None = None,
+        gradcam: bool = False,
+        threshold: float | None = None,
+        imaging_region: str = "auto",
+    ) -> PreparedInput:
+        """Read and check an input and find the box the network sees, before any network run.
+
+        Arguments and errors as in :meth:`predict`. The frames then go through :meth:`run_network`,
+        in chunks that may hold other inputs' frames too, and :meth:`result` gives the prediction.
+        """
         threshold = check_threshold(self.info.threshold if threshold is None else threshold)
         stack = as_frame_stack(image, spacing, origin, direction)
         height, width = stack.frame_shape
@@ -140,51 +170,140 @@ class Predictor:
             check_frame_size((box[3], box[2]), stack.source, what=f"ROI {box}")
         # A user's ROI lies inside the scan already; the imaging region is only looked for without one.
         region: ImagingRegion | None = None if box is not None else find_imaging_region(stack, imaging_region)
-        x0, y0, w, h = box if box is not None else region.box if region is not None else (0, 0, width, height)
+        return PreparedInput(stack, box, region, threshold, gradcam, roi is not None, len(self.class_names))
 
-        count = stack.num_frames
-        # Outside an ROI there is no lesion: the maps start at zero and the box is pasted in.
-        probability = np.zeros((count, height, width), dtype=np.float32)
-        cam = np.zeros((count, height, width), dtype=np.float32) if gradcam else None
-        class_probabilities = np.empty((count, len(self.class_names)), dtype=np.float32)
-        colour, features = np.empty(count), []
+    def run_network(self, parts: Sequence[tuple[PreparedInput, int, int]]) -> None:
+        """Run frames ``start:stop`` of each part's input through the network in one call.
+
+        The outputs go into each input's maps. An input whose frames hold a NaN or infinite pixel, or
+        for which the network answers with non-finite probabilities, gets its ``error`` set and no
+        further frames are run for it; the other inputs of the call are not affected.
+
+        Args:
+            parts: (input, start, stop) triples; at most :attr:`batch_size` frames in all is the usual call.
+        """
+        crops, runs = [], []
+        for prepared, start, stop in parts:
+            if prepared.error is not None:
+                continue
+            x0, y0, w, h = prepared.crop
+            grey = prepared.stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
+            try:
+                check_frames(grey, prepared.stack.source, first_frame=start)
+            except ImageReadError as error:
+                prepared.error = error
+                continue
+            prepared.colour[start:stop] = colour_share(
+                prepared.stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], prepared.stack.components)
+            crops.append(preprocess_frames(grey, self.input_size))
+            runs.append((prepared, start, stop))
+        if not runs:
+            return
+        x = torch.cat(crops).to(self.device).contiguous(memory_format=torch.channels_last)
         recorder = FeatureRecorder(self.model)
-        for start in range(0, count, self.batch_size):
-            stop = min(start + self.batch_size, count)
-            grey = stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
-            check_frames(grey, stack.source, first_frame=start)
-            colour[start:stop] = colour_share(stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], stack.components)
-            x = self._network_input(grey)
-            with torch.inference_mode(), recorder:
-                output = self.model(x)
-                lesion = torch.sigmoid(resize_to_frame(output.mask_logits, (h, w)))
-                probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
-                logits = output.class_logits.float() / self.temperature
-                class_probabilities[start:stop] = torch.softmax(logits, dim=1).cpu().numpy()
-            features.append(recorder.take())
-            if not (np.isfinite(class_probabilities[start:stop]).all()
-                    and np.isfinite(probability[start:stop]).all()):
-                raise ImageReadError(stack.source, f"the network gave non-finite probabilities for frames "
-                                                   f"{start}-{stop - 1}; no answer is given for this input")
-            if cam is not None:
-                cam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(self._explain(x), (h, w)).cpu().numpy()
-            if progress is not None:
-                progress(stop, count)
+        with torch.inference_mode(), recorder:
+            output = self.model(x)
+            logits = output.class_logits.float() / self.temperature
+            classes = torch.softmax(logits, dim=1).cpu().numpy()
+        features = recorder.take()
+        cam = self._explain(x) if any(prepared.gradcam for prepared, _, _ in runs) else None
+        first = 0
+        for prepared, start, stop in runs:
+            last = first + stop - start
+            x0, y0, w, h = prepared.crop
+            probability, class_probabilities, gradcam = prepared.maps()
+            with torch.inference_mode():
+                lesion = torch.sigmoid(resize_to_frame(output.mask_logits[first:last], (h, w)))
+            probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
+            class_probabilities[start:stop] = classes[first:last]
+            if features is not None:
+                prepared.features.append(features[first:last])
+            if not (np.isfinite(class_probabilities[start:stop]).all() and np.isfinite(probability[start:stop]).all()):
+                prepared.error = ImageReadError(prepared.stack.source, f"the network gave non-finite probabilities "
+                                                f"for frames {start}-{stop - 1}; no answer is given for this input")
+            elif gradcam is not None:
+                gradcam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(cam[first:last], (h, w)).cpu().numpy()
+            prepared.frames_done += stop - start
+            first = last
+
+    def result(self, prepared: PreparedInput) -> PredictionResult:
+        """The prediction of an input whose frames have all been through :meth:`run_network`.
+
+        Raises:
+            ImageReadError: the input's frames or the network's answer were not finite (see :meth:`predict`).
+        """
+        if prepared.error is not None:
+            raise prepared.error
+        probability, class_probabilities, cam = prepared.maps()
         # The statistics describe whole scans (fitted without ROI): a lesion box is not compared with them.
         distance = None
-        if self.input_statistics is not None and recorder.available and roi is None:
-            distance = self.input_statistics.distance(np.concatenate(features))
+        if self.input_statistics is not None and prepared.features and not prepared.roi_given:
+            distance = self.input_statistics.distance(np.concatenate(prepared.features))
         return PredictionResult(
             probability=probability,
             class_probabilities=class_probabilities,
             class_names=self.class_names,
-            geometry=stack.geometry,
-            threshold=threshold,
-            source=stack.source,
-            roi=box,
+            geometry=prepared.stack.geometry,
+            threshold=prepared.threshold,
+            source=prepared.stack.source,
+            roi=prepared.box,
             gradcam=cam,
-            input_frames=stack,
+            input_frames=prepared.stack,
             lesion_decision=self.lesion_decision,
-            imaging_region=region,
-            input_checks=assess_frames(colour, distance),
+            imaging_region=prepared.region,
+            input_checks=assess_frames(prepared.colour, distance),
         )
+
+
+@dataclass(eq=False)
+class PreparedInput:
+    """An input read and checked for :meth:`Predictor.run_network`, and the maps its frames fill.
+
+    Args:
+        stack: the input's frames.
+        box: the ROI (context margin included) the network sees, or None.
+        region: the imaging region the network sees when there is no ROI, or None (the whole frame).
+        threshold: lesion threshold of its result.
+        gradcam: whether Grad-CAM maps are computed.
+        roi_given: whether the user gave an ROI (the feature-distance check is then left out).
+        class_count: the model's number of classes.
+        error: why the input has no answer (set by :meth:`Predictor.run_network`), or None.
+        frames_done: frames that have been through the network.
+    """
+
+    stack: FrameStack
+    box: tuple[int, int, int, int] | None
+    region: ImagingRegion | None
+    threshold: float
+    gradcam: bool
+    roi_given: bool
+    class_count: int
+    error: Exception | None = None
+    frames_done: int = 0
+    colour: np.ndarray = field(init=False, repr=False)
+    features: list[np.ndarray] = field(default_factory=list, repr=False)
+    _maps: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.colour = np.zeros(self.stack.num_frames)
+
+    @property
+    def crop(self) -> tuple[int, int, int, int]:
+        """(x, y, w, h) of the part of each frame the network sees."""
+        height, width = self.stack.frame_shape
+        return self.box or (self.region.box if self.region is not None else (0, 0, width, height))
+
+    @property
+    def complete(self) -> bool:
+        """Every frame has been through the network, or the input failed."""
+        return self.error is not None or self.frames_done >= self.stack.num_frames
+
+    def maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(probability, class probabilities, Grad-CAM or None), allocated at the first network run."""
+        if self._maps is None:
+            count, (height, width) = self.stack.num_frames, self.stack.frame_shape
+            # Outside the box there is no lesion: the maps start at zero and the box is pasted in.
+            self._maps = (np.zeros((count, height, width), dtype=np.float32),
+                          np.empty((count, self.class_count), dtype=np.float32),
+                          np.zeros((count, height, width), dtype=np.float32) if self.gradcam else None)
+        return self._maps

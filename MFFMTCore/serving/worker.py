@@ -46,6 +46,7 @@ from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.devices import present_devices
 from MFFMTCore.errors import one_line
 from MFFMTCore.inference.batch import _model_document, find_inputs, predict_files
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.serving.protocol import PROTOCOL_VERSION, ProtocolError, read_message, write_message
@@ -60,27 +61,6 @@ class RequestCancelled(BaseException):
     A BaseException, as KeyboardInterrupt is, so that the batch runner's ``except Exception`` (one
     bad input must not stop a batch) does not record a cancel as a failed input.
     """
-
-
-class _ReportingPredictor:
-    """A :class:`Predictor` whose every ``predict`` reports after each chunk of frames.
-
-    ``predict_files`` calls ``predictor.predict(path, ...)`` without a progress callback; this adds
-    one, so that a cancel is honoured between chunks of a long clip and not only between inputs.
-    """
-
-    def __init__(self, predictor: Predictor, progress: Callable[[str, int, int], None]):
-        self._predictor = predictor
-        self._progress = progress
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._predictor, name)
-
-    def predict(self, image: Any, **options: Any) -> Any:
-        def report(done: int, total: int) -> None:
-            self._progress(str(image), done, total)
-
-        return self._predictor.predict(image, progress=report, **options)
 
 
 def _optional(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -145,6 +125,7 @@ class Worker:
         except (ValueError, FileNotFoundError) as error:
             self.send({"id": None, "event": "error", "error": one_line(error)})
             return 2
+        self.predictor.warm_up()  # before "ready": the first request then runs at a warm worker's speed
         self.send({"id": None, "event": "ready", "model": _model_document(self.predictor),
                    "protocol": PROTOCOL_VERSION, "version": __version__, "pid": os.getpid(), **self._devices()})
         threading.Thread(target=self._read_requests, name="mffmt-serve-reader", daemon=True).start()
@@ -253,10 +234,11 @@ class Worker:
 
         threshold = _threshold(message)
         paths = find_inputs(inputs, exclude=output)
-        summary = predict_files(_ReportingPredictor(self.predictor, frames_done), paths, output, threshold=threshold,
+        outputs = [*DEFAULT_OUTPUTS, *(["dicom"] if message.get("dicom") else [])]
+        summary = predict_files(self.predictor, paths, output, threshold=threshold,
                                 roi=_roi(message), gradcam=bool(message.get("gradcam")),
                                 overwrite=bool(message.get("overwrite")), progress=input_done,
-                                dicom=bool(message.get("dicom")))
+                                outputs=outputs, frames_progress=frames_done)
         counts = {status: sum(o.status == status for o in summary.outcomes) for status in ("done", "skipped", "failed")}
         return {"event": "done", "total": len(paths), **counts, "output": output,
                 "outcomes": [asdict(outcome) for outcome in summary.outcomes]}, None

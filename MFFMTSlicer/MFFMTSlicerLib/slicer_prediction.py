@@ -421,22 +421,26 @@ class PredictionLogic:
         showResults(segmentationNode, rows, threshold, [] if frame is None else measurements[frame]["calipers"])
         return rows
 
-    def processFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,
-                      model: str | os.PathLike | None = None, threshold: float | None = None,
-                      roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "auto",
-                      overwrite: bool = False, progressCallback: Callable[[PredictProgress], None] | None = None
-                      ) -> list[dict[str, Any]]:
-        """Segment and classify every image file in a folder (recursively) into ``outputDir``.
+    def startProcessingFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,
+                              model: str | os.PathLike | None = None, threshold: float | None = None,
+                              roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "cpu",
+                              overwrite: bool = False,
+                              progressCallback: Callable[[BackgroundTask], None] | None = None,
+                              completedCallback: Callable[[BackgroundTask], None] | None = None
+                              ) -> WorkerRequestTask:
+        """Start segmenting and classifying every image file in a folder (recursively) into ``outputDir``.
 
-        Writes what ``mffmt predict`` writes (per input ``<stem>.seg.nrrd``, probability, overlay,
-        Grad-CAM; results.csv and results.json) and blocks until done. A rerun skips inputs an
-        earlier run finished unless ``overwrite``.
+        The warm worker runs ``mffmt predict``'s batched path (frames of several files per network
+        call) and writes what it writes (per input ``<stem>.seg.nrrd``, probability, overlay,
+        Grad-CAM; results.csv and results.json). A rerun skips inputs an earlier run finished unless
+        ``overwrite``. :meth:`cancel` stops it at the next network call: the inputs already written
+        keep their files and rows, the ones in flight leave nothing.
 
         Returns:
-            One row per frame of every input; an input that failed has a row with its error.
+            The running task (``task.progress`` counts the inputs): poll it, wait for it or cancel it.
 
         Raises:
-            ValueError: the folder does not exist; RuntimeError: the run failed as a whole.
+            ValueError: the folder does not exist; RuntimeError: missing packages.
         """
         inputDir = Path(inputDir)
         if not inputDir.is_dir():
@@ -445,8 +449,25 @@ class PredictionLogic:
         fields = predict_request([inputDir], outputDir, lesion_threshold=threshold, roi=roi, gradcam=gradcam,
                                  overwrite=overwrite)
         workDir = makeWorkFolder(self.workRoot)  # nothing is written there: every task has one
-        task = WorkerRequestTask(
-            worker=self.worker, workerReady=self.worker.clientLater(model, device), fields=fields, workDir=workDir,
+        task = WorkerRequestTask(worker=self.worker, workerReady=self.worker.clientLater(model, device), fields=fields,
+                                 workDir=workDir, progressCallback=progressCallback,
+                                 completedCallback=completedCallback)
+        task.poll()  # a warm worker gets the request now
+        return task
+
+    def processFolder(self, inputDir: str | os.PathLike, outputDir: str | os.PathLike,
+                      model: str | os.PathLike | None = None, threshold: float | None = None,
+                      roi: Sequence[int] | None = None, gradcam: bool = False, device: str = "cpu",
+                      overwrite: bool = False, progressCallback: Callable[[PredictProgress], None] | None = None
+                      ) -> list[dict[str, Any]]:
+        """:meth:`startProcessingFolder` and wait: one row per frame of every input (an input that
+        failed has a row with its error).
+
+        Raises:
+            ValueError: the folder does not exist; RuntimeError: the run failed as a whole.
+        """
+        task = self.startProcessingFolder(
+            inputDir, outputDir, model, threshold, roi, gradcam, device, overwrite,
             progressCallback=(lambda task: progressCallback(task.progress)) if progressCallback else None).wait()
         if task.status != "done":  # failed inputs do not fail the run: their rows say why
             raise RuntimeError(task.error or f"prediction {task.status}")

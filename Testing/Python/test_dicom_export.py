@@ -16,6 +16,7 @@ from pydicom.sr.codedict import codes
 
 from MFFMTCore.inference.batch import predict_files
 from MFFMTCore.inference.dicom_export import CLASS_CONCEPT, PROBABILITY_CONCEPT, write_dicom_results
+from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
 
 LESION = (60, 40, 40, 20)
 
@@ -108,19 +109,20 @@ def test_batch_writes_dicom_results_for_dicom_inputs_only(tmp_path, dark_lesion_
     png_input = tmp_path / "capture.png"
     Image.fromarray(capture()[0]).save(png_input)
     output = tmp_path / "out"
-    summary = predict_files(dark_lesion_predictor, [dicom_input, png_input], output, dicom=True)
+    summary = predict_files(dark_lesion_predictor, [dicom_input, png_input], output,
+                            outputs=(*DEFAULT_OUTPUTS, "dicom"))
     assert [outcome.status for outcome in summary.outcomes] == ["done", "done"]
     assert (output / "us_seg.dcm").is_file() and (output / "us_sr.dcm").is_file()
     assert not (output / "capture_seg.dcm").exists()
     document = json.loads((output / "results.json").read_text())
     assert document["inputs"][0]["outputs"]["dicom_report"].endswith("us_sr.dcm")
-    assert document["settings"]["dicom"] is True
+    assert document["settings"]["outputs"] == ["seg", "probability", "overlay", "dicom"]
 
 
 def test_header_without_patient_id_and_acr_nema_times_gets_dicom_results(tmp_path, dark_lesion_predictor):
     """pydicom's ExplVR_BigEnd.dcm (a 1997 LOGIQ 700 capture): no PatientID, StudyTime '14:04:38'."""
     source_path = Path(pydicom.data.get_testdata_file("ExplVR_BigEnd.dcm"))
-    summary = predict_files(dark_lesion_predictor, [source_path], tmp_path / "out", dicom=True)
+    summary = predict_files(dark_lesion_predictor, [source_path], tmp_path / "out", outputs=(*DEFAULT_OUTPUTS, "dicom"))
     (outcome,) = summary.outcomes
     assert outcome.status == "done", outcome.error
     segmentation, report = read_back({name: outcome.outputs[name] for name in ("dicom_segmentation", "dicom_report")})
@@ -142,7 +144,7 @@ def test_header_without_uids_to_reference_keeps_the_other_results_and_says_why(
         delattr(dataset, keyword)
     dataset.save_as(source_path, enforce_file_format=False)
     output = tmp_path / "out"
-    summary = predict_files(dark_lesion_predictor, [source_path], output, dicom=True)
+    summary = predict_files(dark_lesion_predictor, [source_path], output, outputs=(*DEFAULT_OUTPUTS, "dicom"))
     (outcome,) = summary.outcomes
     assert outcome.status == "done" and set(outcome.outputs) == {"segmentation", "probability", "overlay"}
     assert not (output / "us_seg.dcm").exists() and not (output / "us_sr.dcm").exists()

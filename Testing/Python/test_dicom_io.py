@@ -370,11 +370,12 @@ def test_absurd_pixel_spacing_is_ignored_with_a_note(tmp_path, value, note):
 def test_frames_with_absurd_calibrations_are_predicted_in_pixels(tmp_path, dark_lesion_predictor):
     """Every case a done row in pixels with its note (before: 6e25 mm², or an exception row)."""
     from MFFMTCore.inference.batch import predict_files
+    from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
 
     inputs = [ultrasound_dicom(tmp_path / f"{number}.dcm", capture(), regions=regions)
               for number, (regions, _) in enumerate(ABSURD_REGIONS.values())]
     inputs.append(_with_pixel_spacing(ultrasound_dicom(tmp_path / "ps.dcm", capture()), b"0.2 "))
-    summary = predict_files(dark_lesion_predictor, inputs, tmp_path / "out", dicom=True)
+    summary = predict_files(dark_lesion_predictor, inputs, tmp_path / "out", outputs=(*DEFAULT_OUTPUTS, "dicom"))
     assert [outcome.status for outcome in summary.outcomes] == ["done"] * len(inputs), summary.failed
     document = json.loads((tmp_path / "out" / "results.json").read_text())
     for entry in document["inputs"]:

@@ -116,11 +116,12 @@ def test_highdicom_is_not_required_next_to_slicers_pydicom_2():
 
 def test_without_highdicom_a_dicom_input_is_predicted_with_a_note(tmp_path, dark_lesion_predictor, monkeypatch):
     from MFFMTCore.inference.batch import predict_files
+    from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS
 
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom raises ImportError
     monkeypatch.delitem(sys.modules, "MFFMTCore.inference.dicom_export", raising=False)
     source = ultrasound_dicom(tmp_path / "us.dcm", capture(), regions=[region_item()])
-    summary = predict_files(dark_lesion_predictor, [source], tmp_path / "out", dicom=True)
+    summary = predict_files(dark_lesion_predictor, [source], tmp_path / "out", outputs=(*DEFAULT_OUTPUTS, "dicom"))
     (outcome,) = summary.outcomes
     assert outcome.status == "done" and "dicom_segmentation" not in outcome.outputs
     (entry,) = json.loads((tmp_path / "out" / "results.json").read_text())["inputs"]

@@ -366,6 +366,27 @@ def test_process_folder_with_relative_paths_and_a_dash_name(env, tmp_path, monke
     assert list(logic.workRoot.iterdir()) == []
 
 
+def test_process_folder_can_be_cancelled_and_leaves_only_whole_recorded_inputs(env, tmp_path):
+    _, _, _, logic, _ = env
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    for sample in sorted(SAMPLES.glob("bus_*.png")):
+        shutil.copy(sample, folder / sample.name)
+    output = tmp_path / "results"
+    task = logic.startProcessingFolder(folder, output)
+    logic.cancel(task)
+    assert task.status == "cancelled"
+    recorded = {row["input"] for row in (json.loads((output / "results.json").read_text())["inputs"]
+                                         if (output / "results.json").exists() else [])}
+    written = [path for path in output.glob("*") if path.name not in ("results.csv", "results.json")]
+    assert len(written) == 3 * len(recorded)  # seg, probability, overlay of each recorded input; nothing else
+    # The next run does the rest, and reports its progress per input.
+    seen = []
+    rows = logic.processFolder(folder, output, progressCallback=lambda progress: seen.append(progress.done))
+    assert len(rows) == len(list(folder.glob("*.png"))) and not any(row["error"] for row in rows)
+    assert seen and max(seen) == len(rows)
+
+
 def test_scene_training_candidates_prefer_the_users_segmentation(env, picture_result):
     scene, slicer, _, logic, _ = env
     volume, result, _ = picture_result

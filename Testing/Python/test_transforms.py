@@ -170,3 +170,23 @@ def test_dataset_items_collate_and_match_inference_preprocessing(tmp_path: Path)
     reference = preprocess_frame(gradient().astype(np.float32), (64, 64))
     assert (reference - batch["image"][0]).abs().max() <= 0.5 / 255 + 1e-6
     assert dataset.cache_bytes() == 2 * (64 * 64 + 64 * 64 // 8)
+
+
+def test_preprocess_frames_equals_the_training_chain_to_the_last_bit():
+    """Inference's batched scale-and-resize is the training chain's (MONAI ScaleIntensityd, resize_image)."""
+    from monai.transforms import Compose
+
+    from MFFMTCore.data.transforms import image_transforms, preprocess_frames, run_chain, to_tensors
+
+    rng = np.random.default_rng(3)
+    chain = Compose([*image_transforms((56, 48)), to_tensors()])
+    for shape in [(120, 90), (31, 200), (56, 48)]:
+        frames = np.stack([rng.integers(0, 256, shape).astype(np.float32),
+                           rng.normal(40.0, 9.0, shape).astype(np.float32),
+                           np.full(shape, 7.0, dtype=np.float32)])  # a constant frame: all zero
+        batched = preprocess_frames(frames, (56, 48))
+        assert batched.shape == (3, 1, 56, 48) and batched.dtype == torch.float32
+        for frame, row in zip(frames, batched):
+            expected = torch.as_tensor(run_chain(chain, {"image": frame[None]})["image"])
+            assert torch.equal(row, expected)
+        assert not batched[2].any()
