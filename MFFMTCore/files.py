@@ -59,6 +59,84 @@ def image_stem(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] if suffix and len(name) > len(suffix) else Path(name).stem
 
 
+# Headers that may keep their pixels in other files (MetaImage's ElementDataFile, NRRD's "data file").
+_HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd")
+_HEADER_BYTES = 1 << 16  # a header longer than this is not one we read data file names from
+
+
+def _header_lines(path: Path) -> list[str]:
+    """The text lines of a MetaImage or NRRD header (NRRD: up to the blank line before its data)."""
+    with open(path, "rb") as handle:
+        text = handle.read(_HEADER_BYTES).decode("latin-1")
+    lines = text.splitlines()
+    if path.name.lower().endswith((".nhdr", ".nrrd")) and "" in lines:
+        lines = lines[: lines.index("")]
+    return lines
+
+
+def _data_file_names(lines: list[str], nrrd: bool) -> list[str]:
+    """File names a header's data-file field lists: one name, ``LIST`` (names on the next lines) or a
+    printf pattern with first, last and step numbers."""
+    key = re.compile(r"^\s*(data ?file)\s*:\s*(.*)$" if nrrd else r"^\s*ElementDataFile\s*=\s*(.*)$", re.IGNORECASE)
+    for index, line in enumerate(lines):
+        match = key.match(line)
+        if not match:
+            continue
+        value = match.groups()[-1].strip()
+        if value.upper() == "LOCAL" and not nrrd:
+            return []
+        if value.split()[:1] == ["LIST"]:
+            return [name.strip() for name in lines[index + 1:] if name.strip()]
+        parts = value.split()
+        if "%" in value and len(parts) >= 4:
+            try:
+                first, last, step = (int(number) for number in parts[1:4])
+                numbers = range(first, last + (1 if step > 0 else -1), step) if step else [first]
+                return [parts[0] % number for number in numbers][:100000]
+            except (ValueError, TypeError):
+                return [value]
+        return [value]
+    return []
+
+
+def image_files(path: str | os.PathLike) -> list[Path]:
+    """Every file an image is read from: the file itself and, for a detached header (``.mhd``,
+    ``.nhdr``...), the data files it names (relative names are relative to the header's folder).
+
+    A DICOM folder gives every file in it. Used for content hashes, so that changing any file the
+    pixels come from makes a rerun redo the input.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return sorted(file for file in path.rglob("*") if file.is_file())
+    if not path.name.lower().endswith(_HEADER_SUFFIXES) or not path.is_file():
+        return [path]
+    try:
+        names = _data_file_names(_header_lines(path), nrrd=path.name.lower().endswith((".nhdr", ".nrrd")))
+    except OSError:
+        return [path]
+    return [path, *(path.parent / name for name in names)]
+
+
+def check_data_files(path: str | os.PathLike) -> None:
+    """Refuse a detached header whose data files lie outside the header's folder.
+
+    A header could otherwise name any readable file (``/etc/passwd``, ``../../private.raw``) as its
+    pixels. The names are judged as written (no symbolic link is followed), so a user who wants a
+    data file kept elsewhere passes it explicitly by placing a link to it beside the header.
+
+    Raises:
+        ImageReadError: naming the header and the first data file outside its folder.
+    """
+    path = Path(path)
+    folder = Path(os.path.normpath(path.absolute().parent))
+    for data in image_files(path)[1:]:
+        written = Path(os.path.normpath(data.absolute()))
+        if not written.is_relative_to(folder):
+            raise ImageReadError(path, f"names a data file outside its folder ({data}); such a header is "
+                                       "refused: put the data file (or a link to it) beside the header")
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 2D picture, a volume (a stack of frames) or a DICOM file or series folder.
 
@@ -82,6 +160,7 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             return sitk.ReadImage(series)
         if path.stat().st_size == 0:
             raise ImageReadError(path, "file is empty")
+        check_data_files(path)
         return sitk.ReadImage(str(path))
     except ImageReadError:
         raise

@@ -33,7 +33,7 @@ from typing import Any
 from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError, one_line
-from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
+from MFFMTCore.files import IMAGE_SUFFIXES, image_files, image_stem, is_image_file, remove_temporaries
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
 from MFFMTCore.inference.outputs import output_paths, write_outputs
@@ -143,16 +143,16 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
 
 
 def content_hash(path: Path) -> str:
-    """SHA-256 of an input's bytes (of a DICOM folder: every file's relative name and bytes).
+    """SHA-256 of every file an input is read from (:func:`MFFMTCore.files.image_files`): a detached
+    header and its data files, a DICOM folder's files with their relative names.
 
     Raises:
         OSError: the input cannot be read (missing, a symbolic-link loop, no permission).
     """
     digest = hashlib.sha256()
-    files = sorted(file for file in path.rglob("*") if file.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(f"{file.relative_to(path).as_posix()}|".encode())
+    for file in image_files(path):
+        if file != path:
+            digest.update(f"{file.relative_to(path).as_posix() if path.is_dir() else file.name}|".encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
