@@ -35,8 +35,12 @@ IMAGE_SUFFIXES = (
 #: network downsamples 32 times, so a smaller region holds less than one pixel of its coarsest map.
 MIN_IMAGE_SIDE = 32
 
-# The temporary names atomic_path makes: "." + stem + "." + mkstemp's 8 random characters + ".tmp" + suffixes.
+# The temporary names atomic_path makes: "." + name less suffix + "." + mkstemp's 8 random characters +
+# ".tmp" + suffix (the last one or two, so that writers still know the format: ".nii.gz", ".seg.nrrd").
 _TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\..+)?$")
+#: How many bytes longer a temporary name of atomic_path is than the name it stands for.
+TEMPORARY_NAME_EXTRA = len(".") + len(".") + 8 + len(".tmp")
+_KEPT_SUFFIX_CHARACTERS = 16
 
 
 class ImageReadError(MFFMTError):
@@ -270,9 +274,11 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(destination.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=f".tmp{suffix}",
-                                         dir=destination.parent)
+    suffix = "".join(destination.suffixes[-2:])
+    if len(suffix) > _KEPT_SUFFIX_CHARACTERS:  # "a.b_probability.nrrd": the last suffix says the format
+        suffix = destination.suffix
+    base = destination.name[: len(destination.name) - len(suffix)]
+    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=destination.parent)
     os.close(handle)
     temporary = Path(temporary)
     try:

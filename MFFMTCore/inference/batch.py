@@ -33,9 +33,17 @@ from typing import Any
 from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError, one_line
-from MFFMTCore.files import IMAGE_SUFFIXES, image_files, image_stem, is_image_file, remove_temporaries
+from MFFMTCore.files import (
+    IMAGE_SUFFIXES,
+    TEMPORARY_NAME_EXTRA,
+    image_files,
+    image_stem,
+    is_image_file,
+    remove_temporaries,
+)
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_export import dicom_output_paths, write_dicom_results
+from MFFMTCore.inference.journal import OutputJournal
 from MFFMTCore.inference.outputs import output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.inference.results_table import (
@@ -113,10 +121,32 @@ def find_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike |
     return list(dict.fromkeys(found))  # each file once, in the order given
 
 
+def _planned_paths(directory: Path, stem: str) -> list[Path]:
+    """Every file predict may write for ``stem`` (with Grad-CAM and DICOM results)."""
+    return [*output_paths(directory, stem, gradcam=True).values(), *dicom_output_paths(directory, stem).values()]
+
+
+def fit_stem(stem: str, directory: Path) -> str:
+    """``stem``, shortened if its output names (and their temporary names) would be too long for the
+    file system: cut and followed by ``~`` and a hash of the whole stem, so that it stays unique
+    and the same stem is always cut the same way."""
+    try:
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = max(len(path.name.encode()) for path in _planned_paths(directory, ""))
+    limit = name_max - longest - TEMPORARY_NAME_EXTRA
+    if len(stem.encode()) <= limit:
+        return stem
+    tag = "~" + hashlib.sha256(stem.encode()).hexdigest()[:12]
+    return stem.encode()[: limit - len(tag)].decode("utf-8", "ignore") + tag
+
+
 def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path) -> dict[str, str]:
     """Unique output stems for ``inputs`` (absolute paths); ``known`` holds earlier runs' stems.
 
-    A stem is never one whose output files would overwrite an input.
+    A stem is never one whose output files would overwrite an input, and never one too long for the
+    file system (:func:`fit_stem`).
     """
     stems = dict(known)
     taken = set(stems.values())
@@ -125,18 +155,18 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
-        paths = [*output_paths(directory, stem, gradcam=True).values(), *dicom_output_paths(directory, stem).values()]
-        return stem not in taken and not any(os.path.realpath(path) in protected for path in paths)
+        return stem not in taken and not any(os.path.realpath(path) in protected
+                                             for path in _planned_paths(directory, stem))
 
     for path in inputs:
         if str(path) in stems:
             continue
         stem = image_stem(path)
-        if counts[stem] > 1 or not usable(stem):
+        if counts[stem] > 1 or not usable(fit_stem(stem, directory)):
             stem = f"{stem}_{path.parent.name}" if path.parent.name else stem
-        candidate, number = stem, 2
+        candidate, number = fit_stem(stem, directory), 2
         while not usable(candidate):
-            candidate, number = f"{stem}_{number}", number + 1
+            candidate, number = fit_stem(f"{stem}_{number}", directory), number + 1
         stems[str(path)] = candidate
         taken.add(candidate)
     return stems
@@ -285,6 +315,8 @@ def _predict_locked(
         }
         write_results(output, document, columns)
 
+    journal = OutputJournal(output)
+    journal.recover(entries)  # an earlier run stopped between writing and recording: its leftovers go
     outcomes = []
     for done, path in enumerate(inputs, start=1):
         key, stem = str(path), stems[str(path)]
@@ -294,28 +326,43 @@ def _predict_locked(
             digest: str | None = content_hash(path)
         except OSError:
             digest = None  # unreadable: _predict_one reports why
-        foreign = [file for file in paths.values()
-                   if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
-        if (
-            not overwrite
-            and earlier is not None
-            and earlier.get("status") == "done"
-            and earlier.get("settings") == settings
-            and digest is not None and earlier.get("sha256") == digest
-            and all(file.is_file() for file in paths.values())
-        ):
+        try:
+            foreign = [file for file in paths.values()
+                       if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
+            # The files this input may write that are absent or this folder's own: listed before writing.
+            planned = [file for file in _planned_paths(output, stem)
+                       if not (file.exists() or file.is_symlink()) or os.path.realpath(file) in ours]
+            finished = (
+                not overwrite
+                and earlier is not None
+                and earlier.get("status") == "done"
+                and earlier.get("settings") == settings
+                and digest is not None and earlier.get("sha256") == digest
+                and all(file.is_file() for file in paths.values())
+            )
+        except OSError as error:  # the file system refuses to look at an output name: this input fails
+            foreign, planned, finished, problem = [], [], False, error
+        else:
+            problem = None
+        if finished:
             outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
         else:
-            if foreign and not overwrite:
+            if problem is not None:
+                outcome, entry = _failed(path, stem, time.perf_counter(), rows, problem)
+            elif foreign and not overwrite:
                 outcome, entry = _failed(path, stem, time.perf_counter(), rows, MFFMTError(
                     foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} is not "
                                 "predicted; remove it, choose another --output, or use --overwrite"))
             else:
+                journal.begin(planned)  # write, then record: a kill in between leaves files the next run knows
                 outcome, entry = _predict_one(predictor, path, stem, output, threshold, roi, gradcam, rows,
                                               imaging_region, dicom)
+                if outcome.status == "failed":
+                    journal.abandon()  # a failure after some files were written leaves none unrecorded
             ours.update(os.path.realpath(file) for file in entry.get("outputs", {}).values())
             entries[key] = entry | {"settings": settings, "sha256": digest}
             save()
+            journal.end()
         outcomes.append(outcome)
         if progress is not None:
             progress(outcome, done, len(inputs))

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +74,69 @@ def test_a_header_naming_a_data_file_outside_its_folder_is_refused(model_path, t
     (folder / "linked.raw").symlink_to(tmp_path / "secret.raw")
     header.write_text(header.read_text().replace(f"ElementDataFile = {target}", "ElementDataFile = linked.raw"))
     assert read_image(header).GetSize() == (64, 48)
+
+
+# ------------------------------------------------------------ long names (item 8)
+
+
+def test_a_250_character_name_gets_a_shortened_unique_stem_and_the_batch_goes_on(model_path, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first, second = (folder / ("x" * 246 + tail + ".png") for tail in ("a", "b"))
+    for seed, path in enumerate((first, second)):
+        sitk.WriteImage(sitk.GetImageFromArray(pixels(seed)), str(path))
+    short = folder / "short.png"
+    sitk.WriteImage(sitk.GetImageFromArray(pixels(3)), str(short))
+    output = tmp_path / "out"
+    assert predict(model_path, output, first, second, short) == 0
+    document = json.loads((output / "results.json").read_text())
+    stems = [entry["stem"] for entry in document["inputs"]]
+    assert len(set(stems)) == 3 and stems[2] == "short"
+    assert all(len(name.encode()) <= 255 for name in os.listdir(output))
+    assert all(entry["status"] == "done" and Path(entry["outputs"]["overlay"]).is_file() for entry in document["inputs"])
+    # The same names get the same stems on a rerun: skipped, nothing redone.
+    assert predict(model_path, output, first, second, short) == 0
+    assert [entry["stem"] for entry in json.loads((output / "results.json").read_text())["inputs"]] == stems
+
+
+# ------------------------------------------------------------ write, then record (item 3)
+
+
+def test_a_kill_between_writing_and_recording_does_not_block_the_input(model_path, tmp_path):
+    scan = tmp_path / "scan.png"
+    sitk.WriteImage(sitk.GetImageFromArray(pixels(1)), str(scan))
+    output = tmp_path / "out"
+    # A real SIGKILL at the moment results.json is about to record the files just written.
+    code = ("import os, signal, sys\n"
+            "import MFFMTCore.inference.batch as batch\n"
+            "batch.write_results = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "from MFFMTCore.cli import main\n"
+            f"main(['predict', {str(scan)!r}, '--output', {str(output)!r}, '--model', {str(model_path)!r},"
+            " '--progress', 'none', '--threads', '1'])\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert (output / "scan_overlay.png").is_file() and not (output / "results.json").exists()
+    assert predict(model_path, output, scan) == 0  # recognised as its own leftovers and replaced
+    entry = json.loads((output / "results.json").read_text())["inputs"][0]
+    assert entry["status"] == "done" and (output / "scan_overlay.png").is_file()
+
+
+def test_a_failure_after_some_files_were_written_leaves_no_unrecorded_file(model_path, tmp_path, monkeypatch):
+    import MFFMTCore.inference.outputs as outputs
+
+    scan = tmp_path / "scan.png"
+    sitk.WriteImage(sitk.GetImageFromArray(pixels(1)), str(scan))
+    output = tmp_path / "out"
+    assert predict(model_path, output, scan) == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(outputs, "write_overlay", broken)  # the segmentation and map are already written
+    assert predict(model_path, output, scan, extra=("--overwrite",)) == 1
+    document = json.loads((output / "results.json").read_text())
+    recorded = {Path(file).name for entry in document["inputs"] for file in (entry.get("outputs") or {}).values()}
+    left = {name for name in os.listdir(output) if not name.startswith(".") and not name.startswith("results.")}
+    assert left <= recorded and document["inputs"][0]["status"] == "failed" and not left
+    monkeypatch.undo()
+    assert predict(model_path, output, scan) == 0  # nothing in the way
