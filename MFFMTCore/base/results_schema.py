@@ -17,7 +17,8 @@ writes them and the Slicer module reads them. A new column is one more entry her
   perpendicular_axis_px``, ``orientation`` (``parallel`` / ``not parallel``): the largest region's
   diameters as a breast report gives them (:mod:`MFFMTCore.base.measurements`);
 - ``input_flagged, input_score, input_reason``: whether the frame looks unlike breast B-mode
-  (:mod:`MFFMTCore.inference.input_check`); a flagged frame's ``prediction`` is ``not breast B-mode``;
+  (:mod:`MFFMTCore.inference.input_check`); a flagged frame's ``prediction`` is ``not breast B-mode``,
+  its probabilities are empty and it has no lesion;
 - ``error``: why an input failed.
 """
 

@@ -140,3 +140,57 @@ def test_a_failure_after_some_files_were_written_leaves_no_unrecorded_file(model
     assert left <= recorded and document["inputs"][0]["status"] == "failed" and not left
     monkeypatch.undo()
     assert predict(model_path, output, scan) == 0  # nothing in the way
+
+
+# ------------------------------------------------------------ flagged frames carry no answer (item 10)
+
+
+def test_a_flagged_frame_has_no_probability_no_lesion_and_no_lesion_in_its_dicom_results(tmp_path, dark_lesion_predictor):
+    import highdicom as hd
+    import pydicom
+    from dicom_samples import ultrasound_dicom
+
+    from MFFMTCore.inference.dicom_export import CLASS_CONCEPT, PROBABILITY_CONCEPT
+    from MFFMTCore.inference.results_table import frame_rows
+
+    # A colour-flow-like capture: strongly coloured everywhere, with a dark region the network calls lesion.
+    frame = np.zeros((1, 120, 160, 3), np.uint8)
+    frame[..., 0], frame[..., 2] = 220, 40
+    frame[0, 40:60, 60:100] = 5
+    source = ultrasound_dicom(tmp_path / "colour.dcm", frame, photometric="RGB")
+    output = tmp_path / "out"
+    from MFFMTCore.inference.batch import predict_files
+
+    summary = predict_files(dark_lesion_predictor, [source], output, dicom=True)
+    assert summary.outcomes[0].status == "done"
+    result = dark_lesion_predictor.predict(source)
+    (finding,) = result.frames
+    assert finding.input_check.flagged and finding.prediction == "not breast B-mode"
+    assert finding.p_malignant is None and not finding.lesion_present and not finding.components
+    assert not result.label.any()
+    (row,) = frame_rows(result, str(source))
+    assert row["p_malignant"] is None and row["p_benign"] is None and row["lesion_area_px"] == 0
+    (csv_row,) = rows_of(output)["colour.dcm"]
+    assert csv_row["p_malignant"] == "" and csv_row["lesion_present"] == "False" and csv_row["long_axis_px"] == ""
+    report = hd.sr.srread(output / "colour_sr.dcm")
+    (group,) = report.content.get_planar_roi_measurement_groups()
+    assert PROBABILITY_CONCEPT not in [item.name for item in group.get_measurements()]
+    assert [item.value.meaning for item in group.get_qualitative_evaluations() if item.name == CLASS_CONCEPT] == [
+        "not breast B-mode"]
+    assert not pydicom.dcmread(output / "colour_seg.dcm").pixel_array.any()
+
+
+def test_a_clip_whose_frames_are_all_flagged_has_no_probability_either():
+    from MFFMTCore.base.geometry import ImageGeometry
+    from MFFMTCore.inference.input_check import InputCheck
+    from MFFMTCore.inference.result import PredictionResult
+
+    check = InputCheck(score=2.0, flagged=True, reason="colour", colour=0.9, distance=None)
+    result = PredictionResult(
+        probability=np.full((2, 40, 40), 0.9, np.float32), class_probabilities=np.array([[0.2, 0.8]] * 2, np.float32),
+        class_names=["benign", "malignant"], geometry=ImageGeometry((1.0,) * 3, (0.0,) * 3, tuple(np.eye(3).ravel()), False),
+        threshold=0.5, input_checks=[check, check])
+    assert result.clip.prediction == "not breast B-mode" and result.clip.p_malignant is None
+    assert json.loads(json.dumps(result.to_json(), allow_nan=False))["clip"]["probabilities"] == {
+        "benign": None, "malignant": None}
+    assert not result.label.any() and all(not frame.components for frame in result.frames)
