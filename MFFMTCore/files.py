@@ -13,6 +13,7 @@ with them; 2D pictures have unit spacing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,19 @@ IMAGE_SUFFIXES = (
 #: Smallest frame side (pixels) MFFMT answers for; smaller images and ROIs are refused. The
 #: network downsamples 32 times, so a smaller region holds less than one pixel of its coarsest map.
 MIN_IMAGE_SIDE = 32
+#: The pixel budget of one input, checked from its header before any pixel is decoded (an 875 KB
+#: PNG can hold 30000x30000 pixels). A frame is processed whole in float32 (about 25 bytes a pixel
+#: with its maps), so 2**25 pixels (5792x5792) stay under 1 GB; a clip's decoded pixels are held
+#: whole, so 1 GiB of them (a 1024x1024 clip of 1000 grey or 340 colour frames) keeps an input's
+#: peak under 2 GB. Environment variables of the same names change them.
+MAX_FRAME_PIXELS = 1 << 25
+MAX_INPUT_BYTES = 1 << 30
+_SAMPLE_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkFloat32: 4, sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1,
+    sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2, sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4,
+    sitk.sitkVectorFloat32: 4,
+}  # any other pixel type counts 8 bytes a sample
 
 # The temporary names atomic_path makes: "." + name less suffix + "." + mkstemp's 8 random characters +
 # ".tmp" + suffix (the last one or two, so that writers still know the format: ".nii.gz", ".seg.nrrd").
@@ -141,6 +155,78 @@ def check_data_files(path: str | os.PathLike) -> None:
                                        "refused: put the data file (or a link to it) beside the header")
 
 
+def _budget(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise MFFMTError(name, f"must be a positive whole number, got {text!r}")
+    return value
+
+
+def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], components: int = 1,
+                       sample_bytes: int = 1) -> None:
+    """Refuse an input whose pixels would be over the budget once decoded (see :data:`MAX_FRAME_PIXELS`).
+
+    Call it with the sizes a header gives, before decoding. Sizes are Python integers: a header
+    claiming 2**62 rows neither overflows nor wraps.
+
+    Args:
+        size: sizes in ITK order: (width, height) of a frame, then the frame count(s).
+        components: samples per pixel (3 for RGB).
+        sample_bytes: bytes per sample.
+
+    Raises:
+        ImageReadError: naming the input, its size and the budget (and how to raise it).
+    """
+    size = [int(side) for side in size] + [1] * (2 - len(size))
+    width, height, frames = size[0], size[1], math.prod(size[2:])
+    frame_limit = _budget("MFFMT_MAX_FRAME_PIXELS", MAX_FRAME_PIXELS)
+    if width * height > frame_limit:
+        raise ImageReadError(source, f"frame of {width}x{height} pixels is over the budget of {frame_limit} pixels "
+                                     "per frame; refused before decoding (raise MFFMT_MAX_FRAME_PIXELS to allow it)")
+    decoded = width * height * frames * max(int(components), 1) * max(int(sample_bytes), 1)
+    input_limit = _budget("MFFMT_MAX_INPUT_BYTES", MAX_INPUT_BYTES)
+    if decoded > input_limit:
+        raise ImageReadError(source, f"{frames} frames of {width}x{height} pixels would take {decoded / 2**30:.1f} GiB "
+                                     f"decoded, over the budget of {input_limit / 2**30:.1f} GiB per input; refused "
+                                     "before decoding (raise MFFMT_MAX_INPUT_BYTES to allow it)")
+
+
+def _read_checked(files: list[str], source: Path) -> sitk.Image:
+    """Read a file (or a DICOM series: its files) after checking the size its header gives."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        if "Unknown PixelType" in str(error) and len(files) == 1:
+            return _read_with_pil(source)  # ITK reads no grey + alpha PNG
+        raise
+    size = [*reader.GetSize()] + ([len(files)] if len(files) > 1 else [])
+    check_pixel_budget(source, size, reader.GetNumberOfComponents(), _SAMPLE_BYTES.get(reader.GetPixelID(), 8))
+    if len(files) > 1:
+        return sitk.ReadImage(files)
+    return reader.Execute()
+
+
+def _read_with_pil(path: Path) -> sitk.Image:
+    """A grey + alpha (or palette + alpha) picture, which ITK's PNG reader refuses, read with Pillow."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.mode not in ("LA", "La", "PA"):
+            raise RuntimeError(f"ERROR: pixel mode {picture.mode} is not supported")
+        width, height = picture.size
+        check_pixel_budget(path, (width, height), 2 if picture.mode != "PA" else 4)
+        pixels = np.asarray(picture.convert("RGBA" if picture.mode == "PA" else "LA"))
+    return sitk.GetImageFromArray(pixels, isVector=True)
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 2D picture, a volume (a stack of frames) or a DICOM file or series folder.
 
@@ -151,7 +237,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         The image as SimpleITK reads it: scalar or vector pixels (RGB, RGBA), with its geometry.
 
     Raises:
-        ImageReadError: the file is missing, empty, not an image or cannot be decoded.
+        ImageReadError: the file is missing, empty, not an image, over the pixel budget
+            (:func:`check_pixel_budget`, checked before decoding) or cannot be decoded.
     """
     path = Path(path)
     if not path.exists():
@@ -161,13 +248,15 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
             if not series:
                 raise ImageReadError(path, "folder holds no DICOM series")
-            return sitk.ReadImage(series)
+            return _read_checked(list(series), path)
         if path.stat().st_size == 0:
             raise ImageReadError(path, "file is empty")
         check_data_files(path)
-        return sitk.ReadImage(str(path))
+        return _read_checked([str(path)], path)
     except ImageReadError:
         raise
+    except OSError as error:  # Pillow's, for the pictures ITK cannot read
+        raise ImageReadError(path, f"cannot be read as an image ({str(error)[:200]})") from error
     except RuntimeError as error:
         # ITK's messages are long C++ traces: keep the first line that says what went wrong.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -194,3 +194,67 @@ def test_a_clip_whose_frames_are_all_flagged_has_no_probability_either():
     assert json.loads(json.dumps(result.to_json(), allow_nan=False))["clip"]["probabilities"] == {
         "benign": None, "malignant": None}
     assert not result.label.any() and all(not frame.components for frame in result.frames)
+
+
+# ------------------------------------------------------------ the pixel budget (item 7) and grey + alpha (item 12)
+
+
+def png_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid PNG header claiming ``width`` x ``height`` grey pixels, with almost no data behind it
+    (what a decompression bomb looks like before it is decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_refused_in_one_line_before_decoding(model_path, tmp_path):
+    bomb = png_claiming(tmp_path / "bomb.png", 30000, 30000)
+    fine = tmp_path / "fine.png"
+    sitk.WriteImage(sitk.GetImageFromArray(pixels(1)), str(fine))
+    with pytest.raises(ImageReadError, match="30000x30000 pixels is over the budget"):
+        read_image(bomb)
+    assert predict(model_path, tmp_path / "out", bomb, fine) == 1
+    rows = rows_of(tmp_path / "out")
+    assert "refused before decoding" in rows["bomb.png"][0]["error"] and rows["fine.png"][0]["prediction"]
+
+
+def test_the_pixel_budget_is_configurable_and_covers_arrays_and_dicom_headers(tmp_path, monkeypatch):
+    import pydicom
+    from dicom_samples import capture, ultrasound_dicom
+
+    from MFFMTCore.inference.frames import as_frame_stack
+
+    source = ultrasound_dicom(tmp_path / "clip.dcm", capture(frames=2))
+    lying = pydicom.dcmread(source)
+    lying.NumberOfFrames = 100000  # 100000 frames of 120x160: 1.8 GiB claimed, 38 KB stored
+    lying.save_as(tmp_path / "lying.dcm")
+    with pytest.raises(ImageReadError, match="lying.dcm: 100000 frames of 160x120 pixels would take 1.8 GiB"):
+        as_frame_stack(tmp_path / "lying.dcm")
+    assert as_frame_stack(source).num_frames == 2
+    monkeypatch.setenv("MFFMT_MAX_FRAME_PIXELS", "1000")
+    with pytest.raises(ImageReadError, match="frame of 64x48 pixels is over the budget of 1000"):
+        as_frame_stack(pixels(1))
+    monkeypatch.setenv("MFFMT_MAX_FRAME_PIXELS", "lots")
+    with pytest.raises(Exception, match="MFFMT_MAX_FRAME_PIXELS: must be a positive whole number"):
+        as_frame_stack(pixels(1))
+
+
+def test_a_grey_and_alpha_png_is_read_as_its_grey_values(model_path, tmp_path):
+    from PIL import Image
+
+    grey = pixels(1)
+    Image.fromarray(np.stack([grey, np.full_like(grey, 200)], axis=-1), "LA").save(tmp_path / "la.png")
+    Image.fromarray(grey, "L").save(tmp_path / "l.png")
+    from MFFMTCore.files import to_grey_array
+
+    np.testing.assert_array_equal(to_grey_array(read_image(tmp_path / "la.png")), grey.astype(np.float32))
+    assert predict(model_path, tmp_path / "out", tmp_path / "la.png", tmp_path / "l.png") == 0
+    rows = rows_of(tmp_path / "out")
+    assert rows["la.png"][0]["p_malignant"] == rows["l.png"][0]["p_malignant"] != ""
