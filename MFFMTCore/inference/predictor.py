@@ -25,7 +25,13 @@ from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
-from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
+from MFFMTCore.inference.input_check import (
+    FeatureRecorder,
+    assess_frames,
+    colour_share,
+    layout_scores,
+    read_statistics,
+)
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult, check_threshold
 from MFFMTCore.model_file import load_model, resolve_model_path
@@ -143,13 +149,14 @@ class Predictor:
         probability = np.zeros((count, height, width), dtype=np.float32)
         cam = np.zeros((count, height, width), dtype=np.float32) if gradcam else None
         class_probabilities = np.empty((count, len(self.class_names)), dtype=np.float32)
-        colour, features = np.empty(count), []
+        colour, features, layout = np.empty(count), [], []
         recorder = FeatureRecorder(self.model)
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             grey = stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
             check_frames(grey, stack.source, first_frame=start)
             colour[start:stop] = colour_share(stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], stack.components)
+            layout.append(layout_scores(grey))
             x = self._network_input(grey)
             with torch.inference_mode(), recorder:
                 output = self.model(x)
@@ -182,5 +189,5 @@ class Predictor:
             input_frames=stack,
             lesion_decision=self.lesion_decision,
             imaging_region=region,
-            input_checks=assess_frames(colour, distance),
+            input_checks=assess_frames(colour, distance, np.concatenate(layout) if roi is None else None),
         )

@@ -258,3 +258,31 @@ def test_a_grey_and_alpha_png_is_read_as_its_grey_values(model_path, tmp_path):
     assert predict(model_path, tmp_path / "out", tmp_path / "la.png", tmp_path / "l.png") == 0
     rows = rows_of(tmp_path / "out")
     assert rows["la.png"][0]["p_malignant"] == rows["l.png"][0]["p_malignant"] != ""
+
+
+# ------------------------------------------------------------ geometric changes are flagged (item 11)
+
+
+SAMPLES = sorted((Path(__file__).resolve().parents[2] / "MFFMTCore" / "samples").glob("bus_*.png"))
+
+
+def test_an_upside_down_scan_and_a_dual_view_capture_are_flagged_the_scans_are_not(model_path):
+    from MFFMTCore.files import read_grey
+    from MFFMTCore.inference.input_check import layout_scores
+    from MFFMTCore.inference.predictor import Predictor
+
+    assert len(SAMPLES) == 6
+    scans = [read_grey(path) for path in SAMPLES]
+    for scan, other in zip(scans, scans[1:] + scans[:1]):
+        height = max(scan.shape[0], other.shape[0])
+        left, right = (np.pad(part, ((0, height - part.shape[0]), (0, 0))) for part in (scan, other))
+        dual = np.concatenate([left, np.zeros((height, 12), np.float32), right], axis=1)
+        assert layout_scores(scan[np.newaxis]).max() < 1.0  # as captured: no flag
+        assert layout_scores(scan[np.newaxis, ::-1, ::-1])[0, 0] >= 1.0  # turned by 180°: upside down
+        assert layout_scores(dual[np.newaxis])[0, 1] >= 1.0
+    predictor = Predictor(model_path)
+    turned = predictor.predict(scans[0][::-1, ::-1].copy()).frames[0]
+    assert turned.input_check.flagged and "upside down" in turned.input_check.reason and turned.p_malignant is None
+    assert not predictor.predict(scans[0]).frames[0].input_check.flagged
+    # In ROI mode the layout is not judged (a lesion box is not a scan).
+    assert not predictor.predict(scans[0][::-1, ::-1].copy(), roi=(40, 40, 100, 100)).frames[0].input_check.flagged
