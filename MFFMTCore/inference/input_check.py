@@ -24,7 +24,7 @@ Four checks, each scored so that 1 is its limit; a frame's score is the largest,
 - **upside down**: a scan is brightest near its transducer, at the top (skin, fat and gland above
   the darker chest wall; deeper echoes are attenuated). The brightness centre in depth (0 top, 1
   bottom) at or below :data:`UPSIDE_DOWN_CENTRE` passes; lower down, the frame is probably upside
-  down or rotated. On the 1980 BUS-BRA and BUSI scans it flags 5 (0.25%) and 66% of the same
+  down or rotated. Only frames mostly filled with speckle are judged (a scan fills its frame). On the 1980 BUS-BRA and BUSI scans it flags 5 (0.25%) and 66% of the same
   scans turned by 180° (``experiments/harmless_changes.py --layout``).
 - **dual view**: two scans side by side, as a scanner's dual-view capture shows them: a band of
   columns in the middle 40% of the frame that is black from top to bottom (at least
@@ -59,6 +59,9 @@ COLOUR_LIMIT = 0.02
 UPSIDE_DOWN_CENTRE = 0.547
 # Share of black pixels in a middle column that makes it the gap of a dual-view capture.
 DUAL_VIEW_GAP = 0.9
+# Share of pixels differing from their right neighbour by 2 of 255 or more (speckle) from which a
+# frame is judged by the upside-down check: 0.31-0.89 on 480 BUS-BRA and BUSI scans, ~0 on flat pictures.
+_TEXTURED_SHARE = 0.2
 # Grey level (of 255) at or below which a pixel is black, as in the imaging-region detection.
 _BLACK_LEVEL = 8.0
 # The layer whose globally averaged output is the feature vector.
@@ -217,11 +220,14 @@ def layout_scores(grey: np.ndarray) -> np.ndarray:
     depth = (np.arange(height) + 0.5) / height
     scores = np.zeros((len(frames), 2))
     for index, frame in enumerate(frames):
-        rows = frame.mean(axis=1, dtype=np.float64) - min(float(frame.min()), 0.0)
-        centre = float(rows @ depth / rows.sum()) if rows.sum() > 0 else 0.5
-        scores[index, 0] = (centre - 0.5) / (UPSIDE_DOWN_CENTRE - 0.5)
         top = max(float(frame.max()), 1.0)
         black = frame <= _BLACK_LEVEL * top / 255.0
+        # A scan fills most of its frame with speckle; shapes on a flat background are not judged.
+        textured = (np.abs(np.diff(frame, axis=1)) >= 2.0 * top / 255.0).mean() if width > 1 else 0.0
+        if black.mean() < 0.5 and textured >= _TEXTURED_SHARE:
+            rows = frame.mean(axis=1, dtype=np.float64) - min(float(frame.min()), 0.0)
+            centre = float(rows @ depth / rows.sum()) if rows.sum() > 0 else 0.5
+            scores[index, 0] = (centre - 0.5) / (UPSIDE_DOWN_CENTRE - 0.5)
         share = black.mean(axis=0)
         first, last = int(width * 0.3), int(width * 0.7)
         if last <= first:
