@@ -17,6 +17,10 @@
   there; its rows are kept. ``overwrite`` redoes the inputs given and keeps every other input's rows.
 - Inputs are only ever read, and a file predict did not write is never replaced: an input whose
   output name is taken by such a file fails, naming it, unless ``overwrite``.
+- Write, then record (:mod:`MFFMTCore.inference.journal`): an input's files are listed before
+  they are written and results.json records them after; files a kill left unrecorded are removed
+  by the next run, and an input that fails after writing some files leaves none.
+- An output name too long for the file system is cut, with a hash of the whole name (:func:`fit_stem`).
 """
 
 from __future__ import annotations
