@@ -10,6 +10,26 @@ results. Run it once per code base and compare::
 
 The disk-full case mounts a small tmpfs and is skipped where that is not allowed (needs root).
 Cases "R2 ..." are the second probe's (issue 21), numbered by the issue's items.
+
+Round 2, before (67ef1c0) and after (issue 21's branch), ``python experiments/bad_input_cases.py R2``
+(serve cases: exit time after its input closed; items 4, 6, 9, 12c-e are other branches' work):
+
+| case | before | after |
+|---|---|---|
+| R2.1 serve: 400 KB of nested JSON, then info | HUNG (no exit 40 s after input closed) | error line; exit 0 in 0.1 s |
+| R2.1 serve: "attachment": 10**12 | HUNG | error line; exit 0 in 0.1 s |
+| R2.1 serve: frame shape [2**70, 1] | HUNG | error line, info answered; exit 0 in 0.1 s |
+| R2.1 serve: frame shape [2**62, 4] | no reply at all; exit 0 | error line, info answered; exit 0 in 0.1 s |
+| R2.1 serve: "id": 1e400 | no reply to it | error line (id null), info answered |
+| R2.2 rerun after the .raw of an .mhd changed | OLD RESULT KEPT | redone |
+| R2.3 SIGKILL between writing and recording, rerun | input refused for good ("exists and was not written by mffmt predict") | rerun replaces the leftovers; done |
+| R2.5a one image under two spellings, split | 4 images on both sides | 0 |
+| R2.5b evaluate, one entry listed twice | scored 5 of 4 distinct images, no note | 4 scored, one-line note |
+| R2.7 875 KB PNG of 30000x30000 | > 5.7 GB, transform error (issue's figure; not rerun) | refused before decoding, one line; peak 0.65 GB |
+| R2.8 a 250-character input name among others | exit 2, the batch stopped | both done (shortened stem with a hash) |
+| R2.10 a colour frame flagged "not breast B-mode" | p_malignant 0.50, lesion_present True, 4096 px lesion | p_malignant empty, no lesion |
+| R2.12a grey + alpha PNG | refused (Unknown PixelType) | read as its grey values |
+| R2.12b .mhd naming /etc/passwd | answered from /etc/passwd's bytes | refused, one line |
 """
 
 from __future__ import annotations
@@ -502,7 +522,7 @@ def long_name(tmp: Path):
     return ("mffmt predict xxx...x.png (250 characters) b.png --output out", f"{said(result)}; {row_summary(tmp / 'out')}")
 
 
-@case("R2.10 an all-black frame (flagged: not breast B-mode)")
+@case("R2.10 a colour frame (flagged: not breast B-mode)")
 def black_frame(tmp: Path):
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp / "black.png")
     Image.fromarray(np.stack([np.full((64, 64), 200, np.uint8), np.zeros((64, 64), np.uint8),
