@@ -286,3 +286,23 @@ def test_an_upside_down_scan_and_a_dual_view_capture_are_flagged_the_scans_are_n
     assert not predictor.predict(scans[0]).frames[0].input_check.flagged
     # In ROI mode the layout is not judged (a lesion box is not a scan).
     assert not predictor.predict(scans[0][::-1, ::-1].copy(), roi=(40, 40, 100, 100)).frames[0].input_check.flagged
+
+
+def test_a_failed_dicom_export_leaves_no_unrecorded_file(tmp_path, dark_lesion_predictor, monkeypatch):
+    from dicom_samples import capture, ultrasound_dicom
+
+    import MFFMTCore.inference.batch as batch
+
+    source = ultrasound_dicom(tmp_path / "us.dcm", capture())
+    output = tmp_path / "out"
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'FileDataset' object has no attribute 'PatientID'")
+
+    monkeypatch.setattr(batch, "write_dicom_results", broken)
+    (outcome,) = batch.predict_files(dark_lesion_predictor, [source], output, dicom=True).outcomes
+    assert outcome.status == "failed" and "PatientID" in outcome.error
+    assert sorted(name for name in os.listdir(output) if not name.startswith(".")) == ["results.csv", "results.json"]
+    monkeypatch.undo()
+    (outcome,) = batch.predict_files(dark_lesion_predictor, [source], output, dicom=True).outcomes
+    assert outcome.status == "done" and {"dicom_report", "overlay"} <= set(outcome.outputs)
