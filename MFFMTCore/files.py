@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from MFFMTCore.base.pixel_budget import frame_pixel_budget, input_byte_budget
 from MFFMTCore.errors import MFFMTError
 
 IMAGE_SUFFIXES = (
@@ -35,13 +36,6 @@ IMAGE_SUFFIXES = (
 #: Smallest frame side (pixels) MFFMT answers for; smaller images and ROIs are refused. The
 #: network downsamples 32 times, so a smaller region holds less than one pixel of its coarsest map.
 MIN_IMAGE_SIDE = 32
-#: The pixel budget of one input, checked from its header before any pixel is decoded (an 875 KB
-#: PNG can hold 30000x30000 pixels). A frame is processed whole in float32 (about 25 bytes a pixel
-#: with its maps), so 2**25 pixels (5792x5792) stay under 1 GB; a clip's decoded pixels are held
-#: whole, so 1 GiB of them (a 1024x1024 clip of 1000 grey or 340 colour frames) keeps an input's
-#: peak under 2 GB. Environment variables of the same names change them.
-MAX_FRAME_PIXELS = 1 << 25
-MAX_INPUT_BYTES = 1 << 30
 _SAMPLE_BYTES = {
     sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
     sitk.sitkInt32: 4, sitk.sitkFloat32: 4, sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1,
@@ -155,22 +149,9 @@ def check_data_files(path: str | os.PathLike) -> None:
                                        "refused: put the data file (or a link to it) beside the header")
 
 
-def _budget(name: str, default: int) -> int:
-    text = os.environ.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise MFFMTError(name, f"must be a positive whole number, got {text!r}")
-    return value
-
-
 def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], components: int = 1,
                        sample_bytes: int = 1) -> None:
-    """Refuse an input whose pixels would be over the budget once decoded (see :data:`MAX_FRAME_PIXELS`).
+    """Refuse an input whose pixels would be over the budget once decoded (:mod:`MFFMTCore.base.pixel_budget`).
 
     Call it with the sizes a header gives, before decoding. Sizes are Python integers: a header
     claiming 2**62 rows neither overflows nor wraps.
@@ -185,12 +166,12 @@ def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], component
     """
     size = [int(side) for side in size] + [1] * (2 - len(size))
     width, height, frames = size[0], size[1], math.prod(size[2:])
-    frame_limit = _budget("MFFMT_MAX_FRAME_PIXELS", MAX_FRAME_PIXELS)
+    frame_limit = frame_pixel_budget()
     if width * height > frame_limit:
         raise ImageReadError(source, f"frame of {width}x{height} pixels is over the budget of {frame_limit} pixels "
                                      "per frame; refused before decoding (raise MFFMT_MAX_FRAME_PIXELS to allow it)")
     decoded = width * height * frames * max(int(components), 1) * max(int(sample_bytes), 1)
-    input_limit = _budget("MFFMT_MAX_INPUT_BYTES", MAX_INPUT_BYTES)
+    input_limit = input_byte_budget()
     if decoded > input_limit:
         raise ImageReadError(source, f"{frames} frames of {width}x{height} pixels would take {decoded / 2**30:.1f} GiB "
                                      f"decoded, over the budget of {input_limit / 2**30:.1f} GiB per input; refused "

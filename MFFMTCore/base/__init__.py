@@ -19,6 +19,7 @@ Slicer's own Python before the network's packages are installed:
 - :mod:`~MFFMTCore.base.presets`: the named training recipes;
 - :mod:`~MFFMTCore.base.train_options`: the options of ``mffmt train``, declared once;
 - :mod:`~MFFMTCore.base.run_folder`: a training run's folder, its files and their reading and writing.
+- :mod:`~MFFMTCore.base.pixel_budget`: how much of an image is decoded, at most.
 
 This file imports none of them.
 """

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from MFFMTCore.base.pixel_budget import input_byte_budget
 from MFFMTCore.errors import MFFMTError
 
 PROTOCOL_VERSION = 1
@@ -35,9 +36,10 @@ FINAL_EVENTS = ("ready", "info", "loaded", "result", "done", "cancelled", "error
 MAX_LINE_BYTES = 1 << 20
 # Deepest nesting of a header's JSON (requests nest three levels); deeper is refused, never recursed into.
 MAX_JSON_DEPTH = 32
-# Largest attachment, and largest array in it: the pixel budget of one input (a 400-frame 1024x1024 RGB
-# clip is 1.2 GB); anything bigger is refused before a byte of it is held in memory.
-MAX_ATTACHMENT_BYTES = 3 << 29
+# Largest attachment: the pixel budget of one input (MFFMTCore.base.pixel_budget, 1.5 GiB by
+# default: a 400-frame 1024x1024 RGB clip is 1.2 GB) and 1 MiB for the messages around it; anything
+# bigger is refused before a byte of it is held in memory.
+MAX_ATTACHMENT_EXTRA = 1 << 20
 MAX_ARRAY_DIMENSIONS = 8
 # Attachments are read in chunks of this size, so that a short one costs only what arrived.
 _CHUNK_BYTES = 1 << 24
@@ -123,6 +125,11 @@ def write_message(stream: IO[bytes], message: dict[str, Any], arrays: dict[str, 
     stream.flush()
 
 
+def max_attachment_bytes() -> int:
+    """The largest attachment read: one input's pixel budget and a little more."""
+    return input_byte_budget() + MAX_ATTACHMENT_EXTRA
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -182,7 +189,7 @@ def read_message(stream: IO[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarra
     """Read one message and its arrays; None at the end of the stream.
 
     Every size is bounded before anything is held: the line (:data:`MAX_LINE_BYTES`), its JSON
-    depth (:data:`MAX_JSON_DEPTH`), the attachment (:data:`MAX_ATTACHMENT_BYTES`) and each array's
+    depth (:data:`MAX_JSON_DEPTH`), the attachment (:func:`max_attachment_bytes`) and each array's
     shape.
 
     Raises:
@@ -202,12 +209,13 @@ def read_message(stream: IO[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarra
     size = message.get("attachment", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ProtocolError(f"'attachment' must be a byte count, got {str(size)[:40]}", request_id)
-    if size > MAX_ATTACHMENT_BYTES:
+    limit = max_attachment_bytes()
+    if size > limit:
         # Read past it, a chunk at a time and keeping nothing, so that the stream stays in step.
         while size and (chunk := stream.read(min(size, _CHUNK_BYTES))):
             size -= len(chunk)
-        raise ProtocolError(f"attachment of {message['attachment']} bytes is over the "
-                            f"{MAX_ATTACHMENT_BYTES}-byte limit", request_id)
+        raise ProtocolError(f"attachment of {message['attachment']} bytes is over the {limit}-byte limit "
+                            "(MFFMT_MAX_INPUT_BYTES)", request_id)
     payload = _read_exactly(stream, size) if size else b""
     if len(payload) != size:
         raise ProtocolError(f"attachment cut short: {len(payload)} of {size} bytes", request_id)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from MFFMTCore.serving.protocol import MAX_ATTACHMENT_BYTES, ProtocolError, read_message, write_message
+from MFFMTCore.serving.protocol import ProtocolError, max_attachment_bytes, read_message, write_message
 from MFFMTCore.serving.worker import Worker
 
 NESTED = b'{"id":1,"op":"info","x":' + b"[" * 100000 + b"]" * 100000 + b"}\n"
@@ -44,7 +44,7 @@ def test_a_bad_header_is_a_protocol_error_and_the_next_message_is_read(line, mat
 def test_an_attachment_over_the_limit_is_refused_without_being_held():
     # 10**12 announced, a few bytes sent: refused at once (reading it would need a terabyte).
     stream = io.BytesIO(b'{"id": 1, "op": "segment", "attachment": 1000000000000}\nabc')
-    with pytest.raises(ProtocolError, match=f"over the {MAX_ATTACHMENT_BYTES}-byte limit") as error:
+    with pytest.raises(ProtocolError, match=f"over the {max_attachment_bytes()}-byte limit") as error:
         read_message(stream)
     assert error.value.request_id == 1
     assert read_message(stream) is None
