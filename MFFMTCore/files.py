@@ -13,6 +13,7 @@ with them; 2D pictures have unit spacing.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from MFFMTCore.base.pixel_budget import frame_pixel_budget, input_byte_budget
 from MFFMTCore.errors import MFFMTError
 
 IMAGE_SUFFIXES = (
@@ -34,9 +36,19 @@ IMAGE_SUFFIXES = (
 #: Smallest frame side (pixels) MFFMT answers for; smaller images and ROIs are refused. The
 #: network downsamples 32 times, so a smaller region holds less than one pixel of its coarsest map.
 MIN_IMAGE_SIDE = 32
+_SAMPLE_BYTES = {
+    sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4, sitk.sitkFloat32: 4, sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1,
+    sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2, sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4,
+    sitk.sitkVectorFloat32: 4,
+}  # any other pixel type counts 8 bytes a sample
 
-# The temporary names atomic_path makes: "." + stem + "." + mkstemp's 8 random characters + ".tmp" + suffixes.
+# The temporary names atomic_path makes: "." + name less suffix + "." + mkstemp's 8 random characters +
+# ".tmp" + suffix (the last one or two, so that writers still know the format: ".nii.gz", ".seg.nrrd").
 _TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\..+)?$")
+#: How many bytes longer a temporary name of atomic_path is than the name it stands for.
+TEMPORARY_NAME_EXTRA = len(".") + len(".") + 8 + len(".tmp")
+_KEPT_SUFFIX_CHARACTERS = 16
 
 
 class ImageReadError(MFFMTError):
@@ -59,6 +71,143 @@ def image_stem(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] if suffix and len(name) > len(suffix) else Path(name).stem
 
 
+# Headers that may keep their pixels in other files (MetaImage's ElementDataFile, NRRD's "data file").
+_HEADER_SUFFIXES = (".mhd", ".mha", ".nhdr", ".nrrd")
+_HEADER_BYTES = 1 << 16  # a header longer than this is not one we read data file names from
+
+
+def _header_lines(path: Path) -> list[str]:
+    """The text lines of a MetaImage or NRRD header (NRRD: up to the blank line before its data)."""
+    with open(path, "rb") as handle:
+        text = handle.read(_HEADER_BYTES).decode("latin-1")
+    lines = text.splitlines()
+    if path.name.lower().endswith((".nhdr", ".nrrd")) and "" in lines:
+        lines = lines[: lines.index("")]
+    return lines
+
+
+def _data_file_names(lines: list[str], nrrd: bool) -> list[str]:
+    """File names a header's data-file field lists: one name, ``LIST`` (names on the next lines) or a
+    printf pattern with first, last and step numbers."""
+    key = re.compile(r"^\s*(data ?file)\s*:\s*(.*)$" if nrrd else r"^\s*ElementDataFile\s*=\s*(.*)$", re.IGNORECASE)
+    for index, line in enumerate(lines):
+        match = key.match(line)
+        if not match:
+            continue
+        value = match.groups()[-1].strip()
+        if value.upper() == "LOCAL" and not nrrd:
+            return []
+        if value.split()[:1] == ["LIST"]:
+            return [name.strip() for name in lines[index + 1:] if name.strip()]
+        parts = value.split()
+        if "%" in value and len(parts) >= 4:
+            try:
+                first, last, step = (int(number) for number in parts[1:4])
+                numbers = range(first, last + (1 if step > 0 else -1), step) if step else [first]
+                return [parts[0] % number for number in numbers][:100000]
+            except (ValueError, TypeError):
+                return [value]
+        return [value]
+    return []
+
+
+def image_files(path: str | os.PathLike) -> list[Path]:
+    """Every file an image is read from: the file itself and, for a detached header (``.mhd``,
+    ``.nhdr``...), the data files it names (relative names are relative to the header's folder).
+
+    A DICOM folder gives every file in it. Used for content hashes, so that changing any file the
+    pixels come from makes a rerun redo the input.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return sorted(file for file in path.rglob("*") if file.is_file())
+    if not path.name.lower().endswith(_HEADER_SUFFIXES) or not path.is_file():
+        return [path]
+    try:
+        names = _data_file_names(_header_lines(path), nrrd=path.name.lower().endswith((".nhdr", ".nrrd")))
+    except OSError:
+        return [path]
+    return [path, *(path.parent / name for name in names)]
+
+
+def check_data_files(path: str | os.PathLike) -> None:
+    """Refuse a detached header whose data files lie outside the header's folder.
+
+    A header could otherwise name any readable file (``/etc/passwd``, ``../../private.raw``) as its
+    pixels. The names are judged as written (no symbolic link is followed), so a user who wants a
+    data file kept elsewhere passes it explicitly by placing a link to it beside the header.
+
+    Raises:
+        ImageReadError: naming the header and the first data file outside its folder.
+    """
+    path = Path(path)
+    folder = Path(os.path.normpath(path.absolute().parent))
+    for data in image_files(path)[1:]:
+        written = Path(os.path.normpath(data.absolute()))
+        if not written.is_relative_to(folder):
+            raise ImageReadError(path, f"names a data file outside its folder ({data}); such a header is "
+                                       "refused: put the data file (or a link to it) beside the header")
+
+
+def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], components: int = 1,
+                       sample_bytes: int = 1) -> None:
+    """Refuse an input whose pixels would be over the budget once decoded (:mod:`MFFMTCore.base.pixel_budget`).
+
+    Call it with the sizes a header gives, before decoding. Sizes are Python integers: a header
+    claiming 2**62 rows neither overflows nor wraps.
+
+    Args:
+        size: sizes in ITK order: (width, height) of a frame, then the frame count(s).
+        components: samples per pixel (3 for RGB).
+        sample_bytes: bytes per sample.
+
+    Raises:
+        ImageReadError: naming the input, its size and the budget (and how to raise it).
+    """
+    size = [int(side) for side in size] + [1] * (2 - len(size))
+    width, height, frames = size[0], size[1], math.prod(size[2:])
+    frame_limit = frame_pixel_budget()
+    if width * height > frame_limit:
+        raise ImageReadError(source, f"frame of {width}x{height} pixels is over the budget of {frame_limit} pixels "
+                                     "per frame; refused before decoding (raise MFFMT_MAX_FRAME_PIXELS to allow it)")
+    decoded = width * height * frames * max(int(components), 1) * max(int(sample_bytes), 1)
+    input_limit = input_byte_budget()
+    if decoded > input_limit:
+        raise ImageReadError(source, f"{frames} frames of {width}x{height} pixels would take {decoded / 2**30:.1f} GiB "
+                                     f"decoded, over the budget of {input_limit / 2**30:.1f} GiB per input; refused "
+                                     "before decoding (raise MFFMT_MAX_INPUT_BYTES to allow it)")
+
+
+def _read_checked(files: list[str], source: Path) -> sitk.Image:
+    """Read a file (or a DICOM series: its files) after checking the size its header gives."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        if "Unknown PixelType" in str(error) and len(files) == 1:
+            return _read_with_pil(source)  # ITK reads no grey + alpha PNG
+        raise
+    size = [*reader.GetSize()] + ([len(files)] if len(files) > 1 else [])
+    check_pixel_budget(source, size, reader.GetNumberOfComponents(), _SAMPLE_BYTES.get(reader.GetPixelID(), 8))
+    if len(files) > 1:
+        return sitk.ReadImage(files)
+    return reader.Execute()
+
+
+def _read_with_pil(path: Path) -> sitk.Image:
+    """A grey + alpha (or palette + alpha) picture, which ITK's PNG reader refuses, read with Pillow."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.mode not in ("LA", "La", "PA"):
+            raise RuntimeError(f"ERROR: pixel mode {picture.mode} is not supported")
+        width, height = picture.size
+        check_pixel_budget(path, (width, height), 2 if picture.mode != "PA" else 4)
+        pixels = np.asarray(picture.convert("RGBA" if picture.mode == "PA" else "LA"))
+    return sitk.GetImageFromArray(pixels, isVector=True)
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read a 2D picture, a volume (a stack of frames) or a DICOM file or series folder.
 
@@ -69,7 +218,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         The image as SimpleITK reads it: scalar or vector pixels (RGB, RGBA), with its geometry.
 
     Raises:
-        ImageReadError: the file is missing, empty, not an image or cannot be decoded.
+        ImageReadError: the file is missing, empty, not an image, over the pixel budget
+            (:func:`check_pixel_budget`, checked before decoding) or cannot be decoded.
     """
     path = Path(path)
     if not path.exists():
@@ -79,12 +229,15 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
             series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
             if not series:
                 raise ImageReadError(path, "folder holds no DICOM series")
-            return sitk.ReadImage(series)
+            return _read_checked(list(series), path)
         if path.stat().st_size == 0:
             raise ImageReadError(path, "file is empty")
-        return sitk.ReadImage(str(path))
+        check_data_files(path)
+        return _read_checked([str(path)], path)
     except ImageReadError:
         raise
+    except OSError as error:  # Pillow's, for the pictures ITK cannot read
+        raise ImageReadError(path, f"cannot be read as an image ({str(error)[:200]})") from error
     except RuntimeError as error:
         # ITK's messages are long C++ traces: keep the first line that says what went wrong.
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -191,9 +344,11 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(destination.suffixes)
-    handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=f".tmp{suffix}",
-                                         dir=destination.parent)
+    suffix = "".join(destination.suffixes[-2:])
+    if len(suffix) > _KEPT_SUFFIX_CHARACTERS:  # "a.b_probability.nrrd": the last suffix says the format
+        suffix = destination.suffix
+    base = destination.name[: len(destination.name) - len(suffix)]
+    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=destination.parent)
     os.close(handle)
     temporary = Path(temporary)
     try:

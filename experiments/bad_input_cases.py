@@ -1,4 +1,4 @@
-"""Try MFFMTCore as a careless or hostile user would (issue 10) and print what each case gives.
+"""Try MFFMTCore as a careless or hostile user would (issues 10 and 21) and print what each case gives.
 
 Every case runs the real ``mffmt`` command line (``python -m MFFMTCore``) in a fresh folder, on small
 synthetic files and a small random-weight model written by the MFFMTCore under test, and reports
@@ -9,6 +9,27 @@ results. Run it once per code base and compare::
     python experiments/bad_input_cases.py > after.md
 
 The disk-full case mounts a small tmpfs and is skipped where that is not allowed (needs root).
+Cases "R2 ..." are the second probe's (issue 21), numbered by the issue's items.
+
+Round 2, before (67ef1c0) and after (issue 21's branch), ``python experiments/bad_input_cases.py R2``
+(serve cases: exit time after its input closed; items 4, 6, 9, 12c-e are other branches' work):
+
+| case | before | after |
+|---|---|---|
+| R2.1 serve: 400 KB of nested JSON, then info | HUNG (no exit 40 s after input closed) | error line; exit 0 in 0.1 s |
+| R2.1 serve: "attachment": 10**12 | HUNG | error line; exit 0 in 0.1 s |
+| R2.1 serve: frame shape [2**70, 1] | HUNG | error line, info answered; exit 0 in 0.1 s |
+| R2.1 serve: frame shape [2**62, 4] | no reply at all; exit 0 | error line, info answered; exit 0 in 0.1 s |
+| R2.1 serve: "id": 1e400 | no reply to it | error line (id null), info answered |
+| R2.2 rerun after the .raw of an .mhd changed | OLD RESULT KEPT | redone |
+| R2.3 SIGKILL between writing and recording, rerun | input refused for good ("exists and was not written by mffmt predict") | rerun replaces the leftovers; done |
+| R2.5a one image under two spellings, split | 4 images on both sides | 0 |
+| R2.5b evaluate, one entry listed twice | scored 5 of 4 distinct images, no note | 4 scored, one-line note |
+| R2.7 875 KB PNG of 30000x30000 | > 5.7 GB, transform error (issue's figure; not rerun) | refused before decoding, one line; peak 0.65 GB |
+| R2.8 a 250-character input name among others | exit 2, the batch stopped | both done (shortened stem with a hash) |
+| R2.10 a colour frame flagged "not breast B-mode" | p_malignant 0.50, lesion_present True, 4096 px lesion | p_malignant empty, no lesion |
+| R2.12a grey + alpha PNG | refused (Unknown PixelType) | read as its grey values |
+| R2.12b .mhd naming /etc/passwd | answered from /etc/passwd's bytes | refused, one line |
 """
 
 from __future__ import annotations
@@ -356,45 +377,216 @@ def leftover(tmp: Path):
             f"exit {result.returncode}; leftover {'STILL THERE' if left.exists() else 'removed'}")
 
 
-# Issue 21 item 12, before (67ef1c0) -> after (branch i20b), `python experiments/bad_input_cases.py 21.12`:
-# 21.12a: exit 0, the results written into the current folder -> exit 2, "--output: expected a file or
+# ------------------------------------------------------------------- round 2 (issue 21)
+
+# Issue 21 item 12's option cases (R2.12c, R2.12d), before (67ef1c0) -> after:
+# --output=: exit 0, the results written into the current folder -> exit 2, "--output: expected a file or
 #         folder name, got ''", nothing written;
-# 21.12b: exit 1, "libgomp: Out of memory allocating 800008 bytes" -> exit 2, "--threads: must be at most 8
+# --threads: exit 1, "libgomp: Out of memory allocating 800008 bytes" -> exit 2, "--threads: must be at most 8
 #         (4 x the 2 cores this process may use), got 100000";
-# 21.12c: exit 1, traceback "AssertionError: Torch not compiled with CUDA enabled", output folder made ->
+# --device: exit 1, traceback "AssertionError: Torch not compiled with CUDA enabled", output folder made ->
 #         exit 2, "--device cuda: this computer has no NVIDIA GPU (CUDA) that torch can use; choose auto or
 #         one of: cpu", no folder made.
 
 
-@case("21.12a. --output= (empty)")
-def empty_output(tmp: Path):
-    png(tmp / "in" / "a.png")
-    (tmp / "run").mkdir()
-    result = mffmt("predict", tmp / "in" / "a.png", "--output=", "--model", model(tmp / "m.safetensors"), *FAST,
-                   cwd=tmp / "run")
-    written = sorted(path.name for path in (tmp / "run").iterdir())
-    return ("mffmt predict a.png --output=", f"{said(result)}; written into the current folder: {written or 'nothing'}")
-
-
-@case("21.12b. --threads 100000")
-def absurd_threads(tmp: Path):
-    png(tmp / "a.png")
+def serve_replies(tmp: Path, payload: bytes, timeout: float = 40) -> str:
+    """Start ``mffmt serve``, send ``payload`` then close its input: its replies and how it ended."""
+    process = subprocess.Popen([sys.executable, "-m", "MFFMTCore", "serve", "--model", str(model(tmp / "m.safetensors")),
+                                "--threads", "1"], cwd=tmp, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    ready = process.stdout.readline()
+    if b'"ready"' not in ready:
+        process.kill()
+        return f"no ready line ({ready[:80]!r})"
     try:
-        result = mffmt("predict", "a.png", "--output", "out", "--model", model(tmp / "m.safetensors"),
-                       "--progress", "none", "--threads", "100000", cwd=tmp, timeout=120)
+        process.stdin.write(payload)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass
+    closed = time.monotonic()
+    try:
+        status = process.wait(timeout)
     except subprocess.TimeoutExpired:
-        return ("mffmt predict a.png --output out --threads 100000", "NO ANSWER within 120 s")
-    return ("mffmt predict a.png --output out --threads 100000", said(result))
+        process.kill()
+        process.wait()
+        return f"HUNG: no exit {timeout:.0f} s after its input closed"
+    events = [json.loads(line).get("event", "?") for line in process.stdout.read().splitlines() if line.strip()]
+    return f"replies {events or 'NONE'}; exit {status} {time.monotonic() - closed:.1f} s after its input closed"
 
 
-@case("21.12c. --device cuda / mps where absent")
-def absent_device(tmp: Path):
+INFO = b'{"id": "after", "op": "info"}\n'
+for title, payload in (
+    ("400 KB of nested JSON", b'{"id":1,"op":"info","x":' + b"[" * 200000 + b"]" * 200000 + b"}\n"),
+    ('"attachment": 10**12', b'{"id": 1, "op": "segment", "attachment": 1000000000000}\n'),
+    ("frame shape [2**70, 1]", json.dumps({"id": 1, "op": "segment", "arrays": [
+        {"name": "image", "dtype": "uint8", "shape": [2**70, 1]}]}).encode() + b"\n"),
+    ("frame shape [2**62, 4] (bytes wrap to 0)", json.dumps({"id": 1, "op": "segment", "arrays": [
+        {"name": "image", "dtype": "uint8", "shape": [2**62, 4]}]}).encode() + b"\n"),
+    ('"id": 1e400', b'{"id": 1e400, "op": "info"}\n'),
+):
+    def serve_case(tmp: Path, payload=payload):
+        return ("mffmt serve < (bad message, info request, end of input)", serve_replies(tmp, payload + INFO))
+    case(f"R2.1 serve: {title}")(serve_case)
+
+
+@case("R2.2 rerun after the .raw of an .mhd changed")
+def detached_header(tmp: Path):
+    weights = model(tmp / "m.safetensors")
+    pixels = np.random.default_rng(1).integers(0, 255, (48, 64), dtype=np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(pixels), str(tmp / "scan.mhd"))
+    mffmt("predict", "scan.mhd", "--output", "out", "--model", weights, *FAST, cwd=tmp)
+    before = rows(tmp / "out")[0]["p_malignant"]
+    (tmp / "scan.raw").write_bytes(np.random.default_rng(2).integers(0, 255, (48, 64), dtype=np.uint8).tobytes())
+    result = mffmt("predict", "scan.mhd", "--output", "out", "--model", weights, *FAST, cwd=tmp)
+    after = rows(tmp / "out")[0]["p_malignant"]
+    return ("mffmt predict scan.mhd --output out; change scan.raw; rerun",
+            f"{said(result)}; p_malignant {before} -> {after} ({'redone' if before != after else 'OLD RESULT KEPT'})")
+
+
+@case("R2.3 SIGKILL between writing the files and recording them")
+def killed_before_record(tmp: Path):
+    weights = model(tmp / "m.safetensors")
     png(tmp / "a.png")
-    absent = "mps" if torch.cuda.is_available() else "cuda"
-    result = mffmt("predict", "a.png", "--output", "out", "--model", model(tmp / "m.safetensors"), *FAST,
-                   "--device", absent, cwd=tmp)
-    return (f"mffmt predict a.png --output out --device {absent}",
-            f"{said(result)}; output folder {'made' if (tmp / 'out').exists() else 'not made'}")
+    code = ("import os, signal\nimport MFFMTCore.inference.batch as batch\n"
+            "batch.write_results = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "from MFFMTCore.cli import main\n"
+            f"main(['predict', 'a.png', '--output', 'out', '--model', {str(weights)!r}, *{FAST!r}])\n")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, timeout=600)
+    result = mffmt("predict", "a.png", "--output", "out", "--model", weights, *FAST, cwd=tmp)
+    return ("kill -9 after a.png's files are written, before results.json; rerun",
+            f"{said(result)}; {row_summary(tmp / 'out')}")
+
+
+@case("R2.4 --dicom on a header without PatientID / StudyInstanceUID / SOPInstanceUID")
+def dicom_without_uids(tmp: Path):
+    import pydicom.data
+
+    source = pydicom.data.get_testdata_file("ExplVR_BigEnd.dcm")
+    png(tmp / "a.png")
+    result = mffmt("predict", source, "a.png", "--dicom", "--output", "out", "--model", model(tmp / "m.safetensors"),
+                   *FAST, cwd=tmp)
+    return ("mffmt predict ExplVR_BigEnd.dcm a.png --dicom --output out", f"{said(result)}; {row_summary(tmp / 'out')}")
+
+
+@case("R2.5a one image under two spellings in a training split")
+def split_twice(tmp: Path):
+    from MFFMTCore.data import read_datalist, split_by_group
+
+    datalist = dataset(tmp / "data", ["benign", "malignant"] * 6)
+    items = json.loads(datalist.read_text())["training"]
+    again = [dict(item, image=f"../data/{item['image']}", group=f"other-{item['group']}") for item in items]
+    (tmp / "data" / "again.json").write_text(json.dumps({"training": again}))
+    records = read_datalist(datalist) + read_datalist(tmp / "data" / "again.json")
+    train, val = split_by_group(records, 0.25, seed=0)
+    real = lambda part: {os.path.realpath(record.image) for record in part}  # noqa: E731
+    return ("split_by_group(datalist + the same images spelled ../data/x.png)",
+            f"{len(real(train) & real(val))} images on both sides")
+
+
+@case("R2.5b evaluate with an entry listed twice")
+def evaluate_twice(tmp: Path):
+    datalist = dataset(tmp / "data", ["benign", "malignant"] * 2)
+    items = json.loads(datalist.read_text())["training"]
+    datalist.write_text(json.dumps({"training": items + [dict(items[0], image=f"../data/{items[0]['image']}")]}))
+    result = mffmt("evaluate", "--model", model(tmp / "m.safetensors"), "--data", datalist, "--output", "eval",
+                   "--threads", "1", "--progress", "none", cwd=tmp)
+    metrics = json.loads((tmp / "eval" / "metrics.json").read_text()) if (tmp / "eval" / "metrics.json").exists() else {}
+    note = next((line for line in result.stderr.splitlines() if "duplicate" in line), "no note")
+    return ("mffmt evaluate --data DATALIST_WITH_ONE_ENTRY_TWICE", f"exit {result.returncode}; scored "
+            f"{metrics.get('samples')} of 4 distinct images; {note[:90]}")
+
+
+@case("R2.7 an 875 KB PNG of 30000x30000 pixels")
+def bomb(tmp: Path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row = zlib.compressobj(9), b"\0" * 30001  # every row: filter byte 0 and 30000 black pixels
+    pixels = b"".join(packer.compress(row) for _ in range(30000)) + packer.flush()
+    (tmp / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0))
+                                   + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    # Run predict from a small parent that reports its peak memory (its only child's).
+    command = [sys.executable, "-m", "MFFMTCore", "predict", "bomb.png", "--output", "out", "--model",
+               str(model(tmp / "m.safetensors")), *FAST]
+    code = ("import resource, subprocess, sys\n"
+            f"result = subprocess.run({command!r}, capture_output=True, text=True)\n"
+            "sys.stderr.write(result.stderr)\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.exit(result.returncode)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True, timeout=600)
+    peak = int(result.stdout.split()[-1]) / 2**20 if result.stdout.split() else float("nan")
+    return (f"mffmt predict bomb.png ({(tmp / 'bomb.png').stat().st_size // 1024} KB) --output out",
+            f"{said(result)}; peak memory {peak:.2f} GB")
+
+
+@case("R2.8 an input name of 250 characters among others")
+def long_name(tmp: Path):
+    png(tmp / ("x" * 246 + ".png"))
+    png(tmp / "b.png", seed=1)
+    result = mffmt("predict", "x" * 246 + ".png", "b.png", "--output", "out", "--model", model(tmp / "m.safetensors"),
+                   *FAST, cwd=tmp)
+    return ("mffmt predict xxx...x.png (250 characters) b.png --output out", f"{said(result)}; {row_summary(tmp / 'out')}")
+
+
+@case("R2.10 a colour frame (flagged: not breast B-mode)")
+def black_frame(tmp: Path):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp / "black.png")
+    Image.fromarray(np.stack([np.full((64, 64), 200, np.uint8), np.zeros((64, 64), np.uint8),
+                              np.full((64, 64), 60, np.uint8)], axis=-1)).save(tmp / "red.png")
+    result = mffmt("predict", "red.png", "--output", "out", "--model", model(tmp / "m.safetensors"), *FAST, cwd=tmp)
+    row = (rows(tmp / "out") or [{}])[0]
+    return ("mffmt predict red.png (a colour frame) --output out",
+            f"{said(result)}; prediction {row.get('prediction')!r}, p_malignant {row.get('p_malignant')!r}, "
+            f"lesion_present {row.get('lesion_present')}, lesion_area_px {row.get('lesion_area_px')}")
+
+
+@case("R2.12a a grey + alpha PNG")
+def grey_alpha(tmp: Path):
+    pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 2), dtype=np.uint8)
+    Image.fromarray(pixels, "LA").save(tmp / "la.png")
+    result = mffmt("predict", "la.png", "--output", "out", "--model", model(tmp / "m.safetensors"), *FAST, cwd=tmp)
+    return ("mffmt predict la.png --output out", f"{said(result)}; {row_summary(tmp / 'out')}")
+
+
+@case("R2.12b an .mhd naming /etc/passwd as its pixels")
+def mhd_passwd(tmp: Path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((48, 64), np.uint8)), str(tmp / "scan.mhd"))
+    header = (tmp / "scan.mhd").read_text().replace("ElementDataFile = scan.raw", "ElementDataFile = /etc/passwd")
+    (tmp / "scan.mhd").write_text(header.replace("DimSize = 64 48", "DimSize = 32 32"))
+    result = mffmt("predict", "scan.mhd", "--output", "out", "--model", model(tmp / "m.safetensors"), *FAST, cwd=tmp)
+    return ("mffmt predict scan.mhd (ElementDataFile = /etc/passwd) --output out",
+            f"{said(result)}; {row_summary(tmp / 'out')}")
+
+
+@case("R2.12c --output= (empty)")
+def empty_output(tmp: Path):
+    png(tmp / "a.png")
+    result = mffmt("predict", "a.png", "--output=", "--model", model(tmp / "m.safetensors"), *FAST, cwd=tmp)
+    return ("mffmt predict a.png --output=", f"{said(result)}; files written here: "
+            f"{sorted(name for name in os.listdir(tmp) if name not in ('a.png', 'm.safetensors'))}")
+
+
+@case("R2.12d --threads 100000 and --device cuda without CUDA")
+def threads_device(tmp: Path):
+    png(tmp / "a.png")
+    weights = model(tmp / "m.safetensors")
+    threads = mffmt("predict", "a.png", "--output", "out", "--model", weights, "--threads", "100000",
+                    "--progress", "none", cwd=tmp)
+    device = mffmt("predict", "a.png", "--output", "out2", "--model", weights, "--device", "cuda", *FAST, cwd=tmp)
+    return ("mffmt predict a.png --threads 100000 | --device cuda", f"{said(threads)} | {said(device)}")
+
+
+@case("R2.12e a truncated DICOM file")
+def truncated_dicom(tmp: Path):
+    import pydicom.data
+
+    data = Path(pydicom.data.get_testdata_file("US1_UNCI.dcm") or pydicom.data.get_testdata_file("CT_small.dcm"))
+    (tmp / "cut.dcm").write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    result = mffmt("predict", "cut.dcm", "--output", "out", "--model", model(tmp / "m.safetensors"), *FAST, cwd=tmp)
+    return ("mffmt predict cut.dcm (first half of a DICOM file) --output out", f"{said(result)}; {row_summary(tmp / 'out')}")
 
 
 def main() -> int:

@@ -22,7 +22,8 @@ use it in Slicer's own Python before the network's packages are installed:
 - :mod:`~MFFMTCore.base.train_options`: the options of ``mffmt train``, declared once;
 - :mod:`~MFFMTCore.base.run_folder`: a training run's folder, its files and their reading and writing;
 - :mod:`~MFFMTCore.base.calibration`: which pixel spacings a header may claim (the plausibility range);
-- :mod:`~MFFMTCore.base.process_group`: child processes started and stopped as a group (with what they start).
+- :mod:`~MFFMTCore.base.process_group`: child processes started and stopped as a group (with what they start);
+- :mod:`~MFFMTCore.base.pixel_budget`: how much of an image is decoded, at most.
 
 This file imports none of them.
 """

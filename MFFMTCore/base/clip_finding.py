@@ -31,7 +31,7 @@ class ClipResult:
             ``prediction`` is ``UNSUITABLE`` when every frame is flagged.
     """
 
-    probabilities: dict[str, float]
+    probabilities: dict[str, float | None]
     prediction: str
     aggregation: str
     key_frame: int
@@ -40,7 +40,7 @@ class ClipResult:
     frames_assessed: int | None = None
 
     @property
-    def p_malignant(self) -> float:
+    def p_malignant(self) -> float | None:
         return list(self.probabilities.values())[-1]
 
     def to_json(self) -> dict:
@@ -105,12 +105,14 @@ def clip_finding(
     Args:
         class_probabilities, lesion_mass, class_names, frame_sums: as for :func:`aggregate_frames`.
         flagged: (N,) whether each frame was flagged as unlike breast B-mode; when every frame is,
-            the prediction is ``UNSUITABLE`` and ``frames_assessed`` is 0.
+            the prediction is ``UNSUITABLE``, the probabilities None and ``frames_assessed`` 0.
     """
     kept = ~np.asarray(flagged, dtype=bool)
     if not kept.any():
         clip = aggregate_frames(class_probabilities, lesion_mass, class_names, frame_sums)
-        return dataclasses.replace(clip, prediction=UNSUITABLE, frames_assessed=0)
+        # No frame to answer from: no class probabilities either (as for each flagged frame).
+        return dataclasses.replace(clip, prediction=UNSUITABLE, frames_assessed=0,
+                                   probabilities=dict.fromkeys(class_names))
     indices = np.flatnonzero(kept)
     clip = aggregate_frames(class_probabilities[indices], lesion_mass[indices], class_names, frame_sums[indices])
     return dataclasses.replace(clip, key_frame=int(indices[clip.key_frame]), num_frames=len(kept),

@@ -30,7 +30,8 @@ more entry here. The entry ``p_{class}`` stands for one probability column per c
   perpendicular_axis_px``, ``orientation`` (``parallel`` / ``not parallel``): the largest region's
   diameters as a breast report gives them (:mod:`MFFMTCore.base.measurements`);
 - ``input_flagged, input_score, input_reason``: whether the frame looks unlike breast B-mode
-  (:mod:`MFFMTCore.inference.input_check`); a flagged frame's ``prediction`` is ``not breast B-mode``;
+  (:mod:`MFFMTCore.inference.input_check`); a flagged frame's ``prediction`` is ``not breast B-mode``,
+  its probabilities are empty and it has no lesion;
 - ``error``: why an input failed.
 """
 

@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
           f"Dice {show(overall['dice'])}; written to {args.output}")
     for failure in metrics["failed"]:
         print(f"mffmt evaluate: skipped: {failure['error']}", file=sys.stderr)
+    if metrics["duplicates"]:
+        first = metrics["duplicates"][0]
+        print(f"mffmt evaluate: note: {len(metrics['duplicates'])} duplicate entries counted once "
+              f"(e.g. {first['image']} is {first['same_as']})", file=sys.stderr)
     progress.event("done", total=len(records), done=metrics["samples"], failed=len(metrics["failed"]),
                    output=str(args.output))
     return 1 if metrics["failed"] else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 import torch
 
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> NoReturn:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     # Replies own the real stdout; anything else printed (by us or a library, from Python or C)
@@ -42,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout = sys.stderr
     with replies:
         try:
-            return Worker(sys.stdin.buffer, replies, args.model, args.device, args.batch_size).run()
+            status = Worker(sys.stdin.buffer, replies, args.model, args.device, args.batch_size).run()
         except KeyboardInterrupt:  # Ctrl-C in the client's terminal reaches its worker too
-            return 130
+            status = 130
+    # The client is gone and every file was written atomically: nothing is left to clean up, and the
+    # interpreter's teardown (torch's) takes seconds on a busy machine, so the worker ends at once.
+    sys.stderr.flush()
+    os._exit(status)

@@ -6,13 +6,16 @@ split and write into ``split.json``; pixels are read later by the dataset's load
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 
 from MFFMTCore.base.labels import BIRADS_CLASSES, CLASS_INDEX, IMAGE_LABELS
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.files import image_files
 
 __all__ = ["BIRADS_CLASSES", "CLASS_INDEX", "IMAGE_LABELS", "DatasetError", "SampleRecord", "birads_index",
-           "label_index", "record_key", "summarize"]
+           "content_key", "label_index", "record_key", "summarize", "unique_records"]
 
 
 class DatasetError(MFFMTError):
@@ -54,6 +57,48 @@ class SampleRecord:
 def record_key(record: SampleRecord) -> str:
     """A name for ``record`` that is unique across datasets: ``<dataset>/<id>`` (as split.json lists it)."""
     return f"{record.dataset}/{record.id}"
+
+
+# Digests already taken, by (real path, size, modification time): a split hashes each file once.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def content_key(record: SampleRecord) -> str:
+    """What the record's image is, whatever it is called: SHA-256 of every file it is read from.
+
+    The same file under two spellings (``a/../x.png``, a link), in two datasets or in two
+    overlapping datalists has one content key; splits keep such records on one side and
+    evaluation counts them once. A file that cannot be read is keyed by its real path (its loader
+    reports the problem).
+    """
+    digest = hashlib.sha256()
+    try:
+        for file in image_files(record.image):
+            status = os.stat(file)
+            identity = (os.path.realpath(file), status.st_size, status.st_mtime_ns)
+            if identity not in _DIGESTS:
+                whole = hashlib.sha256()
+                with open(file, "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        whole.update(block)
+                _DIGESTS[identity] = whole.hexdigest()
+            digest.update(_DIGESTS[identity].encode())
+    except OSError:
+        return f"path:{os.path.realpath(record.image)}"
+    return f"sha256:{digest.hexdigest()}"
+
+
+def unique_records(records: list[SampleRecord]) -> tuple[list[SampleRecord], list[tuple[SampleRecord, SampleRecord]]]:
+    """``records`` with each image once (by :func:`content_key`), and the (dropped, kept) pairs."""
+    kept: dict[str, SampleRecord] = {}
+    dropped = []
+    for record in records:
+        key = content_key(record)
+        if key in kept:
+            dropped.append((record, kept[key]))
+        else:
+            kept[key] = record
+    return list(kept.values()), dropped
 
 
 def label_index(label: str | None) -> int:

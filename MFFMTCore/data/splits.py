@@ -2,8 +2,10 @@
 
 BUSI holds many near-duplicate images and BUS-BRA several images per patient: splitting by image
 would let a copy of a validation image sit in training and inflate every figure. The split unit is
-:meth:`SampleRecord.group_key`; whole groups are assigned greedily so that each (dataset, label)
-stratum gets close to its share, and the same seed always gives the same split.
+:meth:`SampleRecord.group_key`, joined with every other record of the same image content (the same
+file under another name, or in another datalist, whatever its group); whole units are assigned
+greedily so that each (dataset, label) stratum gets close to its share, and the same seed always
+gives the same split.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from MFFMTCore.data.readers import read_busbra, read_csv_table
-from MFFMTCore.data.records import DatasetError, SampleRecord
+from MFFMTCore.data.records import DatasetError, SampleRecord, content_key
 from MFFMTCore.errors import MFFMTError
 
 Split = tuple[list[SampleRecord], list[SampleRecord]]
@@ -24,13 +26,34 @@ def _stratum(record: SampleRecord) -> tuple[str, str]:
     return record.dataset, record.label or ""
 
 
-def _ordered_groups(records: list[SampleRecord], seed: int) -> list[list[int]]:
-    """Record indices by group: shuffled by ``seed``, then largest first (big groups are placed while
-    there is still room to balance around them)."""
-    members: dict[str, list[int]] = {}
+def _units(records: list[SampleRecord]) -> list[list[int]]:
+    """Record indices by split unit: records that share a group, or an image (:func:`content_key`:
+    the same file under two names or in two datalists), are in one unit."""
+    parent = list(range(len(records)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    first: dict[str, int] = {}
     for index, record in enumerate(records):
-        members.setdefault(record.group_key(), []).append(index)
-    groups = list(members.values())
+        for key in (f"group:{record.group_key()}", content_key(record)):
+            if key in first:
+                parent[root(index)] = root(first[key])
+            else:
+                first[key] = index
+    members: dict[int, list[int]] = {}
+    for index in range(len(records)):
+        members.setdefault(root(index), []).append(index)
+    return list(members.values())
+
+
+def _ordered_groups(records: list[SampleRecord], seed: int) -> list[list[int]]:
+    """Record indices by split unit (:func:`_units`): shuffled by ``seed``, then largest first (big
+    groups are placed while there is still room to balance around them)."""
+    groups = _units(records)
     random.Random(seed).shuffle(groups)
     groups.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
     return groups
@@ -46,6 +69,20 @@ def _partition(records: list[SampleRecord], fold_of: list[int], folds: int) -> l
     """(train, validation) lists for each fold, records in their original order."""
     return [([record for record, f in zip(records, fold_of) if f != fold],
              [record for record, f in zip(records, fold_of) if f == fold]) for fold in range(folds)]
+
+
+def check_sides_apart(train: list[SampleRecord], val: list[SampleRecord]) -> None:
+    """Refuse a given split (a datalist's own sections) that holds one image on both sides.
+
+    Raises:
+        DatasetError: naming the validation image and the training record of the same content.
+    """
+    in_train = {content_key(record): record for record in train}
+    for record in val:
+        twin = in_train.get(content_key(record))
+        if twin is not None:
+            raise DatasetError(record.image, f"is a validation image and also a training image (as {twin.image}, "
+                                             "same content); a split must keep each image on one side")
 
 
 def split_by_group(records: list[SampleRecord], val_fraction: float = 0.2, seed: int = 0) -> Split:

@@ -2,7 +2,9 @@
 
 The network sees each image as it saw its training data: the input size, intensity scaling and
 sample mode (whole frame or lesion crop) come from the model file. Images that cannot be read are
-listed (in ``metrics.json`` and ``predictions.csv``) and the others are still evaluated.
+listed (in ``metrics.json`` and ``predictions.csv``) and the others are still evaluated. An image
+listed twice (the same content under two names or in two datasets) is evaluated once; the extra
+entries are listed under ``duplicates``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.run_folder import read_split
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
+from MFFMTCore.data.records import unique_records
 from MFFMTCore.devices import torch_device
 from MFFMTCore.evaluation.metrics import grouped_report
 from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
@@ -124,6 +127,7 @@ def evaluate(
     malignancy_threshold = check_threshold(malignancy_threshold, "malignancy threshold")
     path = resolve_model_path(model_path)
     model, info = load_model(path, device=device)
+    records, duplicates = unique_records(records)  # one image listed twice must not count twice
     if info.intensity != "minmax":
         raise ModelFileError(path, f"intensity normalisation {info.intensity!r} is not supported (only 'minmax')")
     recipe = info.training.get("recipe", {})
@@ -143,6 +147,7 @@ def evaluate(
     metrics = json_safe({
         "model": str(path), "model_name": info.name, "input_size": info.input_size, "mode": mode,
         "lesion_threshold": info.threshold, "malignancy_threshold": malignancy_threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
+        "duplicates": [{"image": extra.image, "same_as": first.image} for extra, first in duplicates],
         **report,
     })
     write_json_atomic(output / "metrics.json", metrics)

@@ -47,9 +47,17 @@ from MFFMTCore.base.results_schema import (
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.errors import MFFMTError, one_line
-from MFFMTCore.files import IMAGE_SUFFIXES, image_stem, is_image_file, remove_temporaries
+from MFFMTCore.files import (
+    IMAGE_SUFFIXES,
+    TEMPORARY_NAME_EXTRA,
+    image_files,
+    image_stem,
+    is_image_file,
+    remove_temporaries,
+)
 from MFFMTCore.folder_lock import FolderLock
 from MFFMTCore.inference.dicom_results import dicom_output_paths, export_dicom_results
+from MFFMTCore.inference.journal import OutputJournal
 from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS, output_paths, write_outputs
 from MFFMTCore.inference.predictor import Predictor, PreparedInput
 from MFFMTCore.inference.results_table import frame_rows
@@ -119,10 +127,33 @@ def find_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike |
     return list(dict.fromkeys(found))  # each file once, in the order given
 
 
+def _planned_paths(directory: Path, stem: str) -> list[Path]:
+    """Every file predict may write for ``stem`` (with Grad-CAM and DICOM results)."""
+    return [*output_paths(directory, stem, gradcam=True, outputs=OUTPUTS).values(),
+            *dicom_output_paths(directory, stem).values()]
+
+
+def fit_stem(stem: str, directory: Path) -> str:
+    """``stem``, shortened if its output names (and their temporary names) would be too long for the
+    file system: cut and followed by ``~`` and a hash of the whole stem, so that it stays unique
+    and the same stem is always cut the same way."""
+    try:
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = max(len(path.name.encode()) for path in _planned_paths(directory, ""))
+    limit = name_max - longest - TEMPORARY_NAME_EXTRA
+    if len(stem.encode()) <= limit:
+        return stem
+    tag = "~" + hashlib.sha256(stem.encode()).hexdigest()[:12]
+    return stem.encode()[: limit - len(tag)].decode("utf-8", "ignore") + tag
+
+
 def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path) -> dict[str, str]:
     """Unique output stems for ``inputs`` (absolute paths); ``known`` holds earlier runs' stems.
 
-    A stem is never one whose output files would overwrite an input.
+    A stem is never one whose output files would overwrite an input, and never one too long for the
+    file system (:func:`fit_stem`).
     """
     stems = dict(known)
     taken = set(stems.values())
@@ -131,35 +162,34 @@ def assign_stems(inputs: Sequence[Path], known: dict[str, str], directory: Path)
     counts = Counter(image_stem(path) for path in inputs)
 
     def usable(stem: str) -> bool:
-        paths = [*output_paths(directory, stem, gradcam=True, outputs=OUTPUTS).values(),
-                 *dicom_output_paths(directory, stem).values()]
-        return stem not in taken and not any(os.path.realpath(path) in protected for path in paths)
+        return stem not in taken and not any(os.path.realpath(path) in protected
+                                             for path in _planned_paths(directory, stem))
 
     for path in inputs:
         if str(path) in stems:
             continue
         stem = image_stem(path)
-        if counts[stem] > 1 or not usable(stem):
+        if counts[stem] > 1 or not usable(fit_stem(stem, directory)):
             stem = f"{stem}_{path.parent.name}" if path.parent.name else stem
-        candidate, number = stem, 2
+        candidate, number = fit_stem(stem, directory), 2
         while not usable(candidate):
-            candidate, number = f"{stem}_{number}", number + 1
+            candidate, number = fit_stem(f"{stem}_{number}", directory), number + 1
         stems[str(path)] = candidate
         taken.add(candidate)
     return stems
 
 
 def content_hash(path: Path) -> str:
-    """SHA-256 of an input's bytes (of a DICOM folder: every file's relative name and bytes).
+    """SHA-256 of every file an input is read from (:func:`MFFMTCore.files.image_files`): a detached
+    header and its data files, a DICOM folder's files with their relative names.
 
     Raises:
         OSError: the input cannot be read (missing, a symbolic-link loop, no permission).
     """
     digest = hashlib.sha256()
-    files = sorted(file for file in path.rglob("*") if file.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(f"{file.relative_to(path).as_posix()}|".encode())
+    for file in image_files(path):
+        if file != path:
+            digest.update(f"{file.relative_to(path).as_posix() if path.is_dir() else file.name}|".encode())
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -275,6 +305,7 @@ class _Input:
         started: when its reading began.
         prepared: read and checked, waiting for (or through) the network; None when decided without it.
         outcome, entry, rows: what is recorded for it, once decided (skipped, failed or written).
+        planned: the files it may write that are absent or this folder's own (journaled while written).
     """
 
     path: Path
@@ -285,6 +316,7 @@ class _Input:
     outcome: InputOutcome | None = None
     entry: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    planned: list[Path] = field(default_factory=list)  # files it may write (absent, or this folder's own)
 
     @property
     def frames(self) -> int:
@@ -360,6 +392,8 @@ def _predict_locked(
         entries = {entry["input"]: entry for entry in previous["inputs"]}
         for row in previous.get("rows", []):
             rows.setdefault(row["input"], []).append(row)
+    journal = OutputJournal(output)
+    journal.recover(entries)  # an earlier run stopped between writing and recording: its leftovers go
     earlier_entries = dict(entries)
     stems = assign_stems(inputs, {key: entry["stem"] for key, entry in entries.items()}, output)
     columns = result_columns(predictor.class_names)
@@ -369,6 +403,7 @@ def _predict_locked(
     def save() -> None:
         write_results(output, results_document(model, settings, columns, list(entries.values()),
                                                [row for key in entries for row in rows.get(key, [])]))
+        journal.end()  # every file written so far is recorded now
 
     def read(path: Path) -> _Input:
         """Reader thread: decide whether ``path`` needs the network, and read it if so."""
@@ -380,19 +415,23 @@ def _predict_locked(
         except OSError:
             digest = None  # unreadable: reading it reports why
         item = _Input(path, stem, digest, started)
-        if (
-            not overwrite
-            and earlier is not None
-            and earlier.get("status") == "done"
-            and earlier.get("settings") == settings
-            and digest is not None and earlier.get("sha256") == digest
-            and all(file.is_file() for file in paths.values())
-        ):
-            item.outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
-            return item
-        foreign = [file for file in paths.values()
-                   if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
         try:
+            if (
+                not overwrite
+                and earlier is not None
+                and earlier.get("status") == "done"
+                and earlier.get("settings") == settings
+                and digest is not None and earlier.get("sha256") == digest
+                and all(file.is_file() for file in paths.values())
+            ):
+                item.outcome = InputOutcome(key, stem, "skipped", outputs=earlier.get("outputs", {}))
+                return item
+            # The file system may refuse to look at an output name: then this input fails, not the batch.
+            foreign = [file for file in paths.values()
+                       if (file.exists() or file.is_symlink()) and os.path.realpath(file) not in ours]
+            # The files this input may write that are absent or this folder's own: journaled before writing.
+            item.planned = [file for file in _planned_paths(output, stem)
+                            if not (file.exists() or file.is_symlink()) or os.path.realpath(file) in ours]
             if foreign and not overwrite:
                 raise MFFMTError(foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} "
                                              "is not predicted; remove it, choose another --output, or use --overwrite")
@@ -405,7 +444,10 @@ def _predict_locked(
     def write(item: _Input) -> None:
         """Writer thread: the input's files and rows, then the results tables."""
         if item.outcome is None:
+            journal.begin(item.planned)  # write, then record: a kill in between leaves files the next run knows
             item.outcome, item.entry, item.rows = _write_one(predictor, item, output, outputs)
+            if item.outcome.status == "failed":
+                journal.abandon(item.planned)  # a failure after some files were written leaves none unrecorded
         if item.outcome.status != "skipped":
             entries[item.outcome.input] = item.entry | {"settings": settings, "sha256": item.digest}
             rows[item.outcome.input] = item.rows

@@ -9,8 +9,9 @@ For a prediction whose input was a DICOM file (:attr:`FrameStack.dicom`), writte
   region of the reported frame, a planar ROI measurement group (TID 1410) referencing the
   segment, holding the long axis, the short (perpendicular) axis and the area (mm and mm² where the
   input is calibrated, pixels otherwise), the orientation, the class (or "not breast B-mode" when
-  the input check flagged the frame) and the probability of the positive class. A frame without
-  lesion gets one group for the frame with the class and probability only.
+  the input check flagged the frame) and the probability of the positive class (none for a flagged
+  frame, which also has no lesion). A frame without lesion gets one group for the frame with the
+  class and probability only.
 
 The reported frame is frame 0 of a single-frame input and the key frame of a clip. For a clip, the
 Segmentation holds that frame only: highdicom (0.28) builds Segmentations of multi-frame sources
@@ -155,13 +156,14 @@ def _groups(
     verdict = [
         hd.sr.QualitativeEvaluation(CLASS_CONCEPT, _value_code(finding.prediction)),
     ]
-    probability = hd.sr.Measurement(
+    # A flagged frame has no probability: the report holds its class ("not breast B-mode") only.
+    probability = [] if finding.probabilities[positive] is None else [hd.sr.Measurement(
         name=PROBABILITY_CONCEPT, value=float(finding.probabilities[positive]), unit=UNITY,
-        algorithm_id=_algorithm())
+        algorithm_id=_algorithm())]
     groups = []
     components = finding.components or [None]
     for number, component in enumerate(components, start=1):
-        measurements = [probability]
+        measurements = list(probability)
         evaluations = list(verdict)
         if component is not None and component.measurements is not None:
             measurements = _lengths(component.measurements, component.area_px, component.area_mm2) + measurements

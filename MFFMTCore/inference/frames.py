@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from MFFMTCore.base.geometry import ImageGeometry, records_spacing
 from MFFMTCore.dicom_io import DicomImage, is_dicom_file, read_dicom
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.files import grey_from_pixels, read_image
+from MFFMTCore.files import check_pixel_budget, grey_from_pixels, read_image
 from MFFMTCore.inference.imaging_region import ImagingRegion
 
 ImageInput = str | os.PathLike | sitk.Image | np.ndarray
@@ -119,6 +119,8 @@ def as_frame_stack(
     """
     if isinstance(image, np.ndarray):
         dimension, components = _array_layout(image)
+        shape = image.shape[:3] if dimension == 3 else image.shape[:2]
+        check_pixel_budget(f"array{tuple(image.shape)}", shape[::-1], components, image.itemsize)
         base = ImageGeometry((1.0,) * dimension, (0.0,) * dimension, tuple(np.eye(dimension).ravel()), False)
         geometry = _geometry_override(base, spacing, origin, direction)
         frames = image if dimension == 3 else image[np.newaxis]
@@ -161,6 +163,19 @@ def _is_ultrasound_dicom(path: str | os.PathLike) -> bool:
     return "ImageOrientationPatient" not in header and "SharedFunctionalGroupsSequence" not in header
 
 
+def _check_dicom_budget(path: Path) -> None:
+    """The pixel budget, from the header's Rows, Columns, NumberOfFrames and sample size, before decoding."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        size = [int(header.Columns), int(header.Rows), int(header.get("NumberOfFrames") or 1)]
+        components, bits = int(header.get("SamplesPerPixel") or 1), int(header.get("BitsAllocated") or 8)
+    except Exception:  # a header without usable sizes: the reader says what is wrong with it
+        return
+    check_pixel_budget(path, size, components, max(bits // 8, 1))
+
+
 def _dicom_frame_stack(
     path: Path, spacing: Sequence[float] | None, origin: Sequence[float] | None, direction: Sequence[float] | None
 ) -> FrameStack:
@@ -168,6 +183,7 @@ def _dicom_frame_stack(
 
     A one-frame file is a 2D frame; a file of several frames is a clip (frames along k, unit frame step).
     """
+    _check_dicom_budget(path)
     dicom = read_dicom(path)
     count, height, width = dicom.pixels.shape[:3]
     dimension = 2 if count == 1 else 3

@@ -28,7 +28,13 @@ from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import FrameStack, ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
 from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
-from MFFMTCore.inference.input_check import FeatureRecorder, assess_frames, colour_share, read_statistics
+from MFFMTCore.inference.input_check import (
+    FeatureRecorder,
+    assess_frames,
+    colour_share,
+    layout_scores,
+    read_statistics,
+)
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import PredictionResult
 from MFFMTCore.model_file import load_model, resolve_model_path
@@ -195,6 +201,7 @@ class Predictor:
                 continue
             prepared.colour[start:stop] = colour_share(
                 prepared.stack.pixels[start:stop, y0 : y0 + h, x0 : x0 + w], prepared.stack.components)
+            prepared.layout[start:stop] = layout_scores(grey)
             crops.append(preprocess_frames(grey, self.input_size))
             runs.append((prepared, start, stop))
         if not runs:
@@ -251,7 +258,8 @@ class Predictor:
             input_frames=prepared.stack,
             lesion_decision=self.lesion_decision,
             imaging_region=prepared.region,
-            input_checks=assess_frames(prepared.colour, distance),
+            input_checks=assess_frames(prepared.colour, distance,
+                                       None if prepared.roi_given else prepared.layout),
         )
 
 
@@ -281,11 +289,13 @@ class PreparedInput:
     error: Exception | None = None
     frames_done: int = 0
     colour: np.ndarray = field(init=False, repr=False)
+    layout: np.ndarray = field(init=False, repr=False)  # the frames' layout_scores (upside down, dual view)
     features: list[np.ndarray] = field(default_factory=list, repr=False)
     _maps: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.colour = np.zeros(self.stack.num_frames)
+        self.layout = np.zeros((self.stack.num_frames, 2))
 
     @property
     def crop(self) -> tuple[int, int, int, int]:

@@ -30,7 +30,8 @@ class FrameResult:
 
     Args:
         frame: index of the frame in the input, from 0 (its k index for a 3D input).
-        probabilities: class name -> probability (softmax of the class logits).
+        probabilities: class name -> probability (softmax of the class logits); None for a frame the
+            input check flagged (it carries no answer: no probabilities, no lesion).
         prediction: the most probable class.
         components: lesion regions of the label map, largest first.
         lesion_mass: sum of the lesion probability over the label map's pixels: how much lesion
@@ -45,7 +46,7 @@ class FrameResult:
     """
 
     frame: int
-    probabilities: dict[str, float]
+    probabilities: dict[str, float | None]
     prediction: str
     components: list[LesionComponent]
     lesion_mass: float
@@ -55,8 +56,9 @@ class FrameResult:
     input_check: InputCheck | None = None
 
     @property
-    def p_malignant(self) -> float:
-        """Probability of the positive class (the last class name; malignant for MFFMT models)."""
+    def p_malignant(self) -> float | None:
+        """Probability of the positive class (the last class name; malignant for MFFMT models); None
+        for a flagged frame."""
         return list(self.probabilities.values())[-1]
 
     @property
@@ -151,17 +153,18 @@ class PredictionResult:
             components = find_components(lesion, probability, self.geometry, index)
             peak = float(probability.max()) if probability.size else 0.0
             largest = components[0].area_px / analysed_px if components else 0.0
-            present = self.lesion_decision.present(peak, largest)
+            # A frame unlike breast B-mode carries no answer: no lesion, no class probabilities.
+            flagged = check is not None and check.flagged
+            present = self.lesion_decision.present(peak, largest) and not flagged
             if not present:
                 label[...] = 0  # a lesion-free frame shows no lesion (its own row of self.label)
                 lesion, components = label.astype(bool), []
             masses[index] = float(probability[lesion].sum(dtype=np.float64))
             sums[index] = float(probability.sum(dtype=np.float64))
-            flagged = check is not None and check.flagged
             frames.append(
                 FrameResult(
                     frame=index,
-                    probabilities={name: float(p) for name, p in zip(self.class_names, classes)},
+                    probabilities={name: None if flagged else float(p) for name, p in zip(self.class_names, classes)},
                     prediction=UNSUITABLE if flagged else self.class_names[int(np.argmax(classes))],
                     components=components,
                     lesion_mass=float(masses[index]),

@@ -138,42 +138,66 @@ class Worker:
         return 0
 
     def _read_requests(self) -> None:
-        """Reader thread: queue requests, apply cancels at once, end the queue at end of input."""
-        while True:
+        """Reader thread: queue requests, apply cancels at once, end the queue at end of input.
+
+        Whatever ends this thread (end of input, a broken pipe, a bug), the queue is ended too, so
+        the worker never waits for requests that can no longer come.
+        """
+        try:
+            while (item := self._read_one()) is not None:
+                self._accept(*item)
+        finally:
+            with self._cancel_lock:
+                for flag in self._cancel.values():
+                    flag.set()
+            self._requests.put(None)
+
+    def _read_one(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The next well-formed message; a malformed one is answered with an error and skipped.
+
+        None at the end of input, and when reading keeps failing (the stream is unusable).
+        """
+        failures = 0
+        while failures < 3:
             try:
-                item = read_message(self.reader)
+                return read_message(self.reader)
             except ProtocolError as error:
                 self._reply_error(error.request_id, str(error))
                 continue
-            except (OSError, ValueError):
-                item = None  # the input pipe broke: the client is gone
-            if item is None:
-                with self._cancel_lock:
-                    for flag in self._cancel.values():
-                        flag.set()
-                self._requests.put(None)
-                return
-            message = item[0]
-            if message.get("op") == "cancel":
-                with self._cancel_lock:
-                    flag = self._cancel.get(message.get("target"))
-                if flag is not None:
-                    flag.set()
-                continue
-            request_id = message.get("id")
-            if not isinstance(request_id, str | int) or isinstance(request_id, bool):
-                self._reply_error(request_id, "every request needs an 'id' (a string or a whole number)")
-                continue
+            except OSError:
+                return None  # the input pipe broke: the client is gone
+            except Exception as error:  # MemoryError, a closed stream...: answered, never fatal at once
+                if getattr(self.reader, "closed", False):
+                    return None
+                failures += 1
+                self._reply_error(None, f"protocol: message cannot be read ({type(error).__name__}: {error})")
+        return None
+
+    def _accept(self, message: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Apply a cancel, or queue a request (refusing one without a usable id)."""
+        if message.get("op") == "cancel":
             with self._cancel_lock:
-                if request_id in self._cancel:
-                    self._reply_error(request_id, f"request id {request_id!r} is already in use")
-                    continue
-                self._cancel[request_id] = threading.Event()
-            self._requests.put(item)
+                flag = self._cancel.get(message.get("target"))
+            if flag is not None:
+                flag.set()
+            return
+        request_id = message.get("id")
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+            self._reply_error(request_id, "every request needs an 'id' (a string or a whole number)")
+            return
+        with self._cancel_lock:
+            if request_id in self._cancel:
+                self._reply_error(request_id, f"request id {request_id!r} is already in use")
+                return
+            self._cancel[request_id] = threading.Event()
+        self._requests.put((message, arrays))
 
     def _reply_error(self, request_id: Any, text: str) -> None:
+        # An id that is not a string or a whole number is not echoed: the reply must be strict JSON.
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+            request_id = None
         try:
-            self.send({"id": request_id, "event": "error", "error": one_line(text)})
+            self.send({"id": request_id, "event": "error", "error": one_line(text)[:2000]})
         except (BrokenPipeError, ValueError):
             pass  # the client is gone; the serving thread notices at its next reply
 

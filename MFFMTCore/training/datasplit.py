@@ -23,6 +23,7 @@ from MFFMTCore.data import (
     split_by_group,
     summarize,
 )
+from MFFMTCore.data.splits import check_sides_apart
 
 
 def read_training_records(paths: list[str]) -> tuple[list[SampleRecord], list[SampleRecord], list[SampleRecord]]:
@@ -33,7 +34,8 @@ def read_training_records(paths: list[str]) -> tuple[list[SampleRecord], list[Sa
         fixed ones come from datalists that have a ``validation`` section.
 
     Raises:
-        DatasetError: a dataset cannot be read, or two records share a key.
+        DatasetError: a dataset cannot be read, two records share a key, or a datalist's validation
+            section holds an image also given for training.
     """
     pooled: list[SampleRecord] = []
     fixed_train: list[SampleRecord] = []
@@ -52,6 +54,7 @@ def read_training_records(paths: list[str]) -> tuple[list[SampleRecord], list[Sa
             raise DatasetError(record.image, f"image {key} is listed twice (also as {seen[key]}); "
                                              "give each dataset once")
         seen[key] = record.image
+    check_sides_apart(pooled + fixed_train, fixed_val)
     return pooled, fixed_train, fixed_val
 
 

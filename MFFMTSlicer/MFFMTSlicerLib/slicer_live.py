@@ -71,7 +71,8 @@ class RunningFinding:
     def add(self, frame: dict[str, Any]) -> None:
         """Add one frame's finding (a ``PredictionResult.to_json()["frames"]`` entry)."""
         self.classNames = list(frame["probabilities"])
-        self._probabilities.append([float(p) for p in frame["probabilities"].values()])
+        # A flagged frame has no probabilities (None); the clip rule leaves it out.
+        self._probabilities.append([math.nan if p is None else float(p) for p in frame["probabilities"].values()])
         self._masses.append(float(frame["lesion_mass"]))
         self._flagged.append(bool((frame.get("input_check") or {}).get("flagged")))
 
