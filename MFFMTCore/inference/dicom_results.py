@@ -45,9 +45,12 @@ def export_dicom_results(result: PredictionResult, directory: str | os.PathLike,
         dicom.notes.append(one_line(f"{NOT_WRITTEN}: they need highdicom with pydicom 3 (this Python has "
                                     f"pydicom {pydicom.__version__}: {error})"))
         return {}
+    absent = [path for path in dicom_output_paths(directory, stem).values() if not path.exists()]
     try:
         return write_dicom_results(result, directory, stem)
     except Exception as error:  # a header highdicom cannot use: the prediction itself is still good
+        for path in absent:  # a SEG written before the SR failed is not left unrecorded
+            path.unlink(missing_ok=True)
         problem = error.problem if isinstance(error, MFFMTError) else f"{NOT_WRITTEN}: {type(error).__name__}: {error}"
         dicom.notes.append(one_line(problem))
         return {}

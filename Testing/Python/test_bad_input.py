@@ -260,9 +260,16 @@ def test_the_slicer_model_list_shows_a_bad_file_as_unusable(model_path, tmp_path
     (folder / "good.safetensors").write_bytes(model_path.read_bytes())
     entries = {entry.path.name: entry for entry in ModelRegistry(folder).entries()}
     assert entries["good.safetensors"].error is None
-    for name in ("no_info.safetensors", "swapped.safetensors", "odd.safetensors"):
+    for name in ("no_info.safetensors", "odd.safetensors"):  # what the header alone shows
         assert entries[name].title().endswith("(unusable)")
         assert str(folder / name) in entries[name].error
+    # The checksum is the worker's to verify when it loads the model (the list hashes no weights);
+    # its verdict then marks the file.
+    assert entries["swapped.safetensors"].error is None
+    verdicts = {folder / "swapped.safetensors": f"{folder / 'swapped.safetensors'}: checksum mismatch"}
+    swapped = {entry.path.name: entry for entry in ModelRegistry(folder, unusable=verdicts.get).entries()}
+    assert swapped["swapped.safetensors"].title() == "swapped (unusable)"
+    assert "checksum mismatch" in swapped["swapped.safetensors"].error
     # Without MFFMTCore (before torch is installed) the header is read directly, and still checked.
     with pytest.raises(ValueError, match="'architecture' is not a JSON object"):
         read_model_metadata(folder / "odd.safetensors")

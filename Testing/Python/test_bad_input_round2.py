@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from MFFMTCore.cli import main
 from MFFMTCore.files import ImageReadError, image_files, read_image
+from MFFMTCore.inference.outputs import OUTPUTS
 
 
 def rows_of(output: Path) -> dict[str, list[dict[str, str]]]:
@@ -161,7 +162,7 @@ def test_a_flagged_frame_has_no_probability_no_lesion_and_no_lesion_in_its_dicom
     output = tmp_path / "out"
     from MFFMTCore.inference.batch import predict_files
 
-    summary = predict_files(dark_lesion_predictor, [source], output, dicom=True)
+    summary = predict_files(dark_lesion_predictor, [source], output, outputs=OUTPUTS)
     assert summary.outcomes[0].status == "done"
     result = dark_lesion_predictor.predict(source)
     (finding,) = result.frames
@@ -289,20 +290,26 @@ def test_an_upside_down_scan_and_a_dual_view_capture_are_flagged_the_scans_are_n
 
 
 def test_a_failed_dicom_export_leaves_no_unrecorded_file(tmp_path, dark_lesion_predictor, monkeypatch):
+    """A DICOM export that fails after writing its SEG keeps the input's other results, says why in a
+    note, and leaves no DICOM file behind; a run with overwrite writes them."""
     from dicom_samples import capture, ultrasound_dicom
 
     import MFFMTCore.inference.batch as batch
+    import MFFMTCore.inference.dicom_export as dicom_export
 
     source = ultrasound_dicom(tmp_path / "us.dcm", capture())
     output = tmp_path / "out"
 
-    def broken(*args, **kwargs):
+    def broken(result, directory, stem):
+        (Path(directory) / f"{stem}_seg.dcm").write_bytes(b"half an export")
         raise AttributeError("'FileDataset' object has no attribute 'PatientID'")
 
-    monkeypatch.setattr(batch, "write_dicom_results", broken)
-    (outcome,) = batch.predict_files(dark_lesion_predictor, [source], output, dicom=True).outcomes
-    assert outcome.status == "failed" and "PatientID" in outcome.error
-    assert sorted(name for name in os.listdir(output) if not name.startswith(".")) == ["results.csv", "results.json"]
+    monkeypatch.setattr(dicom_export, "write_dicom_results", broken)
+    (outcome,) = batch.predict_files(dark_lesion_predictor, [source], output, outputs=OUTPUTS).outcomes
+    assert outcome.status == "done" and "dicom_report" not in outcome.outputs and "overlay" in outcome.outputs
+    (entry,) = json.loads((output / "results.json").read_text())["inputs"]
+    assert any("PatientID" in note for note in entry["notes"])
+    assert not [name for name in os.listdir(output) if name.endswith(".dcm")]
     monkeypatch.undo()
-    (outcome,) = batch.predict_files(dark_lesion_predictor, [source], output, dicom=True).outcomes
+    (outcome,) = batch.predict_files(dark_lesion_predictor, [source], output, outputs=OUTPUTS, overwrite=True).outcomes
     assert outcome.status == "done" and {"dicom_report", "overlay"} <= set(outcome.outputs)
