@@ -24,3 +24,5 @@ SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
 #: ``--device`` values.
 DEVICES = ("cpu", "cuda")
+#: How a training run chooses its best epoch (``--select``).
+SELECTIONS = ("auc", "loss")

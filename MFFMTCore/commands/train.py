@@ -20,10 +20,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.fine_tuning import inherited_options
+from MFFMTCore.base.model_metadata import read_model_metadata
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.base.train_options import GROUPS, OPTIONS, Option
 from MFFMTCore.commands.options import add_progress
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.model_completion import complete_run
 from MFFMTCore.training.config import PATH_OPTIONS, TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.trainer import Trainer
 
@@ -102,9 +105,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if not folder.config.is_file():
             raise MFFMTError(folder.config, f"not found; is {output} a training run folder?")
         saved = read_config_file(folder.config)
-    return merge_config(saved, from_file, given)
+    parent = given.get("init_model") or from_file.get("init_model")
+    # A fine-tuning run starts from its parent's input size, architecture and recipe (a resumed run
+    # has them in its saved config already).
+    inherited = inherited_options(read_model_metadata(parent)) if parent and not args.resume else {}
+    return merge_config(saved, inherited, from_file, given)
 
 
 def run(args: argparse.Namespace) -> int:
-    status = Trainer(build_config(args), resume=args.resume, overwrite=args.overwrite).run()
+    status = Trainer(build_config(args), resume=args.resume, overwrite=args.overwrite, finish=complete_run).run()
     return 0 if status in ("done", "cancelled") else 1
