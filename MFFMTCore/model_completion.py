@@ -119,8 +119,9 @@ def score_records(predictor: Predictor, records: Sequence[SampleRecord], feature
     return Scored(scores, stacked if features else None, failed)
 
 
-def _evenly(records: list[SampleRecord], limit: int) -> list[SampleRecord]:
-    if limit >= len(records):
+def spread_evenly(records: list[SampleRecord], limit: int | None) -> list[SampleRecord]:
+    """At most ``limit`` of ``records``, spread evenly over the list (all when ``limit`` is None)."""
+    if limit is None or limit >= len(records):
         return records
     return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
 
@@ -132,7 +133,7 @@ def fit_input_check(predictor: Predictor, train: list[SampleRecord], held_out: S
         (the part's record, the statistics as the model file stores them, or None when not fitted).
     """
     frames = 0 if held_out.features is None else len(held_out.features)
-    reference_records = _evenly(train, MAX_REFERENCE_FRAMES)
+    reference_records = spread_evenly(train, MAX_REFERENCE_FRAMES)
     if frames < MIN_INPUT_CHECK_FRAMES or len(reference_records) <= 2 * NEIGHBOURS:
         return PartFit(NOT_FITTED, None, f"input-check statistics: {len(train)} training and {frames} validation "
                                          f"frame(s); more than {2 * NEIGHBOURS} training and at least "

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 import torch
 
+from MFFMTCore.base.model_metadata import calibration_note
 from MFFMTCore.base.progress_events import INPUT_STATUSES
 from MFFMTCore.commands.options import Progress, add_lesion_threshold, add_progress, positive_int
 from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_inputs, predict_files
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
+    note = calibration_note(asdict(predictor.info))
+    if note is not None:
+        print(f"mffmt predict: note: {predictor.model_path} is {note}", file=sys.stderr)
     progress = Progress(args.progress, total=len(inputs), unit="input")
     progress.event("start", total=len(inputs), output=str(args.output))
 

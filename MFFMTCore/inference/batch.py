@@ -26,10 +26,11 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.model_metadata import calibration_note
 from MFFMTCore.base.results_schema import result_columns
 from MFFMTCore.base.roi import RoiInput
 from MFFMTCore.errors import MFFMTError, one_line
@@ -202,6 +203,7 @@ def _model_document(predictor: Predictor) -> dict[str, Any]:
         "input_size": info.input_size,
         "threshold": info.threshold,
         "validation": info.validation,
+        "calibration": calibration_note(asdict(info)),  # None when calibrated
     }
 
 
