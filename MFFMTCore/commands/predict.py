@@ -76,9 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     predictor = Predictor(args.model, device=args.device, batch_size=args.batch_size)
-    note = calibration_note(asdict(predictor.info))
-    if note is not None:
-        print(f"mffmt predict: note: {predictor.model_path} is {note}", file=sys.stderr)
     progress = Progress(args.progress, total=len(inputs), unit="input")
     progress.event("start", total=len(inputs), output=str(args.output))
 
@@ -97,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     counts = {status: sum(o.status == status for o in summary.outcomes) for status in INPUT_STATUSES}
     progress.event("done", total=len(inputs), **counts, output=str(args.output))
+    note = calibration_note(asdict(predictor.info))  # also in results.json's "model"
+    if note is not None:
+        print(f"mffmt predict: note: {predictor.model_path} is {note}", file=sys.stderr)
     for outcome in summary.failed:
         print(f"mffmt predict: failed: {outcome.error}", file=sys.stderr)
     if summary.failed:
