@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_busbra, read_busi
 from MFFMTCore.data.records import SampleRecord
 from MFFMTCore.evaluation.site_report import site_report
@@ -81,7 +82,7 @@ def site(name: str, records: list[SampleRecord], model: Path, out: Path) -> dict
     result = folder / "judged.json"
     if not result.exists():
         parent_scores, parent = judge(model, test)
-        new_scores, new = judge(run / "model.safetensors", test)
+        new_scores, new = judge(RunFolder(run).model, test)
         report = site_report(parent_scores, new_scores, {"parent": parent, "new": new})
         report["fine_tuning"] = json.loads(timing.read_text())
         report["judged_frames"] = len(test)

@@ -159,7 +159,7 @@ def fit_temperature_part(scores: Sequence[FrameScore], parent: float | None = No
     base = {"frames": counts, "patients": groups}
     if min(counts.values()) < MIN_FRAMES or groups < MIN_GROUPS:
         reason = (f"{counts['benign']} benign and {counts['malignant']} malignant held-out frame(s) of {groups} "
-                  f"patient(s); at least {MIN_FRAMES} of each class from {MIN_GROUPS} patients are needed")
+                  f"patient group(s); at least {MIN_FRAMES} of each class from {MIN_GROUPS} patients are needed")
         result = _not_fitted("temperature", reason, parent)
         result.figures = base
         return result
@@ -177,8 +177,8 @@ def fit_temperature_part(scores: Sequence[FrameScore], parent: float | None = No
                "cross_fitted_frames": len(paired),
                "bins_before": reliability_bins(calibrated_probability(logits), labels),
                "bins_cross_fitted": reliability_bins(crossed, crossed_labels)}
-    message = (f"temperature {temperature:g} fitted on {len(classified)} held-out frames of {groups} patients "
-               f"(ECE {_text(figures['ece_before'])} at T = 1, {_text(figures['ece_cross_fitted'])} cross-fitted)")
+    message = (f"temperature {temperature:g} fitted on {len(classified)} held-out frames of {groups} patient "
+               f"groups (ECE {_text(figures['ece_before'])} at T = 1, {_text(figures['ece_cross_fitted'])} cross-fitted)")
     return PartFit(FITTED, temperature, message, json_safe(figures))
 
 
@@ -198,8 +198,8 @@ def fit_lesion_rule_part(scores: Sequence[FrameScore], parent: dict[str, float] 
     groups = len({score.group for score in known})
     base = {"lesion_frames": lesion, "lesion_free_frames": free, "patients": groups, "min_kept": min_kept}
     if min(lesion, free) < MIN_FRAMES or groups < MIN_GROUPS:
-        reason = (f"{lesion} held-out frame(s) with a lesion and {free} lesion-free of {groups} patient(s); at least "
-                  f"{MIN_FRAMES} of each from {MIN_GROUPS} patients are needed")
+        reason = (f"{lesion} held-out frame(s) with a lesion and {free} lesion-free of {groups} patient group(s); "
+                  f"at least {MIN_FRAMES} of each from {MIN_GROUPS} patients are needed")
         result = _not_fitted("lesion-present rule", reason, parent)
         result.figures = base
         return result
@@ -223,8 +223,8 @@ def fit_lesion_rule_part(scores: Sequence[FrameScore], parent: dict[str, float] 
                "cross_fitted_frames": len(paired)}
     crossed = figures["cross_fitted"]
     message = (f"lesion-present rule peak >= {rule['min_peak']:g}, area >= {rule['min_area_fraction']:g} fitted on "
-               f"{lesion} lesion and {free} lesion-free held-out frames of {groups} patients (cross-fitted: keeps "
-               f"{_text(crossed['lesion_frames_kept'])} of lesion frames, flags {_text(crossed['lesion_free_flagged'])} "
+               f"{lesion} lesion and {free} lesion-free held-out frames of {groups} patient groups (cross-fitted: "
+               f"keeps {_text(crossed['lesion_frames_kept'])} of lesion frames, flags {_text(crossed['lesion_free_flagged'])} "
                f"of lesion-free ones; any lesion pixel flagged {_text(figures['before']['lesion_free_flagged'])})")
     return PartFit(FITTED, rule, message, json_safe(figures))
 

@@ -83,7 +83,7 @@ def test_too_little_data_keeps_the_parents_value_and_says_which_part():
     one = [FrameScore("p0", s.label, s.lesion, s.logit, s.peak, s.largest_fraction) for s in scores()]
     parts = fit_calibration(one, parent_temperature=2.0)
     assert parts["temperature"].status == KEPT and parts["temperature"].value == 2.0
-    assert "1 patient(s)" in parts["temperature"].message
+    assert "1 patient group(s)" in parts["temperature"].message
 
 
 def test_calibration_note_is_read_from_the_header(model_path, default_model):

@@ -419,6 +419,19 @@ def test_train_on_scene_and_sample_data_adds_the_model(env, picture_result):
     assert list(logic.workRoot.iterdir()) == []
 
 
+def test_fine_tuning_ends_with_the_site_report_for_the_panel(env, random_model, tmp_path):
+    _, _, _, logic, _ = env
+    parent = random_model(tmp_path / "parent.safetensors", 3)
+    task = logic.startTraining([SAMPLES / "samples.csv"], modelName="site", init_model=str(parent), epochs=1,
+                               batch_size=2, val_fraction=0.4).wait()
+    assert task.status == "done", task.error
+    assert task.siteReport["format"] == "mffmt-site-report" and task.siteReport["parent"]["model"] == str(parent)
+    # A random parent has no temperature or rule, and two validation patients judge nothing: said plainly.
+    assert task.siteReport["parent"]["calibration"].startswith("uncalibrated")
+    assert task.siteReportText.startswith("Site report on") and "Warning:" in task.siteReportText
+    assert task.siteReportPicture is not None and task.siteReportPicture.stat().st_size > 10_000
+
+
 def test_training_curves_follow_a_closed_scene(env):
     scene, _, _, _, _ = env
     from MFFMTSlicerLib import slicer_nodes
