@@ -218,3 +218,19 @@ def test_predict_notes_an_uncalibrated_model(model_path, sample_frames, tmp_path
 def test_errors_name_the_part(tmp_path):
     with pytest.raises(MFFMTError):
         read_site_report(tmp_path / "missing.json")
+
+
+def test_real_lesion_free_frames_are_scored_as_lesion_free(shared_data, default_model):
+    from MFFMTCore.data import read_busi
+    from MFFMTCore.inference.predictor import Predictor
+    from MFFMTCore.model_completion import score_records
+
+    records = read_busi(shared_data / "busi")
+    picked = [r for r in records if r.label == "normal"][:2] + [r for r in records if r.label == "malignant"][:2]
+    predictor = Predictor(default_model)
+    scored = score_records(predictor, picked, features=True)
+    assert [score.lesion for score in scored.scores] == [False, False, True, True]
+    assert [score.label for score in scored.scores] == [-1, -1, 1, 1]
+    assert all(score.dice is not None for score in scored.scores) and scored.features.shape[0] == 4
+    # Scored raw, and the predictor is given back as it was.
+    assert predictor.temperature == read_model_info(default_model).temperature
