@@ -223,7 +223,8 @@ def train_job(args: argparse.Namespace) -> None:
     architecture = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2, "fusion": "mff",
                     "embed_dim": recipe["embed_dim"], "mlp_ratio": recipe["mlp_ratio"],
                     "aux_classes": {"birads": 4}}
-    loss_fn = MFFMTLoss(COMMON["lambda_loc"], COMMON["seg_weight"], COMMON["aux_weight"])
+    loss_fn = MFFMTLoss(lambda_loc=COMMON["lambda_loc"], seg_weight=COMMON["seg_weight"],
+                        aux_weight=COMMON["aux_weight"])
 
     def fresh(epochs: int):
         torch.manual_seed(args.seed)
