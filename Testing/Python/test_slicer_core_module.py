@@ -144,12 +144,20 @@ def test_parameter_node_round_trip(env):
 
 
 def test_learning_rate_suggestion_keeps_a_rate_the_user_chose(env):
+    import typing
+
+    from MFFMTSlicerLib.slicer_logic import MFFMTSlicerParameterNode
     from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, learningRateAfterModeChange
 
-    assert learningRateAfterModeChange(FINE_TUNE, FROM_SCRATCH, 1e-4) == 1e-3
-    assert learningRateAfterModeChange(FROM_SCRATCH, FINE_TUNE, 1e-3) == 1e-4
+    from MFFMTCore.base.fine_tuning import FINE_TUNE_DEFAULTS
+
+    tune = FINE_TUNE_DEFAULTS["lr"]  # the panel suggests what `mffmt train --init-model` does by default
+    lr = typing.get_type_hints(MFFMTSlicerParameterNode, include_extras=True)["lr"]
+    assert next(detail.value for detail in lr.__metadata__ if type(detail).__name__ == "Default") == tune
+    assert learningRateAfterModeChange(FINE_TUNE, FROM_SCRATCH, tune) == 1e-3
+    assert learningRateAfterModeChange(FROM_SCRATCH, FINE_TUNE, 1e-3) == tune
     assert learningRateAfterModeChange(FINE_TUNE, FROM_SCRATCH, 3e-5) == 3e-5  # the user's own
-    assert learningRateAfterModeChange(FINE_TUNE, FINE_TUNE, 1e-4) == 1e-4  # entering the panel again
+    assert learningRateAfterModeChange(FINE_TUNE, FINE_TUNE, tune) == tune  # entering the panel again
 
 
 @pytest.fixture(scope="module")
