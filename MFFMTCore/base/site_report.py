@@ -9,8 +9,10 @@ new model is not better) that the command prints and the Slicer module shows whe
 Layout: ``format`` = :data:`FORMAT`, ``version``, ``patients``, ``frames`` (counts), ``parent`` and
 ``new`` (``model`` path, ``sha256``, ``temperature``, ``lesion_decision``, ``metrics``: per metric of
 :data:`METRICS` ``{"value", "low", "high"}``, a 95% patient-level bootstrap interval), ``difference``
-(new minus parent, paired bootstrap), ``worse_on`` (metrics where the new model is worse),
-``better`` (bool), ``summary`` and ``warning`` (text, or null).
+(new minus parent, paired bootstrap), ``worse_on`` and ``better_on`` (the metrics of
+:data:`DECIDING` on which the new model is worse / better beyond the noise: the difference's interval
+excludes no change), ``better`` (better on one, worse on none), ``summary`` and ``warning`` (text,
+or null: a warning whenever the new model is not better).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "lesion_free_flagged": ("lesion-free frames given a lesion", False),
     "ece": ("ECE", False),
 }
-#: The metrics that decide "better": the others move along an operating point.
+#: The metrics that decide "better": the others move along an operating point (and sensitivity
+#: against specificity is a choice, not an improvement).
 DECIDING = ("auc", "dice", "lesion_free_flagged", "ece")
 
 
@@ -43,17 +46,29 @@ def _value(entry: dict[str, Any] | None) -> float | None:
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _side(report: dict[str, Any], name: str) -> int:
+    """+1 when the new model is better on ``name`` beyond the noise (the paired bootstrap interval of
+    the difference lies on the better side), -1 when worse beyond it, 0 otherwise."""
+    entry = report.get("difference", {}).get(name) or {}
+    low, high = entry.get("low"), entry.get("high")
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float))):
+        return 0
+    sign = 1 if METRICS[name][1] else -1
+    if sign * low > 0 and sign * high > 0:
+        return 1
+    if sign * low < 0 and sign * high < 0:
+        return -1
+    return 0
+
+
 def worse_on(report: dict[str, Any]) -> list[str]:
-    """The deciding metrics on which the new model scores worse than its parent (point estimates)."""
-    worse = []
-    for name in DECIDING:
-        old, new = _value(report["parent"]["metrics"].get(name)), _value(report["new"]["metrics"].get(name))
-        if old is None or new is None:
-            continue
-        higher_better = METRICS[name][1]
-        if (new < old) if higher_better else (new > old):
-            worse.append(name)
-    return worse
+    """The deciding metrics on which the new model is worse than its parent beyond the noise."""
+    return [name for name in DECIDING if _side(report, name) < 0]
+
+
+def better_on(report: dict[str, Any]) -> list[str]:
+    """The deciding metrics on which the new model is better than its parent beyond the noise."""
+    return [name for name in DECIDING if _side(report, name) > 0]
 
 
 def _interval(entry: dict[str, Any] | None, percent: bool = False) -> str:
@@ -74,19 +89,13 @@ def warning_text(report: dict[str, Any]) -> str | None:
     if worse:
         names = ", ".join(METRICS[name][0] for name in worse)
         return (f"Warning: the new model is not better than the model it started from on these "
-                f"{report['patients']} validation patients: worse on {names}. Keep using the parent model "
-                "unless the differences are within the intervals shown, or fine-tune on more patients.")
-    unsure = [name for name in DECIDING if _crosses_zero(report.get("difference", {}).get(name))]
-    if len(unsure) == len(DECIDING):
-        return (f"Warning: the new model is not shown to be better than the model it started from: on "
-                f"{report['patients']} validation patients every difference is within the noise (its "
-                "bootstrap interval includes no change).")
+                f"{report['patients']} validation patients: worse on {names}, beyond the noise. Keep using "
+                "the model you started from, or fine-tune on more patients.")
+    if not better_on(report):
+        return (f"Warning: the new model is not shown to be better than the model it started from: on these "
+                f"{report['patients']} validation patients no difference in AUC, Dice, lesion-free frames given "
+                "a lesion or ECE is beyond the noise (each bootstrap interval includes no change).")
     return None
-
-
-def _crosses_zero(entry: dict[str, Any] | None) -> bool:
-    low, high = (entry or {}).get("low"), (entry or {}).get("high")
-    return not (isinstance(low, (int, float)) and isinstance(high, (int, float))) or low <= 0.0 <= high
 
 
 def summary_text(report: dict[str, Any]) -> str:

@@ -20,7 +20,15 @@ import numpy as np
 
 from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.lesion_decision import LesionDecision
-from MFFMTCore.base.site_report import FORMAT, METRICS, VERSION, summary_text, warning_text, worse_on
+from MFFMTCore.base.site_report import (
+    FORMAT,
+    METRICS,
+    VERSION,
+    better_on,
+    summary_text,
+    warning_text,
+    worse_on,
+)
 from MFFMTCore.evaluation.calibration import (
     calibrated_probability,
     expected_calibration_error,
@@ -101,8 +109,8 @@ def site_report(parent: Sequence[FrameScore], new: Sequence[FrameScore], models:
         "curves": {key: _curves(scored[key], rules[key][0]) for key in scored},
     }
     report = json_safe(report)
-    report["worse_on"] = worse_on(report)
-    report["better"] = not report["worse_on"]
+    report["worse_on"], report["better_on"] = worse_on(report), better_on(report)
+    report["better"] = bool(report["better_on"]) and not report["worse_on"]
     report["warning"] = warning_text(report)
     report["summary"] = summary_text(report)
     return report

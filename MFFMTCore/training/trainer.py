@@ -315,7 +315,9 @@ def build_networks(config: TrainConfig, context: DistributedContext, train_recor
     if checkpoint is not None:
         architecture = checkpoint["architecture"]
     elif source is not None:
-        architecture = {**source.architecture, "aux_classes": aux}
+        # The parent's architecture (its extra arguments included), with what the options set: they
+        # are the parent's own unless the user overrode one (MFFMTCore.base.fine_tuning).
+        architecture = {**source.architecture, **config.architecture(aux)}
     else:
         architecture = config.architecture(aux)
     torch.manual_seed(config.seed)

@@ -195,6 +195,18 @@ def test_fine_tuning_inherits_and_writes_the_site_report(parent_run, tmp_path, c
     assert folder.earlier_run()[-2:] == ["site_report.json", "site_report.png"]
 
 
+def test_an_option_given_for_fine_tuning_wins_over_the_parents(parent_run, tmp_path):
+    site = write_dataset(tmp_path / "site", count=16, normal=4, seed=5)
+    run = tmp_path / "wider"
+    assert main(["train", "--data", str(site), "--init-model", str(parent_run / "model.safetensors"),
+                 "--output", str(run), "--epochs", "1", "--input-size", "96", "--embed-dim", "128",
+                 "--freeze-epochs", "0", *TINY]) == 0
+    info = read_model_info(run / "model.safetensors")
+    assert info.input_size == [96, 96] and info.architecture["embed_dim"] == 128
+    assert info.architecture["mlp_ratio"] == read_model_info(parent_run / "model.safetensors").architecture["mlp_ratio"]
+    assert info.training["recipe"]["freeze_epochs"] == 0 and info.training["recipe"]["select"] == "loss"
+
+
 def test_fine_tuning_refuses_a_parent_that_is_not_a_model(tmp_path, capsys):
     site = write_dataset(tmp_path / "site", count=8)
     bad = tmp_path / "bad.safetensors"
