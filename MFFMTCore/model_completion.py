@@ -35,7 +35,7 @@ from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data.records import SampleRecord, label_index
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.evaluation.metrics import dice_score
-from MFFMTCore.evaluation.model_fit import FrameScore, PartFit, fit_calibration
+from MFFMTCore.evaluation.model_fit import FrameScore, PartFit, cross_fitted_parameters, fit_calibration
 from MFFMTCore.evaluation.site_report import site_report, write_site_report
 from MFFMTCore.files import read_mask
 from MFFMTCore.inference.input_check import METADATA_KEY, FeatureRecorder, FeatureStatistics
@@ -207,8 +207,10 @@ def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], hel
 
 
 def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike, held_out: list[SampleRecord],
-                        new_scores: Scored, folder: RunFolder, device: str = "cpu") -> dict[str, Any]:
-    """Score ``parent`` on the same held-out records and write the site report into ``folder``."""
+                        completion: Completion, folder: RunFolder, device: str = "cpu") -> dict[str, Any]:
+    """Score ``parent`` on the same held-out records and write the site report into ``folder``; the new
+    model is judged with its temperature and rule cross-fitted (they were fitted on these frames)."""
+    new_scores = completion.held_out
     scored = score_records(Predictor(parent, device=device), held_out)
     if len(scored.scores) != len(new_scores.scores):
         raise MFFMTError(parent, "the parent model and the new model could not read the same validation files")
@@ -218,7 +220,8 @@ def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike
         models[key] = {"model": str(Path(path).resolve()), "sha256": read_model_checksum(path), "name": info.name,
                        "temperature": info.temperature, "lesion_decision": info.lesion_decision,
                        "calibration": calibration_note(asdict(info))}
-    report = site_report(scored.scores, new_scores.scores, models)
+    report = site_report(scored.scores, new_scores.scores, models,
+                         new_per_frame=cross_fitted_parameters(new_scores.scores, completion.parts))
     write_site_report(report, folder.site_report, folder.site_report_picture)
     return report
 
@@ -234,7 +237,7 @@ def complete_run(folder: RunFolder, train: list[SampleRecord], held_out: list[Sa
     completion = complete_model(folder.model, train, held_out, parent, device, echo)
     if parent is None:
         return None
-    report = compare_with_parent(parent, folder.model, held_out, completion.held_out, folder, device)
+    report = compare_with_parent(parent, folder.model, held_out, completion, folder, device)
     echo(report["summary"])
     echo(f"site report: {folder.site_report} and {folder.site_report_picture}")
     return report

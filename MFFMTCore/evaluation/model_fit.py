@@ -131,19 +131,47 @@ def _not_fitted(part: str, reason: str, parent: Any) -> PartFit:
     return PartFit(NOT_FITTED, None, f"{part}: {reason}; the model has none (uncalibrated)")
 
 
-def _cross_fitted(scores: list[FrameScore], fit: Callable[[list[FrameScore]], Any]) -> list[tuple[FrameScore, Any]]:
-    """Each frame with the value fitted on the other folds' frames (frames whose other folds cannot be
-    fitted are left out)."""
+def _cross_fitted(scores: list[FrameScore], fit: Callable[[list[FrameScore]], Any]) -> list[Any | None]:
+    """Per frame, the value ``fit`` gives on the other folds' frames (None where they cannot fit one)."""
     folds = group_folds([score.group for score in scores])
-    paired = []
+    values: list[Any | None] = [None] * len(scores)
     for fold in sorted(set(folds.tolist())):
-        others = [score for score, f in zip(scores, folds) if f != fold]
         try:
-            value = fit(others)
+            value = fit([score for score, f in zip(scores, folds) if f != fold])
         except ValueError:
             continue
-        paired += [(score, value) for score, f in zip(scores, folds) if f == fold]
-    return paired
+        for index in np.flatnonzero(folds == fold):
+            values[index] = value
+    return values
+
+
+def _fit_temperature(scores: list[FrameScore]) -> float:
+    classified = [s for s in scores if s.label in (0, 1)]
+    return fit_temperature([s.logit for s in classified], [s.label for s in classified])
+
+
+def _fit_rule(scores: list[FrameScore], min_kept: float = MIN_KEPT) -> LesionDecision:
+    known = [s for s in scores if s.lesion is not None]
+    return choose_lesion_decision([s.peak for s in known], [s.largest_fraction for s in known],
+                                  [bool(s.lesion) for s in known], min_kept)
+
+
+def cross_fitted_parameters(scores: Sequence[FrameScore], parts: dict[str, PartFit], min_kept: float = MIN_KEPT
+                            ) -> tuple[list[float], list[LesionDecision]]:
+    """Per frame, the temperature and lesion rule to judge it with when ``parts`` were fitted on these
+    same frames: those fitted on the other folds (where a fold cannot be fitted, and for a part that
+    was not fitted here, the stored value). Scores of the stored values would flatter the model."""
+    scores = list(scores)
+    stored_t = parts["temperature"].value if parts["temperature"].value is not None else 1.0
+    stored_r = LesionDecision.from_json(parts["lesion_decision"].value)
+    temperatures = [stored_t] * len(scores)
+    rules = [stored_r] * len(scores)
+    if parts["temperature"].status == FITTED:
+        temperatures = [t if t is not None else stored_t for t in _cross_fitted(scores, _fit_temperature)]
+    if parts["lesion_decision"].status == FITTED:
+        rules = [r if r is not None else stored_r
+                 for r in _cross_fitted(scores, lambda part: _fit_rule(part, min_kept))]
+    return temperatures, rules
 
 
 def fit_temperature_part(scores: Sequence[FrameScore], parent: float | None = None) -> PartFit:
@@ -164,12 +192,10 @@ def fit_temperature_part(scores: Sequence[FrameScore], parent: float | None = No
         result.figures = base
         return result
 
-    def fit(part: list[FrameScore]) -> float:
-        return fit_temperature([s.logit for s in part], [s.label for s in part])
-
-    temperature = round(fit(classified), 4)
+    temperature = round(_fit_temperature(classified), 4)
     logits, labels = [s.logit for s in classified], [s.label for s in classified]
-    paired = _cross_fitted(classified, fit)
+    paired = [(s, t) for s, t in zip(scores, _cross_fitted(list(scores), _fit_temperature))
+              if t is not None and s.label in (0, 1)]
     crossed = [float(calibrated_probability([s.logit], t)[0]) for s, t in paired]
     crossed_labels = [s.label for s, _ in paired]
     figures = {**base, "ece_before": expected_calibration_error(calibrated_probability(logits), labels),
@@ -205,13 +231,12 @@ def fit_lesion_rule_part(scores: Sequence[FrameScore], parent: dict[str, float] 
         return result
 
     def fit(part: list[FrameScore]) -> LesionDecision:
-        return choose_lesion_decision([s.peak for s in part], [s.largest_fraction for s in part],
-                                      [bool(s.lesion) for s in part], min_kept)
+        return _fit_rule(part, min_kept)
 
     chosen = fit(known)
     rule = {key: round(value, 4) for key, value in chosen.to_json().items()}
     any_pixel = LesionDecision()
-    paired = _cross_fitted(known, fit)
+    paired = [(s, r) for s, r in zip(scores, _cross_fitted(list(scores), fit)) if r is not None and s.lesion is not None]
 
     def rates(pairs: list[tuple[FrameScore, LesionDecision]]) -> dict[str, float | None]:
         kept = [s.found(r) for s, r in pairs if s.lesion]

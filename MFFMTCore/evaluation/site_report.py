@@ -42,14 +42,16 @@ from MFFMTCore.files import write_json_atomic
 RESAMPLES = 1000
 
 
-def frame_metrics(scores: Sequence[FrameScore], temperature: float, rule: LesionDecision) -> dict[str, float]:
-    """The :data:`~MFFMTCore.base.site_report.METRICS` of one model's frames (nan where undefined)."""
-    classified = [s for s in scores if s.label in (0, 1)]
-    labels = np.array([s.label for s in classified])
-    p = calibrated_probability([s.logit for s in classified], temperature)
+def frame_metrics(scores: Sequence[FrameScore], temperatures: Sequence[float],
+                  rules: Sequence[LesionDecision]) -> dict[str, float]:
+    """The :data:`~MFFMTCore.base.site_report.METRICS` of one model's frames, each frame judged with its
+    temperature and lesion rule (nan where undefined)."""
+    classified = [(s, t) for s, t in zip(scores, temperatures) if s.label in (0, 1)]
+    labels = np.array([s.label for s, _ in classified])
+    p = calibrated_probability([s.logit for s, _ in classified], np.array([t for _, t in classified]))
     called = p >= 0.5
-    dice = [s.dice_with(rule) for s in scores if s.lesion and s.dice is not None]
-    free = [s.found(rule) for s in scores if s.lesion is False]
+    dice = [s.dice_with(r) for s, r in zip(scores, rules) if s.lesion and s.dice is not None]
+    free = [s.found(r) for s, r in zip(scores, rules) if s.lesion is False]
 
     def share(values: np.ndarray) -> float:
         return float(values.mean()) if len(values) else math.nan
@@ -69,7 +71,8 @@ def _interval(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def site_report(parent: Sequence[FrameScore], new: Sequence[FrameScore], models: dict[str, dict[str, Any]],
-                resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+                resamples: int = RESAMPLES, seed: int = 0,
+                new_per_frame: tuple[list[float], list[LesionDecision]] | None = None) -> dict[str, Any]:
     """The site report (layout in :mod:`MFFMTCore.base.site_report`).
 
     Args:
@@ -78,11 +81,16 @@ def site_report(parent: Sequence[FrameScore], new: Sequence[FrameScore], models:
             ``lesion_decision`` (JSON) of each model.
         resamples: bootstrap resamples of the patients.
         seed: of the resampling.
+        new_per_frame: per frame, the temperature and rule to judge the new model with, when its own
+            were fitted on these frames (:func:`MFFMTCore.evaluation.model_fit.cross_fitted_parameters`);
+            None: its stored ones.
     """
     if len(parent) != len(new) or any(a.group != b.group for a, b in zip(parent, new)):
         raise ValueError("the two models must be scored on the same frames")
-    rules = {key: (float(models[key]["temperature"]), LesionDecision.from_json(models[key]["lesion_decision"]))
-             for key in ("parent", "new")}
+    rules = {key: ([float(models[key]["temperature"])] * len(parent),
+                   [LesionDecision.from_json(models[key]["lesion_decision"])] * len(parent)) for key in ("parent", "new")}
+    if new_per_frame is not None:
+        rules["new"] = new_per_frame
     scored = {"parent": list(parent), "new": list(new)}
     groups = sorted({s.group for s in parent})
     members = {g: [i for i, s in enumerate(parent) if s.group == g] for g in groups}
@@ -91,7 +99,8 @@ def site_report(parent: Sequence[FrameScore], new: Sequence[FrameScore], models:
     draws: dict[str, dict[str, list[float]]] = {key: {m: [] for m in METRICS} for key in (*scored, "difference")}
     for _ in range(resamples):
         picked = [i for g in generator.choice(groups, size=len(groups), replace=True) for i in members[g]]
-        values = {key: frame_metrics([scored[key][i] for i in picked], *rules[key]) for key in scored}
+        values = {key: frame_metrics([scored[key][i] for i in picked], [rules[key][0][i] for i in picked],
+                                     [rules[key][1][i] for i in picked]) for key in scored}
         for m in METRICS:
             draws["parent"][m].append(values["parent"][m])
             draws["new"][m].append(values["new"][m])
@@ -107,6 +116,7 @@ def site_report(parent: Sequence[FrameScore], new: Sequence[FrameScore], models:
         **{key: {**models[key], "metrics": table(key, point[key])} for key in scored},
         "difference": table("difference", {m: point["new"][m] - point["parent"][m] for m in METRICS}),
         "curves": {key: _curves(scored[key], rules[key][0]) for key in scored},
+        "new_judged_with": "cross-fitted temperature and rule" if new_per_frame is not None else "its stored values",
     }
     report = json_safe(report)
     report["worse_on"], report["better_on"] = worse_on(report), better_on(report)
@@ -116,10 +126,10 @@ def site_report(parent: Sequence[FrameScore], new: Sequence[FrameScore], models:
     return report
 
 
-def _curves(scores: list[FrameScore], temperature: float) -> dict[str, Any]:
-    classified = [s for s in scores if s.label in (0, 1)]
-    labels = [s.label for s in classified]
-    p = calibrated_probability([s.logit for s in classified], temperature)
+def _curves(scores: list[FrameScore], temperatures: list[float]) -> dict[str, Any]:
+    classified = [(s, t) for s, t in zip(scores, temperatures) if s.label in (0, 1)]
+    labels = [s.label for s, _ in classified]
+    p = calibrated_probability([s.logit for s, _ in classified], np.array([t for _, t in classified]))
     fpr, tpr, _ = roc_curve(labels, p)
     return {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "reliability": reliability_bins(p, labels)}
 

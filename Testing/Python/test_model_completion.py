@@ -246,3 +246,20 @@ def test_real_lesion_free_frames_are_scored_as_lesion_free(shared_data, default_
     assert all(score.dice is not None for score in scored.scores) and scored.features.shape[0] == 4
     # Scored raw, and the predictor is given back as it was.
     assert predictor.temperature == read_model_info(default_model).temperature
+
+
+def test_the_site_report_judges_the_new_model_with_cross_fitted_values():
+    from MFFMTCore.evaluation.model_fit import cross_fitted_parameters
+
+    frames = scores(free=MIN_FRAMES - 1)  # the rule cannot be fitted: the parent's is kept
+    parts = fit_calibration(frames, parent_rule={"min_peak": 0.9, "min_area_fraction": 0.01})
+    temperatures, rules = cross_fitted_parameters(frames, parts)
+    assert len(temperatures) == len(rules) == len(frames)
+    assert len(set(temperatures)) > 1 and parts["temperature"].value not in set(temperatures)
+    assert {rule.to_json() == {"min_peak": 0.9, "min_area_fraction": 0.01} for rule in rules} == {True}
+    models = {key: {"temperature": parts["temperature"].value, "lesion_decision": parts["lesion_decision"].value}
+              for key in ("parent", "new")}
+    report = site_report(frames, frames, models, resamples=50, new_per_frame=(temperatures, rules))
+    assert report["new_judged_with"] == "cross-fitted temperature and rule"
+    # The same frames judged with values fitted on them look better calibrated than they are.
+    assert report["new"]["metrics"]["ece"]["value"] > report["parent"]["metrics"]["ece"]["value"]
