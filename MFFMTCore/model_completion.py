@@ -16,7 +16,8 @@ The frames are scored through :class:`~MFFMTCore.inference.predictor.Predictor` 
 files, exactly as ``mffmt predict`` sees them (imaging region, input size, lesion map at the
 frame's resolution), with the temperature at 1 and no lesion rule, so that the fit sees the raw
 network. When the run started from a model (``--init-model``), the parent is scored on the same
-patients and the site report is written (:mod:`MFFMTCore.evaluation.site_report`).
+patients and the site report is written (:mod:`MFFMTCore.evaluation.site_report`), the new model
+judged with its temperature and rule cross-fitted over those patients (fitted on the other folds).
 """
 
 from __future__ import annotations
