@@ -36,6 +36,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "lesion_free_flagged": ("lesion-free frames given a lesion", False),
     "ece": ("ECE", False),
 }
+#: Fewest validation patients whose bootstrap intervals can tell two models apart.
+MIN_PATIENTS = 5
 #: The metrics that decide "better": the others move along an operating point (and sensitivity
 #: against specificity is a choice, not an improvement).
 DECIDING = ("auc", "dice", "lesion_free_flagged", "ece")
@@ -51,7 +53,7 @@ def _side(report: dict[str, Any], name: str) -> int:
     the difference lies on the better side), -1 when worse beyond it, 0 otherwise."""
     entry = report.get("difference", {}).get(name) or {}
     low, high = entry.get("low"), entry.get("high")
-    if not (isinstance(low, (int, float)) and isinstance(high, (int, float))):
+    if report.get("patients", 0) < MIN_PATIENTS or not (isinstance(low, (int, float)) and isinstance(high, (int, float))):
         return 0
     sign = 1 if METRICS[name][1] else -1
     if sign * low > 0 and sign * high > 0:
@@ -85,6 +87,9 @@ def _interval(entry: dict[str, Any] | None, percent: bool = False) -> str:
 
 def warning_text(report: dict[str, Any]) -> str | None:
     """The plain warning when the new model is not better than its parent, else None."""
+    if report["patients"] < MIN_PATIENTS:
+        return (f"Warning: only {report['patients']} validation patient(s): too few to tell whether the new model is "
+                f"better than the model it started from (at least {MIN_PATIENTS} are needed).")
     worse = report.get("worse_on") or []
     if worse:
         names = ", ".join(METRICS[name][0] for name in worse)
