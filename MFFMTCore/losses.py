@@ -72,9 +72,11 @@ class MFFMTLoss(nn.Module):
         seg_weight: weight of ``L_seg`` (0 for the paper-faithful recipe).
         aux_weight: weight of ``L_aux``.
         label_smoothing: ``eps`` of ``L_cls``'s label smoothing in [0, 1); 0 is plain cross-entropy.
+
+    The weights are keywords only: four numbers in a row are too easy to give in the wrong order.
     """
 
-    def __init__(self, lambda_loc: float = 1.0, seg_weight: float = 1.0, aux_weight: float = 1.0,
+    def __init__(self, *, lambda_loc: float = 1.0, seg_weight: float = 1.0, aux_weight: float = 1.0,
                  label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.lambda_loc = lambda_loc

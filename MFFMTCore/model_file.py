@@ -75,6 +75,10 @@ class ModelInfo:
             validation so that p(malignant) means what it says); 1.0 leaves them as trained.
         lesion_decision: the frame-level lesion rule (:class:`MFFMTCore.base.lesion_decision.LesionDecision`
             as JSON); empty: any lesion pixel makes a lesion, as in files written before the rule.
+        fitted: how ``temperature``, ``lesion_decision`` and the input-check statistics were obtained:
+            per part, ``status`` ("fitted", "kept from parent" or "not fitted"), a one-line ``message``
+            and the figures they were chosen on (:mod:`MFFMTCore.evaluation.model_fit`); empty in files
+            written before ``mffmt train`` fitted them.
         name: short human-readable name.
         training: summary of the training data and recipe.
         validation: validation metrics of this model.
@@ -89,6 +93,7 @@ class ModelInfo:
     threshold: float = 0.5
     temperature: float = 1.0
     lesion_decision: dict[str, float] = field(default_factory=dict)
+    fitted: dict[str, Any] = field(default_factory=dict)
     name: str = "MFFMT"
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
@@ -153,7 +158,7 @@ class ModelInfo:
         for key in ("name", "created"):
             if not isinstance(getattr(self, key), str):
                 raise ValueError(f"{key} {getattr(self, key)!r} is not a string")
-        for key in ("training", "validation", "software"):
+        for key in ("fitted", "training", "validation", "software"):
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} {getattr(self, key)!r} is not an object")
 
@@ -185,7 +190,8 @@ def _software_versions() -> dict[str, str]:
     return {"MFFMTCore": __version__, "torch": torch.__version__.split("+")[0], "monai": monai.__version__}
 
 
-def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo, half: bool = False) -> Path:
+def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo, half: bool = False,
+               entries: dict[str, str] | None = None) -> Path:
     """Write ``model``'s weights and ``info`` to ``path`` atomically.
 
     Args:
@@ -193,6 +199,7 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,
         model: an MFFMT network built from ``info.architecture``.
         info: metadata; ``software`` and ``created`` are filled in here.
         half: store floating-point weights as float16 (half the size; loaded back as float32).
+        entries: further metadata entries (e.g. the input-check statistics), covered by the checksum.
 
     Returns:
         The path written.
@@ -207,7 +214,10 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo,
     info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     info.check()
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "info": info.to_json()}
-    return _write_signed(Path(path), tensors, metadata)
+    reserved = sorted(set(entries or {}) & {*metadata, "sha256"})
+    if reserved:
+        raise ModelFileError(path, f"metadata entries {', '.join(reserved)} belong to the model format")
+    return _write_signed(Path(path), tensors, {**(entries or {}), **metadata})
 
 
 def _write_signed(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

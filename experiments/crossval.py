@@ -18,9 +18,9 @@ Three steps, each one command:
    ``--budget-s``. Every job is scored on its held-out images with its last epoch (no model
    selection on held-out data) by :func:`predict_rows`.
 3. ``report`` (here): tables (mean +- sd over folds, per dataset and scanner; leave-a-domain-out
-   drops), temperature scaling fitted on out-of-fold logits (nested: each fold's temperature from
-   the other folds), expected calibration error and reliability diagram before and after, and the
-   lesion-present rule chosen on out-of-fold lesion maps.
+   drops), and the temperature and lesion-present rule fitted on the out-of-fold frames by the code
+   every ``mffmt train`` run ends with (:func:`MFFMTCore.evaluation.model_fit.fit_calibration`, each
+   fold a group, so its figures are nested by fold), with the reliability diagram before and after.
 4. ``package`` (here): a final job's weights with the report's temperature and lesion rule and its
    figures as a model file.
 
@@ -223,7 +223,8 @@ def train_job(args: argparse.Namespace) -> None:
     architecture = {"backbone": "resnet18", "in_channels": 1, "num_classes": 2, "fusion": "mff",
                     "embed_dim": recipe["embed_dim"], "mlp_ratio": recipe["mlp_ratio"],
                     "aux_classes": {"birads": 4}}
-    loss_fn = MFFMTLoss(COMMON["lambda_loc"], COMMON["seg_weight"], COMMON["aux_weight"])
+    loss_fn = MFFMTLoss(lambda_loc=COMMON["lambda_loc"], seg_weight=COMMON["seg_weight"],
+                        aux_weight=COMMON["aux_weight"])
 
     def fresh(epochs: int):
         torch.manual_seed(args.seed)
@@ -364,14 +365,8 @@ def _subsets(report: dict) -> dict[str, dict]:
 
 def recipe_report(results: dict[str, dict], recipe: str, min_kept: float) -> dict:
     """Cross-validation, left-out domains, calibration and lesion rule of one recipe."""
-    from MFFMTCore.evaluation.calibration import (
-        calibrated_probability,
-        choose_lesion_decision,
-        expected_calibration_error,
-        fit_temperature,
-        reliability_bins,
-    )
     from MFFMTCore.evaluation.metrics import grouped_report
+    from MFFMTCore.evaluation.model_fit import fit_calibration, frame_scores_from_rows
 
     folds = sorted(name for name in results if name.startswith(f"{recipe}_fold"))
     if not folds:
@@ -396,41 +391,13 @@ def recipe_report(results: dict[str, dict], recipe: str, min_kept: float) -> dic
                           "sensitivity_change": unseen["sensitivity"] - seen["sensitivity"]["mean"]}
     out["left_out"] = left_out
 
-    # Temperature: each fold's from the other folds' out-of-fold logits (nested), the shipped one from all.
-    logits = {f: [r["logit"] for r in results[f]["rows"]] for f in folds}
-    labels = {f: [r["label"] for r in results[f]["rows"]] for f in folds}
-    ece_before, ece_after, nested_p = [], [], []
-    for f in folds:
-        others = [g for g in folds if g != f]
-        temperature = fit_temperature(sum((logits[g] for g in others), []), sum((labels[g] for g in others), []))
-        ece_before.append(expected_calibration_error(calibrated_probability(logits[f]), labels[f]))
-        nested_p += list(calibrated_probability(logits[f], temperature))
-        ece_after.append(expected_calibration_error(nested_p[-len(logits[f]):], labels[f]))
-    all_logits, all_labels = sum(logits.values(), []), sum(labels.values(), [])
-    out["calibration"] = {
-        "temperature": fit_temperature(all_logits, all_labels),
-        "ece_before": _mean_sd(ece_before), "ece_after_nested": _mean_sd(ece_after),
-        "bins_before": reliability_bins(calibrated_probability(all_logits), all_labels),
-        "bins_after_nested": reliability_bins(nested_p, all_labels),
-    }
-
-    # Lesion rule: lesion-free frames are BUSI's normal images (empty masks); lesion frames have full masks.
-    rows = [r for f in folds for r in results[f]["rows"] if r["truth_px"] is not None]
+    # Temperature and lesion rule: mffmt train's own fitting (MFFMTCore.evaluation.model_fit) on the
+    # out-of-fold frames, each fold one group, so the figures are nested by fold; the values from all.
     size = results[folds[0]].get("input_px", 224 * 224)
-    peaks = [r["p_lesion"] for r in rows]
-    fractions = [r["largest_px"] / size for r in rows]
-    truth = [r["truth_px"] > 0 for r in rows]
-    rule = choose_lesion_decision(peaks, fractions, truth, min_kept)
-    found = np.array([rule.present(p, a) for p, a in zip(peaks, fractions)])
-    truth = np.array(truth)
-    any_pixel = np.array([a > 0 for a in fractions])
-    out["lesion_decision"] = {
-        "rule": rule.to_json(), "min_kept": min_kept,
-        "lesion_frames": int(truth.sum()), "lesion_free_frames": int((~truth).sum()),
-        "lesion_frames_kept": float(found[truth].mean()), "lesion_free_flagged": float(found[~truth].mean()),
-        "before": {"lesion_frames_kept": float(any_pixel[truth].mean()),
-                   "lesion_free_flagged": float(any_pixel[~truth].mean())},
-    }
+    scores = [score for f in folds for score in frame_scores_from_rows(results[f]["rows"], size, lambda row, f=f: f)]
+    parts = fit_calibration(scores, min_kept=min_kept)
+    out["calibration"] = parts["temperature"].to_json()
+    out["lesion_decision"] = parts["lesion_decision"].to_json()
     return out
 
 
@@ -439,10 +406,10 @@ def plot_reliability_pair(reports: dict[str, dict], path: Path) -> None:
 
     curves = {}
     for recipe, values in reports.items():
-        calibration = values["calibration"]
-        curves[f"{recipe}, T = 1 (ECE {calibration['ece_before']['mean']:.3f})"] = calibration["bins_before"]
-        curves[f"{recipe}, T = {calibration['temperature']:.2f} (ECE {calibration['ece_after_nested']['mean']:.3f})"] = \
-            calibration["bins_after_nested"]
+        calibration, figures = values["calibration"], values["calibration"]["figures"]
+        curves[f"{recipe}, T = 1 (ECE {figures['ece_before']:.3f})"] = figures["bins_before"]
+        curves[f"{recipe}, T = {calibration['value']:.2f} (ECE {figures['ece_cross_fitted']:.3f})"] = \
+            figures["bins_cross_fitted"]
     plot_reliability(curves, path)
 
 
@@ -467,8 +434,8 @@ def package(args: argparse.Namespace) -> None:
     info = ModelInfo(
         architecture=network.architecture, class_names=["benign", "malignant"],
         input_size=[int(final.get("input_size", 224))] * 2, intensity="minmax", threshold=0.5,
-        temperature=round(figures["calibration"]["temperature"], 4),
-        lesion_decision={key: round(value, 4) for key, value in figures["lesion_decision"]["rule"].items()},
+        temperature=figures["calibration"]["value"], lesion_decision=figures["lesion_decision"]["value"],
+        fitted={"temperature": figures["calibration"], "lesion_decision": figures["lesion_decision"]},
         name="MFFMT18",
         training={"data": ["BUSI", "BUS-BRA (GE Logiq 5 and 7)"],
                   "data_summary": {"train": summarize(records)}, "recipe": {**final["recipe"], "recipe": args.recipe},
@@ -476,11 +443,7 @@ def package(args: argparse.Namespace) -> None:
                   "how": "experiments/crossval.py run (all images, last epoch; no model selection)"},
         validation={"method": f"{figures['folds']}-fold cross-validation (BUS-BRA official patient folds, BUSI by "
                               "near-duplicate group), same recipe, last epoch; mean and sd over folds",
-                    "crossval": figures["crossval"], "left_out": figures["left_out"],
-                    "calibration": {key: figures["calibration"][key]
-                                    for key in ("temperature", "ece_before", "ece_after_nested")},
-                    "lesion_decision": {key: value for key, value in figures["lesion_decision"].items()
-                                        if key != "rule"}},
+                    "crossval": figures["crossval"], "left_out": figures["left_out"]},
     )
     save_model(args.output, network, info, half=True)
     loaded, _ = load_model(args.output)
@@ -514,14 +477,16 @@ def report(args: argparse.Namespace) -> None:
             lines.append(f"| {recipe} | {item['domain']} | {item['unseen']['auc']:.3f} | {item['in_domain']['auc']:.3f} | "
                          f"{item['auc_drop']:+.3f} | {item['unseen']['sensitivity']:.3f} | "
                          f"{item['in_domain']['sensitivity']:.3f} | {item['unseen']['dice']:.3f} |")
-    lines += ["", "| recipe | temperature | ECE before | ECE after (nested) | lesion rule | lesion frames kept | "
+    lines += ["", "| recipe | temperature | ECE before | ECE after (nested by fold) | lesion rule | lesion frames kept | "
               "lesion-free flagged (before: any pixel) |", "|---|---|---|---|---|---|---|"]
     for recipe, values in reports.items():
         cal, rule = values["calibration"], values["lesion_decision"]
-        lines.append(f"| {recipe} | {cal['temperature']:.2f} | {_fmt(cal['ece_before'])} | {_fmt(cal['ece_after_nested'])} | "
-                     f"peak >= {rule['rule']['min_peak']:.3f}, area >= {rule['rule']['min_area_fraction']:.4f} | "
-                     f"{rule['lesion_frames_kept']:.3f} | {rule['lesion_free_flagged']:.3f} "
-                     f"({rule['before']['lesion_free_flagged']:.3f}) |")
+        lines.append(f"| {recipe} | {cal['value']:.2f} | {cal['figures']['ece_before']:.3f} | "
+                     f"{cal['figures']['ece_cross_fitted']:.3f} | "
+                     f"peak >= {rule['value']['min_peak']:.3f}, area >= {rule['value']['min_area_fraction']:.4f} | "
+                     f"{rule['figures']['cross_fitted']['lesion_frames_kept']:.3f} | "
+                     f"{rule['figures']['cross_fitted']['lesion_free_flagged']:.3f} "
+                     f"({rule['figures']['before']['lesion_free_flagged']:.3f}) |")
     (out / "crossval.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

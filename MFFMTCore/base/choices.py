@@ -22,3 +22,5 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 #: Arithmetic of the training forward pass; ``auto`` is bf16 where the processor computes it natively.
 PRECISIONS = ("fp32", "bf16", "auto")
+#: How a training run chooses its best epoch (``--select``).
+SELECTIONS = ("auc", "loss")

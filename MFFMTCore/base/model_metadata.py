@@ -101,3 +101,40 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(info.get(key, {}), dict):
             raise ModelFileError(path, f"model metadata {key!r} is not a JSON object")
     return info
+
+
+#: The parts of a model fitted on held-out data after training, as ``ModelInfo.fitted`` names them.
+FITTED_PARTS = {"temperature": "temperature", "lesion_decision": "lesion-present rule",
+                "input_check": "input-check statistics"}
+#: ``status`` of a part in ``ModelInfo.fitted``.
+FITTED, KEPT, NOT_FITTED = "fitted", "kept from parent", "not fitted"
+
+
+def calibrated_parts(info: dict[str, Any]) -> dict[str, bool]:
+    """Whether a model carries a temperature and a lesion-present rule (fitted, or kept from its parent).
+
+    Args:
+        info: the model's metadata (:func:`read_model_metadata`, or ``ModelInfo`` as a dict). A file
+            from before ``fitted`` counts as calibrated where its values differ from "none" (the
+            default model's were fitted by ``experiments/crossval.py``).
+    """
+    fitted = info.get("fitted") if isinstance(info.get("fitted"), dict) else {}
+
+    def has(part: str, legacy: bool) -> bool:
+        record = fitted.get(part)
+        if isinstance(record, dict) and "status" in record:
+            return record["status"] in (FITTED, KEPT)
+        return legacy
+
+    return {"temperature": has("temperature", info.get("temperature", 1.0) != 1.0),
+            "lesion_decision": has("lesion_decision", bool(info.get("lesion_decision")))}
+
+
+def calibration_note(info: dict[str, Any]) -> str | None:
+    """None for a calibrated model (:func:`calibrated_parts`), else one line saying what is missing, for
+    model lists, tooltips and ``mffmt predict``'s notes."""
+    missing = [FITTED_PARTS[part] for part, present in calibrated_parts(info).items() if not present]
+    if not missing:
+        return None
+    return (f"uncalibrated: no {' and no '.join(missing)} fitted on held-out data, so p(malignant) and "
+            "lesion-present calls are the raw network's")

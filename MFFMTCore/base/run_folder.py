@@ -11,6 +11,10 @@
 - ``model.safetensors``: the best model so far (:mod:`MFFMTCore.model_file`);
 - ``history.json``: one entry of losses and validation metrics per finished epoch;
 - ``training_curves.png``: the history as a picture (:func:`MFFMTCore.evaluation.plots.plot_training_curves`);
+- ``site_report.json`` and ``site_report.png``: written at the end of a run that started from a model
+  (``--init-model``): the parent and the new model scored on the run's validation patients
+  (:mod:`MFFMTCore.base.site_report` reads and words it; :mod:`MFFMTCore.evaluation.site_report`
+  makes it);
 - ``progress.jsonl``: one JSON event per line (:mod:`MFFMTCore.training.progress`); the Slicer module
   follows it;
 - ``STOP``: not written by the run: its appearance stops the run at a safe point.
@@ -35,10 +39,13 @@ MODEL_NAME = "model.safetensors"
 HISTORY_NAME = "history.json"
 CURVES_NAME = "training_curves.png"
 PROGRESS_NAME = "progress.jsonl"
+SITE_REPORT_NAME = "site_report.json"
+SITE_REPORT_PICTURE_NAME = "site_report.png"
 STOP_NAME = "STOP"
 #: The files that show a folder holds an earlier run, and that ``--overwrite`` removes. The progress
 #: file is not one: alone it may be a run that stopped at a data error, and a new run appends to it.
-RUN_FILES = (MODEL_NAME, CHECKPOINT_NAME, CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, CURVES_NAME)
+RUN_FILES = (MODEL_NAME, CHECKPOINT_NAME, CONFIG_NAME, SPLIT_NAME, HISTORY_NAME, CURVES_NAME, SITE_REPORT_NAME,
+             SITE_REPORT_PICTURE_NAME)
 
 
 class RunFolder:
@@ -57,6 +64,8 @@ class RunFolder:
         self.history = self.path / HISTORY_NAME
         self.curves = self.path / CURVES_NAME
         self.progress = self.path / PROGRESS_NAME
+        self.site_report = self.path / SITE_REPORT_NAME
+        self.site_report_picture = self.path / SITE_REPORT_PICTURE_NAME
         self.stop = self.path / STOP_NAME
 
     def earlier_run(self) -> list[str]:

@@ -35,6 +35,7 @@ from MFFMTCore.base.choices import (
     PRECISIONS,
     SAMPLE_MODES,
     SCHEDULES,
+    SELECTIONS,
 )
 from MFFMTCore.base.devices import AUTO, DEVICE_CHOICES, DEVICE_HELP, threads_problem
 from MFFMTCore.base.presets import PRESETS
@@ -263,6 +264,15 @@ class TrainOptions:
                                          "puts this share evenly on both classes (0.1 curbs over-confident "
                                          "probabilities); 0 turns it off", "recipe", metavar="EPS",
                                     range=Range(0, 1, high_open=True))
+    freeze_epochs: int = option(0, "epochs at the start during which the backbone (the encoder) does not move: "
+                                   "the heads adapt first, so a small site's data does not scramble the "
+                                   "features the model starts from (fine-tuning default: 1)", "recipe",
+                                metavar="N", range=NON_NEGATIVE)
+    patience: int = option(0, "stop when the validation loss has not improved for this many epochs; 0 never "
+                              "stops early (fine-tuning default: 3)", "recipe", metavar="N", range=NON_NEGATIVE)
+    select: str = option("auc", "how the best epoch is chosen: auc (validation AUC, then Dice, then loss) or loss "
+                                "(validation loss: steadier on a small validation set; the fine-tuning default)",
+                         "recipe", choices=SELECTIONS)
     seed: int = option(0, "seed of the split, initialisation and augmentation", "recipe")
     # run
     device: str = option(AUTO, DEVICE_HELP + " (cuda: one GPU per process)", "run", choices=DEVICE_CHOICES)

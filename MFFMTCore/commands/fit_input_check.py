@@ -4,6 +4,8 @@ Runs the model on its training frames (the split it was trained with), fits the 
 per-frame input check (see MFFMTCore.inference.input_check), measures on the validation frames the
 share of breast frames it flags, and writes a copy of the model file holding the statistics. The
 model file given is never changed. Prints the report (JSON) and writes it beside the output.
+``mffmt train`` fits these statistics itself at the end of every run (its limit on the run's
+validation frames: MFFMTCore.model_completion); this command is for model files made otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from MFFMTCore.commands.options import (
     output_path,
     positive_int,
 )
-from MFFMTCore.data.records import SampleRecord
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import write_text_atomic
 from MFFMTCore.inference.input_check import (
@@ -36,7 +37,8 @@ from MFFMTCore.inference.input_check import (
     write_statistics,
 )
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.model_file import read_model_info
+from MFFMTCore.model_completion import spread_evenly
+from MFFMTCore.model_file import read_model_checksum, read_model_info
 from MFFMTCore.training.datasplit import plan_split
 
 
@@ -54,12 +56,6 @@ def _frames(
         if progress is not None:
             progress(str(path))
     return np.concatenate(features), np.asarray(colours), names
-
-
-def _evenly(records: list[SampleRecord], limit: int | None) -> list[SampleRecord]:
-    if limit is None or limit >= len(records):
-        return records
-    return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
 
 
 def fit_input_check(
@@ -99,11 +95,11 @@ def fit_input_check(
     train, validation, _ = plan_split(data, float(split.get("val_fraction", 0.2)), int(split.get("seed", 0)))
     predictor = Predictor(model_path, device=device)
     predictor.input_statistics = None  # measure with the statistics fitted here, not with stored ones
-    train = _evenly(train, max_train_frames)
+    train = spread_evenly(train, max_train_frames)
     train_features, _, _ = _frames(predictor, [record.image for record in train], progress)
     statistics = FeatureStatistics.fit(
         train_features, neighbours=neighbours, quantile=quantile,
-        fitted={"model_sha256_weights": _weights_checksum(model_path), "data": data,
+        fitted={"model_sha256_weights": read_model_checksum(model_path), "data": data,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
     )
     val_features, val_colour, val_names = _frames(predictor, [record.image for record in validation], progress)
@@ -135,13 +131,6 @@ def fit_input_check(
     statistics.fitted["validation_flagged"] = report["validation_flagged"]
     write_statistics(model_path, output, statistics)
     return report
-
-
-def _weights_checksum(model_path: str | os.PathLike) -> str:
-    from safetensors import safe_open
-
-    with safe_open(str(model_path), framework="pt") as handle:
-        return (handle.metadata() or {}).get("sha256", "")
 
 
 EXAMPLES = """examples:

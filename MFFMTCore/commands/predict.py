@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 import torch
 
+from MFFMTCore.base.model_metadata import calibration_note
 from MFFMTCore.base.progress_events import INPUT_STATUSES
 from MFFMTCore.commands.options import (
     Progress,
@@ -114,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     counts = {status: sum(o.status == status for o in summary.outcomes) for status in INPUT_STATUSES}
     progress.event("done", total=len(inputs), **counts, output=str(args.output))
+    note = calibration_note(asdict(predictor.info))  # also in results.json's "model"
+    if note is not None:
+        print(f"mffmt predict: note: {predictor.model_path} is {note}", file=sys.stderr)
     for outcome in summary.failed:
         print(f"mffmt predict: failed: {outcome.error}", file=sys.stderr)
     if summary.failed:

@@ -1,12 +1,17 @@
 """``mffmt train``: train an MFFMT network on BUSI/BUS-BRA folders or datalists.
 
-Writes into RUN_DIR: model.safetensors (best by validation AUC), checkpoint.pt (last finished epoch),
-progress.jsonl (one JSON event per line), history.json, training_curves.png, split.json and
-config.json (the effective configuration). Ctrl-C, SIGTERM or the stop file (RUN_DIR/STOP) stop at
-a safe point with exit status 0; ``--resume`` continues from checkpoint.pt. A folder holding an earlier
-run is refused unless ``--resume`` or ``--overwrite`` (which deletes that run's files once the new
-data has passed its checks); one run
-at a time per folder (RUN_DIR/.mffmt.lock); temporary files of a save that a kill interrupted are
+Writes into RUN_DIR: model.safetensors (best by validation AUC, or loss with --select loss;
+completed at the end of the run with its temperature, lesion-present rule and input-check statistics
+fitted on the validation patients), checkpoint.pt (last finished epoch), progress.jsonl (one JSON
+event per line), history.json, training_curves.png, split.json and config.json (the effective
+configuration). With --init-model (fine-tuning) the run takes the parent's input size, network and
+recipe and the fine-tuning defaults (6 epochs, lr 2e-4, backbone frozen for the first epoch, best
+epoch by validation loss, early stop after 3 epochs without improvement) unless given, and ends with
+site_report.json and site_report.png: the parent and the new model on the validation patients.
+Ctrl-C, SIGTERM or the stop file (RUN_DIR/STOP) stop at a safe point with exit status 0; ``--resume``
+continues from checkpoint.pt. A folder holding an earlier run is refused unless ``--resume`` or
+``--overwrite`` (which deletes that run's files once the new data has passed its checks); one run at
+a time per folder (RUN_DIR/.mffmt.lock); temporary files of a save that a kill interrupted are
 removed at the next start. The data must hold at least 2 benign and 2 malignant training images and
 one of each for validation, all at least 32x32 pixels without NaN or infinite pixels; this is
 checked before training starts. Under torchrun
@@ -20,10 +25,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.fine_tuning import inherited_options
+from MFFMTCore.base.model_metadata import read_model_metadata
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.base.train_options import GROUPS, OPTIONS, Option
 from MFFMTCore.commands.options import add_progress
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.model_completion import complete_run
 from MFFMTCore.training.config import PATH_OPTIONS, TrainConfig, merge_config, read_config_file
 from MFFMTCore.training.trainer import Trainer
 
@@ -102,9 +110,13 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         if not folder.config.is_file():
             raise MFFMTError(folder.config, f"not found; is {output} a training run folder?")
         saved = read_config_file(folder.config)
-    return merge_config(saved, from_file, given)
+    parent = given.get("init_model") or from_file.get("init_model")
+    # A fine-tuning run starts from its parent's input size, architecture and recipe (a resumed run
+    # has them in its saved config already).
+    inherited = inherited_options(read_model_metadata(parent)) if parent and not args.resume else {}
+    return merge_config(saved, inherited, from_file, given)
 
 
 def run(args: argparse.Namespace) -> int:
-    status = Trainer(build_config(args), resume=args.resume, overwrite=args.overwrite).run()
+    status = Trainer(build_config(args), resume=args.resume, overwrite=args.overwrite, finish=complete_run).run()
     return 0 if status in ("done", "cancelled") else 1

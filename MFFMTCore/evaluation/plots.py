@@ -109,6 +109,19 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | os.PathL
     return _save(figure, path)
 
 
+def _draw_reliability(axes: plt.Axes, curves: dict[str, Sequence[dict[str, Any]]], title: str) -> None:
+    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1, label="perfect calibration")
+    for name, bins in curves.items():
+        points = [(b["mean_probability"], b["observed"]) for b in bins if b["cases"]]
+        if points:
+            axes.plot(*zip(*points), marker="o", markersize=4, linewidth=1.5, label=name)
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean p(malignant) in bin", ylabel="observed malignant share",
+             title=title)
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left", fontsize="small")
+
+
 def plot_reliability(curves: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike,
                      title: str = "Reliability of p(malignant)") -> Path:
     """Draw reliability diagrams: observed malignant share against mean p(malignant) per bin.
@@ -120,14 +133,29 @@ def plot_reliability(curves: dict[str, Sequence[dict[str, Any]]], path: str | os
         title: figure title.
     """
     figure, axes = plt.subplots(figsize=(5, 5))
-    axes.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1, label="perfect calibration")
-    for name, bins in curves.items():
-        points = [(b["mean_probability"], b["observed"]) for b in bins if b["cases"]]
-        if points:
-            axes.plot(*zip(*points), marker="o", markersize=4, linewidth=1.5, label=name)
-    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean p(malignant) in bin", ylabel="observed malignant share",
-             title=title)
-    axes.set_aspect("equal")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper left", fontsize="small")
+    _draw_reliability(axes, curves, title)
+    return _save(figure, path)
+
+
+def plot_roc_and_reliability(rocs: dict[str, dict[str, Sequence[float]]],
+                             reliabilities: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike,
+                             title: str) -> Path:
+    """ROC curves (left) and reliability diagrams (right) of several models side by side.
+
+    Args:
+        rocs: name -> ``{"fpr": [...], "tpr": [...]}`` (:func:`MFFMTCore.evaluation.metrics.roc_curve`).
+        reliabilities: name -> reliability bins (as for :func:`plot_reliability`).
+        path: PNG to write.
+        title: figure title.
+    """
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 5))
+    left.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for name, curve in rocs.items():
+        left.plot(curve["fpr"], curve["tpr"], linewidth=1.5, label=name)
+    left.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
+             ylabel="sensitivity (true positive rate)", title="ROC curve")
+    left.set_aspect("equal")
+    left.legend(loc="lower right", fontsize="small")
+    _draw_reliability(right, reliabilities, "Reliability of p(malignant)")
+    figure.suptitle(title)
     return _save(figure, path)

@@ -31,10 +31,11 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.model_metadata import calibration_note
 from MFFMTCore.base.results_schema import (
     CSV_NAME,
     JSON_NAME,
@@ -239,6 +240,7 @@ def _model_document(predictor: Predictor) -> dict[str, Any]:
         "input_size": info.input_size,
         "threshold": info.threshold,
         "validation": info.validation,
+        "calibration": calibration_note(asdict(info)),  # None when calibrated
     }
 
 

@@ -142,9 +142,7 @@ class PredictionResult:
         self.threshold = check_threshold(self.threshold)
         self.label = (self.probability >= self.threshold).astype(np.uint8)
         frames, masses, sums = [], np.zeros(len(self.probability)), np.zeros(len(self.probability))
-        # The lesion rule's area is relative to what the network saw: the ROI, the imaging region or the frame.
-        box = self.roi or (self.imaging_region.box if self.imaging_region is not None else None)
-        analysed_px = box[2] * box[3] if box is not None else self.probability[0].size
+        analysed_px = self.analysed_px
         checks = self.input_checks or [None] * len(self.probability)
         for index, (label, probability, classes, check) in enumerate(
             zip(self.label, self.probability, self.class_probabilities, checks)
@@ -181,6 +179,13 @@ class PredictionResult:
         """The clip's finding over the frames the input check did not flag (all frames when none is checked)."""
         flagged = [frame.input_check is not None and frame.input_check.flagged for frame in self.frames]
         return clip_finding(self.class_probabilities, masses, self.class_names, sums, flagged)
+
+    @property
+    def analysed_px(self) -> int:
+        """Pixels the network saw: the ROI, the imaging region or the frame (the lesion rule's area is
+        relative to it)."""
+        box = self.roi or (self.imaging_region.box if self.imaging_region is not None else None)
+        return box[2] * box[3] if box is not None else int(self.probability[0].size)
 
     @property
     def is_2d(self) -> bool:

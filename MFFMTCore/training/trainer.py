@@ -15,8 +15,16 @@ the run's parts in turn (:func:`prepare_data` -> :func:`make_loaders` -> :func:`
 optimiser and schedule -> :class:`RunState`, from the checkpoint on resume), each a value passed to
 the next, and hands them to :class:`TrainingRun`, which runs the epochs.
 
-Selection of the best model: the highest validation AUC; equal or undefined AUCs (a validation set
-without both classes) fall back to the higher validation Dice, then the lower validation loss.
+Selection of the best model (``--select``): the highest validation AUC; equal or undefined AUCs (a
+validation set without both classes) fall back to the higher validation Dice, then the lower
+validation loss. With ``--select loss`` (the fine-tuning default) the lowest validation loss, then AUC
+and Dice. ``--patience N`` ends the run early when the validation loss has not improved for N epochs;
+``--freeze-epochs N`` keeps the backbone's weights still for the first N epochs.
+
+When the epochs are done, ``finish`` (``mffmt train`` passes
+:func:`MFFMTCore.model_completion.complete_run`) completes the best model before the "done" event:
+temperature, lesion-present rule and input check fitted on the validation patients, and the site
+report of a fine-tuning run.
 """
 
 from __future__ import annotations
@@ -95,13 +103,30 @@ def augment_batch(augment: ScannerAugment, batch: dict[str, Any]) -> dict[str, A
     return {**batch, "image": images, "mask": masks, "label": unlabel(batch["label"]), "aux": aux}
 
 
-def selection_score(metrics: dict[str, float]) -> tuple[float, float, float]:
-    """Orderable score of a validation result: (AUC, Dice, -loss), undefined values lowest."""
+def selection_score(metrics: dict[str, float], select: str = "auc") -> tuple[float, float, float]:
+    """Orderable score of a validation result: (AUC, Dice, -loss), or (-loss, AUC, Dice) when
+    ``select`` is ``"loss"``; undefined values lowest."""
 
     def finite(value: float | None, sign: float = 1.0) -> float:
         return sign * value if value is not None and math.isfinite(value) else -math.inf
 
-    return finite(metrics.get("val_auc")), finite(metrics.get("val_dice")), finite(metrics.get("val_loss"), -1.0)
+    auc, dice, loss = finite(metrics.get("val_auc")), finite(metrics.get("val_dice")), finite(metrics.get("val_loss"), -1.0)
+    return (loss, auc, dice) if select == "loss" else (auc, dice, loss)
+
+
+def epochs_without_improvement(history: list[dict[str, Any]]) -> int:
+    """Finished epochs since the one with the lowest validation loss (0 when the last is the lowest)."""
+    losses = [entry.get("val_loss") for entry in history]
+    finite = [(value, index) for index, value in enumerate(losses) if value is not None and math.isfinite(value)]
+    if not finite:
+        return 0
+    return len(history) - 1 - min(finite)[1]
+
+
+def set_backbone_frozen(network: MFFMT, frozen: bool) -> None:
+    """Keep the backbone's weights still (no gradient, so no update and no weight decay) or free them."""
+    for parameter in network.backbone.parameters():
+        parameter.requires_grad_(not frozen)
 
 
 class StopRequest:
@@ -212,9 +237,9 @@ class RunState:
     best: dict[str, Any] = field(default_factory=lambda: {"score": None, "epoch": None})
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> RunState:
+    def from_checkpoint(cls, checkpoint: dict[str, Any], select: str = "auc") -> RunState:
         best = dict(checkpoint["best"])
-        best["score"] = selection_score(best["metrics"]) if best.get("metrics") else None
+        best["score"] = selection_score(best["metrics"], select) if best.get("metrics") else None
         return cls(int(checkpoint["epoch"]), int(checkpoint["global_step"]), list(checkpoint["history"]), best)
 
 
@@ -291,7 +316,9 @@ def build_networks(config: TrainConfig, context: DistributedContext, train_recor
     if checkpoint is not None:
         architecture = checkpoint["architecture"]
     elif source is not None:
-        architecture = {**source.architecture, "aux_classes": aux}
+        # The parent's architecture (its extra arguments included), with what the options set: they
+        # are the parent's own unless the user overrode one (MFFMTCore.base.fine_tuning).
+        architecture = {**source.architecture, **config.architecture(aux)}
     else:
         architecture = config.architecture(aux)
     torch.manual_seed(config.seed)
@@ -305,8 +332,10 @@ def build_networks(config: TrainConfig, context: DistributedContext, train_recor
         load_torchvision_weights(network.backbone, config.pretrained_backbone)
         init_message = f"backbone initialised from {config.pretrained_backbone}"
     bare = network.to(context.device)
+    # Frozen layers get no gradient while they are frozen: DDP must not wait for them.
     trained = (DistributedDataParallel(bare, device_ids=[context.device.index] if context.device.type == "cuda"
-                                       else None) if context.enabled else bare)
+                                       else None, find_unused_parameters=config.freeze_epochs > 0)
+               if context.enabled else bare)
     return Networks(bare, trained, init_message)
 
 
@@ -330,10 +359,13 @@ class Trainer:
             (:data:`~MFFMTCore.base.run_folder.RUN_FILES`) once the new run's data has passed its
             checks. Without it (or ``resume``) such a folder is refused.
         echo: where human-readable messages go (rank 0 only).
+        finish: called on rank 0 when the epochs are done, before the "done" event, with the run
+            folder, the training and validation records, the model the run started from (or None),
+            the device and ``echo`` (``mffmt train``: :func:`MFFMTCore.model_completion.complete_run`).
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, echo: Callable[[str], None] = tqdm.write,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, finish: Callable[..., Any] | None = None) -> None:
         if resume and overwrite:
             raise MFFMTError("--overwrite", "cannot be combined with --resume")
         self.config = config.resolved()
@@ -342,6 +374,7 @@ class Trainer:
         self.folder = RunFolder(self.config.output)
         self.context = DistributedContext(self.config.device)
         self._echo = echo
+        self.finish = finish
 
     def echo(self, message: str) -> None:
         if self.context.is_main:
@@ -411,9 +444,10 @@ class Trainer:
         data = prepare_data(config, context, self.folder, self.resume, self.overwrite)
         loaders = make_loaders(config, context, data)
         networks = build_networks(config, context, data.train_records, checkpoint)
-        loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight, config.label_smoothing)
+        weights = {"lambda_loc": config.lambda_loc, "seg_weight": config.seg_weight, "aux_weight": config.aux_weight}
+        loss_fn = MFFMTLoss(**weights, label_smoothing=config.label_smoothing)
         # Validation measures the plain loss, so that val_loss compares across recipes.
-        val_loss_fn = MFFMTLoss(config.lambda_loc, config.seg_weight, config.aux_weight)
+        val_loss_fn = MFFMTLoss(**weights)
         batch_augment = ScannerAugment() if config.augment == "scanner" else None
         precision = config.precision
         if precision == "auto":
@@ -424,11 +458,11 @@ class Trainer:
         if checkpoint is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
             scheduler.load_state_dict(checkpoint["scheduler"])
-            state = RunState.from_checkpoint(checkpoint)
+            state = RunState.from_checkpoint(checkpoint, config.select)
             restore_rng_state(checkpoint["rng"])
         return TrainingRun(config, context, self.folder, self.echo, data, loaders, networks, loss_fn, val_loss_fn,
                            batch_augment, precision, optimizer, scheduler, state, resumed=checkpoint is not None,
-                           threads=self.threads())
+                           threads=self.threads(), finish=self.finish)
 
 
 class TrainingRun:
@@ -448,13 +482,14 @@ class TrainingRun:
         state: where the run stands (restored on resume); updated as epochs finish.
         resumed: the parts come from a checkpoint.
         threads: CPU threads of this process (for the start message).
+        finish: see :class:`Trainer`.
     """
 
     def __init__(self, config: TrainConfig, context: DistributedContext, folder: RunFolder,
                  echo: Callable[[str], None], data: RunData, loaders: Loaders, networks: Networks,
                  loss_fn: MFFMTLoss, val_loss_fn: MFFMTLoss, batch_augment: ScannerAugment | None, precision: str,
                  optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, state: RunState,
-                 resumed: bool, threads: int) -> None:
+                 resumed: bool, threads: int, finish: Callable[..., Any] | None = None) -> None:
         self.config = config
         self.context = context
         self.folder = folder
@@ -471,6 +506,7 @@ class TrainingRun:
         self.state = state
         self.resumed = resumed
         self.threads = threads
+        self.finish = finish
 
     # ------------------------------------------------------------------- state
     def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
@@ -575,7 +611,7 @@ class TrainingRun:
                                   for name, values in report["datasets"].items()},
                  "time_s": round(seconds, 1)}
         state.history.append(json_safe(entry))
-        score = selection_score(headline)
+        score = selection_score(headline, self.config.select)
         improved = state.best["score"] is None or score > tuple(state.best["score"])
         if improved:
             save_model(folder.model, self.networks.bare, self.model_info(epoch, report, val_loss))
@@ -613,8 +649,10 @@ class TrainingRun:
             self.echo(message)
             log.event("start", epoch=0, epochs=config.epochs, steps=steps, message=message)
         eta = EtaClock(config.epochs * steps, state.start_epoch * steps)
+        last = config.epochs
         for epoch in range(state.start_epoch + 1, config.epochs + 1):
             started = time.monotonic()
+            set_backbone_frozen(self.networks.bare, epoch <= config.freeze_epochs)
             train_means = self._train_epoch(epoch, stop, log, eta)
             validation = None
             if train_means is not None and context.is_main:
@@ -624,12 +662,22 @@ class TrainingRun:
             # Rank 0 decides for everyone whether the epoch completed.
             if context.any(train_means is None or (context.is_main and validation is None)):
                 return self._cancelled(stop, epoch, log)
+            stale = epochs_without_improvement(state.history) if context.is_main else 0
+            if context.any(config.patience > 0 and stale >= config.patience and epoch < config.epochs):
+                last = epoch
+                self.echo(f"stopping early after epoch {epoch}: the validation loss has not improved for "
+                          f"{config.patience} epochs (--patience)")
+                break
+        set_backbone_frozen(self.networks.bare, False)
         best = state.best.get("metrics") or {}
-        message = (f"finished {config.epochs} epochs; best model from epoch {state.best['epoch']} "
+        if self.finish is not None and context.is_main:
+            self.finish(self.folder, self.data.train_records, self.data.val_records, config.init_model,
+                        config.device, self.echo)
+        message = (f"finished {last} epochs; best model from epoch {state.best['epoch']} "
                    f"(validation AUC {_fmt(best.get('val_auc'))}, Dice {_fmt(best.get('val_dice'))}) "
                    f"in {self.folder.model}")
         self.echo(message)
-        log.event("done", epoch=config.epochs, epochs=config.epochs, best_auc=best.get("val_auc"),
+        log.event("done", epoch=last, epochs=config.epochs, best_auc=best.get("val_auc"),
                   best_epoch=state.best["epoch"], message=message)
         return "done"
 

@@ -39,7 +39,7 @@ from MFFMTSlicerLib.slicer_live import LiveLogic
 from MFFMTSlicerLib.slicer_models import ModelsLogic
 from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
-from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, TrainingLogic
+from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, SUGGESTED_LEARNING_RATE, TrainingLogic
 from MFFMTSlicerLib.worker import WarmWorker
 
 
@@ -71,7 +71,7 @@ class MFFMTSlicerParameterNode:
     backbone: Annotated[str, Choice(list(BACKBONES)), Default(BACKBONES[0])]
     startFrom: Annotated[str, Choice([FINE_TUNE, FROM_SCRATCH]), Default(FINE_TUNE)]
     epochs: Annotated[int, WithinRange(1, 1000), Default(20)]
-    lr: Annotated[float, WithinRange(1e-6, 0.1), Decimals(6), SingleStep(1e-5), Default(1e-4)]
+    lr: Annotated[float, WithinRange(1e-6, 0.1), Decimals(6), SingleStep(1e-5), Default(SUGGESTED_LEARNING_RATE[FINE_TUNE])]
     lambdaLoc: Annotated[float, WithinRange(0.0, 10.0), Decimals(2), SingleStep(0.1), Default(1.0)]
     batchSize: Annotated[int, WithinRange(1, 256), Default(8)]
     valFraction: Annotated[float, WithinRange(0.05, 0.5), Decimals(2), SingleStep(0.05), Default(0.2)]

@@ -12,9 +12,12 @@ import numpy as np
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
+from MFFMTCore.base.fine_tuning import FINE_TUNE_DEFAULTS
 from MFFMTCore.base.labels import IMAGE_LABELS
 from MFFMTCore.base.run_folder import RunFolder
+from MFFMTCore.base.site_report import read_site_report, summary_text
 from MFFMTCore.base.terminology import SEGMENT_NAME
+from MFFMTCore.errors import MFFMTError
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.commands import train_command, train_options
 from MFFMTSlicerLib.models import safe_model_filename
@@ -31,8 +34,8 @@ from MFFMTSlicerLib.tasks import (
 
 FINE_TUNE = "Fine-tune the selected model on my data"
 FROM_SCRATCH = "Train a new model from scratch"
-# Learning rates suggested for fine-tuning and for training from scratch.
-SUGGESTED_LEARNING_RATE = {FINE_TUNE: 1e-4, FROM_SCRATCH: 1e-3}
+# Learning rates suggested for fine-tuning (the command's fine-tuning default) and for training from scratch.
+SUGGESTED_LEARNING_RATE = {FINE_TUNE: FINE_TUNE_DEFAULTS["lr"], FROM_SCRATCH: 1e-3}
 # Volume attribute holding the class label a user gave a scene volume for retraining.
 LABEL_ATTRIBUTE = "MFFMT.label"
 # Seconds a training run gets to reach a safe point after Cancel before it is terminated.
@@ -52,6 +55,10 @@ class TrainingTask(BackgroundTask):
 
     ``status`` ends "done" (``modelPath`` is the new model in the models folder), "failed"
     (``error``) or "cancelled" (the run folder keeps the best model so far; no model is added).
+    A fine-tuning run that is done also has its site report (the parent and the new model on the
+    run's validation patients): ``siteReport`` (the JSON, or None), ``siteReportText`` (one paragraph,
+    with a plain warning when the new model is not better) and ``siteReportPicture`` (ROC curves and
+    reliability diagrams, a PNG), for the panel to show.
     """
 
     name = "mffmt train"
@@ -66,6 +73,9 @@ class TrainingTask(BackgroundTask):
         self.tail = JsonlTail(self.folder.progress)
         self.modelPath: Path | None = None
         self.cancelRequestedAt: float | None = None
+        self.siteReport: dict[str, Any] | None = None
+        self.siteReportText: str | None = None
+        self.siteReportPicture: Path | None = None
 
     @property
     def stopFile(self) -> Path:
@@ -92,11 +102,26 @@ class TrainingTask(BackgroundTask):
         if self.state.status == "done" and self.process.returncode == 0 and model.is_file():
             self.modelPath = self.addModel(model, self.modelName)
             self.status = "done"
+            self._readSiteReport()
         elif self.cancelRequestedAt is not None or self.state.status == "cancelled":
             self.status = "cancelled"
         else:
             self.status = "failed"
             self.error = self.state.message if self.state.status == "error" else processError("mffmt train", self.process)
+
+
+    def _readSiteReport(self) -> None:
+        """The run's site report, when it wrote one (a fine-tuning run); a damaged one is said, not shown."""
+        if not self.folder.site_report.is_file():
+            return
+        try:
+            self.siteReport = read_site_report(self.folder.site_report)
+        except MFFMTError as error:
+            self.siteReportText = f"The site report cannot be shown: {error}"
+            return
+        self.siteReportText = summary_text(self.siteReport)
+        picture = self.folder.site_report_picture
+        self.siteReportPicture = picture if picture.is_file() else None
 
 
 class TrainingLogic:

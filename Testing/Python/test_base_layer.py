@@ -75,6 +75,10 @@ def test_lower_layers_never_import_higher_ones():
     wrong = {f"{package}/{file}": sorted(name for name in names if name.startswith(higher[package]))
              for package in higher for file, names in _package_imports(package).items()}
     assert {key: value for key, value in wrong.items() if value} == {}
+    # Completing a trained model scores files as predict does: above training/evaluation/inference.
+    completion = {name for name in _imports(CORE / "model_completion.py") if name.startswith("MFFMTCore.")}
+    assert not {name for name in completion if name.startswith(("MFFMTCore.commands", "MFFMTCore.serving",
+                                                                 "MFFMTCore.training"))}
 
 
 def test_one_results_schema_for_mffmt_predict_and_the_slicer_module():

@@ -105,3 +105,8 @@ def test_normal_images_teach_no_lesion() -> None:
     empty = torch.zeros(1, 1, 8, 8)
     assert soft_dice_loss(torch.full((1, 1, 8, 8), -20.0), empty).item() == pytest.approx(0.0, abs=1e-6)
     assert soft_dice_loss(torch.full((1, 1, 8, 8), 20.0), empty).item() == pytest.approx(64 / 65, abs=1e-6)
+
+
+def test_loss_weights_are_keywords_only():
+    with pytest.raises(TypeError):
+        MFFMTLoss(0.1, 0.5, 0.25)  # which weight is which? The caller must say.

@@ -144,12 +144,20 @@ def test_parameter_node_round_trip(env):
 
 
 def test_learning_rate_suggestion_keeps_a_rate_the_user_chose(env):
+    import typing
+
+    from MFFMTSlicerLib.slicer_logic import MFFMTSlicerParameterNode
     from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, learningRateAfterModeChange
 
-    assert learningRateAfterModeChange(FINE_TUNE, FROM_SCRATCH, 1e-4) == 1e-3
-    assert learningRateAfterModeChange(FROM_SCRATCH, FINE_TUNE, 1e-3) == 1e-4
+    from MFFMTCore.base.fine_tuning import FINE_TUNE_DEFAULTS
+
+    tune = FINE_TUNE_DEFAULTS["lr"]  # the panel suggests what `mffmt train --init-model` does by default
+    lr = typing.get_type_hints(MFFMTSlicerParameterNode, include_extras=True)["lr"]
+    assert next(detail.value for detail in lr.__metadata__ if type(detail).__name__ == "Default") == tune
+    assert learningRateAfterModeChange(FINE_TUNE, FROM_SCRATCH, tune) == 1e-3
+    assert learningRateAfterModeChange(FROM_SCRATCH, FINE_TUNE, 1e-3) == tune
     assert learningRateAfterModeChange(FINE_TUNE, FROM_SCRATCH, 3e-5) == 3e-5  # the user's own
-    assert learningRateAfterModeChange(FINE_TUNE, FINE_TUNE, 1e-4) == 1e-4  # entering the panel again
+    assert learningRateAfterModeChange(FINE_TUNE, FINE_TUNE, tune) == tune  # entering the panel again
 
 
 @pytest.fixture(scope="module")
@@ -438,6 +446,19 @@ def test_train_on_scene_and_sample_data_adds_the_model(env, picture_result):
     assert entry is not None and entry.error is None and entry.backbone == "resnet18"
     assert model in [listed.path for listed in logic.models()]
     assert list(logic.workRoot.iterdir()) == []
+
+
+def test_fine_tuning_ends_with_the_site_report_for_the_panel(env, random_model, tmp_path):
+    _, _, _, logic, _ = env
+    parent = random_model(tmp_path / "parent.safetensors", 3)
+    task = logic.startTraining([SAMPLES / "samples.csv"], modelName="site", init_model=str(parent), epochs=1,
+                               batch_size=2, val_fraction=0.4).wait()
+    assert task.status == "done", task.error
+    assert task.siteReport["format"] == "mffmt-site-report" and task.siteReport["parent"]["model"] == str(parent)
+    # A random parent has no temperature or rule, and two validation patients judge nothing: said plainly.
+    assert task.siteReport["parent"]["calibration"].startswith("uncalibrated")
+    assert task.siteReportText.startswith("Site report on") and "Warning:" in task.siteReportText
+    assert task.siteReportPicture is not None and task.siteReportPicture.stat().st_size > 10_000
 
 
 def test_training_curves_follow_a_closed_scene(env):
