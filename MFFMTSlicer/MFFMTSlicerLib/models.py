@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from MFFMTCore.base.model_metadata import MODEL_SUFFIX, read_model_metadata
+from MFFMTCore.base.model_metadata import MODEL_SUFFIX, calibration_note, read_model_metadata
 
 
 @dataclass
@@ -62,6 +62,8 @@ class ModelEntry:
         auc = self.info.get("validation", {}).get("auc", self.info.get("validation", {}).get("val_auc"))
         if isinstance(auc, (int, float)) and math.isfinite(auc):
             details.append(f"val AUC {auc:.3f}")
+        if calibration_note(self.info) is not None:
+            details.append("uncalibrated")
         return f"{name} ({', '.join(details)})"
 
     def description(self) -> str:
@@ -76,6 +78,8 @@ class ModelEntry:
                 lines.append(f"{title}: " + ", ".join(f"{k}={_short(v)}" for k, v in sorted(values.items())))
         if self.info.get("created"):
             lines.append(f"Created: {self.info['created']}")
+        note = calibration_note(self.info)
+        lines.append(f"Calibration: {note}" if note else "Calibration: temperature and lesion rule fitted on held-out data")
         return "\n".join(lines)
 
 

@@ -33,6 +33,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MFFMTCore.base.choices import BACKBONES
 from MFFMTCore.base.devices import DEVICE_LABELS
+from MFFMTCore.base.fine_tuning import FINE_TUNE_DEFAULTS
 from MFFMTCore.base.thresholds import SLIDER_RANGE, THRESHOLD_STEP
 from MFFMTSlicerLib.commands import TRAIN_KEYWORDS
 from MFFMTSlicerLib.slicer_live import LiveLogic
@@ -41,6 +42,12 @@ from MFFMTSlicerLib.slicer_prediction import PredictionLogic
 from MFFMTSlicerLib.slicer_requirements import RequirementsLogic
 from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, SUGGESTED_LEARNING_RATE, TrainingLogic
 from MFFMTSlicerLib.worker import WarmWorker
+
+#: The retraining parameters' defaults. Fine-tuning sends only the values a user changed from these, so
+#: that the run inherits its parent's recipe and takes the fine-tuning defaults, as
+#: ``mffmt train --init-model MODEL`` alone does (:func:`trainingOptions`).
+RETRAIN_DEFAULTS: dict[str, Any] = {"epochs": FINE_TUNE_DEFAULTS["epochs"], "lr": SUGGESTED_LEARNING_RATE[FINE_TUNE],
+                                    "lambdaLoc": 1.0, "batchSize": 8, "valFraction": 0.2}
 
 
 @parameterNodeWrapper
@@ -70,11 +77,13 @@ class MFFMTSlicerParameterNode:
     useSceneData: bool
     backbone: Annotated[str, Choice(list(BACKBONES)), Default(BACKBONES[0])]
     startFrom: Annotated[str, Choice([FINE_TUNE, FROM_SCRATCH]), Default(FINE_TUNE)]
-    epochs: Annotated[int, WithinRange(1, 1000), Default(20)]
-    lr: Annotated[float, WithinRange(1e-6, 0.1), Decimals(6), SingleStep(1e-5), Default(SUGGESTED_LEARNING_RATE[FINE_TUNE])]
-    lambdaLoc: Annotated[float, WithinRange(0.0, 10.0), Decimals(2), SingleStep(0.1), Default(1.0)]
-    batchSize: Annotated[int, WithinRange(1, 256), Default(8)]
-    valFraction: Annotated[float, WithinRange(0.05, 0.5), Decimals(2), SingleStep(0.05), Default(0.2)]
+    epochs: Annotated[int, WithinRange(1, 1000), Default(RETRAIN_DEFAULTS["epochs"])]
+    lr: Annotated[float, WithinRange(1e-6, 0.1), Decimals(6), SingleStep(1e-5), Default(RETRAIN_DEFAULTS["lr"])]
+    lambdaLoc: Annotated[float, WithinRange(0.0, 10.0), Decimals(2), SingleStep(0.1),
+                         Default(RETRAIN_DEFAULTS["lambdaLoc"])]
+    batchSize: Annotated[int, WithinRange(1, 256), Default(RETRAIN_DEFAULTS["batchSize"])]
+    valFraction: Annotated[float, WithinRange(0.05, 0.5), Decimals(2), SingleStep(0.05),
+                           Default(RETRAIN_DEFAULTS["valFraction"])]
     modelName: Annotated[str, Default("my_model")]
 
 
@@ -83,11 +92,22 @@ class MFFMTSlicerParameterNode:
 #: inference too); the logic turns it into the option.
 TRAINING_PARAMETERS = {keyword: name for keyword, name in TRAIN_KEYWORDS.items()
                        if keyword in MFFMTSlicerParameterNode.allParameters}
+TRAINING_PARAMETERS_BY_OPTION = {name: keyword for keyword, name in TRAINING_PARAMETERS.items()}
 
 
 def trainingOptions(parameters: MFFMTSlicerParameterNode) -> dict[str, Any]:
-    """The panel's values of ``mffmt train`` options, by option name (for :meth:`TrainingLogic.startTraining`)."""
-    return {option: getattr(parameters, parameter) for parameter, option in TRAINING_PARAMETERS.items()}
+    """The panel's values of ``mffmt train`` options, by option name (for :meth:`TrainingLogic.startTraining`).
+
+    When fine-tuning, a value left at its default (:data:`RETRAIN_DEFAULTS`) is not sent, and the
+    architecture comes from the model: the run then inherits from its parent exactly as
+    ``mffmt train --init-model MODEL`` does.
+    """
+    options = {option: getattr(parameters, parameter) for parameter, option in TRAINING_PARAMETERS.items()}
+    if parameters.startFrom == FINE_TUNE:
+        options = {option: value for option, value in options.items()
+                   if TRAINING_PARAMETERS_BY_OPTION[option] in RETRAIN_DEFAULTS
+                   and value != RETRAIN_DEFAULTS[TRAINING_PARAMETERS_BY_OPTION[option]]}
+    return options
 
 
 class MFFMTSlicerLogic(ScriptedLoadableModuleLogic, RequirementsLogic, ModelsLogic, PredictionLogic, TrainingLogic,

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import slicer
 
+from MFFMTCore.base.site_report import summary_text
 from MFFMTCore.errors import one_line
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label
@@ -480,7 +481,11 @@ class MFFMTSlicerPresenter:
         fuller report (e.g. how the new model does on the user's data) plugs in, by overriding or
         assigning ``presenter.trainingReport``; :meth:`showTrainingSummary` shows what it returns."""
         if task.status == "done":
-            return TrainingReport(f"{task.state.summary()}\nNew model: {Path(task.modelPath).name} (selected above).")
+            text = f"{task.state.summary()}\nNew model: {Path(task.modelPath).name} (selected above)."
+            if task.siteReport is not None:  # a fine-tuning run: how both models do on the user's patients
+                return TrainingReport(f"{text}\n{summary_text({**task.siteReport, 'warning': None})}",
+                                      task.siteReport.get("warning") or "")
+            return TrainingReport(f"{text}\n{task.siteReportText}" if task.siteReportText else text)
         if task.status == "cancelled":
             return TrainingReport(
                 f"Cancelled; no model was added and the selected model is unchanged. The best model so far is in "

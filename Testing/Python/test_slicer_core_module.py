@@ -107,7 +107,12 @@ def test_module_loads_as_slicer_loads_it(env):
 def test_training_parameters_are_options_within_their_declared_ranges(env):
     import typing
 
-    from MFFMTSlicerLib.slicer_logic import TRAINING_PARAMETERS, MFFMTSlicerParameterNode, trainingOptions
+    from MFFMTSlicerLib.slicer_logic import (
+        RETRAIN_DEFAULTS,
+        TRAINING_PARAMETERS,
+        MFFMTSlicerParameterNode,
+        trainingOptions,
+    )
 
     from MFFMTCore.base.train_options import OPTIONS
 
@@ -121,8 +126,16 @@ def test_training_parameters_are_options_within_their_declared_ranges(env):
             for value in values.get(type(detail).__name__, lambda _: [])(detail):
                 OPTIONS[option].check(value)
     _, _, _, logic, _ = env
-    options = trainingOptions(logic.getParameterNode())
+    parameters = logic.getParameterNode()
+    parameters.startFrom = "Train a new model from scratch"
+    options = trainingOptions(parameters)
     assert set(options) == set(TRAINING_PARAMETERS.values()) and options["backbone"] == "resnet18"
+    # Fine-tuning sends only what the user changed: the rest is inherited as `mffmt train --init-model` does.
+    parameters.startFrom = "Fine-tune the selected model on my data"
+    assert trainingOptions(parameters) == {}
+    parameters.epochs = 3
+    assert trainingOptions(parameters) == {"epochs": 3}
+    parameters.epochs = RETRAIN_DEFAULTS["epochs"]
 
 
 def test_parameter_node_round_trip(env):
