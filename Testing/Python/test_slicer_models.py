@@ -85,10 +85,11 @@ def test_registry_lists_the_default_first_then_the_folder_by_name(tmp_path, mode
 def test_entry_title_and_description_show_what_a_user_chooses_by(tmp_path, model_file):
     registry = models.ModelRegistry(tmp_path / "models", default_model=model_file)
     entry = registry.entries()[0]
-    assert entry.title() == "Default model (tiny) (resnet18, val AUC 0.812)"
+    assert entry.title() == "Default model (tiny) (resnet18, val AUC 0.812, uncalibrated)"  # no temperature
     assert entry.backbone == "resnet18" and entry.threshold == 0.4
     description = entry.description()
     assert str(model_file) in description and "Backbone: resnet18" in description and "auc=0.8125" in description
+    assert "Calibration: uncalibrated: no temperature" in description
     broken = models.ModelEntry(tmp_path / "x.safetensors", {}, error="x.safetensors: damaged")
     assert broken.title() == "x (unusable)" and "damaged" in broken.description()
 

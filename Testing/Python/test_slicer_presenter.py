@@ -122,7 +122,7 @@ def test_enter_starts_the_worker_so_the_first_apply_starts_none(panel):
 
 
 def test_buttons_follow_the_input_the_model_and_the_retraining_mode(panel):
-    from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH
+    from MFFMTSlicerLib.slicer_training import FINE_TUNE, FROM_SCRATCH, SUGGESTED_LEARNING_RATE
 
     presenter, view, scene, slicer, logic = panel
     presenter.initializeParameterNode()
@@ -139,15 +139,15 @@ def test_buttons_follow_the_input_the_model_and_the_retraining_mode(panel):
     presenter.refreshModels()
     assert view.state.modelIndex == 0 and view.state.models[0].title.startswith("Default model")
     # Fine-tuning keeps the model's backbone; from scratch the backbone is chosen, with a scratch rate.
-    parameters.startFrom, parameters.lr = FINE_TUNE, 1e-4
+    parameters.startFrom, parameters.lr = FINE_TUNE, SUGGESTED_LEARNING_RATE[FINE_TUNE]
     presenter.parametersChanged()
     assert not view.state.backboneEnabled
     parameters.startFrom = FROM_SCRATCH
     presenter.parametersChanged()
-    assert view.state.backboneEnabled and parameters.lr == 1e-3
+    assert view.state.backboneEnabled and parameters.lr == SUGGESTED_LEARNING_RATE[FROM_SCRATCH]
     parameters.startFrom = FINE_TUNE
     presenter.parametersChanged()
-    assert parameters.lr == 1e-4
+    assert parameters.lr == SUGGESTED_LEARNING_RATE[FINE_TUNE]
 
 
 def test_apply_sends_the_panels_settings_and_the_whole_sequence_when_asked(panel, monkeypatch):
@@ -305,12 +305,13 @@ def test_train_fine_tunes_the_selected_model_with_the_panels_options(panel, monk
     presenter.train([str(SAMPLES / "samples.csv")])
     assert "No model to fine-tune" in view.errors[-1] and not calls
     presenter.refreshModels()
-    parameters.epochs, parameters.lr, parameters.batchSize, parameters.modelName = 3, 2e-4, 4, "mine"
+    parameters.epochs, parameters.lr, parameters.batchSize, parameters.modelName = 3, 3e-4, 4, "mine"
     presenter.train([str(SAMPLES / "samples.csv"), ""])
     (args, kwargs), = calls
     assert args == ([str(SAMPLES / "samples.csv")],)
     assert kwargs["init_model"] == presenter.currentModel() == str(logic.defaultModelPath())
-    assert (kwargs["epochs"], kwargs["lr"], kwargs["batch_size"], kwargs["modelName"]) == (3, 2e-4, 4, "mine")
+    assert (kwargs["epochs"], kwargs["lr"], kwargs["batch_size"], kwargs["modelName"]) == (3, 3e-4, 4, "mine")
+    assert "lambda_loc" not in kwargs and "backbone" not in kwargs  # left as they were: the parent's recipe
     assert kwargs["sceneItems"] == [] and kwargs["device"] == parameters.device
     assert view.state.train.text == "Cancel training" and view.state.train.enabled and view.state.trainProgress == 0
     assert view.plots and view.plots[-1].IsA("vtkMRMLPlotViewNode")
@@ -327,7 +328,8 @@ def test_training_end_is_reported_and_the_hook_can_report_more(panel, tmp_path):
     added = logic.addModelFile(logic.defaultModelPath(), "fresh")
     try:
         state = types.SimpleNamespace(summary=lambda: "epoch 3/3, val AUC 0.90")
-        done = types.SimpleNamespace(status="done", modelPath=added, state=state, runDir=tmp_path)
+        done = types.SimpleNamespace(status="done", modelPath=added, state=state, runDir=tmp_path, siteReport=None,
+                                     siteReportText=None)
         presenter.trainingCompleted(done)
         assert presenter.currentModel() == str(added)  # the new model is selected
         assert view.state.trainStatus.endswith("New model: fresh.safetensors (selected above).")
@@ -463,3 +465,28 @@ def test_cleanup_stops_the_worker(panel):
     assert logic.worker.pid is not None
     presenter.cleanup()
     assert logic.worker.pid is None
+
+
+def test_the_retrain_tab_shows_the_site_report_and_its_warning(panel):
+    """A fine-tuning run that ends with a site report: its figures in the summary, its warning as the warning."""
+    from test_model_completion import scores
+
+    from MFFMTCore.evaluation.model_fit import FrameScore
+    from MFFMTCore.evaluation.site_report import site_report
+
+    presenter, view, *_ = panel
+    good = scores(overconfident=1.0, seed=1)
+    bad = [FrameScore(s.group, s.label, s.lesion, -s.logit, s.peak, s.largest_fraction, 0.1 if s.lesion else 1.0)
+           for s in good]
+    models = {"parent": {"temperature": 1.0, "lesion_decision": {"min_peak": 0.6, "min_area_fraction": 0.01}},
+              "new": {"temperature": 1.0, "lesion_decision": {}}}
+    task = types.SimpleNamespace(status="done", state=types.SimpleNamespace(summary=lambda: "Epoch 6 of 6."),
+                                 modelPath="/models/site.safetensors", siteReport=site_report(good, bad, models, 200),
+                                 siteReportText=None)
+    report = presenter.trainingReport(task)
+    assert "Site report on 12 validation patients" in report.text and "site.safetensors" in report.text
+    assert report.warning.startswith("Warning: the new model is not better") and "Warning" not in report.text
+    task.siteReport = site_report(bad, good, {"parent": models["new"], "new": models["parent"]}, 200)
+    assert presenter.trainingReport(task).warning == ""  # better: no warning
+    task.siteReport, task.siteReportText = None, None  # a run from scratch has no site report
+    assert presenter.trainingReport(task).text == "Epoch 6 of 6.\nNew model: site.safetensors (selected above)."
