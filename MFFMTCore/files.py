@@ -130,6 +130,17 @@ def image_files(path: str | os.PathLike) -> list[Path]:
     return [path, *(path.parent / name for name in names)]
 
 
+def hash_file(digest: Any, path: str | os.PathLike) -> None:
+    """Feed the bytes of ``path`` to ``digest`` (a :mod:`hashlib` object), a block at a time.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+
+
 def check_data_files(path: str | os.PathLike) -> None:
     """Refuse a detached header whose data files lie outside the header's folder.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from MFFMTCore.base.labels import BIRADS_CLASSES, CLASS_INDEX, IMAGE_LABELS
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.files import image_files
+from MFFMTCore.files import hash_file, image_files
 
 __all__ = ["BIRADS_CLASSES", "CLASS_INDEX", "IMAGE_LABELS", "DatasetError", "SampleRecord", "birads_index",
            "content_key", "label_index", "record_key", "summarize", "unique_records"]
@@ -78,9 +78,7 @@ def content_key(record: SampleRecord) -> str:
             identity = (os.path.realpath(file), status.st_size, status.st_mtime_ns)
             if identity not in _DIGESTS:
                 whole = hashlib.sha256()
-                with open(file, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        whole.update(block)
+                hash_file(whole, file)
                 _DIGESTS[identity] = whole.hexdigest()
             digest.update(_DIGESTS[identity].encode())
     except OSError:

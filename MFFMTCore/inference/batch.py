@@ -51,6 +51,7 @@ from MFFMTCore.errors import MFFMTError, one_line
 from MFFMTCore.files import (
     IMAGE_SUFFIXES,
     TEMPORARY_NAME_EXTRA,
+    hash_file,
     image_files,
     image_stem,
     is_image_file,
@@ -191,9 +192,7 @@ def content_hash(path: Path) -> str:
     for file in image_files(path):
         if file != path:
             digest.update(f"{file.relative_to(path).as_posix() if path.is_dir() else file.name}|".encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(digest, file)
     return digest.hexdigest()
 
 
