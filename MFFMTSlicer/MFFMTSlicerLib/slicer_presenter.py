@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import slicer
 
 from MFFMTCore.base.site_report import summary_text
+from MFFMTCore.base.thresholds import SLIDER_RANGE
 from MFFMTCore.errors import one_line
 from MFFMTSlicerLib import slicer_nodes as nodes
 from MFFMTSlicerLib.results import lesion_label
@@ -280,7 +281,7 @@ class MFFMTSlicerPresenter:
         self.parameters.modelPath = path
         entry = self.logic.modelRegistry().find(path) if path else None
         if changed and entry is not None and entry.threshold is not None and self.parameters.result is None:
-            self.parameters.threshold = min(0.99, max(0.01, entry.threshold))
+            self.parameters.threshold = min(SLIDER_RANGE[1], max(SLIDER_RANGE[0], entry.threshold))
         if changed and entry is not None and entry.error is None and self.warmUp is not None:
             self.startWorker()
         self.changed()
