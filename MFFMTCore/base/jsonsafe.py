@@ -1,7 +1,8 @@
-"""Values made fit for strict JSON (``allow_nan=False``): non-finite floats become null."""
+"""Strict JSON (``allow_nan=False``): values made fit for it (non-finite floats become null), and reading it."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -21,3 +22,13 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     return value
+
+
+def _refuse_constant(token: str) -> None:
+    raise ValueError(f"{token} is not strict JSON")
+
+
+def loads_strict(text: str | bytes, **options: Any) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (ValueError), as everything
+    we write is strict; ``options`` go to ``json.loads`` (e.g. ``parse_float``)."""
+    return json.loads(text, parse_constant=_refuse_constant, **options)

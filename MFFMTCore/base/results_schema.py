@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.jsonsafe import loads_strict
 from MFFMTCore.base.labels import CLASS_NAMES
 from MFFMTCore.base.measurements import LesionMeasurements
 from MFFMTCore.base.thresholds import check_threshold
@@ -157,10 +157,6 @@ def write_results(directory: str | os.PathLike, document: dict[str, Any]) -> Non
     write_text_atomic(directory / CSV_NAME, buffer.getvalue())
 
 
-def _refuse_constant(token: str) -> None:
-    raise ValueError(f"{token} is not strict JSON")
-
-
 def read_results_document(directory: str | os.PathLike, required: bool = False) -> dict[str, Any] | None:
     """The results document in ``directory``, checked: a dict whose ``inputs`` and ``rows`` are lists of
     objects, ``columns`` a list of names and ``settings`` an object.
@@ -179,7 +175,7 @@ def read_results_document(directory: str | os.PathLike, required: bool = False) 
             raise MFFMTError(path, "not found (did mffmt predict finish?)")
         return None
     try:
-        document = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        document = loads_strict(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise MFFMTError(path, f"cannot be read ({error}); remove it or use --overwrite") from error
     lists = ("inputs", "rows")

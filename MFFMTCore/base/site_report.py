@@ -17,12 +17,12 @@ or null: a warning whenever the new model is not better).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from MFFMTCore.base.jsonsafe import loads_strict
 from MFFMTCore.errors import MFFMTError
 
 FORMAT = "mffmt-site-report"
@@ -128,7 +128,7 @@ def read_site_report(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = loads_strict(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise MFFMTError(path, f"cannot be read as a site report ({error})") from error
     if not isinstance(report, dict) or report.get("format") != FORMAT:

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from MFFMTCore.base.jsonsafe import loads_strict
 from MFFMTCore.base.pixel_budget import input_byte_budget
 from MFFMTCore.errors import MFFMTError
 
@@ -137,10 +138,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _depth(value: Any) -> int:
     """Nesting depth of a parsed JSON value (1 for a flat object), without recursion."""
     deepest, stack = 0, [(value, 1)]
@@ -161,7 +158,7 @@ def parse_header(line: bytes) -> dict[str, Any]:
             without end, and numbers Python cannot hold).
     """
     try:
-        message = json.loads(line, parse_float=_finite_float, parse_constant=_refuse_constant)
+        message = loads_strict(line, parse_float=_finite_float)
     except RecursionError as error:
         raise ProtocolError(f"message is nested deeper than {MAX_JSON_DEPTH} levels") from error
     except (UnicodeDecodeError, ValueError) as error:  # JSONDecodeError, and numbers out of range
