@@ -347,11 +347,12 @@ def read_mask(paths: str | os.PathLike | list[str | os.PathLike]) -> np.ndarray:
     return combined
 
 
-@contextmanager
-def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``destination``; move it into place only if the block succeeds.
+def temporary_beside(destination: str | os.PathLike) -> Path:
+    """A new empty temporary file beside ``destination``, named so that :func:`remove_temporaries`
+    knows it (its suffix still says the format: ".nrrd", ".seg.nrrd").
 
-    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    Used by :func:`atomic_path`, and by writers that fill a file over a longer time (a clip's map
+    streamed frame by frame, :mod:`MFFMTCore.inference.nrrd_stream`) and then :func:`move_into_place`.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -361,14 +362,29 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     base = destination.name[: len(destination.name) - len(suffix)]
     handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".tmp{suffix}", dir=destination.parent)
     os.close(handle)
-    temporary = Path(temporary)
+    return Path(temporary)
+
+
+def move_into_place(temporary: Path, destination: str | os.PathLike) -> None:
+    """Give a finished :func:`temporary_beside` file the permissions a plain open() would, and
+    rename it to ``destination`` (atomically: a reader sees the old file or the new one)."""
+    # mkstemp makes owner-only files.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, destination)
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; move it into place only if the block succeeds.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old file intact.
+    """
+    temporary = temporary_beside(destination)
     try:
         yield temporary
-        # mkstemp makes owner-only files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, destination)
+        move_into_place(temporary, destination)
     finally:
         temporary.unlink(missing_ok=True)
 

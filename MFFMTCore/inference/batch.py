@@ -436,8 +436,9 @@ def _predict_locked(
             if foreign and not overwrite:
                 raise MFFMTError(foreign[0], f"exists and was not written by mffmt predict, so it is kept and {path} "
                                              "is not predicted; remove it, choose another --output, or use --overwrite")
+            # A clip streams its maps into their output files as its frames leave the network.
             item.prepared = predictor.prepare(path, roi=roi, gradcam=gradcam, threshold=threshold,
-                                              imaging_region=imaging_region)
+                                              imaging_region=imaging_region, maps_to=paths)
         except Exception as error:  # one bad input must not stop the batch: its error is reported instead
             item.outcome, item.entry, item.rows = _failed(path, stem, started, error)
         return item
@@ -525,6 +526,7 @@ class _Pipeline:
         last_save = time.monotonic()
         while (item := self.write_queue.get()) is not None:
             if self.stopping.is_set() and item.prepared is not None:
+                item.prepared.discard()  # dropped whole: a streamed clip's files too
                 continue
             try:
                 self.write(item)

@@ -76,6 +76,7 @@ def _algorithm() -> hd.sr.AlgorithmIdentification:
 
 
 def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bool) -> hd.seg.Segmentation:
+    """The DICOM Segmentation of ``label``, the (H, W) label map of the source's frame ``frame``."""
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="Lesion",
@@ -94,7 +95,7 @@ def _segmentation(source: Dataset, label: np.ndarray, frame: int, multiframe: bo
         single.SOPClassUID = UltrasoundImageStorage
     segmentation = hd.seg.Segmentation(
         source_images=[single],
-        pixel_array=label[frame].astype(np.uint8)[np.newaxis],
+        pixel_array=label.astype(np.uint8)[np.newaxis],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
         **_new_instance("segmentation"),
@@ -246,7 +247,7 @@ def _documents(result: PredictionResult, source: Dataset) -> tuple[hd.seg.Segmen
     """The Segmentation and the Structured Report of ``result`` for its DICOM ``source``."""
     frame = result.key_frame
     multiframe = "NumberOfFrames" in source
-    segmentation = _segmentation(source, result.label, frame, multiframe)
+    segmentation = _segmentation(source, result.label_frame(frame), frame, multiframe)
     finding = result.frames[frame]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

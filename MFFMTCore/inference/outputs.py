@@ -18,9 +18,7 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from MFFMTCore.files import atomic_path
+from MFFMTCore.inference.nrrd_stream import NrrdStream, write_map
 from MFFMTCore.inference.overlay import write_overlay
 from MFFMTCore.inference.result import PredictionResult
 from MFFMTCore.inference.segmentation_file import write_segmentation
@@ -44,25 +42,35 @@ def output_paths(directory: str | os.PathLike, stem: str, gradcam: bool = False,
     return paths
 
 
-def write_image(path: str | os.PathLike, image: sitk.Image) -> Path:
-    """Write a SimpleITK image (compressed) atomically. Returns the path."""
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        # gzip level 1: a 300-frame float32 map is written about 4x faster than at the default level.
-        sitk.WriteImage(image, str(temporary), useCompression=True, compressionLevel=1)
-    return path
+def write_result_map(result: PredictionResult, name: str, path: str | os.PathLike) -> Path:
+    """Write ``result``'s ``"probability"`` or ``"gradcam"`` map as a gzip NRRD file at ``path``
+    (atomically): a map in memory is written a few frames at a time; a clip's streamed map is moved
+    into place (or copied, to another path).
+
+    Raises:
+        ValueError: the result did not keep that map (a streamed clip's map not named in ``maps_to``).
+    """
+    stored = result.stored_map(name)
+    if stored is None:
+        raise ValueError(f"{result.source}: this prediction holds no {name} map to write")
+    if isinstance(stored, NrrdStream):
+        return stored.save(path)
+    return write_map(path, stored, result.geometry)
 
 
 def write_outputs(result: PredictionResult, directory: str | os.PathLike, stem: str,
                   outputs: Collection[str] = DEFAULT_OUTPUTS) -> dict[str, Path]:
-    """Write the ``outputs`` files of ``result`` (Grad-CAM when it has one); returns name -> path."""
-    paths = output_paths(directory, stem, gradcam=result.gradcam is not None, outputs=outputs)
+    """Write the ``outputs`` files of ``result`` (Grad-CAM when it has one); returns name -> path.
+
+    Every file is written without a whole copy of a map: the segmentation frame by frame from the
+    compressed label map, a streamed clip's maps moved into place from the files they went to.
+    """
+    paths = output_paths(directory, stem, gradcam=result.has_gradcam, outputs=outputs)
     if "segmentation" in paths:
-        write_segmentation(paths["segmentation"], result.label, result.geometry)
-    if "probability" in paths:
-        write_image(paths["probability"], result.probability_image())
+        write_segmentation(paths["segmentation"], result.labels, result.geometry)
+    for name in ("probability", "gradcam"):
+        if name in paths:
+            write_result_map(result, name, paths[name])
     if "overlay" in paths:
         write_overlay(paths["overlay"], result)
-    if "gradcam" in paths:
-        write_image(paths["gradcam"], result.gradcam_image())
     return paths

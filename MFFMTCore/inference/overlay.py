@@ -57,7 +57,7 @@ def render_overlay(result: PredictionResult, frame: int | None = None) -> Image.
 
     # Lines about 1/200 of the image wide, so the contour stays visible on large frames.
     thickness = max(1, round(min(grey.shape) / 200))
-    lesion = result.label[frame].astype(bool)
+    lesion = result.label_frame(frame).astype(bool)
     contour = lesion & ~ndimage.binary_erosion(lesion)
     if thickness > 1:
         contour = ndimage.binary_dilation(contour, iterations=thickness - 1)

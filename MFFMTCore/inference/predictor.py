@@ -13,8 +13,9 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,9 +36,13 @@ from MFFMTCore.inference.input_check import (
     layout_scores,
     read_statistics,
 )
+from MFFMTCore.inference.nrrd_stream import NrrdStream, map_header
 from MFFMTCore.inference.postprocessing import resize_to_frame
-from MFFMTCore.inference.result import PredictionResult
+from MFFMTCore.inference.result import FrameAnalysis, PredictionResult, StoredMap, analysed_box
 from MFFMTCore.model_file import load_model, resolve_model_path
+
+#: The maps a clip can stream to files instead of holding them (see :meth:`Predictor.predict`).
+STREAMED_MAPS = ("probability", "gradcam")
 
 
 class Predictor:
@@ -106,6 +111,7 @@ class Predictor:
         threshold: float | None = None,
         progress: Callable[[int, int], None] | None = None,
         imaging_region: str = "auto",
+        maps_to: Mapping[str, str | os.PathLike] | None = None,
     ) -> PredictionResult:
         """Predict on one image: a 2D frame or a 3D stack of frames (a clip).
 
@@ -126,6 +132,13 @@ class Predictor:
                 :mod:`MFFMTCore.inference.imaging_region`): ``"auto"`` the DICOM calibrated region,
                 else the detected scan rectangle; ``"dicom"`` the DICOM region only; ``"none"`` the
                 whole frame. The network sees that rectangle; its maps are pasted back (zero outside).
+            maps_to: files for the maps of a clip, as :func:`MFFMTCore.inference.outputs.output_paths`
+                names them (its ``"probability"`` and ``"gradcam"`` entries are used). An input of
+                more than one frame then holds no map in memory: each chunk of frames is analysed as
+                it leaves the network and its maps are compressed into those files (a map not named
+                is not kept), which :func:`~MFFMTCore.inference.outputs.write_outputs` moves into place.
+                Memory then does not grow with the clip's length beyond its input frames. None: the
+                maps are held in memory (N x H x W x 4 bytes each).
 
         Returns:
             Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
@@ -137,15 +150,19 @@ class Predictor:
                 better than a confident wrong one.
             ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.
         """
-        prepared = self.prepare(image, spacing, origin, direction, roi, gradcam, threshold, imaging_region)
+        prepared = self.prepare(image, spacing, origin, direction, roi, gradcam, threshold, imaging_region, maps_to)
         count = prepared.stack.num_frames
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
-            self.run_network([(prepared, start, stop)])
-            if prepared.error is not None:
-                raise prepared.error
-            if progress is not None:
-                progress(stop, count)
+            try:
+                self.run_network([(prepared, start, stop)])
+                if prepared.error is not None:
+                    raise prepared.error
+                if progress is not None:
+                    progress(stop, count)
+            except BaseException:
+                prepared.discard()  # a cancel leaves no streamed file behind
+                raise
         return self.result(prepared)
 
     def prepare(
@@ -158,6 +175,7 @@ class Predictor:
         gradcam: bool = False,
         threshold: float | None = None,
         imaging_region: str = "auto",
+        maps_to: Mapping[str, str | os.PathLike] | None = None,
     ) -> PreparedInput:
         """Read and check an input and find the box the network sees, before any network run.
 
@@ -176,7 +194,9 @@ class Predictor:
             check_frame_size((box[3], box[2]), stack.source, what=f"ROI {box}")
         # A user's ROI lies inside the scan already; the imaging region is only looked for without one.
         region: ImagingRegion | None = None if box is not None else find_imaging_region(stack, imaging_region)
-        return PreparedInput(stack, box, region, threshold, gradcam, roi is not None, len(self.class_names))
+        streams = None if maps_to is None or stack.num_frames < 2 else {
+            name: Path(maps_to[name]) for name in STREAMED_MAPS if name in maps_to}
+        return PreparedInput(stack, box, region, threshold, gradcam, roi is not None, len(self.class_names), streams)
 
     def run_network(self, parts: Sequence[tuple[PreparedInput, int, int]]) -> None:
         """Run frames ``start:stop`` of each part's input through the network in one call.
@@ -218,18 +238,21 @@ class Predictor:
         for prepared, start, stop in runs:
             last = first + stop - start
             x0, y0, w, h = prepared.crop
-            probability, class_probabilities, gradcam = prepared.maps()
+            probability, gradcam = prepared.chunk_maps(start, stop)
             with torch.inference_mode():
                 lesion = torch.sigmoid(resize_to_frame(output.mask_logits[first:last], (h, w)))
-            probability[start:stop, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
-            class_probabilities[start:stop] = classes[first:last]
+            probability[:, y0 : y0 + h, x0 : x0 + w] = lesion.cpu().numpy()
+            prepared.classes[start:stop] = classes[first:last]
             if features is not None:
                 prepared.features.append(features[first:last])
-            if not (np.isfinite(class_probabilities[start:stop]).all() and np.isfinite(probability[start:stop]).all()):
+            if not (np.isfinite(prepared.classes[start:stop]).all() and np.isfinite(probability).all()):
                 prepared.error = ImageReadError(prepared.stack.source, f"the network gave non-finite probabilities "
                                                 f"for frames {start}-{stop - 1}; no answer is given for this input")
-            elif gradcam is not None:
-                gradcam[start:stop, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(cam[first:last], (h, w)).cpu().numpy()
+                prepared.discard()
+            else:
+                if gradcam is not None:
+                    gradcam[:, y0 : y0 + h, x0 : x0 + w] = resize_to_frame(cam[first:last], (h, w)).cpu().numpy()
+                prepared.chunk_done(start, probability, gradcam)
             prepared.frames_done += stop - start
             first = last
 
@@ -240,26 +263,28 @@ class Predictor:
             ImageReadError: the input's frames or the network's answer were not finite (see :meth:`predict`).
         """
         if prepared.error is not None:
+            prepared.discard()
             raise prepared.error
-        probability, class_probabilities, cam = prepared.maps()
         # The statistics describe whole scans (fitted without ROI): a lesion box is not compared with them.
         distance = None
         if self.input_statistics is not None and prepared.features and not prepared.roi_given:
             distance = self.input_statistics.distance(np.concatenate(prepared.features))
+        probability, gradcam, analysis = prepared.finished_maps()
         return PredictionResult(
             probability=probability,
-            class_probabilities=class_probabilities,
+            class_probabilities=prepared.classes,
             class_names=self.class_names,
             geometry=prepared.stack.geometry,
             threshold=prepared.threshold,
             source=prepared.stack.source,
             roi=prepared.box,
-            gradcam=cam,
+            gradcam=gradcam,
             input_frames=prepared.stack,
             lesion_decision=self.lesion_decision,
             imaging_region=prepared.region,
             input_checks=assess_frames(prepared.colour, distance,
                                        None if prepared.roi_given else prepared.layout),
+            analysis=analysis,
         )
 
 
@@ -275,6 +300,8 @@ class PreparedInput:
         gradcam: whether Grad-CAM maps are computed.
         roi_given: whether the user gave an ROI (the feature-distance check is then left out).
         class_count: the model's number of classes.
+        streams: for a clip predicted with ``maps_to``: map name -> the file it is streamed to (see
+            :meth:`Predictor.predict`); None: the maps are held in memory.
         error: why the input has no answer (set by :meth:`Predictor.run_network`), or None.
         frames_done: frames that have been through the network.
     """
@@ -286,34 +313,83 @@ class PreparedInput:
     gradcam: bool
     roi_given: bool
     class_count: int
+    streams: dict[str, Path] | None = None
     error: Exception | None = None
     frames_done: int = 0
     colour: np.ndarray = field(init=False, repr=False)
     layout: np.ndarray = field(init=False, repr=False)  # the frames' layout_scores (upside down, dual view)
+    classes: np.ndarray = field(init=False, repr=False)  # (N, C) class probabilities
     features: list[np.ndarray] = field(default_factory=list, repr=False)
-    _maps: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
+    # In memory: the whole (N, H, W) maps, allocated at the first network run.
+    _maps: tuple[np.ndarray, np.ndarray | None] | None = field(default=None, repr=False)
+    # Streamed: the frames' findings so far and the open files, made at the first network run.
+    _analysis: FrameAnalysis | None = field(default=None, repr=False)
+    _open: dict[str, NrrdStream] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.colour = np.zeros(self.stack.num_frames)
         self.layout = np.zeros((self.stack.num_frames, 2))
+        self.classes = np.empty((self.stack.num_frames, self.class_count), dtype=np.float32)
 
     @property
     def crop(self) -> tuple[int, int, int, int]:
         """(x, y, w, h) of the part of each frame the network sees."""
-        height, width = self.stack.frame_shape
-        return self.box or (self.region.box if self.region is not None else (0, 0, width, height))
+        return analysed_box(self.box, self.region, self.stack.frame_shape)
 
     @property
     def complete(self) -> bool:
         """Every frame has been through the network, or the input failed."""
         return self.error is not None or self.frames_done >= self.stack.num_frames
 
-    def maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(probability, class probabilities, Grad-CAM or None), allocated at the first network run."""
+    def chunk_maps(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probability, Grad-CAM or None) of frames ``start:stop`` to fill, zero where nothing is pasted:
+        views of the whole maps, or new arrays for a streamed clip."""
+        count, (height, width) = self.stack.num_frames, self.stack.frame_shape
+        if self.streams is not None:
+            shape = (stop - start, height, width)
+            return np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32) if self.gradcam else None
         if self._maps is None:
-            count, (height, width) = self.stack.num_frames, self.stack.frame_shape
             # Outside the box there is no lesion: the maps start at zero and the box is pasted in.
             self._maps = (np.zeros((count, height, width), dtype=np.float32),
-                          np.empty((count, self.class_count), dtype=np.float32),
                           np.zeros((count, height, width), dtype=np.float32) if self.gradcam else None)
-        return self._maps
+        probability, gradcam = self._maps
+        return probability[start:stop], gradcam[start:stop] if gradcam is not None else None
+
+    def chunk_done(self, start: int, probability: np.ndarray, gradcam: np.ndarray | None) -> None:
+        """Frames from ``start`` are through the network: a streamed clip analyses them and writes their
+        maps to its files (in frame order), and keeps neither."""
+        if self.streams is None:
+            return
+        if self._analysis is None:
+            box = self.crop
+            self._analysis = FrameAnalysis(self.stack.num_frames, self.stack.frame_shape, self.stack.geometry,
+                                           self.threshold, box[2] * box[3])
+            shape = (self.stack.num_frames, *self.stack.frame_shape)
+            header = map_header(self.stack.geometry, shape)
+            self._open = {name: NrrdStream(path, header, shape, np.float32) for name, path in self.streams.items()
+                          if name == "probability" or self.gradcam}
+        self._analysis.add(start, probability)
+        for name, values in (("probability", probability), ("gradcam", gradcam)):
+            if name in self._open:
+                if self._open[name].frames_written != start:
+                    raise ValueError(f"{self.stack.source}: frames must reach a streamed map in order")
+                self._open[name].write(values)
+
+    def finished_maps(self) -> tuple[StoredMap | None, StoredMap | None, FrameAnalysis | None]:
+        """(probability, Grad-CAM, analysis) for the result once every frame is through: the arrays
+        (analysis None: the result takes it), or a streamed clip's closed files and its analysis."""
+        if self.streams is None:
+            if self._maps is None:
+                raise ValueError(f"{self.stack.source}: no frame has been through the network")
+            return (*self._maps, None)
+        if self._analysis is None:
+            raise ValueError(f"{self.stack.source}: no frame has been through the network")
+        for stream in self._open.values():
+            stream.close()
+        return self._open.get("probability"), self._open.get("gradcam"), self._analysis
+
+    def discard(self) -> None:
+        """Drop a streamed clip's files (an error, a cancel): no temporary file is left."""
+        for stream in self._open.values():
+            if not stream.committed:
+                stream.discard()

@@ -26,7 +26,8 @@ from MFFMTCore.inference import (
     find_components,
     resize_to_frame,
 )
-from MFFMTCore.inference.segmentation_file import segment_extent, write_segmentation
+from MFFMTCore.inference.label_frames import LabelFrames
+from MFFMTCore.inference.segmentation_file import write_segmentation
 from MFFMTCore.model_file import ModelFileError, ModelInfo, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput
 
@@ -312,10 +313,12 @@ def test_inputs_that_are_not_frames_are_refused(predictor, tmp_path):
 
 
 def test_segmentation_extent_and_an_empty_lesion(tmp_path):
-    mask = np.zeros((8, 6, 4), dtype=np.uint8)  # (i, j, k)
-    assert segment_extent(mask) == [0, -1, 0, -1, 0, -1]  # Slicer's empty extent
-    mask[2:5, 1, 3] = 1
-    assert segment_extent(mask) == [2, 4, 1, 1, 3, 3]
+    mask = np.zeros((4, 6, 8), dtype=np.uint8)  # (k, j, i): frames, rows, columns
+    assert LabelFrames.of(mask).extent() == [0, -1, 0, -1, 0, -1]  # Slicer's empty extent
+    mask[3, 1, 2:5] = 1
+    mask[1, 4, 6] = 1
+    assert LabelFrames.of(mask).extent() == [2, 6, 1, 4, 1, 3]  # (i_min, i_max, j_min, j_max, k_min, k_max)
+    np.testing.assert_array_equal(LabelFrames.of(mask).array(), mask)
 
     geometry = ImageGeometry((0.5, 0.5), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0))
     path = write_segmentation(tmp_path / "empty.seg.nrrd", np.zeros((1, 6, 8), dtype=np.uint8), geometry)
