@@ -8,13 +8,15 @@ Reports, in one process (the 300-frame clip runs in a child process so its peak 
 - the same latencies with torch's default number of threads;
 - cold model-load time (``load_model`` of a saved MFFMT18 file, first call in the process);
 - peak memory (RSS) and time of ``Predictor.predict`` + ``write_outputs`` on a 300 x 480 x 640
-  uint8 clip, with the per-frame preprocessing cost.
+  uint8 clip, with the per-frame preprocessing cost: maps in memory, then streamed to their files
+  (``maps_to``, what ``mffmt predict`` does), each in a fresh process, with the clip's frames/s as a
+  ratio to the bare ResNet18's batched frames/s in that process.
 
 Comparisons run with ``torch.set_num_threads(1)`` (the machine is shared). Weights are random:
 speed does not depend on their values. Goals: MFFMT18 per frame <= 1.3x bare ResNet18; load < 1 s;
-peak < 2 GB.
+peak of the streamed clip <= 1 GB (issue 22), any input <= 2 GB (issue 21).
 
-Run: ``python bench/bench_inference.py [--runs 20] [--clip-frames 300]``.
+Run: ``python bench/bench_inference.py [--runs 20] [--clip-frames 300] [--clip-maps memory,streamed]``.
 """
 
 from __future__ import annotations
@@ -116,30 +118,49 @@ def variants(bare: torch.nn.Module, mffmt: torch.nn.Module, batch: int, folder: 
     }
 
 
-def clip_child(model_path: str, frames: int, threads: int, queue: multiprocessing.Queue) -> None:
-    """In a fresh process: cold model load, then peak memory and time of predicting and writing a clip."""
+def clip_child(model_path: str, frames: int, threads: int, streamed: bool, queue: multiprocessing.Queue) -> None:
+    """In a fresh process: cold model load, then peak memory and time of predicting and writing a clip,
+    with its maps in memory or streamed to their files (``maps_to``, as ``mffmt predict`` does), and
+    the bare ResNet18's batched frames/s in the same process."""
     torch.set_num_threads(threads)
     from MFFMTCore.data.transforms import preprocess_frame
     from MFFMTCore.inference import Predictor
-    from MFFMTCore.inference.outputs import write_outputs
+    from MFFMTCore.inference.outputs import output_paths, write_outputs
 
     start = time.perf_counter()
     predictor = Predictor(model_path, batch_size=8)
     cold = time.perf_counter() - start
     clip = np.random.default_rng(0).integers(0, 255, size=(frames, 480, 640), dtype=np.uint8)
+    bare, x = BareResNet("resnet18").eval(), torch.rand(8, 1, *predictor.input_size)
+    bare_ms = paired_timings_ms(eager(bare, x), lambda: None, 5, warmup=1)[0][0]
+    del bare
     baseline = peak_rss_mb()
     frame = clip[0].astype(np.float32)
     preprocess = paired_timings_ms(lambda: preprocess_frame(frame, (SIZE, SIZE)), lambda: None, 10)[0][0]
-    start = time.perf_counter()
-    result = predictor.predict(clip, spacing=(0.1, 0.1, 1.0))
-    predicted = time.perf_counter() - start
-    peak_predict = peak_rss_mb()
     with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        streaming = {"maps_to": output_paths(folder, "clip")} if streamed else {}
+        result = predictor.predict(clip, spacing=(0.1, 0.1, 1.0), **streaming)
+        predicted = time.perf_counter() - start
+        peak_predict = peak_rss_mb()
         start = time.perf_counter()
         write_outputs(result, folder, "clip")
         written = time.perf_counter() - start
     queue.put({"cold_load_s": cold, "baseline_mb": baseline, "peak_predict_mb": peak_predict,
-               "peak_mb": peak_rss_mb(), "predict_s": predicted, "write_s": written, "preprocess_ms": preprocess})
+               "peak_mb": peak_rss_mb(), "predict_s": predicted, "write_s": written, "preprocess_ms": preprocess,
+               "bare_fps": 8000 / bare_ms})
+
+
+def run_clip(path: Path, frames: int, streamed: bool) -> dict:
+    """:func:`clip_child` in a spawned process: its figures."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=clip_child, args=(str(path), frames, 1, streamed, queue))
+    child.start()
+    child.join()  # the child's report is a small dict: joining before reading cannot block on the queue
+    if child.exitcode != 0:
+        raise SystemExit(f"the clip run failed (exit status {child.exitcode})")
+    return queue.get()
 
 
 def report(name: str, timings: list[tuple[float, float]], batch: int) -> None:
@@ -156,6 +177,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--clip-frames", type=int, default=300)
     parser.add_argument("--skip-latency", action="store_true", help="only model load and the clip")
+    parser.add_argument("--clip-maps", default="memory,streamed",
+                        help="the clip runs: maps in memory, streamed to files, or both (memory alone for a "
+                             "checkout from before streaming)")
     args = parser.parse_args()
     default_threads = torch.get_num_threads()
     torch.manual_seed(0)
@@ -183,20 +207,18 @@ def main() -> None:
         print(f"model load (1 thread, file {path.stat().st_size / 2**20:.1f} MiB): "
               f"median {load[0]:.0f} ms, min {load[1]:.0f} ms")
 
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        child = context.Process(target=clip_child, args=(str(path), args.clip_frames, 1, queue))
-        child.start()
-        child.join()  # the child's report is a small dict: joining before reading cannot block on the queue
-        if child.exitcode != 0:
-            raise SystemExit(f"the clip run failed (exit status {child.exitcode})")
-        clip = queue.get()
-        print(f"fresh process: cold Predictor load {clip['cold_load_s'] * 1000:.0f} ms")
-        print(f"{args.clip_frames}x480x640 uint8 clip, 1 thread, batch 8: predict {clip['predict_s']:.1f} s "
-              f"({clip['predict_s'] / args.clip_frames * 1000:.0f} ms/frame, of which preprocessing "
-              f"{clip['preprocess_ms']:.0f} ms), write outputs {clip['write_s']:.1f} s")
-        print(f"  peak RSS: {clip['baseline_mb']:.0f} MB with model and clip loaded, {clip['peak_predict_mb']:.0f} MB "
-              f"after predict, {clip['peak_mb']:.0f} MB after writing the outputs")
+        for streamed in [kind == "streamed" for kind in args.clip_maps.split(",")]:
+            clip = run_clip(path, args.clip_frames, streamed)
+            fps = args.clip_frames / clip["predict_s"]
+            print(f"{args.clip_frames}x480x640 uint8 clip, maps {'streamed to their files' if streamed else 'in memory'}, "
+                  f"1 thread, batch 8 (fresh process, cold Predictor load {clip['cold_load_s'] * 1000:.0f} ms):")
+            whole = args.clip_frames / (clip["predict_s"] + clip["write_s"])
+            print(f"  predict {clip['predict_s']:.1f} s ({fps:.1f} frames/s, {fps / clip['bare_fps']:.2f}x the bare "
+                  f"ResNet18's {clip['bare_fps']:.1f} frames/s at batch 8 in that process; preprocessing "
+                  f"{clip['preprocess_ms']:.0f} ms/frame), write outputs {clip['write_s']:.1f} s; predict and "
+                  f"write {whole:.1f} frames/s, {whole / clip['bare_fps']:.2f}x")
+            print(f"  peak RSS: {clip['baseline_mb']:.0f} MB with model and clip loaded, {clip['peak_predict_mb']:.0f} MB "
+                  f"after predict, {clip['peak_mb']:.0f} MB after writing the outputs")
 
 
 if __name__ == "__main__":

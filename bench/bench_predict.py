@@ -64,7 +64,7 @@ STAGES = [
     ("input check", "distance"),
     ("input check", "assess_frames"),
     ("write segmentation", "write_segmentation"),
-    ("write probability", "write_image"),
+    ("write probability", "write_result_map"),  # a streamed clip compresses its map as it leaves the network
     ("write overlay", "write_overlay"),
     ("write DICOM", "write_dicom_results"),
     ("results table", "write_results"),
