@@ -53,4 +53,5 @@ REQUIREMENTS = (
     Requirement("highdicom", ">=0.28,<1", "highdicom", only_with="pydicom>=3"),
     Requirement("scipy", ">=1.10", "scipy"),
     Requirement("slicerio", ">=1.1", "slicerio"),
+    Requirement("pynrrd", ">=1.0,<2", "nrrd"),  # the headers of maps streamed to disk
 )
