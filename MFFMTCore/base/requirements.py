@@ -54,4 +54,5 @@ REQUIREMENTS = (
     Requirement("scipy", ">=1.10", "scipy"),
     Requirement("slicerio", ">=1.1", "slicerio"),
     Requirement("pynrrd", ">=1.0,<2", "nrrd"),  # the headers of maps streamed to disk
+    Requirement("zlib-ng", ">=0.5,<2", "zlib_ng"),  # their gzip compression, at ITK's speed
 )

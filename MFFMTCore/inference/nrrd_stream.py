@@ -21,20 +21,21 @@ import io
 import os
 import shutil
 import weakref
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import nrrd
 import numpy as np
+from zlib_ng import zlib_ng
 
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.files import atomic_path, move_into_place, temporary_beside
 
-# gzip level 1: a 300-frame float32 map is written about 4x faster than at the default level.
+# gzip level 1 of zlib-ng, as SimpleITK wrote the maps: 2.7x faster than Python's zlib at level 1
+# (files about 15% larger).
 COMPRESSION_LEVEL = 1
-_GZIP = zlib.MAX_WBITS | 16  # a gzip stream, as NRRD's "encoding: gzip" holds
+_GZIP = zlib_ng.MAX_WBITS | 16  # a gzip stream, as NRRD's "encoding: gzip" holds
 _READ_BYTES = 1 << 20
 _DECOMPRESSED_BYTES = 1 << 24  # what one decompression step may give (a compressed run of zeros expands 1000x)
 
@@ -120,7 +121,7 @@ class NrrdStream:
         self._finalizer = weakref.finalize(self, _unlink, self._temporary)
         self._file: BinaryIO | None = open(self._temporary, "wb")
         self._file.write(header)
-        self._compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, _GZIP)
+        self._compressor = zlib_ng.compressobj(COMPRESSION_LEVEL, zlib_ng.DEFLATED, _GZIP)
 
     @property
     def path(self) -> Path:
@@ -184,7 +185,7 @@ class NrrdStream:
         self.close()
         array = np.empty(self.shape, dtype=self.dtype)
         target = memoryview(array.reshape(-1)).cast("B")
-        decompressor = zlib.decompressobj(_GZIP)
+        decompressor = zlib_ng.decompressobj(_GZIP)
         done = 0
         with open(self.path, "rb") as file:
             file.seek(self.header_length)
