@@ -25,7 +25,7 @@ from PIL import Image
 
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.results_schema import read_results_document
-from MFFMTCore.files import remove_temporaries
+from MFFMTCore.files import ImageReadError, remove_temporaries
 from MFFMTCore.inference import Predictor
 from MFFMTCore.inference.batch import predict_files
 from MFFMTCore.inference.label_frames import LabelFrames
@@ -180,6 +180,22 @@ def test_predict_files_streams_a_clip_into_its_output_files(predictor, clip, thr
             assert (output / path.name).read_bytes() == path.read_bytes()
         else:
             _same_image(output / path.name, path)
+
+
+def test_a_streamed_clip_with_an_roi_and_a_failing_one(predictor, clip, threshold, tmp_path):
+    roi = (20, 10, 100, 80)
+    in_memory = predictor.predict(clip[:6], roi=roi, threshold=threshold)
+    streamed = predictor.predict(clip[:6], roi=roi, threshold=threshold, maps_to=output_paths(tmp_path, "roi"))
+    assert isinstance(streamed.stored_map("probability"), NrrdStream)
+    assert streamed.to_json() == in_memory.to_json()
+    np.testing.assert_array_equal(streamed.probability, in_memory.probability)
+
+    # Frame 5 holds a NaN: no answer, and the frames streamed before it leave no file.
+    broken = clip[:8].astype(np.float32)
+    broken[5, 50, 60] = np.nan
+    with pytest.raises(ImageReadError, match="frame 5"):
+        predictor.predict(broken, maps_to=output_paths(tmp_path / "broken", "broken"))
+    assert _files(tmp_path / "broken") == []
 
 
 def test_a_cancelled_clip_leaves_no_file(predictor, clip, tmp_path):
