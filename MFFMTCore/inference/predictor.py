@@ -3,11 +3,17 @@
 Usage::
 
     from MFFMTCore.inference import Predictor
+    from MFFMTCore.inference.outputs import output_paths, write_outputs
 
     predictor = Predictor("RUN_DIR/model.safetensors")       # or Predictor() for the default model
     result = predictor.predict("bus_0001-l.png")            # a file, SimpleITK image or NumPy array
     result.frames[0].p_malignant, result.label_image()      # label map in the input's geometry
     result.with_threshold(0.3)                              # new threshold, no new network run
+
+    # A long clip as ``mffmt predict`` runs it: its maps go to their files as its frames leave the
+    # network, not into memory (see ``maps_to``); write_outputs moves them into place.
+    result = predictor.predict("clip.nrrd", maps_to=output_paths("out", "clip"))
+    write_outputs(result, "out", "clip")
 """
 
 from __future__ import annotations
