@@ -26,7 +26,7 @@ Round 2, before (67ef1c0) and after (issue 21's branch), ``python experiments/ba
 | R2.5a one image under two spellings, split | 4 images on both sides | 0 |
 | R2.5b evaluate, one entry listed twice | scored 5 of 4 distinct images, no note | 4 scored, one-line note |
 | R2.7 875 KB PNG of 30000x30000 | > 5.7 GB, transform error (issue's figure; not rerun) | refused before decoding, one line; peak 0.65 GB |
-| R2.7b an RLE DICOM clip, 400 frames of 1024x1024 (11.3 MB file; `mffmt predict`, peak of the child) | 4.51 / 4.54 / 4.52 GB peak, 111 / 76 / 77 s (the whole float32 probability map held, copied by SimpleITK, the label map copied by pynrrd) | 1.11 / 1.11 / 1.13 GB, 187 s with Python's zlib, 69 / 74 s with zlib-ng (the maps streamed to their files, the label kept compressed per frame; the 400 MiB of decoded frames are the input's); same 400 rows |
+| R2.7b an RLE DICOM clip, 400 frames of 1024x1024 (11.3 MB file; `mffmt predict`, peak of the child) | 4.51 / 4.54 / 4.52 GB peak, 111 / 76 / 77 s (the whole float32 probability map held, copied by SimpleITK, the label map copied by pynrrd) | 1.11 / 1.11 / 1.13 GB, 187 s with Python's zlib, 69 / 74 s with zlib-ng (the maps streamed to their files, the label kept compressed per frame; the 400 MiB of decoded frames are the input's); 400 rows in both |
 | R2.8 a 250-character input name among others | exit 2, the batch stopped | both done (shortened stem with a hash) |
 | R2.10 a colour frame flagged "not breast B-mode" | p_malignant 0.50, lesion_present True, 4096 px lesion | p_malignant empty, no lesion |
 | R2.12a grey + alpha PNG | refused (Unknown PixelType) | read as its grey values |
