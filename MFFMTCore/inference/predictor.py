@@ -143,8 +143,9 @@ class Predictor:
                 more than one frame then holds no map in memory: each chunk of frames is analysed as
                 it leaves the network and its maps are compressed into those files (a map not named
                 is not kept), which :func:`~MFFMTCore.inference.outputs.write_outputs` moves into place.
-                Memory then does not grow with the clip's length beyond its input frames. None: the
-                maps are held in memory (N x H x W x 4 bytes each).
+                Memory then does not grow with the clip's length beyond its input frames (which stay
+                in memory: N x H x W bytes grey, 3x that in colour). None: the maps are held in memory
+                (N x H x W x 4 bytes each).
 
         Returns:
             Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
