@@ -23,7 +23,7 @@ from PIL import Image
 from MFFMTCore.base.results_schema import read_results_document
 from MFFMTCore.cli import main
 from MFFMTCore.inference import Predictor
-from MFFMTCore.inference.batch import find_inputs, network_threads, predict_files
+from MFFMTCore.inference.batch import find_inputs, network_plan, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,8 @@ def test_reading_and_writing_get_a_core_of_the_threads_set_and_the_setting_comes
         torch.set_num_threads(previous)
 
 
-def test_network_threads_on_a_gpu_leave_the_cpu_threads_as_set():
-    assert network_threads(8, torch.device("cuda"), 100) == 8
-    assert network_threads(8, torch.device("cpu"), 100) == 7
+def test_network_plan():
+    assert network_plan(8, torch.device("cpu"), 100, gradcam=False) == (8, 1)  # 8 calls of one thread
+    assert network_plan(8, torch.device("cpu"), 1, gradcam=False) == (1, 8)  # nothing to overlap
+    assert network_plan(8, torch.device("cpu"), 100, gradcam=True) == (1, 8)  # Grad-CAM's hooks are shared
+    assert network_plan(8, torch.device("cuda"), 100, gradcam=False) == (1, 8)
