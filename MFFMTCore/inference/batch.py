@@ -462,6 +462,10 @@ def _predict_locked(
     return BatchSummary(pipeline.run())
 
 
+# Network calls in flight at most: on many cores, a few calls of several threads each keep memory bounded.
+_MAX_CALLS = 4
+
+
 def network_plan(threads: int, device: torch.device, inputs: int, gradcam: bool) -> tuple[int, int]:
     """(network calls run at once, torch threads each) while the reader and writer threads work beside them.
 
@@ -470,8 +474,9 @@ def network_plan(threads: int, device: torch.device, inputs: int, gradcam: bool)
     torch's threads wait for each other at every operation, so one of them descheduled stalls them
     all. Calls of one thread each never wait for each other: ``threads`` calls of one thread, on
     frames of different inputs, keep every core busy whatever the reader and writer take
-    (bench/bench_predict.py). A single input has nothing to overlap, and Grad-CAM's backward pass
-    shares hooks on the model: then one call on all ``threads``.
+    (bench/bench_predict.py). At most :data:`_MAX_CALLS` calls (each holding a batch of frames and
+    their maps) run at once; many cores are shared among them. A single input has nothing to
+    overlap, and Grad-CAM's backward pass shares hooks on the model: then one call on all ``threads``.
 
     Args:
         threads: torch threads set for the process (``--threads``, or torch's default).
@@ -481,7 +486,8 @@ def network_plan(threads: int, device: torch.device, inputs: int, gradcam: bool)
     """
     if device.type != "cpu" or inputs < 2 or gradcam or threads < 2:
         return 1, threads
-    return threads, 1
+    calls = min(threads, _MAX_CALLS)
+    return calls, threads // calls
 
 
 def _done() -> Future[None]:

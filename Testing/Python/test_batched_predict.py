@@ -157,7 +157,8 @@ def test_reading_and_writing_get_a_core_of_the_threads_set_and_the_setting_comes
 
 
 def test_network_plan():
-    assert network_plan(8, torch.device("cpu"), 100, gradcam=False) == (8, 1)  # 8 calls of one thread
+    assert network_plan(2, torch.device("cpu"), 100, gradcam=False) == (2, 1)  # 2 calls of one thread
+    assert network_plan(8, torch.device("cpu"), 100, gradcam=False) == (4, 2)  # at most 4 calls at once
     assert network_plan(8, torch.device("cpu"), 1, gradcam=False) == (1, 8)  # nothing to overlap
     assert network_plan(8, torch.device("cpu"), 100, gradcam=True) == (1, 8)  # Grad-CAM's hooks are shared
     assert network_plan(8, torch.device("cuda"), 100, gradcam=False) == (1, 8)
