@@ -529,6 +529,7 @@ class _Pipeline:
         reader = threading.Thread(target=self._reader, name="mffmt-predict-reader", daemon=True)
         writer = threading.Thread(target=self._writer, name="mffmt-predict-writer", daemon=True)
         threads = torch.get_num_threads()
+        self.threads = threads
         self.calls, per_call = network_plan(threads, self.predictor.device, len(self.inputs), self.gradcam)
         torch.set_num_threads(per_call)
         reader.start()
@@ -588,8 +589,9 @@ class _Pipeline:
     def _compute(self) -> None:
         """Gather frames across inputs, ``batch_size`` per network call; hand finished inputs on in order.
 
-        Up to ``self.calls`` calls run at once (in worker threads); the chunks of one input go
-        through one after another, and its progress is reported in this thread, in call order.
+        Up to ``self.calls`` calls of single-frame inputs run at once (in worker threads); a call
+        holding part of a clip runs alone, in this thread, on all the threads. Progress is reported
+        in this thread, in call order.
         """
         waiting: deque[_Input] = deque()  # read, in input order, not yet handed to the writer
         parts: list[tuple[_Input, int, int]] = []
@@ -612,13 +614,24 @@ class _Pipeline:
         def run_parts() -> None:
             items = list(dict.fromkeys(item for item, _, _ in parts))
             call = [(item.prepared, start, stop) for item, start, stop in parts]
+            # A clip's frames fill several calls, which must run one after another (its maps and
+            # features are filled in order): one call on all the threads, the others finished first.
+            clip = any(stop - start < item.frames for item, start, stop in parts)
             parts.clear()
             if pool is None:
                 self.predictor.run_network(call)
                 future = _done()
+            elif clip:
+                while running:
+                    finish_oldest()
+                torch.set_num_threads(self.threads)
+                try:
+                    self.predictor.run_network(call)
+                finally:
+                    torch.set_num_threads(1)  # the worker threads took one thread at their first call
+                future = _done()
             else:
-                # At most self.calls at once, and an input's chunks in order: wait for the calls holding it.
-                while running and (len(running) >= self.calls or any(busy[item] for item in items)):
+                while len(running) >= self.calls:
                     finish_oldest()
                 future = pool.submit(self.predictor.run_network, call)
             busy.update(items)
