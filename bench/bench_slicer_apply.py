@@ -54,6 +54,7 @@ def picture_volume(slicer, png: Path):
 
 START_COSTS = """
 import json, time
+import MFFMTCore.cli  # as `mffmt serve` starts: its OpenMP setting comes before torch
 started = time.perf_counter()
 import torch
 torch_done = time.perf_counter()
