@@ -34,9 +34,17 @@ from needs import require
 
 require("MFFMTCore")
 
+import os
+
+# The children start from the user's environment (a --before checkout gets no setting of this one's).
+USER_ENVIRONMENT = dict(os.environ)
+# mffmt's OpenMP setting (MFFMTCore.cli), before torch: this process measures the network as mffmt runs it.
+import MFFMTCore.cli  # noqa: F401
+
+# isort: split
+
 import argparse
 import functools
-import os
 import shutil
 import subprocess
 import sys
@@ -213,7 +221,7 @@ def serial_budget(predictor, inputs: list[Path], output: Path, bare: torch.nn.Mo
 
 def child_env(code: Path = ROOT) -> dict[str, str]:
     """The environment of a child that imports MFFMTCore from the checkout ``code``."""
-    return {**os.environ, "PYTHONPATH": str(code)}
+    return {**USER_ENVIRONMENT, "PYTHONPATH": str(code)}
 
 
 def import_seconds() -> float:
