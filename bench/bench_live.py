@@ -29,6 +29,11 @@ from needs import require
 
 require("MFFMTCore", "pyigtl")
 
+# mffmt's OpenMP setting (MFFMTCore.cli), before torch: this process measures the network as mffmt runs it.
+import MFFMTCore.cli  # noqa: F401
+
+# isort: split
+
 import argparse
 import json
 import os

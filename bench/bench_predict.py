@@ -13,6 +13,11 @@ run and averaged, so both see the same load from other processes on a shared mac
   thread; stages that overlap (a writer thread) can add up to more than the wall time;
 - a clip of ``--clip-frames`` 480x640 frames made of real frames: ``Predictor.predict`` frames/s
   against the bare ResNet18 at the same threads, with the same stage table;
+- the folder's CPU budget: its stages run one after another on one thread in this process (no
+  overlap, so no thread contends with another), each stage's ms/frame also as a share of the bare
+  ResNet18's time per frame on one thread, measured just before and after: a figure that holds on
+  a loaded machine, and says what 2 cores can reach at best (the sum of the shares, over 2, is the
+  pipeline's frame time in bare frames when reading and writing overlap the network perfectly);
 - the start of a ``mffmt predict`` process: ``import`` of the command's modules;
 - a ``mffmt serve`` worker (what Slicer's module starts): start to ready, first and second request.
 
@@ -29,9 +34,17 @@ from needs import require
 
 require("MFFMTCore")
 
+import os
+
+# The children start from the user's environment (a --before checkout gets no setting of this one's).
+USER_ENVIRONMENT = dict(os.environ)
+# mffmt's OpenMP setting (MFFMTCore.cli), before torch: this process measures the network as mffmt runs it.
+import MFFMTCore.cli  # noqa: F401
+
+# isort: split
+
 import argparse
 import functools
-import os
 import shutil
 import subprocess
 import sys
@@ -120,8 +133,11 @@ class StageTimer:
         self._undo.clear()
 
 
-def bare_frames_per_second(bare: torch.nn.Module, seconds: float = 3.0) -> float:
-    """Bare ResNet18 throughput, batch 8 at 224x224, channels-last, ``torch.inference_mode``."""
+def bare_frames_per_second(bare: torch.nn.Module, seconds: float = 3.0, threads: int | None = None) -> float:
+    """Bare ResNet18 throughput, batch 8 at 224x224, channels-last, ``torch.inference_mode``, on
+    ``threads`` torch threads (default: as set)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     x = torch.rand(8, 1, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         bare(x)
@@ -164,9 +180,48 @@ def print_stages(title: str, timer: StageTimer, wall: float, frames: int) -> Non
     print(f"    {'(rest)':20s} {wall - accounted:7.2f} s  (negative: stages overlapped)")
 
 
+def serial_budget(predictor, inputs: list[Path], output: Path, bare: torch.nn.Module) -> None:
+    """The folder's stages one after another on one thread (see the module docstring)."""
+    from MFFMTCore.base.results_schema import result_columns, results_document, write_results
+    from MFFMTCore.inference.outputs import write_outputs
+    from MFFMTCore.inference.results_table import frame_rows
+
+    torch.set_num_threads(1)
+    before = bare_frames_per_second(bare, threads=1)
+    timer = StageTimer()
+    timer.install(predictor.model)
+    start = time.perf_counter()
+    rows = []
+    for first in range(0, len(inputs), predictor.batch_size):
+        chunk = inputs[first:first + predictor.batch_size]
+        prepared = [predictor.prepare(path) for path in chunk]
+        predictor.run_network([(item, 0, item.stack.num_frames) for item in prepared])
+        for path, item in zip(chunk, prepared):
+            result = predictor.result(item)
+            write_outputs(result, output, path.stem)
+            rows += frame_rows(result, str(path))
+    write_results(output, results_document({}, {}, result_columns(predictor.class_names), [], rows))
+    wall = time.perf_counter() - start
+    timer.remove()
+    after = bare_frames_per_second(bare, threads=1)
+    bare_ms = 2000 / (before + after)
+    print(f"  folder's CPU budget, stages one after another on 1 thread: wall {wall:.2f} s; bare ResNet18 "
+          f"{bare_ms:.1f} ms/frame on 1 thread ({before:.1f} and {after:.1f} frames/s before and after)")
+    total = 0.0
+    for stage in dict.fromkeys(stage for stage, _ in STAGES):
+        if timer.calls.get(stage):
+            ms = timer.seconds[stage] / len(inputs) * 1000
+            total += ms
+            print(f"    {stage:20s} {ms:7.1f} ms/frame  {ms / bare_ms:5.2f} bare frames")
+    rest = wall / len(inputs) * 1000 - total
+    print(f"    {'(rest)':20s} {rest:7.1f} ms/frame  {rest / bare_ms:5.2f} bare frames")
+    print(f"    {'all':20s} {wall / len(inputs) * 1000:7.1f} ms/frame  {wall / len(inputs) * 1000 / bare_ms:5.2f} "
+          f"bare frames; on 2 cores at best {2 * bare_ms / (wall / len(inputs) * 1000):.2f}x the bare ResNet18 on 1 thread")
+
+
 def child_env(code: Path = ROOT) -> dict[str, str]:
     """The environment of a child that imports MFFMTCore from the checkout ``code``."""
-    return {**os.environ, "PYTHONPATH": str(code)}
+    return {**USER_ENVIRONMENT, "PYTHONPATH": str(code)}
 
 
 def import_seconds() -> float:
@@ -211,6 +266,7 @@ def main() -> None:
     parser.add_argument("--clip-threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--stages-only", action="store_true", help="only the stage tables (in this process)")
+    parser.add_argument("--budget-only", action="store_true", help="only the folder's CPU budget (in this process)")
     parser.add_argument("--before", type=Path, metavar="CHECKOUT",
                         help="another checkout (e.g. the main branch) whose `mffmt predict` runs alternately with "
                              "this one's on the folder, each beside its own bare ResNet18 figure")
@@ -223,22 +279,31 @@ def main() -> None:
     torch.manual_seed(0)
     bare = BareResNet("resnet18").eval().to(memory_format=torch.channels_last)
     print(f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs")
-    print(f"process start: import MFFMTCore.cli {import_seconds():.2f} s")
+    if not args.budget_only:
+        print(f"process start: import MFFMTCore.cli {import_seconds():.2f} s")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         files = make_folder(args.images, args.folder_files, work / "in")
+        if args.budget_only:
+            predictor = Predictor()
+            predictor.predict(files[0])  # warm-up
+            serial_budget(predictor, find_inputs([work / "in"]), work / "budget", bare)
+            return
         torch.set_num_threads(args.threads)
         checkouts = [("before", args.before), ("this checkout", ROOT)] if args.before else [("this checkout", ROOT)]
         for run in range(0 if args.stages_only else args.repeat):
             for name, code in checkouts:
-                before = bare_frames_per_second(bare)
+                # The reference is the bare network at its best on these cores: on all --threads, or on
+                # one thread when the others are busy (on a loaded machine one thread can be faster).
+                before = [bare_frames_per_second(bare, threads=count) for count in (args.threads, 1)]
                 wall = folder_command(work / "in", work / f"out{run}_{len(name)}", args.threads, code)
-                after = bare_frames_per_second(bare)
-                reference = (before + after) / 2
+                after = [bare_frames_per_second(bare, threads=count) for count in (args.threads, 1)]
+                full, one = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+                reference = max(full, one)
                 print(f"folder of {len(files)} frames, `mffmt predict` of {name} in a child, {args.threads} threads: "
-                      f"{wall:.2f} s, {len(files) / wall:.1f} frames/s; bare ResNet18 {reference:.1f} frames/s "
-                      f"({before:.1f} before, {after:.1f} after); ratio {len(files) / wall / reference:.2f}; "
-                      f"load {os.getloadavg()[0]:.1f}")
+                      f"{wall:.2f} s, {len(files) / wall:.1f} frames/s; bare ResNet18 {full:.1f} frames/s on "
+                      f"{args.threads} threads ({before[0]:.1f} before, {after[0]:.1f} after), {one:.1f} on 1; "
+                      f"ratio to the better {len(files) / wall / reference:.2f}; load {os.getloadavg()[0]:.1f}")
 
         for name, code in [] if args.stages_only else checkouts:
             print(f"`mffmt serve` of {name}: {serve_start(code, files[0], work / f'serve_{len(name)}')}; "
@@ -256,6 +321,8 @@ def main() -> None:
                      time.perf_counter() - start, len(inputs))
         timer.remove()
         shutil.rmtree(work / "profile")
+        serial_budget(predictor, inputs, work / "budget", bare)
+        shutil.rmtree(work / "budget")
 
         clip = make_clip(files, args.clip_frames)
         torch.set_num_threads(args.clip_threads)

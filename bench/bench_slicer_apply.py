@@ -13,7 +13,11 @@ what a user waits for after pressing Apply. Reports, in one run:
   run right after each warm Apply, and ``slicer_side``, the median of Apply - worker_predict:
   writing the input, the request and loading the results into the scene;
 - ``child``: a cold ``mffmt predict`` child process on the same input file, started and waited for
-  alone (no scene work): what every Apply paid before the module used a warm worker.
+  alone (no scene work): what every Apply paid before the module used a warm worker;
+- ``start_costs``: what a worker's start is made of, in a fresh interpreter as ``mffmt serve``
+  runs it: interpreter start, ``import torch``, ``import monai`` (all of it: MONAI's package imports
+  every submodule, and MFFMT's backbone and transforms are MONAI's), the rest of MFFMTCore's
+  worker modules, loading the model, and the warm-up prediction (median of ``--start-runs``).
 
 Run: ``python bench/bench_slicer_apply.py [--runs 10] [--sample bus_0012-r.png]`` (needs the dev
 extras, which bring slicer-core). Prints one JSON object.
@@ -48,11 +52,48 @@ def picture_volume(slicer, png: Path):
                                           np.diag([-1.0, -1.0, 1.0, 1.0]), png.stem)
 
 
+START_COSTS = """
+import json, time
+import MFFMTCore.cli  # as `mffmt serve` starts: its OpenMP setting comes before torch
+started = time.perf_counter()
+import torch
+torch_done = time.perf_counter()
+import monai
+monai_done = time.perf_counter()
+import MFFMTCore.serving.worker
+from MFFMTCore.inference.predictor import Predictor
+modules_done = time.perf_counter()
+predictor = Predictor()
+loaded = time.perf_counter()
+predictor.warm_up()
+warm = time.perf_counter()
+print(json.dumps({"import_torch_s": torch_done - started, "import_monai_s": monai_done - torch_done,
+                  "import_mffmtcore_s": modules_done - monai_done, "load_model_s": loaded - modules_done,
+                  "warm_up_s": warm - loaded}))
+"""
+
+
+def start_costs(runs: int) -> dict[str, float]:
+    """The parts of a worker's start (see the module docstring), median of ``runs`` fresh interpreters."""
+    import subprocess
+
+    figures = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        output = subprocess.run([sys.executable, "-c", START_COSTS], capture_output=True, text=True, check=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+        total = time.perf_counter() - started
+        parts = json.loads(output)
+        figures.append(parts | {"interpreter_and_exit_s": total - sum(parts.values()), "total_s": total})
+    return {key: round(statistics.median(figure[key] for figure in figures), 3) for key in figures[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="warm Apply runs after the first")
     parser.add_argument("--sample", default="bus_0012-r.png", help="bundled sample to segment")
     parser.add_argument("--no-child", action="store_true", help="skip the cold mffmt predict child")
+    parser.add_argument("--start-runs", type=int, default=3, help="fresh interpreters timed for start_costs")
     args = parser.parse_args()
 
     import slicercore
@@ -109,6 +150,7 @@ def main() -> None:
         report["child_over_warm"] = round(report["child_s"] / report["warm_median_s"], 1)
     if worker is not None:
         worker.close()
+    report["start_costs"] = start_costs(args.start_runs)
     print(json.dumps(report))
 
 

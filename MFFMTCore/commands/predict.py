@@ -84,8 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "kept), and replace files in their output names that predict did not write")
     add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="frames per network call")
-    add_threads(parser, "CPU threads for torch (default: torch's choice); 1 is fastest when other "
-                        "processes keep the cores busy")
+    add_threads(parser, "CPU threads for torch (default: torch's choice); with several inputs, that many "
+                        "network calls of one thread each run at once, beside reading and writing")
     add_progress(parser)
     parser.set_defaults(run=run)
 

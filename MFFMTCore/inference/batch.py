@@ -10,8 +10,9 @@
 - An input that fails (unreadable, not an image, NaN pixels, too small, ROI outside the frame, a
   symbolic-link loop) gets a row with its error; the others go on at full speed.
 - Frames of several inputs go through the network together (the predictor's ``batch_size``); the
-  next inputs are read and the finished ones written in two threads beside it. results.csv and
-  results.json are rewritten whenever the writer has caught up, and at least once a second.
+  next inputs are read and the finished ones written in two threads beside it. On the CPU, with
+  more than one input, several network calls of few torch threads each run at once, so that
+  reading and writing never stall the network (:func:`network_plan`). results.csv and results.json are rewritten whenever the writer has caught up, and at least once a second.
   Stopping (Ctrl-C, a cancel) records every input whose files are written and drops the inputs in
   flight whole: no output file is left without its row.
 - One run at a time per output folder (:class:`MFFMTCore.folder_lock.FolderLock`); temporary files
@@ -31,9 +32,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from MFFMTCore.base.model_metadata import calibration_note
 from MFFMTCore.base.results_schema import (
@@ -454,12 +458,49 @@ def _predict_locked(
             entries[item.outcome.input] = item.entry | {"settings": settings, "sha256": item.digest}
             rows[item.outcome.input] = item.rows
 
-    pipeline = _Pipeline(predictor, inputs, read, write, save, progress, frames_progress)
+    pipeline = _Pipeline(predictor, inputs, read, write, save, progress, frames_progress, gradcam)
     return BatchSummary(pipeline.run())
 
 
+# Network calls in flight at most: on many cores, a few calls of several threads each keep memory bounded.
+_MAX_CALLS = 4
+
+
+def network_plan(threads: int, device: torch.device, inputs: int, gradcam: bool) -> tuple[int, int]:
+    """(network calls run at once, torch threads each) while the reader and writer threads work beside them.
+
+    On the CPU their work (decoding, the imaging region, measurement, compressing the output files:
+    about half as much as the network's own per frame) competes with the network's threads, and
+    torch's threads wait for each other at every operation, so one of them descheduled stalls them
+    all. Calls on frames of different inputs never wait for each other: ``threads`` calls of one
+    thread keep every core busy whatever the reader and writer take (bench/bench_predict.py: 10-20%
+    more frames/s than one call on 2 threads, on 2 cores). At most :data:`_MAX_CALLS` calls (each
+    holding a batch of frames and their maps) run at once; more threads are shared among them. A
+    single input has nothing to overlap, and Grad-CAM's backward pass shares hooks on the model:
+    then one call on all ``threads``.
+
+    Args:
+        threads: torch threads set for the process (``--threads``, or torch's default).
+        device: the network's device; on a GPU one call at a time, the CPU threads as they are.
+        inputs: number of inputs of the run.
+        gradcam: whether Grad-CAM maps are computed.
+    """
+    if device.type != "cpu" or inputs < 2 or gradcam or threads < 2:
+        return 1, threads
+    calls = min(threads, _MAX_CALLS)
+    return calls, threads // calls
+
+
+def _done() -> Future[None]:
+    """A finished future (a call run in this thread)."""
+    future: Future[None] = Future()
+    future.set_result(None)
+    return future
+
+
 class _Pipeline:
-    """Reader thread -> network (this thread, frames of several inputs per call) -> writer thread.
+    """Reader thread -> network (frames of several inputs per call; calls in worker threads, see
+    :func:`network_plan`, or in this thread) -> writer thread.
 
     Args:
         predictor: runs the network.
@@ -473,8 +514,9 @@ class _Pipeline:
     def __init__(self, predictor: Predictor, inputs: Sequence[Path], read: Callable[[Path], _Input],
                  write: Callable[[_Input], None], save: Callable[[], None],
                  progress: Callable[[InputOutcome, int, int], None] | None,
-                 frames_progress: Callable[[str, int, int], None] | None):
+                 frames_progress: Callable[[str, int, int], None] | None, gradcam: bool = False):
         self.predictor, self.inputs, self.read, self.write, self.save = predictor, inputs, read, write, save
+        self.gradcam = gradcam
         self.progress, self.frames_progress = progress, frames_progress
         limit = 2 * predictor.batch_size
         self.read_queue, self.write_queue = _FrameQueue(limit), _FrameQueue(limit)
@@ -488,6 +530,10 @@ class _Pipeline:
     def run(self) -> list[InputOutcome]:
         reader = threading.Thread(target=self._reader, name="mffmt-predict-reader", daemon=True)
         writer = threading.Thread(target=self._writer, name="mffmt-predict-writer", daemon=True)
+        threads = torch.get_num_threads()
+        self.threads = threads
+        self.calls, per_call = network_plan(threads, self.predictor.device, len(self.inputs), self.gradcam)
+        torch.set_num_threads(per_call)
         reader.start()
         writer.start()
         try:
@@ -505,6 +551,7 @@ class _Pipeline:
             writer.join()
             raise
         finally:
+            torch.set_num_threads(threads)
             self.stopping.set()
             self.read_queue.clear()
             reader.join()
@@ -543,38 +590,85 @@ class _Pipeline:
             self.written.append(item.outcome)
 
     def _compute(self) -> None:
-        """Gather frames across inputs, ``batch_size`` per network call; hand finished inputs on in order."""
+        """Gather frames across inputs, ``batch_size`` per network call; hand finished inputs on in order.
+
+        Up to ``self.calls`` calls of single-frame inputs run at once (in worker threads); a call
+        holding part of a clip runs alone, in this thread, on all the threads. Progress is reported
+        in this thread, in call order.
+        """
         waiting: deque[_Input] = deque()  # read, in input order, not yet handed to the writer
         parts: list[tuple[_Input, int, int]] = []
         size = self.predictor.batch_size
+        running: deque[tuple[Future[None], list[_Input]]] = deque()  # calls in flight, oldest first
+        busy: Counter[_Input] = Counter()  # input -> its calls in flight
+        pool = ThreadPoolExecutor(self.calls, thread_name_prefix="mffmt-predict-network") if self.calls > 1 else None
 
-        def run_parts() -> None:
-            self.predictor.run_network([(item.prepared, start, stop) for item, start, stop in parts])
-            for item in dict.fromkeys(item for item, _, _ in parts):
+        def finish_oldest() -> None:
+            future, items = running.popleft()
+            future.result()
+            for item in items:
+                busy[item] -= 1
+                if not busy[item]:
+                    del busy[item]  # finished inputs are not kept alive here
+            for item in items:
                 if self.frames_progress is not None:
                     self.frames_progress(str(item.path), item.prepared.frames_done, item.prepared.stack.num_frames)
+
+        def run_parts() -> None:
+            items = list(dict.fromkeys(item for item, _, _ in parts))
+            call = [(item.prepared, start, stop) for item, start, stop in parts]
+            # A clip's frames fill several calls, which must run one after another (its maps and
+            # features are filled in order): one call on all the threads, the others finished first.
+            clip = any(stop - start < item.frames for item, start, stop in parts)
             parts.clear()
+            if pool is None:
+                self.predictor.run_network(call)
+                future = _done()
+            elif clip:
+                while running:
+                    finish_oldest()
+                torch.set_num_threads(self.threads)
+                try:
+                    self.predictor.run_network(call)
+                finally:
+                    torch.set_num_threads(1)  # the worker threads took one thread at their first call
+                future = _done()
+            else:
+                while len(running) >= self.calls:
+                    finish_oldest()
+                future = pool.submit(self.predictor.run_network, call)
+            busy.update(items)
+            running.append((future, items))
+            while running and running[0][0].done():
+                finish_oldest()
 
         def hand_on() -> None:
-            while waiting and (waiting[0].prepared is None or waiting[0].prepared.complete):
+            while waiting and (waiting[0].prepared is None
+                               or (waiting[0].prepared.complete and not busy[waiting[0]])):
                 self.write_queue.put(waiting.popleft())
             self._report()
 
-        while (item := self.read_queue.get()) is not None:
-            waiting.append(item)
-            count = item.frames
-            start = 0
-            while start < count:
-                stop = min(count, start + size - sum(b - a for _, a, b in parts))
-                parts.append((item, start, stop))
-                start = stop
-                if sum(b - a for _, a, b in parts) == size:
-                    run_parts()
-                    hand_on()
+        try:
+            while (item := self.read_queue.get()) is not None:
+                waiting.append(item)
+                count = item.frames
+                start = 0
+                while start < count:
+                    stop = min(count, start + size - sum(b - a for _, a, b in parts))
+                    parts.append((item, start, stop))
+                    start = stop
+                    if sum(b - a for _, a, b in parts) == size:
+                        run_parts()
+                        hand_on()
+                hand_on()
+            if parts:
+                run_parts()
+            while running:
+                finish_oldest()
             hand_on()
-        if parts:
-            run_parts()
-        hand_on()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # no call goes on writing maps after a stop
         if self.error is not None:
             raise self.error
 

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
+import torch
 from PIL import Image
 
 from MFFMTCore.base.results_schema import read_results_document
 from MFFMTCore.cli import main
 from MFFMTCore.inference import Predictor
-from MFFMTCore.inference.batch import find_inputs, predict_files
+from MFFMTCore.inference.batch import find_inputs, network_plan, predict_files
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,35 @@ def test_outputs_option_writes_only_the_files_asked_for(default_model, sample_fr
     with pytest.raises(SystemExit):
         main(["predict", *frames, "--output", str(output), "--outputs", "seg,movie"])
     assert "seg, probability, overlay, dicom" in capsys.readouterr().err
+
+
+def test_reading_and_writing_get_a_core_of_the_threads_set_and_the_setting_comes_back(
+        default_model, sample_frames, tmp_path):
+    predictor = Predictor(default_model, batch_size=2)
+    seen = []
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        predict_files(predictor, list(sample_frames[:3]), tmp_path / "several",
+                      frames_progress=lambda name, done, total: seen.append(torch.get_num_threads()))
+        assert seen and set(seen) == {1}  # the reader and writer threads have the other core
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        predict_files(predictor, list(sample_frames[:1]), tmp_path / "one",
+                      frames_progress=lambda name, done, total: seen.append(torch.get_num_threads()))
+        assert seen == [2]  # one input: nothing to overlap, the network has every thread
+        torch.set_num_threads(1)
+        seen.clear()
+        predict_files(predictor, list(sample_frames[:3]), tmp_path / "single",
+                      frames_progress=lambda name, done, total: seen.append(torch.get_num_threads()))
+        assert set(seen) == {1}  # never fewer than one
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_network_plan():
+    assert network_plan(2, torch.device("cpu"), 100, gradcam=False) == (2, 1)  # 2 calls of one thread
+    assert network_plan(8, torch.device("cpu"), 100, gradcam=False) == (4, 2)  # at most 4 calls at once
+    assert network_plan(8, torch.device("cpu"), 1, gradcam=False) == (1, 8)  # nothing to overlap
+    assert network_plan(8, torch.device("cpu"), 100, gradcam=True) == (1, 8)  # Grad-CAM's hooks are shared
+    assert network_plan(8, torch.device("cuda"), 100, gradcam=False) == (1, 8)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -115,3 +117,11 @@ def test_events_are_strict_json_of_known_kinds():
     assert parse_event_line(event_line(event)) == event
     with pytest.raises(KeyError, match="unknown progress event kind"):
         make_event("finished")
+
+
+def test_mffmt_sets_passive_openmp_waiting_before_torch_is_imported():
+    # OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the command line must set it first.
+    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); import MFFMTCore.cli; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["PASSIVE", "False"]
