@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from MFFMTCore.base.pixel_budget import frame_pixel_budget, input_byte_budget
+from MFFMTCore.base.pixel_budget import frame_pixel_budget, input_byte_budget, reading_copies
 from MFFMTCore.errors import MFFMTError
 
 IMAGE_SUFFIXES = (
@@ -161,7 +161,7 @@ def check_data_files(path: str | os.PathLike) -> None:
 
 
 def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], components: int = 1,
-                       sample_bytes: int = 1) -> None:
+                       sample_bytes: int = 1, from_file: bool = True, dicom: bool = False) -> None:
     """Refuse an input whose pixels would be over the budget once decoded (:mod:`MFFMTCore.base.pixel_budget`).
 
     Call it with the sizes a header gives, before decoding. Sizes are Python integers: a header
@@ -171,6 +171,9 @@ def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], component
         size: sizes in ITK order: (width, height) of a frame, then the frame count(s).
         components: samples per pixel (3 for RGB).
         sample_bytes: bytes per sample.
+        from_file: the pixels are still to be read from a file (a colour or DICOM file is held twice
+            while read, :func:`MFFMTCore.base.pixel_budget.reading_copies`); False for pixels in memory.
+        dicom: the file is read by pydicom.
 
     Raises:
         ImageReadError: naming the input, its size and the budget (and how to raise it).
@@ -181,11 +184,13 @@ def check_pixel_budget(source: str | os.PathLike, size: Sequence[int], component
     if width * height > frame_limit:
         raise ImageReadError(source, f"frame of {width}x{height} pixels is over the budget of {frame_limit} pixels "
                                      "per frame; refused before decoding (raise MFFMT_MAX_FRAME_PIXELS to allow it)")
-    decoded = width * height * frames * max(int(components), 1) * max(int(sample_bytes), 1)
+    components = max(int(components), 1)
+    held = width * height * frames * components * max(int(sample_bytes), 1)
+    held *= reading_copies(components, dicom) if from_file else 1
     input_limit = input_byte_budget()
-    if decoded > input_limit:
-        raise ImageReadError(source, f"{frames} frames of {width}x{height} pixels would take {decoded / 2**30:.1f} GiB "
-                                     f"decoded, over the budget of {input_limit / 2**30:.1f} GiB per input; refused "
+    if held > input_limit:
+        raise ImageReadError(source, f"{frames} frames of {width}x{height} pixels would take {held / 2**30:.1f} GiB "
+                                     f"to decode, over the budget of {input_limit / 2**30:.1f} GiB per input; refused "
                                      "before decoding (raise MFFMT_MAX_INPUT_BYTES to allow it)")
 
 

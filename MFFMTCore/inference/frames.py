@@ -120,7 +120,7 @@ def as_frame_stack(
     if isinstance(image, np.ndarray):
         dimension, components = _array_layout(image)
         shape = image.shape[:3] if dimension == 3 else image.shape[:2]
-        check_pixel_budget(f"array{tuple(image.shape)}", shape[::-1], components, image.itemsize)
+        check_pixel_budget(f"array{tuple(image.shape)}", shape[::-1], components, image.itemsize, from_file=False)
         base = ImageGeometry((1.0,) * dimension, (0.0,) * dimension, tuple(np.eye(dimension).ravel()), False)
         geometry = _geometry_override(base, spacing, origin, direction)
         frames = image if dimension == 3 else image[np.newaxis]
@@ -171,9 +171,11 @@ def _check_dicom_budget(path: Path) -> None:
         header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
         size = [int(header.Columns), int(header.Rows), int(header.get("NumberOfFrames") or 1)]
         components, bits = int(header.get("SamplesPerPixel") or 1), int(header.get("BitsAllocated") or 8)
+        if str(header.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+            components, bits = 3, 16  # decoded through 16-bit palette entries into RGB
     except Exception:  # a header without usable sizes: the reader says what is wrong with it
         return
-    check_pixel_budget(path, size, components, max(bits // 8, 1))
+    check_pixel_budget(path, size, components, max(bits // 8, 1), dicom=True)
 
 
 def _dicom_frame_stack(

@@ -37,8 +37,8 @@ FINAL_EVENTS = ("ready", "info", "loaded", "result", "done", "cancelled", "error
 MAX_LINE_BYTES = 1 << 20
 # Deepest nesting of a header's JSON (requests nest three levels); deeper is refused, never recursed into.
 MAX_JSON_DEPTH = 32
-# Largest attachment: the pixel budget of one input (MFFMTCore.base.pixel_budget, 1.5 GiB by
-# default: a 400-frame 1024x1024 RGB clip is 1.2 GB) and 1 MiB for the messages around it; anything
+# Largest attachment: the pixel budget of one input (MFFMTCore.base.pixel_budget, 1 GiB by
+# default: a 1024-frame 1024x1024 grey clip) and 1 MiB for the messages around it; anything
 # bigger is refused before a byte of it is held in memory.
 MAX_ATTACHMENT_EXTRA = 1 << 20
 MAX_ARRAY_DIMENSIONS = 8

@@ -234,9 +234,9 @@ def test_the_pixel_budget_is_configurable_and_covers_arrays_and_dicom_headers(tm
 
     source = ultrasound_dicom(tmp_path / "clip.dcm", capture(frames=2))
     lying = pydicom.dcmread(source)
-    lying.NumberOfFrames = 100000  # 100000 frames of 120x160: 1.8 GiB claimed, 38 KB stored
+    lying.NumberOfFrames = 100000  # 100000 frames of 120x160: 1.8 GiB claimed (3.6 GiB to read), 38 KB stored
     lying.save_as(tmp_path / "lying.dcm")
-    with pytest.raises(ImageReadError, match="lying.dcm: 100000 frames of 160x120 pixels would take 1.8 GiB"):
+    with pytest.raises(ImageReadError, match="lying.dcm: 100000 frames of 160x120 pixels would take 3.6 GiB to decode"):
         as_frame_stack(tmp_path / "lying.dcm")
     assert as_frame_stack(source).num_frames == 2
     monkeypatch.setenv("MFFMT_MAX_FRAME_PIXELS", "1000")
@@ -245,6 +245,34 @@ def test_the_pixel_budget_is_configurable_and_covers_arrays_and_dicom_headers(tm
     monkeypatch.setenv("MFFMT_MAX_FRAME_PIXELS", "lots")
     with pytest.raises(Exception, match="MFFMT_MAX_FRAME_PIXELS: must be a positive whole number"):
         as_frame_stack(pixels(1))
+
+
+def test_the_budget_counts_what_reading_holds_a_colour_or_dicom_file_twice(tmp_path, monkeypatch):
+    """One input stays under 2 GB with the model: a colour file (SimpleITK converts its reader's buffer)
+    and a DICOM file (pydicom keeps its pixel data beside the array) count twice; arrays in memory once."""
+    import pydicom
+    from dicom_samples import capture, ultrasound_dicom
+
+    from MFFMTCore.base.pixel_budget import MAX_INPUT_BYTES
+    from MFFMTCore.inference.frames import as_frame_stack
+
+    assert MAX_INPUT_BYTES == 1 << 30
+    grey = np.stack([pixels(seed) for seed in range(3)])  # 3 frames of 48x64: 9216 bytes
+    sitk.WriteImage(sitk.GetImageFromArray(grey), str(tmp_path / "grey.nrrd"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([grey] * 3, axis=-1), isVector=True), str(tmp_path / "rgb.nrrd"))
+    dicom = ultrasound_dicom(tmp_path / "clip.dcm", capture(frames=2))
+    header = pydicom.dcmread(dicom, stop_before_pixels=True)
+    dicom_bytes = header.Rows * header.Columns * 2 * int(header.SamplesPerPixel)
+    monkeypatch.setenv("MFFMT_MAX_INPUT_BYTES", str(3 * 9216))
+    assert as_frame_stack(tmp_path / "grey.nrrd").num_frames == 3
+    assert as_frame_stack(np.stack([grey] * 3, axis=-1)).num_frames == 3  # in memory: held once
+    with pytest.raises(ImageReadError, match="rgb.nrrd: 3 frames of 64x48 pixels would take 0.0 GiB to decode"):
+        as_frame_stack(tmp_path / "rgb.nrrd")
+    monkeypatch.setenv("MFFMT_MAX_INPUT_BYTES", str(2 * dicom_bytes - 1))
+    with pytest.raises(ImageReadError, match="clip.dcm: 2 frames"):
+        as_frame_stack(dicom)
+    monkeypatch.setenv("MFFMT_MAX_INPUT_BYTES", str(2 * dicom_bytes))
+    assert as_frame_stack(dicom).num_frames == 2
 
 
 def test_a_grey_and_alpha_png_is_read_as_its_grey_values(model_path, tmp_path):
