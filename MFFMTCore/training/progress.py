@@ -3,7 +3,8 @@
 ``RUN_DIR/progress.jsonl`` holds one event per line, flushed as soon as it is written, so the
 Slicer retraining tab (or ``tail -f``) can follow a run. The events are those of every ``mffmt``
 command (:mod:`MFFMTCore.base.progress_events`); training sends ``start``, ``resumed``, ``step``,
-``epoch``, ``done``, ``cancelled`` and ``error``.
+``epoch``, ``progress`` (the end-of-run model completion: ``done`` of ``total`` units and a ``message``),
+``done``, ``cancelled`` and ``error``.
 """
 
 from __future__ import annotations
@@ -86,3 +87,35 @@ def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool) -> tqdm:
     """A tqdm bar for one epoch's steps; disabled bars cost nothing."""
     return progress_bar(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", dynamic_ncols=True,
                         leave=False, disable=not enabled)
+
+
+class CompletionBar:
+    """Progress of the end-of-run model completion (:func:`MFFMTCore.model_completion.complete_run`):
+    ``progress`` events in the run's log and, in the terminal, a bar.
+
+    Args:
+        log: the run's progress log.
+        enabled: show the bar.
+    """
+
+    PREFIX = "completing the model: "
+
+    def __init__(self, log: ProgressLog, enabled: bool) -> None:
+        self.log = log
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+        self.message = ""
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(total=total, desc="completing the model", unit="unit", dynamic_ncols=True,
+                                    leave=False, disable=not self.enabled)
+        if message != self.message:
+            self.message = message
+            self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(done - self.bar.n)
+        self.log.event("progress", done=done, total=total, message=self.PREFIX + message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
