@@ -70,7 +70,7 @@ from MFFMTCore.training.config import TrainConfig
 from MFFMTCore.training.datasplit import plan_split, restore_split
 from MFFMTCore.training.distributed import DistributedContext
 from MFFMTCore.training.optim import build_optimizer, build_scheduler
-from MFFMTCore.training.progress import CompletionBar, EtaClock, ProgressLog, epoch_bar
+from MFFMTCore.training.progress import CompletionBar, CompletionStopped, EtaClock, ProgressLog, epoch_bar
 
 #: Fewest training images of each class (benign, malignant) a run starts with.
 MIN_CLASS_SAMPLES = 2
@@ -673,10 +673,18 @@ class TrainingRun:
         set_backbone_frozen(self.networks.bare, False)
         best = state.best.get("metrics") or {}
         if self.finish is not None and context.is_main:
-            completion = CompletionBar(log, config.progress_bar)
+            completion = CompletionBar(log, config.progress_bar, stop.requested)
             try:
                 self.finish(self.folder, self.data.train_records, self.data.val_records, config.init_model,
                             config.device, self.echo, progress=completion)
+            except CompletionStopped as stage:
+                message = (f"cancelled while completing the model ({stage}; {stop.reason}); the best model "
+                           f"(epoch {state.best['epoch']}) and the checkpoint of epoch {last} are intact; "
+                           "--resume completes the model")
+                self.echo(message)
+                log.event("cancelled", epoch=last, epochs=config.epochs, message=message,
+                          best_auc=best.get("val_auc"))
+                return "cancelled"
             finally:
                 completion.close()
         message = (f"finished {last} epochs; best model from epoch {state.best['epoch']} "

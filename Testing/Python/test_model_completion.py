@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -193,6 +195,28 @@ def test_the_completion_bar_is_drawn_in_the_terminal_and_logged(tmp_path, capsys
     log.close()
     assert "completing the model" in capsys.readouterr().err
     assert [(e["done"], e["total"]) for e in read_progress(tmp_path / "progress.jsonl")] == [(0, 10), (10, 10)]
+
+
+def test_a_stop_during_the_completion_keeps_the_model_and_resume_completes_it(tmp_path):
+    datalist = write_dataset(tmp_path / "data", count=24, normal=4, seed=7)
+    run, stop_file = tmp_path / "run", tmp_path / "STOP"
+
+    def stop_at_the_first_completion_event():  # as Slicer's Cancel does: the stop file
+        while not stop_file.exists():
+            if (run / "progress.jsonl").exists() and '"progress"' in (run / "progress.jsonl").read_text():
+                stop_file.touch()
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=stop_at_the_first_completion_event, daemon=True)
+    watcher.start()
+    options = ["--input-size", "64", "--epochs", "1", "--stop-file", str(stop_file), *TINY]
+    assert main(["train", "--data", str(datalist), "--output", str(run), *options]) == 0
+    events = read_progress(run / "progress.jsonl")
+    assert events[-1]["event"] == "cancelled" and "while completing the model" in events[-1]["message"]
+    assert read_model_info(run / "model.safetensors").fitted == {}  # whole, not yet completed
+    assert main(["train", "--output", str(run), "--resume", "--stop-file", str(tmp_path / "none")]) == 0
+    assert read_progress(run / "progress.jsonl")[-1]["event"] == "done"
+    assert set(read_model_info(run / "model.safetensors").fitted) == {"temperature", "lesion_decision", "input_check"}
 
 
 def test_fine_tuning_inherits_and_writes_the_site_report(parent_run, tmp_path, capsys):
