@@ -24,7 +24,7 @@ after a stop; an interrupted training resumes from its checkpoint). Example::
     nice python experiments/site_finetune.py --busbra ../shared/data/busbra --busi ../shared/data/busi \\
         --output runs/site_finetune
     nice taskset -c 0 python experiments/site_finetune.py --busbra ../shared/data/busbra \\
-        --busi ../shared/data/busi --output runs/site_finetune --sites busi --train-without-site --epochs 8
+        --busi ../shared/data/busi --output runs/site_finetune --sites busi --train-without-site --epochs 6
 """
 
 from __future__ import annotations
