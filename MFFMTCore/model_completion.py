@@ -18,6 +18,8 @@ frame's resolution), with the temperature at 1 and no lesion rule, so that the f
 network. When the run started from a model (``--init-model``), the parent is scored on the same
 patients and the site report is written (:mod:`MFFMTCore.evaluation.site_report`), the new model
 judged with its temperature and rule cross-fitted over those patients (fitted on the other folds).
+This takes minutes on a CPU, so :func:`complete_run` tells its progress (:class:`CompletionProgress`):
+``mffmt train`` shows it as a bar and as ``progress`` events in ``RUN_DIR/progress.jsonl``.
 """
 
 from __future__ import annotations
@@ -127,8 +129,12 @@ def spread_evenly(records: list[SampleRecord], limit: int | None) -> list[Sample
     return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
 
 
-def fit_input_check(predictor: Predictor, train: list[SampleRecord], held_out: Scored) -> tuple[PartFit, str | None]:
+def fit_input_check(predictor: Predictor, train: list[SampleRecord], held_out: Scored,
+                    progress: Callable[[], None] | None = None) -> tuple[PartFit, str | None]:
     """The input-check statistics: reference from the training frames, limit from the held-out ones.
+
+    Args:
+        progress: called after each reference record scored.
 
     Returns:
         (the part's record, the statistics as the model file stores them, or None when not fitted).
@@ -141,7 +147,7 @@ def fit_input_check(predictor: Predictor, train: list[SampleRecord], held_out: S
                                          f"{MIN_INPUT_CHECK_FRAMES} validation frames are needed; the model has "
                                          "the colour check only (a parent's statistics describe its own features, "
                                          "not these)", {"train_frames": len(train), "validation_frames": frames}), None
-    reference = score_records(predictor, reference_records, features=True).features
+    reference = score_records(predictor, reference_records, features=True, progress=progress).features
     if reference is None or len(reference) <= 2 * NEIGHBOURS:
         return PartFit(NOT_FITTED, None, "input-check statistics: the training frames could not be read", {}), None
     statistics = FeatureStatistics.fit(reference, neighbours=NEIGHBOURS, quantile=QUANTILE)
@@ -152,6 +158,46 @@ def fit_input_check(predictor: Predictor, train: list[SampleRecord], held_out: S
     message = (f"input-check statistics from {len(reference)} training frames, limit at the {QUANTILE:.1%} quantile "
                f"of {frames} validation frames' distances")
     return PartFit(FITTED, None, message, figures), statistics.to_json()
+
+
+class CompletionProgress:
+    """Where the completion stands, in frames scored (the slow part; each fit counts one unit).
+
+    Each stage announces the units it will take; a stage that ends early (a part that is not fitted)
+    leaves its units to be counted done when the next stage begins, so the count never runs backwards.
+
+    Args:
+        report: called with (units done, units in all, what is being done) at every change.
+        train: the run's training records (the input check's reference is drawn from them).
+        held_out: the validation records.
+        parent: whether the run started from a model (its scoring and the site report count too).
+    """
+
+    def __init__(self, report: Callable[[int, int, str], None], train: Sequence[SampleRecord],
+                 held_out: Sequence[SampleRecord], parent: bool) -> None:
+        self.report = report
+        reference = min(len(train), MAX_REFERENCE_FRAMES)
+        self.total = len(held_out) + 1 + reference + (len(held_out) + 1 if parent else 0)
+        self.done = self._end = 0
+        self.message = ""
+
+    def stage(self, message: str, units: int = 1) -> None:
+        """Begin a stage of ``units`` units."""
+        self.done = self._end
+        self._end = min(self.done + units, self.total)
+        self.message = message
+        self.report(self.done, self.total, message)
+
+    def tick(self) -> None:
+        """One unit of the current stage is done."""
+        self.done = min(self.done + 1, self._end)
+        self.report(self.done, self.total, self.message)
+
+    def finish(self, message: str) -> None:
+        """Everything is done."""
+        self.done = self._end = self.total
+        self.message = message
+        self.report(self.done, self.total, message)
 
 
 @dataclass
@@ -171,7 +217,7 @@ class Completion:
 
 def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], held_out: list[SampleRecord],
                    parent: str | os.PathLike | None = None, device: str = "cpu",
-                   echo: Callable[[str], None] = print) -> Completion:
+                   echo: Callable[[str], None] = print, progress: CompletionProgress | None = None) -> Completion:
     """Fit temperature, lesion rule and input check of ``model_path`` and rewrite it with them.
 
     Args:
@@ -182,9 +228,12 @@ def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], hel
             data cannot fit (when the parent has them).
         device: a ``--device`` value (:mod:`MFFMTCore.base.devices`).
         echo: where the one-line messages go.
+        progress: told of each stage and each frame scored.
     """
     predictor = Predictor(model_path, device=device)
-    scored = score_records(predictor, held_out, features=True)
+    if progress is not None:
+        progress.stage(f"scoring {len(held_out)} validation images", len(held_out))
+    scored = score_records(predictor, held_out, features=True, progress=progress.tick if progress else None)
     messages = [f"validation file skipped: {line}" for line in scored.failed]
     parent_temperature = parent_rule = None
     if parent is not None:
@@ -192,8 +241,12 @@ def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], hel
         present = calibrated_parts(asdict(parent_info))
         parent_temperature = parent_info.temperature if present["temperature"] else None
         parent_rule = parent_info.lesion_decision if present["lesion_decision"] else None
+    if progress is not None:
+        progress.stage("fitting the temperature and the lesion-present rule (cross-fitted figures)")
     parts = fit_calibration(scored.scores, parent_temperature, parent_rule)
-    check, statistics = fit_input_check(predictor, train, scored)
+    if progress is not None:
+        progress.stage("input-check statistics from the training images", min(len(train), MAX_REFERENCE_FRAMES))
+    check, statistics = fit_input_check(predictor, train, scored, progress.tick if progress else None)
     parts["input_check"] = check
     messages += [part.message for part in parts.values()]
     network, info = load_model(model_path)
@@ -208,11 +261,14 @@ def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], hel
 
 
 def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike, held_out: list[SampleRecord],
-                        completion: Completion, folder: RunFolder, device: str = "cpu") -> dict[str, Any]:
+                        completion: Completion, folder: RunFolder, device: str = "cpu",
+                        progress: CompletionProgress | None = None) -> dict[str, Any]:
     """Score ``parent`` on the same held-out records and write the site report into ``folder``; the new
     model is judged with its temperature and rule cross-fitted (they were fitted on these frames)."""
     new_scores = completion.held_out
-    scored = score_records(Predictor(parent, device=device), held_out)
+    if progress is not None:
+        progress.stage(f"scoring the parent model on the {len(held_out)} validation images", len(held_out))
+    scored = score_records(Predictor(parent, device=device), held_out, progress=progress.tick if progress else None)
     if len(scored.scores) != len(new_scores.scores):
         raise MFFMTError(parent, "the parent model and the new model could not read the same validation files")
     models = {}
@@ -221,6 +277,8 @@ def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike
         models[key] = {"model": str(Path(path).resolve()), "sha256": read_model_checksum(path), "name": info.name,
                        "temperature": info.temperature, "lesion_decision": info.lesion_decision,
                        "calibration": calibration_note(asdict(info))}
+    if progress is not None:
+        progress.stage("site report: patient-level bootstrap of both models")
     report = site_report(scored.scores, new_scores.scores, models,
                          new_per_frame=cross_fitted_parameters(new_scores.scores, completion.parts))
     write_site_report(report, folder.site_report, folder.site_report_picture)
@@ -229,16 +287,25 @@ def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike
 
 def complete_run(folder: RunFolder, train: list[SampleRecord], held_out: list[SampleRecord],
                  parent: str | os.PathLike | None, device: str = "cpu",
-                 echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+                 echo: Callable[[str], None] = print,
+                 progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any] | None:
     """Complete a finished run's best model and, for a fine-tuning run, write its site report.
+
+    Args:
+        progress: called with (units done, units in all, what is being done) as the work goes on
+            (:class:`CompletionProgress`).
 
     Returns:
         The site report, or None when the run did not start from a model.
     """
-    completion = complete_model(folder.model, train, held_out, parent, device, echo)
-    if parent is None:
-        return None
-    report = compare_with_parent(parent, folder.model, held_out, completion, folder, device)
-    echo(report["summary"])
-    echo(f"site report: {folder.site_report} and {folder.site_report_picture}")
+    steps = CompletionProgress(progress, train, held_out, parent is not None) if progress is not None else None
+    completion = complete_model(folder.model, train, held_out, parent, device, echo, steps)
+    report = None
+    if parent is not None:
+        report = compare_with_parent(parent, folder.model, held_out, completion, folder, device, steps)
+    if steps is not None:
+        steps.finish("model completed" + (" and site report written" if report is not None else ""))
+    if report is not None:
+        echo(report["summary"])
+        echo(f"site report: {folder.site_report} and {folder.site_report_picture}")
     return report

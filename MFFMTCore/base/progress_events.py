@@ -25,7 +25,7 @@ EVENT_KINDS: dict[str, str] = {
     "step": "train finished an optimisation step",
     "epoch": "train finished and validated an epoch",
     "progress": "one unit of work finished (predict: an input; evaluate: a batch; fit-input-check: a file; "
-                "live: a status report)",
+                "live: a status report; train: a unit of the model completion after the last epoch)",
     "done": "the work finished; its results are written",
     "cancelled": "the user stopped the work (Ctrl-C, SIGTERM, the stop file); what finished is kept",
     "error": "the work stopped on an error (message); what finished is kept",
@@ -35,7 +35,8 @@ EVENT_KINDS: dict[str, str] = {
 EVENT_FIELDS: dict[str, str] = {
     "event": "kind of the event",
     "time": "when it was sent, ISO-8601 UTC",
-    "done": "units finished so far (predict: inputs done, skipped or failed; done event: inputs predicted)",
+    "done": "units finished so far (predict: inputs done, skipped or failed; done event: inputs predicted; "
+            "train: units of the model completion)",
     "total": "units of the whole work",
     "input": "the input file the event is about",
     "status": "what became of that input: done, skipped or failed (see INPUT_STATUSES)",

@@ -3,13 +3,15 @@
 ``RUN_DIR/progress.jsonl`` holds one event per line, flushed as soon as it is written, so the
 Slicer retraining tab (or ``tail -f``) can follow a run. The events are those of every ``mffmt``
 command (:mod:`MFFMTCore.base.progress_events`); training sends ``start``, ``resumed``, ``step``,
-``epoch``, ``done``, ``cancelled`` and ``error``.
+``epoch``, ``progress`` (the end-of-run model completion: ``done`` of ``total`` units and a ``message``),
+``done``, ``cancelled`` and ``error``.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -86,3 +88,45 @@ def epoch_bar(epoch: int, epochs: int, steps: int, enabled: bool) -> tqdm:
     """A tqdm bar for one epoch's steps; disabled bars cost nothing."""
     return progress_bar(total=steps, desc=f"epoch {epoch}/{epochs}", unit="step", dynamic_ncols=True,
                         leave=False, disable=not enabled)
+
+
+class CompletionStopped(Exception):
+    """The user asked the run to stop while its model was being completed."""
+
+
+class CompletionBar:
+    """Progress of the end-of-run model completion (:func:`MFFMTCore.model_completion.complete_run`):
+    ``progress`` events in the run's log and, in the terminal, a bar. It is also where a stop request
+    is honoured: the completion calls it after every image, and the model file is only rewritten (at
+    once) when a part is fitted, so stopping between two calls leaves it whole.
+
+    Args:
+        log: the run's progress log.
+        enabled: show the bar.
+        stop_requested: whether the user asked to stop; :class:`CompletionStopped` is raised when so.
+    """
+
+    PREFIX = "completing the model: "
+
+    def __init__(self, log: ProgressLog, enabled: bool, stop_requested: Callable[[], bool] | None = None) -> None:
+        self.log = log
+        self.enabled = enabled
+        self.stop_requested = stop_requested
+        self.bar: tqdm | None = None
+        self.message = ""
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(total=total, desc="completing the model", unit="unit", dynamic_ncols=True,
+                                    leave=False, disable=not self.enabled)
+        if message != self.message:
+            self.message = message
+            self.bar.set_postfix_str(message, refresh=False)
+        self.bar.update(done - self.bar.n)
+        self.log.event("progress", done=done, total=total, message=self.PREFIX + message)
+        if self.stop_requested is not None and self.stop_requested():
+            raise CompletionStopped(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -70,7 +70,7 @@ from MFFMTCore.training.config import TrainConfig
 from MFFMTCore.training.datasplit import plan_split, restore_split
 from MFFMTCore.training.distributed import DistributedContext
 from MFFMTCore.training.optim import build_optimizer, build_scheduler
-from MFFMTCore.training.progress import EtaClock, ProgressLog, epoch_bar
+from MFFMTCore.training.progress import CompletionBar, CompletionStopped, EtaClock, ProgressLog, epoch_bar
 
 #: Fewest training images of each class (benign, malignant) a run starts with.
 MIN_CLASS_SAMPLES = 2
@@ -361,7 +361,9 @@ class Trainer:
         echo: where human-readable messages go (rank 0 only).
         finish: called on rank 0 when the epochs are done, before the "done" event, with the run
             folder, the training and validation records, the model the run started from (or None),
-            the device and ``echo`` (``mffmt train``: :func:`MFFMTCore.model_completion.complete_run`).
+            the device and ``echo``, and ``progress``: a callable (units done, units in all, message)
+            that becomes ``progress`` events and a bar (``mffmt train``:
+            :func:`MFFMTCore.model_completion.complete_run`).
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, echo: Callable[[str], None] = tqdm.write,
@@ -671,8 +673,20 @@ class TrainingRun:
         set_backbone_frozen(self.networks.bare, False)
         best = state.best.get("metrics") or {}
         if self.finish is not None and context.is_main:
-            self.finish(self.folder, self.data.train_records, self.data.val_records, config.init_model,
-                        config.device, self.echo)
+            completion = CompletionBar(log, config.progress_bar, stop.requested)
+            try:
+                self.finish(self.folder, self.data.train_records, self.data.val_records, config.init_model,
+                            config.device, self.echo, progress=completion)
+            except CompletionStopped as stage:
+                message = (f"cancelled while completing the model ({stage}; {stop.reason}); the best model "
+                           f"(epoch {state.best['epoch']}) and the checkpoint of epoch {last} are intact; "
+                           "--resume completes the model")
+                self.echo(message)
+                log.event("cancelled", epoch=last, epochs=config.epochs, message=message,
+                          best_auc=best.get("val_auc"))
+                return "cancelled"
+            finally:
+                completion.close()
         message = (f"finished {last} epochs; best model from epoch {state.best['epoch']} "
                    f"(validation AUC {_fmt(best.get('val_auc'))}, Dice {_fmt(best.get('val_dice'))}) "
                    f"in {self.folder.model}")

@@ -144,6 +144,9 @@ class TrainingState:
     eta_s: float = math.nan
     message: str = ""
     history: list[EpochRecord] = field(default_factory=list)
+    #: Units of the model completion after the last epoch done so far, and in all (0: not begun).
+    completing: int = 0
+    completion_units: int = 0
 
     def update(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -157,6 +160,9 @@ class TrainingState:
             self.message = str(event["message"])
         if kind in ("start", "resumed", "step"):
             self.status = "running"
+        elif kind == "progress":  # the model completion after the last epoch
+            self.status = "running"
+            self.completing, self.completion_units = int(event.get("done") or 0), int(event.get("total") or 0)
         elif kind == "epoch":
             self.status = "running"
             record = EpochRecord(self.epoch, _number(event.get("loss")), _number(event.get("val_auc")),
@@ -172,9 +178,13 @@ class TrainingState:
 
     @property
     def fraction(self) -> float:
-        """Share of the run done, 0 to 1, from finished epochs plus the current epoch's steps."""
+        """Share of the run done, 0 to 1, from finished epochs plus the current epoch's steps; once the
+        epochs are done, the share of the model completion (temperature, lesion rule, input check, site
+        report) done."""
         if self.status == "done":
             return 1.0
+        if self.completion_units:
+            return min(1.0, self.completing / self.completion_units)
         if not self.epochs:
             return 0.0
         finished_epochs = len(self.history)
@@ -187,6 +197,9 @@ class TrainingState:
         """One line for the status label, e.g. "Epoch 3/20, step 12/40 - loss 0.412 - val AUC 0.871"."""
         if self.status == "waiting":
             return "Starting training..."
+        if self.completion_units and self.status == "running":
+            best = f" - best AUC {self.best_auc:.3f}" if math.isfinite(self.best_auc) else ""
+            return f"{self.message[:1].upper()}{self.message[1:]} ({self.completing}/{self.completion_units}){best}"
         parts = [f"Epoch {self.epoch}/{self.epochs}" if self.epochs else "Training"]
         if self.steps and self.status == "running":
             parts[0] += f", step {self.step}/{self.steps}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -25,6 +27,7 @@ from MFFMTCore.inference.input_check import read_statistics
 from MFFMTCore.model_completion import _truth
 from MFFMTCore.model_file import load_model, read_model_info
 from MFFMTCore.training.datasplit import restore_split
+from MFFMTCore.training.progress import CompletionBar, ProgressLog, read_progress
 from MFFMTCore.training.trainer import epochs_without_improvement, selection_score
 
 TINY = ["--batch-size", "4", "--threads", "1", "--progress", "none", "--val-fraction", "0.5"]
@@ -159,6 +162,63 @@ def test_every_run_ends_with_its_fitted_parts_under_the_checksum(parent_run, cap
     load_model(parent_run / "model.safetensors")
 
 
+def completion_events(run) -> list[dict]:
+    """The "progress" events of a run's model completion, checked to lie between its last epoch and "done"."""
+    events = read_progress(run / "progress.jsonl")
+    kinds = [event["event"] for event in events]
+    last_epoch, done = len(kinds) - 1 - kinds[::-1].index("epoch"), kinds.index("done")
+    assert set(kinds[last_epoch + 1:done]) == {"progress"} and "progress" not in kinds[:last_epoch]
+    return events[last_epoch + 1:done]
+
+
+def test_the_model_completion_shows_its_progress(parent_run, capsys):
+    events = completion_events(parent_run)
+    counts = [event["done"] for event in events]
+    total = events[0]["total"]
+    assert counts == sorted(counts) and counts[-1] == total and all(event["total"] == total for event in events)
+    validation = len(validation_records(parent_run))
+    # One event per validation image scored (and per fitted part): the bar moves while the frames are read.
+    assert len(events) > validation
+    messages = [event["message"] for event in events]
+    assert all(message.startswith(CompletionBar.PREFIX) for message in messages)
+    assert any(f"scoring {validation} validation images" in message for message in messages)
+    assert any("temperature" in message for message in messages)
+    assert messages[-1] == CompletionBar.PREFIX + "model completed"
+
+
+def test_the_completion_bar_is_drawn_in_the_terminal_and_logged(tmp_path, capsys):
+    log = ProgressLog(tmp_path / "progress.jsonl")
+    bar = CompletionBar(log, enabled=True)
+    bar(0, 10, "scoring 8 validation images")
+    bar(10, 10, "model completed")
+    bar.close()
+    log.close()
+    assert "completing the model" in capsys.readouterr().err
+    assert [(e["done"], e["total"]) for e in read_progress(tmp_path / "progress.jsonl")] == [(0, 10), (10, 10)]
+
+
+def test_a_stop_during_the_completion_keeps_the_model_and_resume_completes_it(tmp_path):
+    datalist = write_dataset(tmp_path / "data", count=24, normal=4, seed=7)
+    run, stop_file = tmp_path / "run", tmp_path / "STOP"
+
+    def stop_at_the_first_completion_event():  # as Slicer's Cancel does: the stop file
+        while not stop_file.exists():
+            if (run / "progress.jsonl").exists() and '"progress"' in (run / "progress.jsonl").read_text():
+                stop_file.touch()
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=stop_at_the_first_completion_event, daemon=True)
+    watcher.start()
+    options = ["--input-size", "64", "--epochs", "1", "--stop-file", str(stop_file), *TINY]
+    assert main(["train", "--data", str(datalist), "--output", str(run), *options]) == 0
+    events = read_progress(run / "progress.jsonl")
+    assert events[-1]["event"] == "cancelled" and "while completing the model" in events[-1]["message"]
+    assert read_model_info(run / "model.safetensors").fitted == {}  # whole, not yet completed
+    assert main(["train", "--output", str(run), "--resume", "--stop-file", str(tmp_path / "none")]) == 0
+    assert read_progress(run / "progress.jsonl")[-1]["event"] == "done"
+    assert set(read_model_info(run / "model.safetensors").fitted) == {"temperature", "lesion_decision", "input_check"}
+
+
 def test_fine_tuning_inherits_and_writes_the_site_report(parent_run, tmp_path, capsys):
     site = write_dataset(tmp_path / "site", count=50, normal=40, seed=3)
     run = tmp_path / "fine"
@@ -193,6 +253,11 @@ def test_fine_tuning_inherits_and_writes_the_site_report(parent_run, tmp_path, c
     assert folder.site_report_picture.stat().st_size > 10_000
     assert "Site report on" in printed.out + printed.err
     assert folder.earlier_run()[-2:] == ["site_report.json", "site_report.png"]
+    # Its completion also scores the parent and writes the site report, and says so while it does.
+    messages = [event["message"] for event in completion_events(run)]
+    assert any("scoring the parent model" in message for message in messages)
+    assert any("site report" in message for message in messages[:-1])
+    assert messages[-1].endswith("model completed and site report written")
 
 
 def test_an_option_given_for_fine_tuning_wins_over_the_parents(parent_run, tmp_path):

@@ -277,6 +277,19 @@ def test_training_state_tracks_epochs_history_and_end():
     assert state.summary().startswith("Done: Epoch 2/2") and "best AUC 0.800" in state.summary()
 
 
+def test_training_state_follows_the_model_completion_after_the_last_epoch():
+    state = progress.TrainingState()
+    for epoch in (1, 2):
+        state.update({"event": "epoch", "epoch": epoch, "epochs": 2, "loss": 0.5, "val_auc": 0.8, "best_auc": 0.8})
+    assert state.fraction == 1.0 and state.status == "running"  # the epochs are done, the model is not complete
+    state.update({"event": "progress", "done": 30, "total": 120,
+                  "message": "completing the model: scoring 100 validation images"})
+    assert state.status == "running" and state.fraction == pytest.approx(0.25)
+    assert state.summary() == "Completing the model: scoring 100 validation images (30/120) - best AUC 0.800"
+    state.update({"event": "done", "best_auc": 0.8})
+    assert state.fraction == 1.0 and state.summary().startswith("Done: Epoch 2/2")
+
+
 def test_training_state_reports_cancel_and_error_messages():
     state = progress.TrainingState()
     state.update({"event": "cancelled", "epoch": 3, "epochs": 10})
