@@ -159,7 +159,7 @@ def site_without(name: str, records: list[SampleRecord], others: list[SampleReco
     if not datalist.exists():
         write_training_csv(others, datalist)
     base = folder / "base"
-    resume = (base / "checkpoint.pt").exists()
+    resume = RunFolder(base).checkpoint.exists()
     train(["--config", str(DEFAULT_RECIPE), "--data", str(datalist), "--output", str(base),
            *(["--epochs", str(epochs)] if epochs else []), "--resume" if resume else "--overwrite"],
           folder / "base_time.json", len(others), resumed=resume,

@@ -12,7 +12,8 @@
 - Frames of several inputs go through the network together (the predictor's ``batch_size``); the
   next inputs are read and the finished ones written in two threads beside it. On the CPU, with
   more than one input, several network calls of few torch threads each run at once, so that
-  reading and writing never stall the network (:func:`network_plan`). results.csv and results.json are rewritten whenever the writer has caught up, and at least once a second.
+  reading and writing never stall the network (:func:`network_plan`). results.csv and results.json
+  are rewritten whenever the writer has caught up, and at least once a second.
   Stopping (Ctrl-C, a cancel) records every input whose files are written and drops the inputs in
   flight whole: no output file is left without its row.
 - One run at a time per output folder (:class:`MFFMTCore.folder_lock.FolderLock`); temporary files
@@ -532,8 +533,8 @@ class _Pipeline:
         writer = threading.Thread(target=self._writer, name="mffmt-predict-writer", daemon=True)
         threads = torch.get_num_threads()
         self.threads = threads
-        self.calls, per_call = network_plan(threads, self.predictor.device, len(self.inputs), self.gradcam)
-        torch.set_num_threads(per_call)
+        self.calls, self.per_call = network_plan(threads, self.predictor.device, len(self.inputs), self.gradcam)
+        torch.set_num_threads(self.per_call)
         reader.start()
         writer.start()
         try:
@@ -631,7 +632,7 @@ class _Pipeline:
                 try:
                     self.predictor.run_network(call)
                 finally:
-                    torch.set_num_threads(1)  # the worker threads took one thread at their first call
+                    torch.set_num_threads(self.per_call)  # the worker calls' threads again
                 future = _done()
             else:
                 while len(running) >= self.calls:
