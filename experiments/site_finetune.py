@@ -36,6 +36,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -122,16 +123,17 @@ def judge_once(model: Path, records: list[SampleRecord], path: Path) -> tuple[li
 
 
 def fine_tune_and_judge(folder: Path, train_half: list[SampleRecord], test: list[SampleRecord], model: Path,
-                        parent: tuple[list[FrameScore], dict] | None = None) -> dict:
+                        parent: tuple[list[FrameScore], dict] | None = None, options: Sequence[str] = ()) -> dict:
     """Fine-tune ``model`` on ``train_half`` with exactly ``mffmt train --data SITE.csv --init-model MODEL
-    --output RUN`` and judge both on ``test`` (``parent``: the model's judged scores, when already known)."""
+    --output RUN`` (and ``options``: another choice of the defaults, compared with them) and judge both on
+    ``test`` (``parent``: the model's judged scores, when already known)."""
     datalist = folder / "site.csv"
     if not datalist.exists():
         write_site_csv(train_half, datalist)
     run = folder / "run"
     timing = folder / "train_time.json"
-    train(["--data", str(datalist), "--init-model", str(model), "--output", str(run), "--overwrite"],
-          timing, len(train_half))
+    train(["--data", str(datalist), "--init-model", str(model), "--output", str(run), "--overwrite", *options],
+          timing, len(train_half), options=list(options))
     result = folder / "judged.json"
     if not result.exists():
         parent_scores, parent_info = parent or judge(model, test)
@@ -150,7 +152,7 @@ def site(name: str, records: list[SampleRecord], model: Path, out: Path) -> dict
 
 
 def site_without(name: str, records: list[SampleRecord], others: list[SampleRecord], out: Path,
-                 epochs: int | None) -> dict:
+                 epochs: int | None, options: Sequence[str] = ()) -> dict:
     """The leave-site-out arm: a model trained with the default recipe on ``others`` (never on the site),
     judged zero-shot on the site's judging half, then fine-tuned on its first half and judged again."""
     folder = out / name / "without_site"
@@ -166,7 +168,12 @@ def site_without(name: str, records: list[SampleRecord], others: list[SampleReco
           epochs=epochs or json.loads(DEFAULT_RECIPE.read_text())["epochs"])
     model = RunFolder(base).model
     zero_shot = judge_once(model, test, folder / "zero_shot.json")
-    return fine_tune_and_judge(folder / "fine_tuned", train_half, test, model, parent=zero_shot)
+    return fine_tune_and_judge(folder / variant_name(options), train_half, test, model, parent=zero_shot, options=options)
+
+
+def variant_name(options: Sequence[str]) -> str:
+    """The folder of a fine-tuning: ``fine_tuned`` with the defaults, e.g. ``fine_tuned_--lr_1e-3`` with options."""
+    return "fine_tuned" + "".join(f"_{option}" for option in options).replace("/", "-")
 
 
 def finished(out: Path, arm: str) -> dict[str, dict]:
@@ -224,6 +231,9 @@ def main() -> int:
     parser.add_argument("--train-without-site", action="store_true",
                         help="the leave-site-out arm: train a model without the site first (default recipe)")
     parser.add_argument("--epochs", type=int, help="epochs of the training without the site (default: the recipe's)")
+    parser.add_argument("--fine-tune-options", default="",
+                        help="with --train-without-site: options added to the fine-tuning (another choice of its "
+                             "defaults, e.g. '--lr 1e-3'), judged beside the defaults' run in its own folder")
     args = parser.parse_args()
     torch.set_num_threads(available_cores())  # the judging; taskset limits it
     busbra, busi = read_busbra(args.busbra), read_busi(args.busi)
@@ -234,7 +244,12 @@ def main() -> int:
         if arm == "default":
             site(name, records, args.model, args.output)
         else:
-            site_without(name, records, [r for r in busbra + busi if not chosen[name](r)], args.output, args.epochs)
+            options = args.fine_tune_options.split()
+            report = site_without(name, records, [r for r in busbra + busi if not chosen[name](r)], args.output,
+                                  args.epochs, options)
+            if options:  # a variant of the defaults: its own table, beside the defaults' run
+                print(table({name: report}, arm), flush=True)
+                continue
         text = table(finished(args.output, arm), arm)
         (args.output / f"table_{arm}.md").write_text(text + "\n", encoding="utf-8")
         print(text, flush=True)
