@@ -153,7 +153,7 @@ def make_folder(images: Path, count: int, folder: Path) -> list[Path]:
     folder.mkdir(parents=True)
     files = sorted(path for path in images.iterdir() if path.suffix.lower() == ".png")[:count]
     for path in files:
-        (folder / path.name).symlink_to(path)
+        (folder / path.name).symlink_to(path.absolute())  # a relative --images would dangle from the temporary folder
     return files
 
 
