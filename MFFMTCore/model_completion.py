@@ -167,13 +167,14 @@ class CompletionProgress:
     leaves its units to be counted done when the next stage begins, so the count never runs backwards.
 
     Args:
-        report: called with (units done, units in all, what is being done) at every change.
+        report: called with (units done, units in all, what is being done) at every change; None: no
+            one is told (the completion's own calls stay the same).
         train: the run's training records (the input check's reference is drawn from them).
         held_out: the validation records.
         parent: whether the run started from a model (its scoring and the site report count too).
     """
 
-    def __init__(self, report: Callable[[int, int, str], None], train: Sequence[SampleRecord],
+    def __init__(self, report: Callable[[int, int, str], None] | None, train: Sequence[SampleRecord],
                  held_out: Sequence[SampleRecord], parent: bool) -> None:
         self.report = report
         reference = min(len(train), MAX_REFERENCE_FRAMES)
@@ -186,18 +187,22 @@ class CompletionProgress:
         self.done = self._end
         self._end = min(self.done + units, self.total)
         self.message = message
-        self.report(self.done, self.total, message)
+        self._tell()
 
     def tick(self) -> None:
         """One unit of the current stage is done."""
         self.done = min(self.done + 1, self._end)
-        self.report(self.done, self.total, self.message)
+        self._tell()
 
     def finish(self, message: str) -> None:
         """Everything is done."""
         self.done = self._end = self.total
         self.message = message
-        self.report(self.done, self.total, message)
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.report is not None:
+            self.report(self.done, self.total, self.message)
 
 
 @dataclass
@@ -230,10 +235,10 @@ def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], hel
         echo: where the one-line messages go.
         progress: told of each stage and each frame scored.
     """
+    progress = progress or CompletionProgress(None, train, held_out, parent is not None)
     predictor = Predictor(model_path, device=device)
-    if progress is not None:
-        progress.stage(f"scoring {len(held_out)} validation images", len(held_out))
-    scored = score_records(predictor, held_out, features=True, progress=progress.tick if progress else None)
+    progress.stage(f"scoring {len(held_out)} validation images", len(held_out))
+    scored = score_records(predictor, held_out, features=True, progress=progress.tick)
     messages = [f"validation file skipped: {line}" for line in scored.failed]
     parent_temperature = parent_rule = None
     if parent is not None:
@@ -241,12 +246,10 @@ def complete_model(model_path: str | os.PathLike, train: list[SampleRecord], hel
         present = calibrated_parts(asdict(parent_info))
         parent_temperature = parent_info.temperature if present["temperature"] else None
         parent_rule = parent_info.lesion_decision if present["lesion_decision"] else None
-    if progress is not None:
-        progress.stage("fitting the temperature and the lesion-present rule (cross-fitted figures)")
+    progress.stage("fitting the temperature and the lesion-present rule (cross-fitted figures)")
     parts = fit_calibration(scored.scores, parent_temperature, parent_rule)
-    if progress is not None:
-        progress.stage("input-check statistics from the training images", min(len(train), MAX_REFERENCE_FRAMES))
-    check, statistics = fit_input_check(predictor, train, scored, progress.tick if progress else None)
+    progress.stage("input-check statistics from the training images", min(len(train), MAX_REFERENCE_FRAMES))
+    check, statistics = fit_input_check(predictor, train, scored, progress.tick)
     parts["input_check"] = check
     messages += [part.message for part in parts.values()]
     network, info = load_model(model_path)
@@ -266,9 +269,9 @@ def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike
     """Score ``parent`` on the same held-out records and write the site report into ``folder``; the new
     model is judged with its temperature and rule cross-fitted (they were fitted on these frames)."""
     new_scores = completion.held_out
-    if progress is not None:
-        progress.stage(f"scoring the parent model on the {len(held_out)} validation images", len(held_out))
-    scored = score_records(Predictor(parent, device=device), held_out, progress=progress.tick if progress else None)
+    progress = progress or CompletionProgress(None, [], held_out, parent=True)
+    progress.stage(f"scoring the parent model on the {len(held_out)} validation images", len(held_out))
+    scored = score_records(Predictor(parent, device=device), held_out, progress=progress.tick)
     if len(scored.scores) != len(new_scores.scores):
         raise MFFMTError(parent, "the parent model and the new model could not read the same validation files")
     models = {}
@@ -277,8 +280,7 @@ def compare_with_parent(parent: str | os.PathLike, model_path: str | os.PathLike
         models[key] = {"model": str(Path(path).resolve()), "sha256": read_model_checksum(path), "name": info.name,
                        "temperature": info.temperature, "lesion_decision": info.lesion_decision,
                        "calibration": calibration_note(asdict(info))}
-    if progress is not None:
-        progress.stage("site report: patient-level bootstrap of both models")
+    progress.stage("site report: patient-level bootstrap of both models")
     report = site_report(scored.scores, new_scores.scores, models,
                          new_per_frame=cross_fitted_parameters(new_scores.scores, completion.parts))
     write_site_report(report, folder.site_report, folder.site_report_picture)
@@ -298,13 +300,12 @@ def complete_run(folder: RunFolder, train: list[SampleRecord], held_out: list[Sa
     Returns:
         The site report, or None when the run did not start from a model.
     """
-    steps = CompletionProgress(progress, train, held_out, parent is not None) if progress is not None else None
+    steps = CompletionProgress(progress, train, held_out, parent is not None)
     completion = complete_model(folder.model, train, held_out, parent, device, echo, steps)
     report = None
     if parent is not None:
         report = compare_with_parent(parent, folder.model, held_out, completion, folder, device, steps)
-    if steps is not None:
-        steps.finish("model completed" + (" and site report written" if report is not None else ""))
+    steps.finish("model completed" + (" and site report written" if report is not None else ""))
     if report is not None:
         echo(report["summary"])
         echo(f"site report: {folder.site_report} and {folder.site_report_picture}")

@@ -21,7 +21,7 @@ import io
 import os
 import shutil
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -201,14 +201,22 @@ class NrrdStream:
         return array
 
 
-def write_map(path: str | os.PathLike, array: np.ndarray, geometry: ImageGeometry, frames_per_chunk: int = 16) -> Path:
-    """Write an (N, H, W) map (N = 1 for a 2D ``geometry``) as a gzip NRRD file, atomically, a few
-    frames at a time (no whole copy of the map). Returns the path."""
-    stream = NrrdStream(path, map_header(geometry, array.shape, array.dtype), array.shape, array.dtype)
+def write_frames(path: str | os.PathLike, header: bytes, shape: Sequence[int], dtype,
+                 chunks: Iterable[np.ndarray]) -> Path:
+    """Write ``chunks`` of frames (in order, (n, H, W) each) after ``header`` as a gzip NRRD file of an
+    array of ``shape``, atomically: a failure on the way leaves no file. Returns the path."""
+    stream = NrrdStream(path, header, shape, dtype)
     try:
-        for start in range(0, len(array), frames_per_chunk):
-            stream.write(array[start : start + frames_per_chunk])
+        for chunk in chunks:
+            stream.write(chunk)
         return stream.commit()
     finally:
         if not stream.committed:
             stream.discard()
+
+
+def write_map(path: str | os.PathLike, array: np.ndarray, geometry: ImageGeometry, frames_per_chunk: int = 16) -> Path:
+    """Write an (N, H, W) map (N = 1 for a 2D ``geometry``) as a gzip NRRD file, atomically, a few
+    frames at a time (no whole copy of the map). Returns the path."""
+    chunks = (array[start : start + frames_per_chunk] for start in range(0, len(array), frames_per_chunk))
+    return write_frames(path, map_header(geometry, array.shape, array.dtype), array.shape, array.dtype, chunks)

@@ -17,7 +17,7 @@ import slicerio
 from MFFMTCore.base.geometry import ImageGeometry
 from MFFMTCore.base.terminology import LESION_TERMINOLOGY, SEGMENT_COLOR, SEGMENT_NAME
 from MFFMTCore.inference.label_frames import LabelFrames
-from MFFMTCore.inference.nrrd_stream import COMPRESSION_LEVEL, NrrdStream, header_bytes
+from MFFMTCore.inference.nrrd_stream import COMPRESSION_LEVEL, header_bytes, write_frames
 
 
 def segmentation_header(labels: LabelFrames, geometry: ImageGeometry) -> bytes:
@@ -61,11 +61,5 @@ def write_segmentation(path: str | os.PathLike, label: np.ndarray | LabelFrames,
         The path written.
     """
     labels = label if isinstance(label, LabelFrames) else LabelFrames.of(np.asarray(label, dtype=np.uint8))
-    stream = NrrdStream(path, segmentation_header(labels, geometry), labels.shape, np.uint8)
-    try:
-        for index in range(len(labels)):
-            stream.write(labels.frame(index)[np.newaxis])
-        return stream.commit()
-    finally:
-        if not stream.committed:
-            stream.discard()
+    frames = (labels.frame(index)[np.newaxis] for index in range(len(labels)))
+    return write_frames(path, segmentation_header(labels, geometry), labels.shape, np.uint8, frames)
