@@ -44,6 +44,7 @@ from MFFMTCore.files import read_mask
 from MFFMTCore.inference.input_check import METADATA_KEY, FeatureRecorder, FeatureStatistics
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.model_file import load_model, read_model_checksum, read_model_info, save_model
+from MFFMTCore.network.norm_adaptation import evenly
 
 #: Training frames whose features are the input check's reference (more costs time and file size).
 MAX_REFERENCE_FRAMES = 200
@@ -124,9 +125,7 @@ def score_records(predictor: Predictor, records: Sequence[SampleRecord], feature
 
 def spread_evenly(records: list[SampleRecord], limit: int | None) -> list[SampleRecord]:
     """At most ``limit`` of ``records``, spread evenly over the list (all when ``limit`` is None)."""
-    if limit is None or limit >= len(records):
-        return records
-    return [records[int(i)] for i in np.linspace(0, len(records) - 1, limit).round()]
+    return [records[index] for index in evenly(len(records), limit)]
 
 
 def fit_input_check(predictor: Predictor, train: list[SampleRecord], held_out: Scored,

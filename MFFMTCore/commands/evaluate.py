@@ -19,12 +19,15 @@ from MFFMTCore.commands.options import (
     Progress,
     add_device,
     add_malignancy_threshold,
+    add_norm_adaptation,
     add_progress,
     add_threads,
+    norm_adaptation,
     output_path,
     positive_int,
 )
 from MFFMTCore.evaluation.evaluate import evaluate, read_evaluation_records
+from MFFMTCore.network.norm_adaptation import adaptation_text
 
 EXAMPLES = """examples:
   mffmt evaluate --model runs/mffmt18/model.safetensors --data ../shared/data/busbra --output eval/busbra
@@ -47,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--margin", type=float, help="lesion-crop margin (default: the model's)")
     add_malignancy_threshold(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
+    add_norm_adaptation(parser)
     add_device(parser)
     add_threads(parser, "torch CPU threads (default: available cores)")
     add_progress(parser, old_bar_flags=True)
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(args.model, records, args.output, mode=args.mode, margin=args.margin,
                        batch_size=args.batch_size, device=args.device,
                        malignancy_threshold=args.malignancy_threshold, progress=args.progress == "bar",
-                       on_batch=lambda done, total: progress.event("progress", done=done, total=total))
+                       on_batch=lambda done, total: progress.event("progress", done=done, total=total),
+                       adapt_norm=norm_adaptation(args))
     progress.close()
     overall = metrics["overall"]
 
@@ -71,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{metrics['samples']} images: AUC {show(overall['auc'])}, accuracy {show(overall['accuracy'])}, "
           f"sensitivity {show(overall['sensitivity'])}, specificity {show(overall['specificity'])}, "
           f"Dice {show(overall['dice'])}; written to {args.output}")
+    if "norm_adaptation" in metrics:
+        print(f"mffmt evaluate: {adaptation_text(metrics['norm_adaptation'])}", file=sys.stderr)
     for failure in metrics["failed"]:
         print(f"mffmt evaluate: skipped: {failure['error']}", file=sys.stderr)
     if metrics["duplicates"]:

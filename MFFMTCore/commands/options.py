@@ -6,6 +6,8 @@ Vocabulary (the same word never means two things):
   (predict, live; default: the model's).
 - ``--malignancy-threshold P``: malignancy probability from which a case is called malignant
   (evaluate; default 0.5).
+- ``--adapt-norm``, ``--adapt-prior N``: adapt the network's BatchNorm statistics to the frames of
+  the run, taken as one scanner's (predict, evaluate; off by default).
 - ``--progress {bar,json,none}``: how long work reports progress: ``bar`` a bar (or status lines) for
   people on stderr, ``json`` one event per line on stdout (:mod:`MFFMTCore.base.progress_events`),
   ``none`` nothing. ``mffmt train`` always writes its events to ``RUN_DIR/progress.jsonl``.
@@ -99,6 +101,39 @@ def float_between(low: float, high: float) -> Callable[[str], float]:
 
     convert.__name__ = f"number in ({low:g}, {high:g})"
     return convert
+
+
+def non_negative_float(text: str) -> float:
+    """A number of 0 or more (``inf`` allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got {text!r}")
+    return value
+
+
+def add_norm_adaptation(parser: argparse.ArgumentParser) -> None:
+    """``--adapt-norm`` and ``--adapt-prior`` (read back with :func:`norm_adaptation`)."""
+    # Imported here: the options module stays free of torch for commands that do not need it.
+    from MFFMTCore.network.norm_adaptation import DEFAULT_PRIOR, MAX_FRAMES, MIN_FRAMES
+
+    parser.add_argument("--adapt-norm", action="store_true",
+                        help="test-time adaptation: the inputs are frames of one scanner; blend the network's "
+                             "BatchNorm statistics with theirs before predicting (from up to "
+                             f"{MAX_FRAMES} frames spread over the inputs; with fewer than {MIN_FRAMES} frames "
+                             "nothing is adapted). See MODEL_CARD.md, 'Test-time adaptation'")
+    parser.add_argument("--adapt-prior", type=non_negative_float, default=DEFAULT_PRIOR, metavar="N",
+                        help=f"with --adapt-norm: weight of the model's own statistics, in frames (default "
+                             f"{DEFAULT_PRIOR:g}; 0: the inputs' statistics alone)")
+
+
+def norm_adaptation(args: argparse.Namespace) -> Any:
+    """The :class:`~MFFMTCore.network.norm_adaptation.NormAdaptation` that ``args`` ask for, or None."""
+    from MFFMTCore.network.norm_adaptation import NormAdaptation
+
+    return NormAdaptation(prior_strength=args.adapt_prior) if args.adapt_norm else None
 
 
 class _RenamedOption(argparse.Action):

@@ -24,8 +24,10 @@ from MFFMTCore.commands.options import (
     Progress,
     add_device,
     add_lesion_threshold,
+    add_norm_adaptation,
     add_progress,
     add_threads,
+    norm_adaptation,
     output_path,
     positive_int,
 )
@@ -34,6 +36,7 @@ from MFFMTCore.inference.batch import InputOutcome, check_output_folder, find_in
 from MFFMTCore.inference.imaging_region import IMAGING_REGION_CHOICES
 from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS
 from MFFMTCore.inference.predictor import Predictor
+from MFFMTCore.network.norm_adaptation import adaptation_text
 
 
 def _roi(text: str) -> tuple[int, int, int, int]:
@@ -84,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "kept), and replace files in their output names that predict did not write")
     add_device(parser)
     parser.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="frames per network call")
+    add_norm_adaptation(parser)
     add_threads(parser, "CPU threads for torch (default: torch's choice); with several inputs, that many "
                         "network calls of one thread each run at once, beside reading and writing")
     add_progress(parser)
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         summary = predict_files(predictor, inputs, args.output, threshold=args.lesion_threshold, roi=args.roi,
                                 gradcam=args.gradcam, overwrite=args.overwrite, progress=report,
                                 imaging_region=args.imaging_region,
-                                outputs=[*args.outputs, *(["dicom"] if args.dicom else [])])
+                                outputs=[*args.outputs, *(["dicom"] if args.dicom else [])],
+                                adapt_norm=norm_adaptation(args))
     except KeyboardInterrupt:
         progress.close()
         progress.event("cancelled", done=progress.done, total=len(inputs), output=str(args.output))
@@ -116,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     counts = {status: sum(o.status == status for o in summary.outcomes) for status in INPUT_STATUSES}
     progress.event("done", total=len(inputs), **counts, output=str(args.output))
+    if summary.norm_adaptation is not None:  # also in results.json's "settings"
+        print(f"mffmt predict: {adaptation_text(summary.norm_adaptation)}", file=sys.stderr)
     note = calibration_note(asdict(predictor.info))  # also in results.json's "model"
     if note is not None:
         print(f"mffmt predict: note: {predictor.model_path} is {note}", file=sys.stderr)

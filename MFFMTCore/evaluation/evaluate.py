@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from MFFMTCore.base.jsonsafe import json_safe
@@ -31,6 +32,7 @@ from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.files import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, evenly
 
 CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
                "truth_px", "prediction_px", "birads_label", "birads_prediction", "error")
@@ -100,6 +102,7 @@ def evaluate(
     malignancy_threshold: float = 0.5,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    adapt_norm: NormAdaptation | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``records`` and write the results into ``output``.
 
@@ -114,6 +117,9 @@ def evaluate(
         malignancy_threshold: malignancy probability from which a case is called malignant.
         progress: show progress bars.
         on_batch: called after each batch with (images done, images to do).
+        adapt_norm: first adapt the network's BatchNorm statistics to the images (taken as one
+            scanner's; :mod:`MFFMTCore.network.norm_adaptation`), from up to ``max_frames`` of them
+            spread evenly; recorded in metrics.json as ``norm_adaptation``. None: no adaptation, no key.
 
     Returns:
         The content of metrics.json.
@@ -138,6 +144,9 @@ def evaluate(
     good, failures = _readable(dataset, progress)
     if not good:
         raise DatasetError(f"all {len(failures)} images", f"none can be read; the first: {failures[0]['error']}")
+    adaptation = None
+    if adapt_norm is not None:
+        model, adaptation = _adapted(model, Subset(dataset, good), adapt_norm, batch_size, device)
     loader = DataLoader(Subset(dataset, good), batch_size=batch_size, shuffle=False)
     batches = progress_bar(_counted(loader, len(good), on_batch), desc="evaluating", unit="batch",
                            total=len(loader), disable=not progress)
@@ -148,6 +157,7 @@ def evaluate(
         "model": str(path), "model_name": info.name, "input_size": info.input_size, "mode": mode,
         "lesion_threshold": info.threshold, "malignancy_threshold": malignancy_threshold, "samples": len(rows), "failed": failures, "notes": DICE_NOTE,
         "duplicates": [{"image": extra.image, "same_as": first.image} for extra, first in duplicates],
+        **({"norm_adaptation": adaptation} if adaptation is not None else {}),
         **report,
     })
     write_json_atomic(output / "metrics.json", metrics)
@@ -161,6 +171,19 @@ def evaluate(
     plot_confusion_matrix(report["overall"]["confusion_matrix"], output / "confusion_matrix.png",
                           class_names=info.class_names, title=f"Confusion matrix at p >= {malignancy_threshold:g}")
     return metrics
+
+
+def _adapted(model: torch.nn.Module, images: Subset, adaptation: NormAdaptation, batch_size: int,
+             device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``model`` adapted to up to ``adaptation.max_frames`` of ``images`` (spread evenly), and the record;
+    ``model`` itself when there are fewer than ``adaptation.min_frames``."""
+    chosen = Subset(images, evenly(len(images), adaptation.max_frames))
+    record = {**adaptation.to_json(), "applied": False, "frames": len(chosen), "inputs": len(chosen)}
+    if len(chosen) < adaptation.min_frames:
+        return model, record
+    batches = (batch["image"].to(device) for batch in DataLoader(chosen, batch_size=batch_size, shuffle=False))
+    adapted, _ = adapt_batch_norm(model, batches, adaptation.prior_strength, adaptation.layers)
+    return adapted, record | {"applied": True}
 
 
 def read_evaluation_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:

@@ -69,6 +69,7 @@ from MFFMTCore.inference.outputs import DEFAULT_OUTPUTS, OUTPUTS, output_paths, 
 from MFFMTCore.inference.predictor import Predictor, PreparedInput
 from MFFMTCore.inference.results_table import frame_rows
 from MFFMTCore.model_file import read_model_checksum
+from MFFMTCore.network.norm_adaptation import NormAdaptation
 
 
 @dataclass
@@ -94,7 +95,11 @@ class InputOutcome:
 
 @dataclass
 class BatchSummary:
+    """What a run did: each input's outcome, and the network's adaptation (``settings.norm_adaptation``
+    of results.json; None without one)."""
+
     outcomes: list[InputOutcome]
+    norm_adaptation: dict[str, Any] | None = None
 
     @property
     def failed(self) -> list[InputOutcome]:
@@ -260,6 +265,7 @@ def predict_files(
     imaging_region: str = "auto",
     outputs: Collection[str] = DEFAULT_OUTPUTS,
     frames_progress: Callable[[str, int, int], None] | None = None,
+    adapt_norm: NormAdaptation | None = None,
 ) -> BatchSummary:
     """Predict on each input and write its outputs and the results tables into ``output``.
 
@@ -283,6 +289,10 @@ def predict_files(
         frames_progress: called as ``frames_progress(input, frames_done, frames_total)`` after each
             network call for each input that had frames in it; raising from it (or from ``progress``)
             stops the run: inputs already written are recorded, the ones in flight leave no file.
+        adapt_norm: adapt the network's BatchNorm statistics to the frames of all ``inputs`` first
+            (:meth:`Predictor.adapted`: the inputs are taken as one scanner's frames); recorded in
+            results.json's ``settings`` as ``norm_adaptation``, so an input finished with other
+            statistics is redone. None: the model's own statistics, and no such key.
 
     Raises:
         FolderLockedError: another run is writing into ``output``.
@@ -296,6 +306,8 @@ def predict_files(
     output = Path(output)
     with FolderLock(output, "mffmt predict"):
         remove_temporaries(output)
+        if adapt_norm is not None:
+            predictor = predictor.adapted(inputs, adapt_norm, roi=roi, imaging_region=imaging_region)
         return _predict_locked(predictor, inputs, output, threshold, roi, gradcam, overwrite, progress,
                                imaging_region, [name for name in OUTPUTS if name in outputs], frames_progress)
 
@@ -391,6 +403,8 @@ def _predict_locked(
     model = _model_document(predictor)
     settings = {"model_sha256": model["sha256"], "threshold": threshold,
                 "roi": list(roi) if roi is not None else None, "imaging_region": imaging_region, "outputs": outputs}
+    if predictor.norm_adaptation is not None:  # absent without --adapt-norm: earlier runs' settings still match
+        settings["norm_adaptation"] = predictor.norm_adaptation
     previous = _previous_results(output, overwrite)
     entries: dict[str, dict[str, Any]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -460,7 +474,7 @@ def _predict_locked(
             rows[item.outcome.input] = item.rows
 
     pipeline = _Pipeline(predictor, inputs, read, write, save, progress, frames_progress, gradcam)
-    return BatchSummary(pipeline.run())
+    return BatchSummary(pipeline.run(), predictor.norm_adaptation)
 
 
 # Network calls in flight at most: on many cores, a few calls of several threads each keep memory bounded.

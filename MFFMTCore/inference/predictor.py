@@ -18,6 +18,9 @@ Usage::
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data.transforms import expand_box, preprocess_frames
 from MFFMTCore.devices import torch_device
+from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
 from MFFMTCore.inference.frames import FrameStack, ImageInput, as_frame_stack
 from MFFMTCore.inference.gradcam import GradCamExplainer
@@ -46,6 +50,7 @@ from MFFMTCore.inference.nrrd_stream import NrrdStream, map_header
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import FrameAnalysis, PredictionResult, StoredMap, analysed_box
 from MFFMTCore.model_file import load_model, resolve_model_path
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, adapted_layers, evenly
 
 #: The maps a clip can stream to files instead of holding them (see :meth:`Predictor.predict`).
 STREAMED_MAPS = ("probability", "gradcam")
@@ -84,6 +89,8 @@ class Predictor:
         self._explainer: GradCamExplainer | None = None
         # Where breast B-mode frames lie in feature space (None: the model file has no statistics).
         self.input_statistics = read_statistics(self.model_path)
+        # What :meth:`adapted` did to this predictor's network (None: the model file's statistics).
+        self.norm_adaptation: dict | None = None
 
     @property
     def roi_margin(self) -> float:
@@ -105,6 +112,49 @@ class Predictor:
         if self._explainer is None:
             self._explainer = GradCamExplainer(self.model, class_index=len(self.class_names) - 1)
         return self._explainer(x)
+
+    def adapted(self, inputs: Sequence[ImageInput], adaptation: NormAdaptation, roi: RoiInput | None = None,
+                imaging_region: str = "auto") -> Predictor:
+        """A predictor for frames of one scanner arriving together (a clip, a folder): its network's
+        BatchNorm statistics blended with those of ``inputs``' frames
+        (:func:`MFFMTCore.network.norm_adaptation.adapt_batch_norm`). This predictor is not changed.
+
+        The frames are read as :meth:`predict` reads them (imaging region or ROI, input size): up to
+        ``adaptation.max_frames`` of them, spread evenly over the inputs and over each clip's frames.
+        An input that cannot be read is left out here (its prediction reports why). With fewer than
+        ``adaptation.min_frames`` frames nothing is adapted: the copy answers as this predictor does.
+        The copy's :attr:`norm_adaptation` records what was done (``applied``, ``frames``, ``inputs``,
+        the settings and, when applied, ``statistics_sha256`` of the adapted statistics).
+
+        Cost: reading the chosen inputs again and one network pass (without maps) over the chosen frames.
+        """
+        picked = [inputs[index] for index in evenly(len(inputs), adaptation.max_frames)]
+        share = math.ceil(adaptation.max_frames / max(1, len(picked)))
+        crops: list[torch.Tensor] = []
+        used = 0
+        for image in picked:
+            try:
+                prepared = self.prepare(image, roi=roi, imaging_region=imaging_region)
+                chosen = [self._network_input(prepared, index, index + 1)
+                          for index in evenly(prepared.stack.num_frames, share)]
+            except (MFFMTError, ValueError, OSError):  # a bad input: its own prediction says why
+                continue
+            crops.extend(chosen[: adaptation.max_frames - len(crops)])
+            used += 1
+        clone = copy.copy(self)
+        clone._explainer = None  # Grad-CAM hooks belong to one network
+        record = {**adaptation.to_json(), "applied": False, "frames": len(crops), "inputs": used}
+        if len(crops) >= adaptation.min_frames:
+            batches = (torch.cat(crops[i : i + self.batch_size]).to(self.device).contiguous(
+                memory_format=torch.channels_last) for i in range(0, len(crops), self.batch_size))
+            clone.model, _ = adapt_batch_norm(self.model, batches, adaptation.prior_strength, adaptation.layers)
+            digest = hashlib.sha256()
+            for layer in adapted_layers(clone.model, adaptation.layers).values():
+                digest.update(layer.running_mean.detach().cpu().numpy().tobytes())
+                digest.update(layer.running_var.detach().cpu().numpy().tobytes())
+            record |= {"applied": True, "statistics_sha256": digest.hexdigest()}
+        clone.norm_adaptation = record
+        return clone
 
     def predict(
         self,
@@ -220,9 +270,8 @@ class Predictor:
             if prepared.error is not None:
                 continue
             x0, y0, w, h = prepared.crop
-            grey = prepared.stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
             try:
-                check_frames(grey, prepared.stack.source, first_frame=start)
+                grey = self._analysed_grey(prepared, start, stop)
             except ImageReadError as error:
                 prepared.error = error
                 continue
@@ -262,6 +311,22 @@ class Predictor:
                 prepared.chunk_done(start, probability, gradcam)
             prepared.frames_done += stop - start
             first = last
+
+    @staticmethod
+    def _analysed_grey(prepared: PreparedInput, start: int, stop: int) -> np.ndarray:
+        """Grey frames ``start:stop`` of the part the network sees, checked.
+
+        Raises:
+            ImageReadError: a pixel is NaN or infinite.
+        """
+        x0, y0, w, h = prepared.crop
+        grey = prepared.stack.grey(start, stop)[:, y0 : y0 + h, x0 : x0 + w]
+        check_frames(grey, prepared.stack.source, first_frame=start)
+        return grey
+
+    def _network_input(self, prepared: PreparedInput, start: int, stop: int) -> torch.Tensor:
+        """Frames ``start:stop`` as the network takes them, (n, 1, H, W) on the CPU."""
+        return preprocess_frames(self._analysed_grey(prepared, start, stop), self.input_size)
 
     def result(self, prepared: PreparedInput) -> PredictionResult:
         """The prediction of an input whose frames have all been through :meth:`run_network`.
