@@ -43,15 +43,19 @@ from pathlib import Path
 import torch
 
 from MFFMTCore.base.devices import available_cores
+from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_busbra, read_busi
 from MFFMTCore.data.records import SampleRecord
+from MFFMTCore.evaluation.calibration import lesion_tradeoff, tradeoff_points
 from MFFMTCore.evaluation.model_fit import FrameScore
+from MFFMTCore.evaluation.plots import plot_lesion_tradeoff
 from MFFMTCore.evaluation.site_report import site_report
 from MFFMTCore.files import write_json_atomic
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.model_completion import score_records
 from MFFMTCore.model_file import read_model_info
+from MFFMTCore.network.norm_adaptation import LAYER_CHOICES, NormAdaptation
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "MFFMTCore" / "models" / "mffmt18_default.safetensors"
@@ -106,17 +110,28 @@ def train(arguments: list[str], timing: Path, frames: int, **facts) -> None:
     write_json_atomic(timing, {"seconds": time.monotonic() - started, "frames": frames, **facts})
 
 
-def judge(model: Path, records: list[SampleRecord]) -> tuple[list[FrameScore], dict]:
+def judge(model: Path, records: list[SampleRecord], adaptation: NormAdaptation | None = None
+          ) -> tuple[list[FrameScore], dict]:
+    """Score ``records`` with ``model`` through the Predictor; with ``adaptation``, its BatchNorm statistics
+    first adapted to the frames of all ``records`` (as ``mffmt predict --adapt-norm`` on a folder of them)."""
     info = read_model_info(model)
-    scored = score_records(Predictor(model), records)
-    return scored.scores, {"model": str(model), "temperature": info.temperature,
-                           "lesion_decision": info.lesion_decision}
+    predictor = Predictor(model)
+    facts: dict = {"model": str(model), "temperature": info.temperature, "lesion_decision": info.lesion_decision}
+    if adaptation is not None:
+        started = time.monotonic()
+        predictor = predictor.adapted([record.image for record in records], adaptation)
+        facts |= {"norm_adaptation": predictor.norm_adaptation, "adaptation_seconds": time.monotonic() - started}
+    started = time.monotonic()
+    scored = score_records(predictor, records)
+    facts["judging_seconds"] = time.monotonic() - started
+    return scored.scores, facts
 
 
-def judge_once(model: Path, records: list[SampleRecord], path: Path) -> tuple[list[FrameScore], dict]:
+def judge_once(model: Path, records: list[SampleRecord], path: Path, adaptation: NormAdaptation | None = None
+               ) -> tuple[list[FrameScore], dict]:
     """:func:`judge`, written to ``path`` (read back when it exists)."""
     if not path.exists():
-        scores, info = judge(model, records)
+        scores, info = judge(model, records, adaptation)
         write_json_atomic(path, {**info, "scores": [asdict(score) for score in scores]})
     stored = json.loads(path.read_text())
     return [FrameScore(**score) for score in stored.pop("scores")], stored
@@ -169,6 +184,64 @@ def site_without(name: str, records: list[SampleRecord], others: list[SampleReco
     model = RunFolder(base).model
     zero_shot = judge_once(model, test, folder / "zero_shot.json")
     return fine_tune_and_judge(folder / variant_name(options), train_half, test, model, parent=zero_shot, options=options)
+
+
+def adaptation_name(adaptation: NormAdaptation) -> str:
+    """The folder of an adaptation arm, e.g. ``prior_16_all``."""
+    return f"prior_{adaptation.prior_strength:g}_{adaptation.layers}"
+
+
+def adapt_and_judge(folder: Path, model: Path, test: list[SampleRecord], unadapted: tuple[list[FrameScore], dict],
+                    adaptations: Sequence[NormAdaptation]) -> dict[str, dict]:
+    """Test-time adaptation: ``model`` judged on ``test`` with its BatchNorm statistics adapted to the frames
+    of ``test`` (transductive, as a folder of one site would be), against ``unadapted`` (its scores without
+    adaptation) with the site report's paired differences; per arm ``folder/<arm>/judged.json``."""
+    reports = {}
+    for adaptation in adaptations:
+        arm = folder / adaptation_name(adaptation)
+        result = arm / "judged.json"
+        if not result.exists():
+            scores, info = judge_once(model, test, arm / "judged_new.json", adaptation)
+            report = site_report(unadapted[0], scores, {"parent": unadapted[1], "new": info})
+            report["judged_frames"] = len(test)
+            write_json_atomic(result, report)
+        reports[adaptation_name(adaptation)] = json.loads(result.read_text())
+    return reports
+
+
+def adaptation_table(title: str, reports: dict[str, dict]) -> str:
+    """Each adaptation arm against no adaptation: the figures and their paired differences (adapted minus not)."""
+    lines = [f"| {title} | AUC | sensitivity / specificity | Dice | lesion-free given a lesion | ECE | "
+             "difference: AUC, Dice, lesion-free, ECE | adaptation cost |", "|---|---|---|---|---|---|---|---|"]
+    first = next(iter(reports.values()))
+    rows = [("no adaptation", first["parent"], None, None)]
+    rows += [(name, report["new"], report["difference"], report["new"]) for name, report in reports.items()]
+    for name, entry, difference, info in rows:
+        m = entry["metrics"]
+        changes = "-" if difference is None else ", ".join(_cell(difference[k], signed=True, percent=k == "lesion_free_flagged")
+                                                           for k in ("auc", "dice", "lesion_free_flagged", "ece"))
+        cost = "-"
+        if info is not None and info.get("norm_adaptation", {}).get("applied"):
+            frames = info["norm_adaptation"]["frames"]
+            per_frame = info["judging_seconds"] / first["judged_frames"]
+            cost = (f"{info['adaptation_seconds']:.0f} s for {frames} frames "
+                    f"({info['adaptation_seconds'] / frames / per_frame:.2f}x a judged frame's time)")
+        lines.append(f"| {name} | {_cell(m['auc'])} | {_cell(m['sensitivity'])} / {_cell(m['specificity'])} | "
+                     f"{_cell(m['dice'])} | {_cell(m['lesion_free_flagged'], percent=True)} | {_cell(m['ece'])} | "
+                     f"{changes} | {cost} |")
+    return "\n".join(lines)
+
+
+def _cell(entry: dict, percent: bool = False, signed: bool = False) -> str:
+    """``value (low-high)``, as a percentage with ``percent``, with a sign with ``signed``."""
+    if entry["value"] is None:
+        return "n/a"
+    scale, digits, unit = (100, 0, "%") if percent else (1, 3, "")
+    sign = "+" if signed else ""
+    text = f"{scale * entry['value']:{sign}.{digits}f}{unit}"
+    if entry["low"] is not None:
+        text += f" ({scale * entry['low']:{sign}.{digits}f} to {scale * entry['high']:{sign}.{digits}f})"
+    return text
 
 
 def variant_name(options: Sequence[str]) -> str:
@@ -234,11 +307,31 @@ def main() -> int:
     parser.add_argument("--fine-tune-options", default="",
                         help="with --train-without-site: options added to the fine-tuning (another choice of its "
                              "defaults, e.g. '--lr 1e-3'), judged beside the defaults' run in its own folder")
+    parser.add_argument("--adapt-norm", type=float, nargs="+", metavar="PRIOR",
+                        help="test-time adaptation arm, instead of fine-tuning: judge the model (with "
+                             "--train-without-site: the model trained without the site, which must exist) on the "
+                             "judging half with its BatchNorm statistics adapted to that half's frames, once per "
+                             "prior strength given, against no adaptation")
+    parser.add_argument("--adapt-layers", choices=LAYER_CHOICES, default="all",
+                        help="with --adapt-norm: the BatchNorm layers adapted")
+    parser.add_argument("--tradeoff", action="store_true",
+                        help="the lesion rule's trade-off (lesion frames kept against lesion-free frames given a "
+                             "lesion) of every model judged so far on each site's judging half, without and with "
+                             "adaptation and fine-tuned: lesion_tradeoff.png and .md beside them (no network run)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="with --adapt-norm and without --train-without-site: the no-harm check, judged on the "
+                             "judging halves of all --sites together (one folder of mixed scanners)")
     args = parser.parse_args()
     torch.set_num_threads(available_cores())  # the judging; taskset limits it
     busbra, busi = read_busbra(args.busbra), read_busi(args.busi)
     chosen = {"logiq7": lambda r: r.scanner == LOGIQ7, "busi": lambda r: r.dataset == busi[0].dataset}
     arm = "without_site" if args.train_without_site else "default"
+    if args.tradeoff:
+        for name in args.sites:
+            print(tradeoff(args.output / name / ("without_site" if args.train_without_site else "")), flush=True)
+        return 0
+    if args.adapt_norm:
+        return adaptation_arms(args, {name: [r for r in busbra + busi if chosen[name](r)] for name in args.sites}, arm)
     for name in args.sites:
         records = [r for r in busbra + busi if chosen[name](r)]
         if arm == "default":
@@ -253,6 +346,69 @@ def main() -> int:
         text = table(finished(args.output, arm), arm)
         (args.output / f"table_{arm}.md").write_text(text + "\n", encoding="utf-8")
         print(text, flush=True)
+    return 0
+
+
+def tradeoff(folder: Path) -> str:
+    """The lesion rule's trade-off curves of the models judged in ``folder`` (zero-shot, each adaptation arm,
+    fine-tuned with the defaults), each with its own stored rule marked; written beside them."""
+    sources = {"zero-shot": folder / "zero_shot.json",
+               **{f"adapted, {path.parent.name}": path for path in sorted((folder / "adapted").glob("*/judged_new.json"))},
+               "fine-tuned (defaults)": folder / "fine_tuned" / "judged_new.json"}
+    curves, marks, rows = {}, {}, []
+    for name, path in sources.items():
+        if not path.exists():
+            continue
+        stored = json.loads(path.read_text())
+        scores = [FrameScore(**score) for score in stored["scores"] if score["lesion"] is not None]
+        curve = lesion_tradeoff([s.peak for s in scores], [s.largest_fraction for s in scores],
+                                [bool(s.lesion) for s in scores])
+        rule = LesionDecision.from_json(stored["lesion_decision"])
+        lesion = [s.found(rule) for s in scores if s.lesion]
+        free = [s.found(rule) for s in scores if not s.lesion]
+        curves[name], marks[name] = curve, (sum(free) / len(free), sum(lesion) / len(lesion))
+        points = tradeoff_points(curve)
+        rows.append(f"| {name} | peak >= {rule.min_peak:g}, area >= {rule.min_area_fraction:g}: "
+                    f"{marks[name][1]:.0%} kept, {marks[name][0]:.0%} flagged | "
+                    + " | ".join("-" if v is None else f"{v:.0%}" for v in points.values()) + " |")
+    header = ("| model | its own rule | lesion frames kept with <= 10% lesion-free flagged | with <= 20% | "
+              "lesion-free flagged keeping >= 95% | keeping >= 97% |\n|---|---|---|---|---|---|")
+    text = header + "\n" + "\n".join(rows)
+    plot_lesion_tradeoff(curves, folder / "lesion_tradeoff.png", marks)
+    (folder / "lesion_tradeoff.md").write_text(text + "\n", encoding="utf-8")
+    write_json_atomic(folder / "lesion_tradeoff.json", {"curves": curves, "own_rule": marks})
+    return text
+
+
+def adaptation_arms(args: argparse.Namespace, records: dict[str, list[SampleRecord]], arm: str) -> int:
+    """The ``--adapt-norm`` arms: per site (or, with ``--mixed``, the sites' judging halves together) the
+    model judged with and without test-time adaptation; the table to ``table_adaptation_<arm>.md``."""
+    adaptations = [NormAdaptation(prior, args.adapt_layers) for prior in args.adapt_norm]
+    judged = {name: halves(site_records)[1] for name, site_records in records.items()}
+    if args.mixed:
+        judged = {"+".join(judged): [record for half in judged.values() for record in half]}
+    sections = []
+    for name, test in judged.items():
+        if arm == "without_site":
+            folder = args.output / name / "without_site"
+            model = RunFolder(folder / "base").model
+            if not model.exists():
+                raise SystemExit(f"{model}: no model trained without {name}; run --train-without-site first")
+            unadapted = judge_once(model, test, folder / "zero_shot.json")
+        else:
+            folder = args.output / (f"mixed_{name}" if args.mixed else name)
+            model = args.model
+            unadapted = judge_once(model, test, folder / "unadapted.json")
+        reports = adapt_and_judge(folder / "adapted", model, test, unadapted, adaptations)
+        every = {path.parent.name: json.loads(path.read_text())
+                 for path in sorted((folder / "adapted").glob("*/judged.json"))}  # earlier arms too
+        title = (f"{' + '.join(SITES.get(n, n) for n in name.split('+'))} ({next(iter(reports.values()))['patients']} "
+                 f"patients, {len(test)} frames), {'model trained without the site' if arm == 'without_site' else 'default model'}")
+        sections.append(adaptation_table(title, every))
+    text = "\n\n".join(sections)
+    suffix = f"{arm}_mixed" if args.mixed else arm
+    (args.output / f"table_adaptation_{suffix}_{'_'.join(args.sites)}.md").write_text(text + "\n", encoding="utf-8")
+    print(text, flush=True)
     return 0
 
 

@@ -69,6 +69,23 @@ def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[
                      for row in table if row["cases"]) / total)
 
 
+def rule_outcomes(peaks: Sequence[float], largest_fractions: Sequence[float], has_lesion: Sequence[bool],
+                  peak_grid: Sequence[float], area_grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """What each lesion rule of a grid does to the frames: (kept, flagged), each (len(peak_grid), len(area_grid)):
+    the share of lesion frames that keep a lesion and of lesion-free frames given one (nan without such frames).
+
+    Args:
+        peaks, largest_fractions, has_lesion: as for :func:`choose_lesion_decision`.
+        peak_grid, area_grid: the rules' ``min_peak`` and ``min_area_fraction`` values.
+    """
+    peaks, fractions = np.asarray(peaks, dtype=np.float64), np.asarray(largest_fractions, dtype=np.float64)
+    lesion = np.asarray(has_lesion, dtype=bool)
+    found = ((peaks[None, None] >= np.asarray(peak_grid, dtype=np.float64)[:, None, None])
+             & (fractions > 0) & (fractions[None, None] >= np.asarray(area_grid, dtype=np.float64)[None, :, None]))
+    with np.errstate(invalid="ignore"):
+        return found[..., lesion].mean(axis=-1), found[..., ~lesion].mean(axis=-1)
+
+
 def choose_lesion_decision(peaks: Sequence[float], largest_fractions: Sequence[float], has_lesion: Sequence[bool],
                            min_kept: float = 0.95) -> LesionDecision:
     """The lesion rule that keeps at least ``min_kept`` of the lesion frames and flags the fewest
@@ -90,16 +107,65 @@ def choose_lesion_decision(peaks: Sequence[float], largest_fractions: Sequence[f
     # Candidate thresholds: the values the lesion frames take (beyond them nothing changes).
     peak_grid = np.unique(np.concatenate([[0.0], np.quantile(peaks[lesion], np.linspace(0, 1 - min_kept, 26))]))
     area_grid = np.unique(np.concatenate([[0.0], np.quantile(fractions[lesion], np.linspace(0, 1 - min_kept, 26))]))
+    kept, flagged = rule_outcomes(peaks, fractions, lesion, peak_grid, area_grid)
+    mildness = peak_grid[:, None] + area_grid[None, :]
     best: tuple | None = None
-    for min_peak in peak_grid:
-        for min_area in area_grid:
-            found = (peaks >= min_peak) & (fractions > 0) & (fractions >= min_area)
-            kept = found[lesion].mean()
-            if kept + 1e-12 < min_kept:
-                continue
-            key = (found[~lesion].mean(), -kept, min_peak + min_area)
-            if best is None or key < best[0]:
-                best = (key, min_peak, min_area)
+    for i, j in np.ndindex(kept.shape):
+        if kept[i, j] + 1e-12 < min_kept:
+            continue
+        key = (flagged[i, j], -kept[i, j], mildness[i, j])
+        if best is None or key < best[0]:
+            best = (key, peak_grid[i], area_grid[j])
     if best is None:  # even the mildest rule loses lesions (empty maps): count any lesion pixel
         return LesionDecision()
     return LesionDecision(float(best[1]), float(best[2]))
+
+
+def lesion_tradeoff(peaks: Sequence[float], largest_fractions: Sequence[float], has_lesion: Sequence[bool],
+                    steps: int = 41) -> dict[str, list]:
+    """The trade-off of the frame-level lesion rule: lesion frames keeping a lesion against lesion-free
+    frames given one, over every rule of a grid (``min_peak`` and ``min_area_fraction`` each at ``steps``
+    quantiles of the frames' own values, and 0), reduced to its frontier: for each share of lesion-free
+    frames given a lesion, the rule keeping the most lesion frames. The rules are chosen on the frames
+    they are scored on, so the frontier is the best any rule of this form could do here (optimistic).
+
+    Returns:
+        ``flagged``, ``kept`` (shares, ascending in ``flagged``) and ``rules`` (the rule of each point, JSON).
+
+    Raises:
+        ValueError: no lesion-free or no lesion frames.
+    """
+    peaks, fractions = np.asarray(peaks, dtype=np.float64), np.asarray(largest_fractions, dtype=np.float64)
+    lesion = np.asarray(has_lesion, dtype=bool)
+    if lesion.all() or not lesion.any():
+        raise ValueError("a lesion trade-off needs frames with and frames without a lesion")
+    quantiles = np.linspace(0, 1, steps)
+    peak_grid = np.unique(np.concatenate([[0.0], np.quantile(peaks, quantiles)]))
+    area_grid = np.unique(np.concatenate([[0.0], np.quantile(fractions, quantiles)]))
+    kept, flagged = rule_outcomes(peaks, fractions, lesion, peak_grid, area_grid)
+    order = sorted(np.ndindex(kept.shape), key=lambda ij: (flagged[ij], -kept[ij]))
+    frontier: dict[str, list] = {"flagged": [], "kept": [], "rules": []}
+    for i, j in order:
+        if frontier["kept"] and kept[i, j] <= frontier["kept"][-1]:
+            continue
+        frontier["flagged"].append(float(flagged[i, j]))
+        frontier["kept"].append(float(kept[i, j]))
+        frontier["rules"].append(LesionDecision(float(peak_grid[i]), float(area_grid[j])).to_json())
+    return frontier
+
+
+def tradeoff_points(frontier: dict[str, list], max_flagged: Sequence[float] = (0.10, 0.20),
+                    min_kept: Sequence[float] = (0.95, 0.97)) -> dict[str, float | None]:
+    """Read a :func:`lesion_tradeoff` frontier at the goals: the most lesion frames kept with at most each
+    ``max_flagged`` share of lesion-free frames given a lesion (``kept_at_flagged_0.1``), and the fewest
+    lesion-free frames given one while keeping at least each ``min_kept`` (``flagged_at_kept_0.97``;
+    None where no rule reaches it)."""
+    points = list(zip(frontier["flagged"], frontier["kept"]))
+    summary: dict[str, float | None] = {}
+    for limit in max_flagged:
+        within = [kept for flagged, kept in points if flagged <= limit + 1e-12]
+        summary[f"kept_at_flagged_{limit:g}"] = max(within) if within else None
+    for goal in min_kept:
+        reaching = [flagged for flagged, kept in points if kept + 1e-12 >= goal]
+        summary[f"flagged_at_kept_{goal:g}"] = min(reaching) if reaching else None
+    return summary

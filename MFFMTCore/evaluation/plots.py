@@ -159,3 +159,29 @@ def plot_roc_and_reliability(rocs: dict[str, dict[str, Sequence[float]]],
     _draw_reliability(right, reliabilities, "Reliability of p(malignant)")
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_lesion_tradeoff(curves: dict[str, dict[str, Sequence[float]]], path: str | os.PathLike,
+                         marks: dict[str, tuple[float, float]] | None = None,
+                         title: str = "Lesion rule: lesion frames kept against lesion-free frames given a lesion") -> Path:
+    """The trade-off of the frame-level lesion rule, one curve per model.
+
+    Args:
+        curves: name -> ``{"flagged": [...], "kept": [...]}``
+            (:func:`MFFMTCore.evaluation.calibration.lesion_tradeoff`), drawn as steps.
+        path: PNG to write.
+        marks: name -> (flagged, kept) of a model's own stored rule, drawn as a point on its curve's colour.
+        title: figure title.
+    """
+    figure, axes = plt.subplots(figsize=(6.5, 5))
+    for name, curve in curves.items():
+        (line,) = axes.step(curve["flagged"], curve["kept"], where="post", linewidth=1.5, label=name)
+        if marks and name in marks:
+            axes.plot(*marks[name], marker="o", markersize=7, color=line.get_color(), linestyle="none")
+    axes.axvline(0.10, linestyle=":", color="grey", linewidth=1)
+    axes.axhline(0.97, linestyle=":", color="grey", linewidth=1)
+    axes.set(xlim=(-0.01, 1.01), ylim=(0, 1.01), xlabel="lesion-free frames given a lesion",
+             ylabel="lesion frames keeping a lesion", title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small", title="dots: each model's own rule; dotted: the goal")
+    return _save(figure, path)

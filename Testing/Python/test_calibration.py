@@ -11,8 +11,11 @@ from MFFMTCore.evaluation.calibration import (
     choose_lesion_decision,
     expected_calibration_error,
     fit_temperature,
+    lesion_tradeoff,
     reliability_bins,
+    tradeoff_points,
 )
+from MFFMTCore.evaluation.plots import plot_lesion_tradeoff
 
 
 def overconfident(temperature: float, cases: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -83,3 +86,29 @@ def test_lesion_decision_values_are_checked():
         LesionDecision.from_json({"min_peak": 1.5})
     with pytest.raises(ValueError, match="unknown"):
         LesionDecision.from_json({"min_peek": 0.5})
+
+
+def test_lesion_tradeoff_is_the_frontier_of_the_rules():
+    # Four lesion frames and four lesion-free ones; one lesion frame has an empty map (never kept).
+    peaks = [0.99, 0.95, 0.90, 0.50, 0.97, 0.80, 0.60, 0.30]
+    areas = [0.05, 0.04, 0.01, 0.00, 0.03, 0.03, 0.02, 0.01]
+    lesion = [True, True, True, True, False, False, False, False]
+    curve = lesion_tradeoff(peaks, areas, lesion)
+    assert curve["flagged"] == sorted(curve["flagged"]) and curve["kept"] == sorted(curve["kept"])
+    # Two lesion frames are kept with no lesion-free frame flagged (area > 0.03); the third costs the
+    # lesion-free frame that peaks at 0.97; the fourth (an empty map) no rule keeps.
+    assert list(zip(curve["flagged"], curve["kept"])) == [(0.0, 0.5), (0.25, 0.75)]
+    for flagged, kept, rule in zip(curve["flagged"], curve["kept"], curve["rules"]):  # each point is its rule's
+        found = [LesionDecision(**rule).present(p, a) for p, a in zip(peaks, areas)]
+        assert (np.mean(found[4:]), np.mean(found[:4])) == (flagged, kept)
+    points = tradeoff_points(curve, max_flagged=(0.0, 0.25), min_kept=(0.75, 0.9))
+    assert points["kept_at_flagged_0"] == 0.5 and points["flagged_at_kept_0.9"] is None
+    assert points["kept_at_flagged_0.25"] == 0.75 and points["flagged_at_kept_0.75"] == 0.25
+    with pytest.raises(ValueError):
+        lesion_tradeoff([0.9], [0.1], [True])
+
+
+def test_lesion_tradeoff_picture(tmp_path):
+    curve = lesion_tradeoff([0.9, 0.8, 0.7, 0.6], [0.1, 0.1, 0.05, 0.05], [True, False, True, False])
+    path = plot_lesion_tradeoff({"a": curve}, tmp_path / "tradeoff.png", marks={"a": (0.5, 1.0)})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
