@@ -112,8 +112,11 @@ def test_predictor_copy_single_frame_and_too_few_frames(model_path, tmp_path):
     before = predictor.predict(paths[0]).class_probabilities.copy()
     state = {key: value.clone() for key, value in predictor.model.state_dict().items()}
 
-    adapted = predictor.adapted(paths, NormAdaptation(prior_strength=0.0))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    adapted = predictor.adapted([*paths, corrupt], NormAdaptation(prior_strength=0.0))  # a bad input is left out
     assert adapted.norm_adaptation["applied"] and adapted.norm_adaptation["frames"] == 10
+    assert adapted.norm_adaptation["inputs"] == 10
     assert adapted.model is not predictor.model and predictor.norm_adaptation is None
     assert all(torch.equal(value, state[key]) for key, value in predictor.model.state_dict().items())
     assert not np.allclose(adapted.predict(paths[0]).class_probabilities, before)  # the answer moved
@@ -168,3 +171,16 @@ def test_evaluate_flag_records_the_adaptation(model_path, tmp_path, capsys):
     assert "norm_adaptation" not in metrics["off"]
     assert metrics["on"]["norm_adaptation"]["applied"] and metrics["on"]["norm_adaptation"]["frames"] == 10
     assert metrics["on"]["overall"] != metrics["off"]["overall"]
+
+
+def test_a_clip_is_adapted_on_its_own_frames_up_to_the_cap(model_path, tmp_path):
+    rng = np.random.default_rng(2)
+    clip = tmp_path / "clip.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray((100 + 50 * rng.random((12, 40, 48))).astype(np.uint8)), str(clip))
+    predictor = Predictor(model_path)
+    adapted = predictor.adapted([clip], NormAdaptation(prior_strength=8.0, max_frames=9))
+    assert adapted.norm_adaptation | {"statistics_sha256": None} == {
+        "prior_strength": 8.0, "layers": "all", "min_frames": MIN_FRAMES, "max_frames": 9, "applied": True,
+        "frames": 9, "inputs": 1, "statistics_sha256": None}
+    result = adapted.predict(clip)
+    assert result.class_probabilities.shape == (12, 2) and np.isfinite(result.class_probabilities).all()
