@@ -18,6 +18,18 @@ BUS-BRA) with the default recipe, ``mffmt train --config configs/default_model.j
 (``--epochs`` shortens it), judged zero-shot on the judging half, and then fine-tuned on the
 fine-tuning half with the same exact command as above and judged again.
 
+``--adapt-norm PRIOR ...`` runs test-time adaptation instead of fine-tuning: the model (with
+``--train-without-site`` the one trained without the site, which must exist) is judged on the same
+judging half with its BatchNorm statistics adapted to that half's frames (``Predictor.adapted``, as
+``mffmt predict --adapt-norm`` on a folder of them), once per prior strength, each against no
+adaptation with the site report's paired differences (``--adapt-layers backbone``: the feature
+extractor's layers only). ``--mixed`` (default model) judges the sites' judging halves together, one
+mixed folder: the no-harm check. ``--tradeoff`` draws the lesion rule's trade-off (lesion frames kept
+against lesion-free frames given one) of every model judged so far on a site's half. Example::
+
+    nice python experiments/site_finetune.py --busbra ../shared/data/busbra --busi ../shared/data/busi \\
+        --output runs/site_finetune --sites busi --train-without-site --adapt-norm 0 16 64
+
 Every step writes its result before the next starts, and a finished step is not redone (run it again
 after a stop; an interrupted training resumes from its checkpoint). Example::
 
@@ -191,6 +203,12 @@ def adaptation_name(adaptation: NormAdaptation) -> str:
     return f"prior_{adaptation.prior_strength:g}_{adaptation.layers}"
 
 
+def adaptation_label(name: str) -> str:
+    """The words of an arm's folder name: ``prior_16_all`` -> ``adapted, N = 16, all BN layers``."""
+    _, prior, layers = name.split("_")
+    return f"adapted, N = {prior}, {'all BN layers' if layers == 'all' else 'backbone BN only'}"
+
+
 def adapt_and_judge(folder: Path, model: Path, test: list[SampleRecord], unadapted: tuple[list[FrameScore], dict],
                     adaptations: Sequence[NormAdaptation]) -> dict[str, dict]:
     """Test-time adaptation: ``model`` judged on ``test`` with its BatchNorm statistics adapted to the frames
@@ -215,7 +233,8 @@ def adaptation_table(title: str, reports: dict[str, dict]) -> str:
              "difference: AUC, Dice, lesion-free, ECE | adaptation cost |", "|---|---|---|---|---|---|---|---|"]
     first = next(iter(reports.values()))
     rows = [("no adaptation", first["parent"], None, None)]
-    rows += [(name, report["new"], report["difference"], report["new"]) for name, report in reports.items()]
+    rows += [(adaptation_label(name), report["new"], report["difference"], report["new"])
+             for name, report in reports.items()]
     for name, entry, difference, info in rows:
         m = entry["metrics"]
         changes = "-" if difference is None else ", ".join(_cell(difference[k], signed=True, percent=k == "lesion_free_flagged")
@@ -353,7 +372,7 @@ def tradeoff(folder: Path) -> str:
     """The lesion rule's trade-off curves of the models judged in ``folder`` (zero-shot, each adaptation arm,
     fine-tuned with the defaults), each with its own stored rule marked; written beside them."""
     sources = {"zero-shot": folder / "zero_shot.json",
-               **{f"adapted, {path.parent.name}": path for path in sorted((folder / "adapted").glob("*/judged_new.json"))},
+               **{adaptation_label(path.parent.name): path for path in sorted((folder / "adapted").glob("*/judged_new.json"))},
                "fine-tuned (defaults)": folder / "fine_tuned" / "judged_new.json"}
     curves, marks, rows = {}, {}, []
     for name, path in sources.items():

@@ -6,7 +6,9 @@ with :func:`read_results_document` and :func:`typed_row`. It needs no torch.
 
 ``results.json`` is strict JSON (no NaN or infinity, on writing and on reading) holding:
 
-- ``software``, ``model`` (path, checksum, name, ...), ``settings`` (``threshold``, ``roi``, ...);
+- ``software``, ``model`` (path, checksum, name, ...), ``settings`` (``threshold``, ``roi``, ..., and
+  with ``--adapt-norm`` ``norm_adaptation``: its settings, ``applied``, ``frames``, ``inputs`` and, when
+  applied, ``statistics_sha256``; see :meth:`MFFMTCore.inference.predictor.Predictor.adapted`);
 - ``columns``: the row columns, in order (:func:`result_columns`);
 - ``inputs``: per input ``input``, ``stem``, ``status`` (``done``, ``skipped``, ``failed``), ``error``,
   ``outputs`` (name -> file: ``segmentation``, ``probability``, ``overlay``, ``gradcam``, ...), its
