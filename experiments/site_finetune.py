@@ -203,6 +203,12 @@ def adaptation_name(adaptation: NormAdaptation) -> str:
     return f"prior_{adaptation.prior_strength:g}_{adaptation.layers}"
 
 
+def _arm_order(path: Path) -> tuple[float, str]:
+    """Arms by prior strength, then layers (``path``: ``.../<arm>/judged*.json``)."""
+    _, prior, layers = path.parent.name.split("_")
+    return float(prior), layers
+
+
 def adaptation_label(name: str) -> str:
     """The words of an arm's folder name: ``prior_16_all`` -> ``adapted, N = 16, all BN layers``."""
     _, prior, layers = name.split("_")
@@ -230,24 +236,17 @@ def adapt_and_judge(folder: Path, model: Path, test: list[SampleRecord], unadapt
 def adaptation_table(title: str, reports: dict[str, dict]) -> str:
     """Each adaptation arm against no adaptation: the figures and their paired differences (adapted minus not)."""
     lines = [f"| {title} | AUC | sensitivity / specificity | Dice | lesion-free given a lesion | ECE | "
-             "difference: AUC, Dice, lesion-free, ECE | adaptation cost |", "|---|---|---|---|---|---|---|---|"]
-    first = next(iter(reports.values()))
-    rows = [("no adaptation", first["parent"], None, None)]
-    rows += [(adaptation_label(name), report["new"], report["difference"], report["new"])
-             for name, report in reports.items()]
-    for name, entry, difference, info in rows:
+             "difference: AUC; Dice; lesion-free; ECE |", "|---|---|---|---|---|---|---|"]
+    rows = [("no adaptation", next(iter(reports.values()))["parent"], None)]
+    rows += [(adaptation_label(name), report["new"], report["difference"]) for name, report in reports.items()]
+    for name, entry, difference in rows:
         m = entry["metrics"]
-        changes = "-" if difference is None else ", ".join(_cell(difference[k], signed=True, percent=k == "lesion_free_flagged")
-                                                           for k in ("auc", "dice", "lesion_free_flagged", "ece"))
-        cost = "-"
-        if info is not None and info.get("norm_adaptation", {}).get("applied"):
-            frames = info["norm_adaptation"]["frames"]
-            per_frame = info["judging_seconds"] / first["judged_frames"]
-            cost = (f"{info['adaptation_seconds']:.0f} s for {frames} frames "
-                    f"({info['adaptation_seconds'] / frames / per_frame:.2f}x a judged frame's time)")
+        changes = "-" if difference is None else "; ".join(
+            _cell(difference[k], signed=True, percent=k == "lesion_free_flagged")
+            for k in ("auc", "dice", "lesion_free_flagged", "ece"))
         lines.append(f"| {name} | {_cell(m['auc'])} | {_cell(m['sensitivity'])} / {_cell(m['specificity'])} | "
                      f"{_cell(m['dice'])} | {_cell(m['lesion_free_flagged'], percent=True)} | {_cell(m['ece'])} | "
-                     f"{changes} | {cost} |")
+                     f"{changes} |")
     return "\n".join(lines)
 
 
@@ -372,7 +371,8 @@ def tradeoff(folder: Path) -> str:
     """The lesion rule's trade-off curves of the models judged in ``folder`` (zero-shot, each adaptation arm,
     fine-tuned with the defaults), each with its own stored rule marked; written beside them."""
     sources = {"zero-shot": folder / "zero_shot.json",
-               **{adaptation_label(path.parent.name): path for path in sorted((folder / "adapted").glob("*/judged_new.json"))},
+               **{adaptation_label(path.parent.name): path
+                  for path in sorted((folder / "adapted").glob("*/judged_new.json"), key=_arm_order)},
                "fine-tuned (defaults)": folder / "fine_tuned" / "judged_new.json"}
     curves, marks, rows = {}, {}, []
     for name, path in sources.items():
@@ -420,7 +420,7 @@ def adaptation_arms(args: argparse.Namespace, records: dict[str, list[SampleReco
             unadapted = judge_once(model, test, folder / "unadapted.json")
         reports = adapt_and_judge(folder / "adapted", model, test, unadapted, adaptations)
         every = {path.parent.name: json.loads(path.read_text())
-                 for path in sorted((folder / "adapted").glob("*/judged.json"))}  # earlier arms too
+                 for path in sorted((folder / "adapted").glob("*/judged.json"), key=_arm_order)}  # earlier arms too
         title = (f"{' + '.join(SITES.get(n, n) for n in name.split('+'))} ({next(iter(reports.values()))['patients']} "
                  f"patients, {len(test)} frames), {'model trained without the site' if arm == 'without_site' else 'default model'}")
         sections.append(adaptation_table(title, every))
