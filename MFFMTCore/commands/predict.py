@@ -107,12 +107,16 @@ def run(args: argparse.Namespace) -> int:
     def report(outcome: InputOutcome, done: int, total: int) -> None:
         progress.advance(input=outcome.input, status=outcome.status, message=outcome.error)
 
+    adaptation = norm_adaptation(args)
+    if adaptation is not None:  # a pass over up to max_frames frames before the first output: say why it waits
+        print(f"mffmt predict: adapting BatchNorm statistics to up to {adaptation.max_frames} frames of "
+              f"{len(inputs)} input(s)", file=sys.stderr)
     try:
         summary = predict_files(predictor, inputs, args.output, threshold=args.lesion_threshold, roi=args.roi,
                                 gradcam=args.gradcam, overwrite=args.overwrite, progress=report,
                                 imaging_region=args.imaging_region,
                                 outputs=[*args.outputs, *(["dicom"] if args.dicom else [])],
-                                adapt_norm=norm_adaptation(args))
+                                adapt_norm=adaptation)
     except KeyboardInterrupt:
         progress.close()
         progress.event("cancelled", done=progress.done, total=len(inputs), output=str(args.output))
