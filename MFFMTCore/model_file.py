@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -185,9 +186,9 @@ def model_checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
 
 
 def _software_versions() -> dict[str, str]:
-    import monai
-
-    return {"MFFMTCore": __version__, "torch": torch.__version__.split("+")[0], "monai": monai.__version__}
+    # MONAI's version from its installed metadata: importing it (2 s) is for training's data pipeline only.
+    monai_version = importlib.metadata.version("monai")
+    return {"MFFMTCore": __version__, "torch": torch.__version__.split("+")[0], "monai": monai_version}
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, info: ModelInfo, half: bool = False,
