@@ -80,7 +80,7 @@ def start_costs(runs: int) -> dict[str, float]:
     for _ in range(runs):
         started = time.perf_counter()
         output = subprocess.run([sys.executable, "-c", START_COSTS], capture_output=True, text=True, check=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT).stdout
         total = time.perf_counter() - started
         parts = json.loads(output)
         monai = parts.pop("monai_imported")
