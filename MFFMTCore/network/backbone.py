@@ -63,7 +63,8 @@ class BasicBlock(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.act(out + shortcut)
+        out += shortcut  # in place: one activation-sized allocation less per block
+        return self.act(out)
 
 
 class Bottleneck(nn.Module):
@@ -94,7 +95,8 @@ class Bottleneck(nn.Module):
         out = self.act(self.bn1(self.conv1(x)))
         out = self.act(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.act(out + shortcut)
+        out += shortcut
+        return self.act(out)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -130,7 +130,7 @@ PREDICT_WITHOUT_MONAI = """
 import json, sys
 import numpy as np
 from MFFMTCore.inference import Predictor
-import MFFMTCore.serving.worker
+import MFFMTCore.commands.live, MFFMTCore.commands.serve, MFFMTCore.serving.worker  # what live and serve run
 result = Predictor().predict(sys.argv[1], gradcam=True)
 assert result.gradcam is not None and np.isfinite(result.gradcam).all()
 print(json.dumps({"p": result.frames[0].p_malignant, "monai": sorted(m for m in sys.modules if m.startswith("monai"))}))
