@@ -9,8 +9,7 @@ shortcut (option B of the paper), as torchvision lays them out.
 The layout and parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
 ``layer2.0.downsample.0`` ...), so its ImageNet weights load as they are, and equal those of the
 MONAI ``ResNet`` that earlier models were built with, so their files (the shipped model too) load
-unchanged.
-It needs only torch: predicting never imports MONAI, whose package import costs about 2 s.
+unchanged. It needs only torch: predicting never imports MONAI, whose package import costs about 2 s.
 """
 
 from __future__ import annotations
