@@ -29,7 +29,13 @@ COMMANDS = ("train", "evaluate", "predict", "export", "fit_input_check", "serve"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mffmt`` parser with every command, or only ``command`` (its name as typed, e.g.
+    ``fit-input-check``) when given.
+
+    :func:`main` registers only the command it runs: each command module imports what it runs, and
+    importing them all (training's MONAI data pipeline among them) added about 2 s to every start.
+    """
     parser = argparse.ArgumentParser(
         prog="mffmt",
         description="Breast-ultrasound lesion segmentation and benign/malignant classification with MFFMT.",
@@ -37,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in [command.replace("-", "_")] if command else COMMANDS:
         importlib.import_module(f"MFFMTCore.commands.{name}").add_parser(subparsers)
     return parser
 
@@ -50,8 +56,16 @@ def _refuse(args: argparse.Namespace, message: str) -> int:
     return 2
 
 
+def _named_command(argv: list[str]) -> str | None:
+    """The command ``argv`` starts with, as typed; None for anything else (``--help``, a typo)."""
+    if argv and argv[0] in {name.replace("_", "-") for name in COMMANDS}:
+        return argv[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_named_command(argv)).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except OSError as error:

@@ -153,18 +153,6 @@ class DicomImage:
         return 1 if self.pixels.ndim == 3 else int(self.pixels.shape[-1])
 
 
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True for a file with the DICOM preamble ("DICM" at byte 128) or the .dcm suffix."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    if path.name.lower().endswith(".dcm"):
-        return True
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
-
-
 def calibrated_region(
     regions: list[UltrasoundRegion], frame_shape: tuple[int, int]
 ) -> tuple[UltrasoundRegion | None, tuple[int, int, int, int] | None, list[str]]:

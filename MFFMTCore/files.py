@@ -61,6 +61,18 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return name.endswith(IMAGE_SUFFIXES)
 
 
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True for a file with the DICOM preamble ("DICM" at byte 128) or the .dcm suffix."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.name.lower().endswith(".dcm"):
+        return True
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM"
+
+
 def image_stem(path: str | os.PathLike) -> str:
     """File name without its image suffix, double suffixes such as ".nii.gz" counting as one.
 

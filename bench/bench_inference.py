@@ -123,9 +123,9 @@ def clip_child(model_path: str, frames: int, threads: int, streamed: bool, queue
     with its maps in memory or streamed to their files (``maps_to``, as ``mffmt predict`` does), and
     the bare ResNet18's batched frames/s in the same process."""
     torch.set_num_threads(threads)
-    from MFFMTCore.data.transforms import preprocess_frame
     from MFFMTCore.inference import Predictor
     from MFFMTCore.inference.outputs import output_paths, write_outputs
+    from MFFMTCore.preprocessing import preprocess_frame
 
     start = time.perf_counter()
     predictor = Predictor(model_path, batch_size=8)

@@ -61,8 +61,7 @@ def multiply_adds(model: MFFMT | BareResNet, x: torch.Tensor) -> tuple[int, dict
         name: sum(per_module.get(f"{root}.{name}", {}).values()) // 2
         for name, child in model.named_children() if name != "backbone" and child is not None
     }
-    # The backbone's own forward is never called (backbone_features calls its layers), so the
-    # counter has no entry for it: it is what the other parts leave.
+    # The backbone is what the other parts leave.
     children["backbone"] = total - sum(children.values())
     return total, children
 

@@ -18,7 +18,7 @@ run and averaged, so both see the same load from other processes on a shared mac
   ResNet18's time per frame on one thread, measured just before and after: a figure that holds on
   a loaded machine, and says what 2 cores can reach at best (the sum of the shares, over 2, is the
   pipeline's frame time in bare frames when reading and writing overlap the network perfectly);
-- the start of a ``mffmt predict`` process: ``import`` of the command's modules;
+- the start of a ``mffmt predict`` process: ``import`` of the command line and its predict command;
 - a ``mffmt serve`` worker (what Slicer's module starts): start to ready, first and second request.
 
 With ``--before CHECKOUT`` the command-line figures of another checkout run alternately with this
@@ -220,22 +220,29 @@ def serial_budget(predictor, inputs: list[Path], output: Path, bare: torch.nn.Mo
 
 
 def child_env(code: Path = ROOT) -> dict[str, str]:
-    """The environment of a child that imports MFFMTCore from the checkout ``code``."""
+    """The environment of a child that imports MFFMTCore from the checkout ``code`` (started in ``code``:
+    ``python -c`` and ``-m`` put the working folder before PYTHONPATH)."""
     return {**USER_ENVIRONMENT, "PYTHONPATH": str(code)}
 
 
-def import_seconds() -> float:
-    """A fresh interpreter importing what ``mffmt predict`` imports before it loads the model."""
-    code = "import time; s = time.perf_counter(); import MFFMTCore.cli; print(time.perf_counter() - s)"
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                env=child_env()).stdout)
+def import_seconds(code: Path = ROOT) -> tuple[float, bool]:
+    """A fresh interpreter of checkout ``code`` importing what ``mffmt predict`` imports before it loads
+    the model (``mffmt predict --help`` parses its command line as a run does): seconds, and whether
+    MONAI was imported."""
+    script = ("import contextlib, io, sys, time; s = time.perf_counter(); import MFFMTCore.cli\n"
+              "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+              "    MFFMTCore.cli.main(['predict', '--help'])\n"
+              "print(time.perf_counter() - s, 'monai' in sys.modules)")
+    seconds, monai = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                    env=child_env(code), cwd=code).stdout.split()
+    return float(seconds), monai == "True"
 
 
 def folder_command(folder: Path, output: Path, threads: int, code: Path = ROOT) -> float:
     """Wall time of ``mffmt predict FOLDER`` in a child process (process start included), from checkout ``code``."""
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "MFFMTCore.cli", "predict", str(folder), "--output", str(output),
-                    "--threads", str(threads), "--progress", "none"], check=True, env=child_env(code))
+                    "--threads", str(threads), "--progress", "none"], check=True, env=child_env(code), cwd=code)
     return time.perf_counter() - start
 
 
@@ -244,9 +251,15 @@ def serve_start(code: Path, frame: Path, output: Path) -> str:
     of one real frame into files (what Apply asks for), as Slicer's module would see them."""
     from MFFMTCore.serving.client import WorkerClient
 
-    start = time.perf_counter()
-    worker = WorkerClient(threads=2, env=child_env(code))
-    ready = time.perf_counter() - start
+    # `python -m` puts the working folder first on the path: the worker starts in its checkout.
+    here = os.getcwd()
+    os.chdir(code)
+    try:
+        start = time.perf_counter()
+        worker = WorkerClient(threads=2, env=child_env(code))
+        ready = time.perf_counter() - start
+    finally:
+        os.chdir(here)
     figures = []
     for number in range(2):
         start = time.perf_counter()
@@ -279,8 +292,6 @@ def main() -> None:
     torch.manual_seed(0)
     bare = BareResNet("resnet18").eval().to(memory_format=torch.channels_last)
     print(f"load average {os.getloadavg()[0]:.1f}; {os.cpu_count()} CPUs")
-    if not args.budget_only:
-        print(f"process start: import MFFMTCore.cli {import_seconds():.2f} s")
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         files = make_folder(args.images, args.folder_files, work / "in")
@@ -291,6 +302,11 @@ def main() -> None:
             return
         torch.set_num_threads(args.threads)
         checkouts = [("before", args.before), ("this checkout", ROOT)] if args.before else [("this checkout", ROOT)]
+        for name, code in [] if args.stages_only else checkouts:
+            for _run in range(args.repeat):
+                seconds, monai = import_seconds(code)
+                print(f"process start of {name}: `mffmt predict` imports {seconds:.2f} s"
+                      f"{' (MONAI among them)' if monai else ''}; load {os.getloadavg()[0]:.1f}")
         for run in range(0 if args.stages_only else args.repeat):
             for name, code in checkouts:
                 # The reference is the bare network at its best on these cores: on all --threads, or on

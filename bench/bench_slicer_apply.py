@@ -15,9 +15,10 @@ what a user waits for after pressing Apply. Reports, in one run:
 - ``child``: a cold ``mffmt predict`` child process on the same input file, started and waited for
   alone (no scene work): what every Apply paid before the module used a warm worker;
 - ``start_costs``: what a worker's start is made of, in a fresh interpreter as ``mffmt serve``
-  runs it: interpreter start, ``import torch``, ``import monai`` (all of it: MONAI's package imports
-  every submodule, and MFFMT's backbone and transforms are MONAI's), the rest of MFFMTCore's
-  worker modules, loading the model, and the warm-up prediction (median of ``--start-runs``).
+  runs it: interpreter start, ``import torch``, the rest of the worker's modules (MFFMTCore's and
+  what they import: SimpleITK, SciPy, pydicom ...), loading the model, and the warm-up prediction
+  (median of ``--start-runs``); ``monai_imported`` says whether MONAI was imported on the way (it
+  should not be: predicting needs none of it, and its package import alone cost about 2 s).
 
 Run: ``python bench/bench_slicer_apply.py [--runs 10] [--sample bus_0012-r.png]`` (needs the dev
 extras, which bring slicer-core). Prints one JSON object.
@@ -53,23 +54,21 @@ def picture_volume(slicer, png: Path):
 
 
 START_COSTS = """
-import json, time
+import json, sys, time
 import MFFMTCore.cli  # as `mffmt serve` starts: its OpenMP setting comes before torch
 started = time.perf_counter()
 import torch
 torch_done = time.perf_counter()
-import monai
-monai_done = time.perf_counter()
-import MFFMTCore.serving.worker
+import MFFMTCore.commands.serve
 from MFFMTCore.inference.predictor import Predictor
 modules_done = time.perf_counter()
 predictor = Predictor()
 loaded = time.perf_counter()
 predictor.warm_up()
 warm = time.perf_counter()
-print(json.dumps({"import_torch_s": torch_done - started, "import_monai_s": monai_done - torch_done,
-                  "import_mffmtcore_s": modules_done - monai_done, "load_model_s": loaded - modules_done,
-                  "warm_up_s": warm - loaded}))
+print(json.dumps({"import_torch_s": torch_done - started, "import_worker_modules_s": modules_done - torch_done,
+                  "load_model_s": loaded - modules_done, "warm_up_s": warm - loaded,
+                  "monai_imported": "monai" in sys.modules}))
 """
 
 
@@ -81,11 +80,13 @@ def start_costs(runs: int) -> dict[str, float]:
     for _ in range(runs):
         started = time.perf_counter()
         output = subprocess.run([sys.executable, "-c", START_COSTS], capture_output=True, text=True, check=True,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT).stdout
         total = time.perf_counter() - started
         parts = json.loads(output)
+        monai = parts.pop("monai_imported")
         figures.append(parts | {"interpreter_and_exit_s": total - sum(parts.values()), "total_s": total})
-    return {key: round(statistics.median(figure[key] for figure in figures), 3) for key in figures[0]}
+    medians = {key: round(statistics.median(figure[key] for figure in figures), 3) for key in figures[0]}
+    return medians | {"monai_imported": monai}
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from MFFMTCore.data.records import (
 )
 from MFFMTCore.data.samples import lesion_boxes, make_samples
 from MFFMTCore.data.splits import busbra_official_folds, group_kfold, split_by_group
-from MFFMTCore.data.transforms import build_transforms, preprocess_frame
+from MFFMTCore.data.transforms import build_transforms
+from MFFMTCore.preprocessing import preprocess_frame
 
 __all__ = [
     "BIRADS_CLASSES", "CLASS_INDEX", "DatasetError", "MFFMTDataset", "SampleRecord", "birads_index",

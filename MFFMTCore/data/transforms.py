@@ -5,7 +5,8 @@ The chain follows the paper's preprocessing (Wei et al. 2024, section 2.3): grey
 rotations and horizontal/vertical flips applied jointly to image and mask. It is split in two:
 :func:`deterministic_transforms` (load, crop, scale, resize; cacheable) and
 :func:`augmentation_transforms` (random, applied on every draw). Inference uses
-:func:`preprocess_frame`, the same scale and resize, so a frame is seen as in training.
+:func:`MFFMTCore.preprocessing.preprocess_frames`, the same scale and resize (one definition,
+imported here), so a frame is seen as in training.
 """
 
 from __future__ import annotations
@@ -31,21 +32,7 @@ from MFFMTCore.base.choices import AUGMENTATIONS
 from MFFMTCore.data.records import DatasetError
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames, read_grey, read_mask
-
-#: The network's input size in the paper (H, W).
-DEFAULT_SIZE = (256, 256)
-
-
-def expand_box(box: Sequence[int], margin: float, shape: Sequence[int]) -> tuple[int, int, int, int]:
-    """Grow a box (x, y, w, h) by ``margin`` times its width/height on each side, clipped to ``shape``.
-
-    Returns:
-        (row0, row1, col0, col1), half-open pixel bounds inside an image of ``shape`` (H, W).
-    """
-    x, y, w, h = box
-    dx, dy = round(margin * w), round(margin * h)
-    rows, cols = shape[-2], shape[-1]
-    return max(0, y - dy), min(rows, y + h + dy), max(0, x - dx), min(cols, x + w + dx)
+from MFFMTCore.preprocessing import DEFAULT_SIZE, expand_box, resize_image
 
 
 def _single_frame(array: np.ndarray, path: str) -> np.ndarray:
@@ -132,17 +119,6 @@ def resize_mask(mask: torch.Tensor | np.ndarray, size: Sequence[int]) -> torch.T
     return resized.float()
 
 
-def resize_image(image: torch.Tensor | np.ndarray, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of a (1, H, W) image with antialiasing, as torchvision's and PIL's bilinear resize.
-
-    Without antialiasing a fourfold shrink (BUSI frames reach 1048 pixels) would alias the speckle.
-    MONAI's ``Resized(anti_aliasing=True)`` is avoided: its Gaussian pre-filter is 20 times slower
-    here and its memory grew by about 2 MB per distinct image size (measured on BUSI).
-    """
-    image = torch.as_tensor(image, dtype=torch.float32)
-    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
-
-
 class ResizeSampled(MapTransform):
     """Resize to ``spatial_size`` (H, W): images with :func:`resize_image` (bilinear), the keys in
     ``mask_keys`` with :func:`resize_mask` (area fraction, threshold 0.5, thin lesions kept)."""
@@ -223,23 +199,3 @@ def run_chain(chain: Compose, data: Mapping[Hashable, Any]) -> dict[Hashable, An
         if cause is None:
             raise
         raise cause from None
-
-
-def preprocess_frames(grey: np.ndarray, size: Sequence[int] = DEFAULT_SIZE) -> torch.Tensor:
-    """Grey (N, H, W) frames as the network sees them: (N, 1, h, w) float32 in [0, 1], as in training.
-
-    The arithmetic of :func:`image_transforms` (MONAI's min-max ``ScaleIntensityd`` per frame, then
-    :func:`resize_image`) on a whole batch at once, without the chain's per-frame Python overhead;
-    equal to the chain to the last bit (``test_transforms.py`` holds that).
-    """
-    frames = torch.as_tensor(np.asarray(grey, dtype=np.float32))
-    low, high = frames.amin(dim=(1, 2), keepdim=True), frames.amax(dim=(1, 2), keepdim=True)
-    flat = high == low
-    # As MONAI's rescale_array: (x - min) / (max - min), and 0 for a constant frame.
-    scaled = torch.where(flat, frames * 0.0, (frames - low) / torch.where(flat, torch.ones_like(high), high - low))
-    return F.interpolate(scaled[:, None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-
-
-def preprocess_frame(grey: np.ndarray, size: Sequence[int] = DEFAULT_SIZE) -> torch.Tensor:
-    """A grey (H, W) frame as the network sees it: (1, h, w) float32 in [0, 1] (see :func:`preprocess_frames`)."""
-    return preprocess_frames(np.asarray(grey)[None], size)[0]

@@ -11,15 +11,18 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 
 from MFFMTCore.base.geometry import ImageGeometry, records_spacing
-from MFFMTCore.dicom_io import DicomImage, is_dicom_file, read_dicom
 from MFFMTCore.errors import MFFMTError
-from MFFMTCore.files import check_pixel_budget, grey_from_pixels, read_image
+from MFFMTCore.files import check_pixel_budget, grey_from_pixels, is_dicom_file, read_image
 from MFFMTCore.inference.imaging_region import ImagingRegion
+
+if TYPE_CHECKING:  # pydicom (0.15 s to import) only for DICOM inputs
+    from MFFMTCore.dicom_io import DicomImage
 
 ImageInput = str | os.PathLike | sitk.Image | np.ndarray
 
@@ -152,10 +155,10 @@ def _is_ultrasound_dicom(path: str | os.PathLike) -> bool:
     Files with Image Orientation (Patient) (CT, MR, enhanced multi-frame) keep SimpleITK's reader,
     which places them in patient space.
     """
-    import pydicom
-
     if not is_dicom_file(path):
         return False
+    import pydicom
+
     try:
         header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except Exception:  # not readable as DICOM here: SimpleITK's reader reports the problem
@@ -185,6 +188,8 @@ def _dicom_frame_stack(
 
     A one-frame file is a 2D frame; a file of several frames is a clip (frames along k, unit frame step).
     """
+    from MFFMTCore.dicom_io import read_dicom
+
     _check_dicom_budget(path)
     dicom = read_dicom(path)
     count, height, width = dicom.pixels.shape[:3]

@@ -1,28 +1,20 @@
 """Grad-CAM (Selvaraju et al. 2017) of MFFMT's class decision, as the paper shows it (section 3.5).
 
-MONAI's :class:`monai.visualize.GradCAM` needs a network that returns class logits only; MFFMT
-returns a NamedTuple of several outputs, hence the small wrapper. The map is taken at the layer the
-network names in ``gradcam_layer`` (the backbone's last stage by default).
+Selvaraju, Cogswell, Das, Vedantam, Parikh, Batra, "Grad-CAM: visual explanations from deep
+networks via gradient-based localization", ICCV 2017, equations (1)-(2): the activations ``A`` of
+the explained layer, weighted per channel by the spatial mean of ``d y_c / d A``, summed over
+channels, then ReLU. The layer is the one the network names in ``gradcam_layer`` (the backbone's
+last stage by default). The maps equal those of MONAI's ``monai.visualize.GradCAM`` (a test holds
+that); written here so that predicting needs no MONAI import.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 
 import torch
-from monai.visualize import GradCAM
 from torch import nn
-
-
-class ClassLogits(nn.Module):
-    """``model(x).class_logits``: the one output Grad-CAM explains."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).class_logits
 
 
 def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
@@ -34,8 +26,10 @@ def _scale_to_unit(maps: torch.Tensor) -> torch.Tensor:
 class GradCamExplainer:
     """Grad-CAM maps of one class for batches of network inputs.
 
-    The hooks MONAI registers stay on the module they watch, so they are put on a private copy of
-    the network: the predictor's own network keeps its hook-free inference path.
+    A forward hook keeps the explained layer's output; the gradient of the class logit is taken
+    with respect to that output alone (``torch.autograd.grad``), so no weight gradient is computed
+    or stored. The hook sits on a private copy of the network, so the predictor's own network keeps
+    its hook-free inference path; activations are kept per thread, so concurrent calls do not mix.
 
     Args:
         model: an MFFMT network (its ``gradcam_layer`` attribute names the layer to explain).
@@ -43,17 +37,26 @@ class GradCamExplainer:
     """
 
     def __init__(self, model: nn.Module, class_index: int) -> None:
-        network = ClassLogits(copy.deepcopy(model)).eval()
+        with torch.inference_mode(False):  # a copy made in inference mode could not take gradients
+            self.network = copy.deepcopy(model).eval()
         self.class_index = class_index
-        # The upsampler keeps the layer's grid: the caller resizes once, straight to each frame's size.
-        self.cam = GradCAM(
-            nn_module=network,
-            target_layers=f"model.{model.gradcam_layer}",
-            upsampler=lambda size: (lambda maps: maps),
-            postprocessing=_scale_to_unit,
-        )
+        self._captured = threading.local()
+        self.network.get_submodule(model.gradcam_layer).register_forward_hook(self._keep_output)
+
+    def _keep_output(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        self._captured.activations = output
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Grad-CAM of ``x`` (B, C, H, W): (B, 1, h, w) maps in [0, 1] on the target layer's grid."""
+        """Grad-CAM of ``x`` (B, C, H, W): (B, 1, h, w) maps in [0, 1] on the target layer's grid.
+
+        The caller resizes them once, straight to each frame's size.
+        """
         with torch.inference_mode(False), torch.enable_grad():
-            return self.cam(x.clone(), class_idx=self.class_index).detach()
+            logits = self.network(x.clone()).class_logits
+            activations = self._captured.activations
+            self._captured.activations = None
+            # Frames are independent (batch norm in eval mode), so the sum's gradient is each frame's own.
+            (gradients,) = torch.autograd.grad(logits[:, self.class_index].sum(), activations)
+            weights = gradients.mean(dim=(2, 3), keepdim=True)
+            maps = torch.relu((weights * activations).sum(dim=1, keepdim=True))
+        return _scale_to_unit(maps.detach())

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
+from zlib_ng import zlib_ng
 
 from MFFMTCore.files import atomic_path
 from MFFMTCore.inference.result import PredictionResult
 
 CONTOUR_COLOR = (255, 220, 0)
 ROI_COLOR = (0, 200, 255)
+
+#: zlib-ng level of the overlay PNG (see :func:`png_bytes`).
+PNG_COMPRESSION_LEVEL = 2
 
 
 def _caption(result: PredictionResult, frame: int) -> list[str]:
@@ -76,10 +81,35 @@ def render_overlay(result: PredictionResult, frame: int | None = None) -> Image.
     return picture
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk: length, type, data, CRC-32 of type and data (PNG specification, section 5.3)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib_ng.crc32(data, zlib_ng.crc32(kind)))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An 8-bit RGB (H, W, 3) picture as a PNG file's bytes: every row with the "Sub" filter (each byte
+    less the same channel of the pixel to its left), deflated by zlib-ng.
+
+    Pillow's encoder tries all five filters on every row and deflates with the system's zlib: on
+    BUS-BRA overlays it took 6.3 ms a picture at level 1 (94 KiB); this takes 2.2 ms (90 KiB), as
+    measured by ``bench/bench_overlay.py``.
+    """
+    height, width, channels = rgb.shape
+    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 1  # filter type Sub
+    filtered[:, 1 : 1 + channels] = rows[:, :channels]
+    np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, 1 + channels :])  # modulo 256
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib_ng.compress(filtered.tobytes(), PNG_COMPRESSION_LEVEL))
+            + _png_chunk(b"IEND", b""))
+
+
 def write_overlay(path: str | os.PathLike, result: PredictionResult, frame: int | None = None) -> Path:
-    """Write :func:`render_overlay` as a PNG, atomically. Returns the path."""
+    """Write :func:`render_overlay` as a PNG (:func:`png_bytes`), atomically. Returns the path."""
     path = Path(path)
+    data = png_bytes(np.asarray(render_overlay(result, frame)))
     with atomic_path(path) as temporary:
-        # zlib level 1: about 6x faster than Pillow's default level 6, files about 15% larger.
-        render_overlay(result, frame).save(temporary, format="PNG", compress_level=1)
+        temporary.write_bytes(data)
     return path

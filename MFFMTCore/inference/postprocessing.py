@@ -11,7 +11,7 @@ import torch.nn.functional as F
 def resize_to_frame(maps: torch.Tensor, frame_shape: Sequence[int]) -> torch.Tensor:
     """Resize maps on the network grid back to a frame's exact (H, W) grid.
 
-    Bilinear with ``align_corners=False``, the inverse of :func:`MFFMTCore.data.transforms.preprocess_frame`'s resize: a point
+    Bilinear with ``align_corners=False``, the inverse of :func:`MFFMTCore.preprocessing.preprocess_frame`'s resize: a point
     at a pixel centre of the frame lands where that pixel was in the network input, so lesion maps
     line up with the input voxel for voxel. Resize logits (not probabilities): interpolating before
     the sigmoid keeps lesion borders sharp when a small network grid is enlarged.

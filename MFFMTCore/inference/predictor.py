@@ -32,7 +32,6 @@ import torch
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
 from MFFMTCore.base.thresholds import check_threshold
-from MFFMTCore.data.transforms import expand_box, preprocess_frames
 from MFFMTCore.devices import torch_device
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import ImageReadError, check_frame_size, check_frames
@@ -51,6 +50,7 @@ from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import FrameAnalysis, PredictionResult, StoredMap, analysed_box
 from MFFMTCore.model_file import load_model, resolve_model_path
 from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, adapted_layers, evenly
+from MFFMTCore.preprocessing import expand_box, preprocess_frames
 
 #: The maps a clip can stream to files instead of holding them (see :meth:`Predictor.predict`).
 STREAMED_MAPS = ("probability", "gradcam")

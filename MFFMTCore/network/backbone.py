@@ -1,6 +1,15 @@
-"""Feature extractor (FE) of MFFMT: MONAI's ResNet configured as the ImageNet-style 2D ResNet.
+"""Feature extractor (FE) of MFFMT: the ImageNet-style 2D residual network of He et al. 2016.
 
-Wei, Zhang, Xie, Curr. Oncol. 2024, section 2.2.1, equation (1).
+Wei, Zhang, Xie, Curr. Oncol. 2024, section 2.2.1, equation (1): F1..F4 are the outputs of the
+four residual stages. He, Zhang, Ren, Sun, "Deep residual learning for image recognition", CVPR 2016:
+the basic block (ResNet18/34) and the bottleneck block (ResNet50 and deeper), with the stride of a
+bottleneck stage on its 3x3 convolution and a 1x1 convolution plus batch norm as the projection
+shortcut (option B of the paper), as torchvision lays them out.
+
+The layout and parameter names are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer2.0.downsample.0`` ...), so its ImageNet weights load as they are, and equal those of the
+MONAI ``ResNet`` that earlier models were built with, so their files (the shipped model too) load
+unchanged. It needs only torch: predicting never imports MONAI, whose package import costs about 2 s.
 """
 
 from __future__ import annotations
@@ -9,7 +18,7 @@ import os
 from pathlib import Path
 
 import torch
-from monai.networks.nets import ResNet
+from torch import nn
 
 from MFFMTCore.errors import MFFMTError
 
@@ -19,13 +28,137 @@ BACKBONE_LAYOUTS: dict[str, tuple[str, list[int], tuple[int, int, int, int]]] = 
     "resnet50": ("bottleneck", [3, 4, 6, 3], (256, 512, 1024, 2048)),
 }
 
+#: Width of the four stages before a bottleneck's expansion.
+STAGE_PLANES = (64, 128, 256, 512)
+
+
+def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Conv2d:
+    """Bias-free convolution keeping the grid (up to ``stride``); batch norm follows it."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions and an identity or projection shortcut (He et al. 2016, fig. 2).
+
+    Args:
+        in_planes: input channels.
+        planes: output channels.
+        stride: stride of the first convolution (2 where a stage halves the grid).
+        downsample: the projection shortcut where shape changes, else None (identity).
+    """
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv(in_planes, planes, 3, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = _conv(planes, planes, 3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += shortcut  # in place: one activation-sized allocation less per block
+        return self.act(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4, plus shortcut (He et al. 2016, fig. 5).
+
+    Args:
+        in_planes: input channels.
+        planes: channels of the 3x3 convolution; the block outputs ``4 * planes``.
+        stride: stride of the 3x3 convolution.
+        downsample: the projection shortcut where shape changes, else None (identity).
+    """
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = _conv(in_planes, planes, 1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv(planes, planes, 3, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = _conv(planes, planes * self.expansion, 1)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.act = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += shortcut
+        return self.act(out)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ResNet(nn.Module):
+    """2D ResNet without its classifier: ImageNet stem (7x7 stride-2 convolution, 3x3 stride-2 max
+    pooling) and four stages; the forward pass returns the four stage outputs F1..F4.
+
+    Convolutions start from He initialisation (normal, fan-out, ReLU gain), batch norms from
+    weight 1 and bias 0, as torchvision and MONAI initialise them.
+
+    Args:
+        block: ``"basic"`` or ``"bottleneck"``.
+        layers: blocks per stage, e.g. ``[2, 2, 2, 2]`` for ResNet18.
+        in_channels: channels of the input image (1 for B-mode ultrasound).
+    """
+
+    def __init__(self, block: str, layers: list[int], in_channels: int = 1) -> None:
+        super().__init__()
+        block_type = BLOCKS[block]
+        self.conv1 = nn.Conv2d(in_channels, STAGE_PLANES[0], kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(STAGE_PLANES[0])
+        self.act = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_planes = STAGE_PLANES[0]
+        stages = []
+        for index, (planes, blocks) in enumerate(zip(STAGE_PLANES, layers)):
+            stride = 1 if index == 0 else 2
+            stages.append(self._stage(block_type, in_planes, planes, blocks, stride))
+            in_planes = planes * block_type.expansion
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def _stage(block_type: type[BasicBlock] | type[Bottleneck], in_planes: int, planes: int, blocks: int,
+               stride: int) -> nn.Sequential:
+        """One stage: its first block changes grid and width (projection shortcut), the rest keep them."""
+        out_planes = planes * block_type.expansion
+        downsample = None
+        if stride != 1 or in_planes != out_planes:
+            downsample = nn.Sequential(_conv(in_planes, out_planes, 1, stride), nn.BatchNorm2d(out_planes))
+        first = block_type(in_planes, planes, stride, downsample)
+        return nn.Sequential(first, *(block_type(out_planes, planes) for _ in range(1, blocks)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """F1..F4 of eq. (1) for images ``x`` (B, in_channels, H, W): 1/4, 1/8, 1/16, 1/32 of the input."""
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return f1, f2, f3, f4
+
 
 def make_backbone(name: str = "resnet18", in_channels: int = 1) -> ResNet:
-    """Build MONAI's 2D ResNet laid out like torchvision's (same layers, same parameter names).
-
-    ``conv1_t_stride=2`` gives the ImageNet stem (MONAI's default stride 1 costs four times the
-    compute); shortcut "B" with ``bias_downsample=False`` is torchvision's 1x1-conv downsample;
-    ``feed_forward=False`` drops the fully connected layer. Random initialisation.
+    """Build the named 2D ResNet laid out like torchvision's (same layers, same parameter names),
+    randomly initialised.
 
     Args:
         name: ``"resnet18"`` or ``"resnet50"``.
@@ -34,17 +167,7 @@ def make_backbone(name: str = "resnet18", in_channels: int = 1) -> ResNet:
     if name not in BACKBONE_LAYOUTS:
         raise MFFMTError("backbone", f"unknown backbone {name!r}; choose one of {sorted(BACKBONE_LAYOUTS)}")
     block, layers, _ = BACKBONE_LAYOUTS[name]
-    return ResNet(
-        block=block,
-        layers=layers,
-        block_inplanes=[64, 128, 256, 512],
-        spatial_dims=2,
-        n_input_channels=in_channels,
-        conv1_t_stride=2,
-        shortcut_type="B",
-        bias_downsample=False,
-        feed_forward=False,
-    )
+    return ResNet(block, layers, in_channels)
 
 
 def backbone_channels(name: str) -> tuple[int, int, int, int]:
@@ -56,12 +179,7 @@ def backbone_channels(name: str) -> tuple[int, int, int, int]:
 
 def backbone_features(backbone: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """F1..F4 of eq. (1): the outputs of layer1..layer4, at 1/4, 1/8, 1/16 and 1/32 of the input."""
-    x = backbone.maxpool(backbone.act(backbone.bn1(backbone.conv1(x))))
-    f1 = backbone.layer1(x)
-    f2 = backbone.layer2(f1)
-    f3 = backbone.layer3(f2)
-    f4 = backbone.layer4(f3)
-    return f1, f2, f3, f4
+    return backbone(x)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

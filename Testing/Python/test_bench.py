@@ -16,6 +16,7 @@ NEEDS = {
     "bench_input_checks.py": ["MFFMTCore"],
     "bench_live.py": ["MFFMTCore", "pyigtl"],
     "bench_network.py": ["MFFMTCore"],
+    "bench_overlay.py": ["MFFMTCore"],
     "bench_predict.py": ["MFFMTCore"],
     "bench_slicer_apply.py": ["MFFMTCore", "slicer_core"],
 }

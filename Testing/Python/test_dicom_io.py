@@ -17,8 +17,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless
 from scipy import ndimage
 
-from MFFMTCore.dicom_io import calibrated_region, is_dicom_file, read_dicom
-from MFFMTCore.files import ImageReadError
+from MFFMTCore.dicom_io import calibrated_region, read_dicom
+from MFFMTCore.files import ImageReadError, is_dicom_file
 from MFFMTCore.inference import as_frame_stack
 from MFFMTCore.inference.imaging_region import detect_imaging_region, square_opening
 

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from MFFMTCore import model_file
-from MFFMTCore.data.transforms import preprocess_frame
 from MFFMTCore.inference import (
     ImageGeometry,
     PhysicalBox,
@@ -30,6 +29,7 @@ from MFFMTCore.inference.label_frames import LabelFrames
 from MFFMTCore.inference.segmentation_file import write_segmentation
 from MFFMTCore.model_file import ModelFileError, ModelInfo, save_model
 from MFFMTCore.network import MFFMT, MFFMTOutput
+from MFFMTCore.preprocessing import preprocess_frame
 
 INPUT_SIZE = (64, 64)
 

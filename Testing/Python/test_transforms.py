@@ -176,7 +176,8 @@ def test_preprocess_frames_equals_the_training_chain_to_the_last_bit():
     """Inference's batched scale-and-resize is the training chain's (MONAI ScaleIntensityd, resize_image)."""
     from monai.transforms import Compose
 
-    from MFFMTCore.data.transforms import image_transforms, preprocess_frames, run_chain, to_tensors
+    from MFFMTCore.data.transforms import image_transforms, run_chain, to_tensors
+    from MFFMTCore.preprocessing import preprocess_frames
 
     rng = np.random.default_rng(3)
     chain = Compose([*image_transforms((56, 48)), to_tensors()])
