@@ -86,6 +86,16 @@ def rule_outcomes(peaks: Sequence[float], largest_fractions: Sequence[float], ha
         return found[..., lesion].mean(axis=-1), found[..., ~lesion].mean(axis=-1)
 
 
+def _both_kinds(peaks: Sequence[float], largest_fractions: Sequence[float], has_lesion: Sequence[bool],
+                what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frames' peaks, largest-region fractions and lesion flags as arrays; ``what`` needs frames
+    with and frames without a lesion (ValueError otherwise)."""
+    lesion = np.asarray(has_lesion, dtype=bool)
+    if lesion.all() or not lesion.any():
+        raise ValueError(f"{what} needs frames with and frames without a lesion")
+    return np.asarray(peaks, dtype=np.float64), np.asarray(largest_fractions, dtype=np.float64), lesion
+
+
 def choose_lesion_decision(peaks: Sequence[float], largest_fractions: Sequence[float], has_lesion: Sequence[bool],
                            min_kept: float = 0.95) -> LesionDecision:
     """The lesion rule that keeps at least ``min_kept`` of the lesion frames and flags the fewest
@@ -100,10 +110,7 @@ def choose_lesion_decision(peaks: Sequence[float], largest_fractions: Sequence[f
     Raises:
         ValueError: no lesion-free or no lesion frames.
     """
-    peaks, fractions = np.asarray(peaks, dtype=np.float64), np.asarray(largest_fractions, dtype=np.float64)
-    lesion = np.asarray(has_lesion, dtype=bool)
-    if lesion.all() or not lesion.any():
-        raise ValueError("choosing a lesion rule needs frames with and frames without a lesion")
+    peaks, fractions, lesion = _both_kinds(peaks, largest_fractions, has_lesion, "choosing a lesion rule")
     # Candidate thresholds: the values the lesion frames take (beyond them nothing changes).
     peak_grid = np.unique(np.concatenate([[0.0], np.quantile(peaks[lesion], np.linspace(0, 1 - min_kept, 26))]))
     area_grid = np.unique(np.concatenate([[0.0], np.quantile(fractions[lesion], np.linspace(0, 1 - min_kept, 26))]))
@@ -135,10 +142,7 @@ def lesion_tradeoff(peaks: Sequence[float], largest_fractions: Sequence[float], 
     Raises:
         ValueError: no lesion-free or no lesion frames.
     """
-    peaks, fractions = np.asarray(peaks, dtype=np.float64), np.asarray(largest_fractions, dtype=np.float64)
-    lesion = np.asarray(has_lesion, dtype=bool)
-    if lesion.all() or not lesion.any():
-        raise ValueError("a lesion trade-off needs frames with and frames without a lesion")
+    peaks, fractions, lesion = _both_kinds(peaks, largest_fractions, has_lesion, "a lesion trade-off")
     quantiles = np.linspace(0, 1, steps)
     peak_grid = np.unique(np.concatenate([[0.0], np.quantile(peaks, quantiles)]))
     area_grid = np.unique(np.concatenate([[0.0], np.quantile(fractions, quantiles)]))
