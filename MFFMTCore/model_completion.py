@@ -35,6 +35,7 @@ import numpy as np
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.model_metadata import FITTED, NOT_FITTED, calibrated_parts, calibration_note
 from MFFMTCore.base.run_folder import RunFolder
+from MFFMTCore.base.spread import evenly
 from MFFMTCore.data.records import SampleRecord, label_index
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.evaluation.metrics import dice_score
@@ -44,7 +45,6 @@ from MFFMTCore.files import read_mask
 from MFFMTCore.inference.input_check import METADATA_KEY, FeatureRecorder, FeatureStatistics
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.model_file import load_model, read_model_checksum, read_model_info, save_model
-from MFFMTCore.network.norm_adaptation import evenly
 
 #: Training frames whose features are the input check's reference (more costs time and file size).
 MAX_REFERENCE_FRAMES = 200

@@ -17,6 +17,7 @@ use it in Slicer's own Python before the network's packages are installed:
 - :mod:`~MFFMTCore.base.labels`: class labels;
 - :mod:`~MFFMTCore.base.requirements`: the Python packages MFFMTCore needs;
 - :mod:`~MFFMTCore.base.jsonsafe`: values made fit for strict JSON;
+- :mod:`~MFFMTCore.base.spread`: indices spread evenly over a sequence (bounded passes);
 - :mod:`~MFFMTCore.base.choices`: the named choices (backbones, fusions, augmentations, ...);
 - :mod:`~MFFMTCore.base.presets`: the named training recipes;
 - :mod:`~MFFMTCore.base.train_options`: the options of ``mffmt train``, declared once;

@@ -23,6 +23,7 @@ from MFFMTCore.base.jsonsafe import json_safe
 from MFFMTCore.base.labels import CLASS_NAMES
 from MFFMTCore.base.progress_bar import progress_bar
 from MFFMTCore.base.run_folder import read_split
+from MFFMTCore.base.spread import evenly
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.data import DatasetError, MFFMTDataset, SampleRecord, make_samples, read_dataset, record_key
 from MFFMTCore.data.records import unique_records
@@ -32,7 +33,7 @@ from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.files import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
-from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, evenly
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm
 
 CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
                "truth_px", "prediction_px", "birads_label", "birads_prediction", "error")

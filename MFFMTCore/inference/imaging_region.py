@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
+from MFFMTCore.base.spread import evenly
 from MFFMTCore.errors import MFFMTError
 from MFFMTCore.files import MIN_IMAGE_SIDE
 
@@ -95,7 +96,7 @@ class ImagingRegion:
 def _working_frames(pixels: np.ndarray, components: int, step: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Sampled frames as grey (n, h, w) scaled to 0-255, and their chroma (or None for grey input)."""
     count = pixels.shape[0]
-    indices = np.unique(np.linspace(0, count - 1, min(count, _SAMPLED_FRAMES)).round().astype(int))
+    indices = evenly(count, _SAMPLED_FRAMES)
     frames = np.asarray(pixels[indices][:, ::step, ::step], dtype=np.float32)
     if components >= 3:
         colour = frames[..., :3]

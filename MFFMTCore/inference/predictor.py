@@ -31,6 +31,7 @@ import torch
 
 from MFFMTCore.base.lesion_decision import LesionDecision
 from MFFMTCore.base.roi import RoiInput, resolve_roi
+from MFFMTCore.base.spread import evenly
 from MFFMTCore.base.thresholds import check_threshold
 from MFFMTCore.devices import torch_device
 from MFFMTCore.errors import MFFMTError
@@ -49,7 +50,7 @@ from MFFMTCore.inference.nrrd_stream import NrrdStream, map_header
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import FrameAnalysis, PredictionResult, StoredMap, analysed_box
 from MFFMTCore.model_file import load_model, resolve_model_path
-from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, adapted_layers, evenly
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, adapted_layers
 from MFFMTCore.preprocessing import expand_box, preprocess_frames
 
 #: The maps a clip can stream to files instead of holding them (see :meth:`Predictor.predict`).

@@ -31,7 +31,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -86,13 +85,6 @@ def adaptation_text(record: dict) -> str:
                 f"{record['inputs']} input(s), prior strength {prior} frames")
     return (f"BatchNorm statistics not adapted: {record['frames']} readable frame(s), fewer than "
             f"{record['min_frames']}; the model's own statistics were used")
-
-
-def evenly(count: int, limit: int | None) -> list[int]:
-    """At most ``limit`` indices of ``range(count)``, spread evenly (all when ``limit`` is None or larger)."""
-    if limit is None or limit >= count:
-        return list(range(count))
-    return [int(i) for i in np.linspace(0, count - 1, limit).round()]  # steps of >= 1: no index twice
 
 
 def adapted_layers(model: nn.Module, layers: str = "all") -> dict[str, nn.modules.batchnorm._BatchNorm]:
