@@ -33,7 +33,7 @@ from MFFMTCore.evaluation.plots import plot_confusion_matrix, plot_roc
 from MFFMTCore.evaluation.predictions import predict_rows
 from MFFMTCore.files import write_json_atomic, write_text_atomic
 from MFFMTCore.model_file import ModelFileError, load_model, resolve_model_path
-from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_to_frames
 
 CSV_COLUMNS = ("id", "dataset", "scanner", "label", "p_malignant", "prediction", "correct", "dice",
                "truth_px", "prediction_px", "birads_label", "birads_prediction", "error")
@@ -179,12 +179,8 @@ def _adapted(model: torch.nn.Module, images: Subset, adaptation: NormAdaptation,
     """``model`` adapted to up to ``adaptation.max_frames`` of ``images`` (spread evenly), and the record;
     ``model`` itself when there are fewer than ``adaptation.min_frames``."""
     chosen = Subset(images, evenly(len(images), adaptation.max_frames))
-    record = {**adaptation.to_json(), "applied": False, "frames": len(chosen), "inputs": len(chosen)}
-    if len(chosen) < adaptation.min_frames:
-        return model, record
     batches = (batch["image"].to(device) for batch in DataLoader(chosen, batch_size=batch_size, shuffle=False))
-    adapted, _ = adapt_batch_norm(model, batches, adaptation.prior_strength, adaptation.layers)
-    return adapted, record | {"applied": True}
+    return adapt_to_frames(model, batches, len(chosen), len(chosen), adaptation)
 
 
 def read_evaluation_records(paths: list[str], split: str | os.PathLike | None = None) -> list[SampleRecord]:

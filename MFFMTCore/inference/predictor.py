@@ -50,7 +50,7 @@ from MFFMTCore.inference.nrrd_stream import NrrdStream, map_header
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import FrameAnalysis, PredictionResult, StoredMap, analysed_box
 from MFFMTCore.model_file import load_model, resolve_model_path
-from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_batch_norm, adapted_layers
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_to_frames, adapted_layers
 from MFFMTCore.preprocessing import expand_box, preprocess_frames
 
 #: The maps a clip can stream to files instead of holding them (see :meth:`Predictor.predict`).
@@ -118,7 +118,7 @@ class Predictor:
                 imaging_region: str = "auto") -> Predictor:
         """A predictor for frames of one scanner arriving together (a clip, a folder): its network's
         BatchNorm statistics blended with those of ``inputs``' frames
-        (:func:`MFFMTCore.network.norm_adaptation.adapt_batch_norm`). This predictor is not changed.
+        (:func:`MFFMTCore.network.norm_adaptation.adapt_to_frames`). This predictor is not changed.
 
         The frames are read as :meth:`predict` reads them (imaging region or ROI, input size): up to
         ``adaptation.max_frames`` of them, spread evenly over the inputs and over each clip's frames.
@@ -144,16 +144,15 @@ class Predictor:
             used += 1
         clone = copy.copy(self)
         clone._explainer = None  # Grad-CAM hooks belong to one network
-        record = {**adaptation.to_json(), "applied": False, "frames": len(crops), "inputs": used}
-        if len(crops) >= adaptation.min_frames:
-            batches = (torch.cat(crops[i : i + self.batch_size]).to(self.device).contiguous(
-                memory_format=torch.channels_last) for i in range(0, len(crops), self.batch_size))
-            clone.model, _ = adapt_batch_norm(self.model, batches, adaptation.prior_strength, adaptation.layers)
+        batches = (torch.cat(crops[i : i + self.batch_size]).to(self.device).contiguous(
+            memory_format=torch.channels_last) for i in range(0, len(crops), self.batch_size))
+        clone.model, record = adapt_to_frames(self.model, batches, len(crops), used, adaptation)
+        if record["applied"]:
             digest = hashlib.sha256()
             for layer in adapted_layers(clone.model, adaptation.layers).values():
                 digest.update(layer.running_mean.detach().cpu().numpy().tobytes())
                 digest.update(layer.running_var.detach().cpu().numpy().tobytes())
-            record |= {"applied": True, "statistics_sha256": digest.hexdigest()}
+            record["statistics_sha256"] = digest.hexdigest()
         clone.norm_adaptation = record
         return clone
 

@@ -160,3 +160,25 @@ def adapt_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], prior_st
         for handle in handles:
             handle.remove()
     return adapted, frames
+
+
+def adapt_to_frames(model: nn.Module, batches: Iterable[torch.Tensor], frames: int, inputs: int,
+                    adaptation: NormAdaptation) -> tuple[nn.Module, dict]:
+    """``model`` adapted as ``adaptation`` says to ``frames`` frames of ``inputs`` inputs, and the record
+    of what was done (its settings, ``applied``, ``frames``, ``inputs``).
+
+    With fewer than ``adaptation.min_frames`` frames, ``model`` itself (not adapted), and ``batches``
+    is not read.
+
+    Args:
+        model: the network (not changed).
+        batches: the frames, as :func:`adapt_batch_norm` takes them (read lazily).
+        frames: how many frames ``batches`` holds.
+        inputs: how many inputs they come from.
+        adaptation: the settings.
+    """
+    record = {**adaptation.to_json(), "applied": False, "frames": frames, "inputs": inputs}
+    if frames < adaptation.min_frames:
+        return model, record
+    adapted, _ = adapt_batch_norm(model, batches, adaptation.prior_strength, adaptation.layers)
+    return adapted, record | {"applied": True}
