@@ -23,7 +23,6 @@ code), raw (temperature 1, no rule), as the model completion scores frames. Exam
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 from site_finetune import halves
 
 from MFFMTCore.base.lesion_decision import LesionDecision
+from MFFMTCore.base.run_folder import RunFolder
 from MFFMTCore.data import read_busbra, read_busi
 from MFFMTCore.data.augment import _lesion_free_affine
 from MFFMTCore.data.records import SampleRecord
@@ -147,15 +147,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--busbra", required=True)
     parser.add_argument("--busi", required=True)
-    parser.add_argument("--run", type=Path, required=True, help="a run folder of mffmt train (model, split.json)")
+    parser.add_argument("--run", type=Path, required=True, help="a run folder of mffmt train (its model and split)")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     busi = read_busi(args.busi)
     records = read_busbra(args.busbra) + busi
-    validation = {name.rsplit("/", 1)[-1] for name in json.loads((args.run / "split.json").read_text())["validation"]}
+    run = RunFolder(args.run)
+    validation = {name.rsplit("/", 1)[-1] for name in run.read_split()["validation"]}
     fit_records = [r for r in records if Path(r.image).stem in validation]
     judged = halves(busi)[1]
-    scorer = Scorer(args.run / "model.safetensors")
+    scorer = Scorer(run.model)
     fit_rows, judged_rows = score(scorer, fit_records, views=True), score(scorer, judged, views=False)
     y = np.array([row["lesion"] for row in fit_rows], dtype=float)
     lesion = np.array([row["lesion"] for row in judged_rows])
