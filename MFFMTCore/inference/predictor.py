@@ -19,7 +19,6 @@ Usage::
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +49,7 @@ from MFFMTCore.inference.nrrd_stream import NrrdStream, map_header
 from MFFMTCore.inference.postprocessing import resize_to_frame
 from MFFMTCore.inference.result import FrameAnalysis, PredictionResult, StoredMap, analysed_box
 from MFFMTCore.model_file import load_model, resolve_model_path
-from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_to_frames, adapted_layers
+from MFFMTCore.network.norm_adaptation import NormAdaptation, adapt_to_frames
 from MFFMTCore.preprocessing import expand_box, preprocess_frames
 
 #: The maps a clip can stream to files instead of holding them (see :meth:`Predictor.predict`).
@@ -146,14 +145,7 @@ class Predictor:
         clone._explainer = None  # Grad-CAM hooks belong to one network
         batches = (torch.cat(crops[i : i + self.batch_size]).to(self.device).contiguous(
             memory_format=torch.channels_last) for i in range(0, len(crops), self.batch_size))
-        clone.model, record = adapt_to_frames(self.model, batches, len(crops), used, adaptation)
-        if record["applied"]:
-            digest = hashlib.sha256()
-            for layer in adapted_layers(clone.model, adaptation.layers).values():
-                digest.update(layer.running_mean.detach().cpu().numpy().tobytes())
-                digest.update(layer.running_var.detach().cpu().numpy().tobytes())
-            record["statistics_sha256"] = digest.hexdigest()
-        clone.norm_adaptation = record
+        clone.model, clone.norm_adaptation = adapt_to_frames(self.model, batches, len(crops), used, adaptation)
         return clone
 
     def predict(

@@ -27,6 +27,7 @@ in the model card ("Test-time adaptation").
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ class _Gatherer:
 
 
 def adapt_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], prior_strength: float = DEFAULT_PRIOR,
-                     layers: str = "all") -> tuple[nn.Module, int]:
+                     layers: str = "all") -> nn.Module:
     """A copy of ``model`` whose BatchNorm statistics blend its own with those of ``batches``.
 
     Args:
@@ -145,27 +146,36 @@ def adapt_batch_norm(model: nn.Module, batches: Iterable[torch.Tensor], prior_st
         layers: one of :data:`LAYER_CHOICES`.
 
     Returns:
-        (the adapted copy, in eval mode; the number of frames adapted on).
+        The adapted copy, in eval mode.
     """
     adapted = copy.deepcopy(model).eval()
     gatherers = [_Gatherer(layer, prior_strength) for layer in adapted_layers(adapted, layers).values()]
     handles = [gatherer.layer.register_forward_pre_hook(gatherer) for gatherer in gatherers]
-    frames = 0
     try:
         with torch.no_grad():
             for batch in batches:
                 adapted(batch)
-                frames += batch.shape[0]
     finally:
         for handle in handles:
             handle.remove()
-    return adapted, frames
+    return adapted
+
+
+def statistics_digest(model: nn.Module, layers: str = "all") -> str:
+    """SHA-256 of the running statistics of ``model``'s adaptable BatchNorm layers (``layers``): what an
+    adapted network answers with, in a record that can be compared across runs."""
+    digest = hashlib.sha256()
+    for layer in adapted_layers(model, layers).values():
+        digest.update(layer.running_mean.detach().cpu().numpy().tobytes())
+        digest.update(layer.running_var.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def adapt_to_frames(model: nn.Module, batches: Iterable[torch.Tensor], frames: int, inputs: int,
                     adaptation: NormAdaptation) -> tuple[nn.Module, dict]:
     """``model`` adapted as ``adaptation`` says to ``frames`` frames of ``inputs`` inputs, and the record
-    of what was done (its settings, ``applied``, ``frames``, ``inputs``).
+    of what was done (its settings, ``applied``, ``frames``, ``inputs`` and, when applied,
+    ``statistics_sha256``: :func:`statistics_digest` of the adapted layers).
 
     With fewer than ``adaptation.min_frames`` frames, ``model`` itself (not adapted), and ``batches``
     is not read.
@@ -180,5 +190,5 @@ def adapt_to_frames(model: nn.Module, batches: Iterable[torch.Tensor], frames: i
     record = {**adaptation.to_json(), "applied": False, "frames": frames, "inputs": inputs}
     if frames < adaptation.min_frames:
         return model, record
-    adapted, _ = adapt_batch_norm(model, batches, adaptation.prior_strength, adaptation.layers)
-    return adapted, record | {"applied": True}
+    adapted = adapt_batch_norm(model, batches, adaptation.prior_strength, adaptation.layers)
+    return adapted, record | {"applied": True, "statistics_sha256": statistics_digest(adapted, adaptation.layers)}

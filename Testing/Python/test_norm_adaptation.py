@@ -15,7 +15,13 @@ from torch import nn
 
 from MFFMTCore.cli import main
 from MFFMTCore.inference import Predictor
-from MFFMTCore.network.norm_adaptation import MIN_FRAMES, NormAdaptation, adapt_batch_norm, adapted_layers
+from MFFMTCore.network.norm_adaptation import (
+    MIN_FRAMES,
+    NormAdaptation,
+    adapt_batch_norm,
+    adapted_layers,
+    statistics_digest,
+)
 
 
 class TwoLayers(nn.Module):
@@ -50,8 +56,7 @@ def test_statistics_move_toward_the_target_as_the_blend_says(prior):
     model, frames = TwoLayers().eval(), target_frames()
     mean, var = first_layer_target(model, frames)
     # In batches of 5, 5 and 2 frames: the pooled statistics are those of all 12 frames at once.
-    adapted, count = adapt_batch_norm(model, frames.split(5), prior_strength=prior)
-    assert count == 12
+    adapted = adapt_batch_norm(model, frames.split(5), prior_strength=prior)
     weight = 12 / (prior + 12)
     layer = adapted.backbone[1]
     torch.testing.assert_close(layer.running_mean, (1 - weight) * 5.0 + weight * mean, rtol=1e-5, atol=1e-5)
@@ -65,8 +70,8 @@ def test_statistics_move_toward_the_target_as_the_blend_says(prior):
 def test_the_model_given_is_not_changed_and_infinite_prior_changes_nothing():
     model = TwoLayers().eval()
     before = {key: value.clone() for key, value in model.state_dict().items()}
-    unchanged, _ = adapt_batch_norm(model, [target_frames()], prior_strength=math.inf)
-    adapted, _ = adapt_batch_norm(model, [target_frames()], prior_strength=16.0)
+    unchanged = adapt_batch_norm(model, [target_frames()], prior_strength=math.inf)
+    adapted = adapt_batch_norm(model, [target_frames()], prior_strength=16.0)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} of the original model changed"
         assert torch.equal(unchanged.state_dict()[key], value)
@@ -79,7 +84,7 @@ def test_the_model_given_is_not_changed_and_infinite_prior_changes_nothing():
 def test_backbone_only_leaves_the_other_layers_alone():
     model = TwoLayers().eval()
     assert list(adapted_layers(model, "backbone")) == ["backbone.1"]
-    adapted, _ = adapt_batch_norm(model, [target_frames()], prior_strength=0.0, layers="backbone")
+    adapted = adapt_batch_norm(model, [target_frames()], prior_strength=0.0, layers="backbone")
     assert not torch.equal(adapted.backbone[1].running_mean, model.backbone[1].running_mean)
     assert torch.equal(adapted.head[2].running_mean, model.head[2].running_mean)
     assert torch.equal(adapted.head[2].running_var, model.head[2].running_var)
@@ -170,6 +175,7 @@ def test_evaluate_flag_records_the_adaptation(model_path, tmp_path, capsys):
     assert "adapted to 10 frames" in capsys.readouterr().err
     assert "norm_adaptation" not in metrics["off"]
     assert metrics["on"]["norm_adaptation"]["applied"] and metrics["on"]["norm_adaptation"]["frames"] == 10
+    assert len(metrics["on"]["norm_adaptation"]["statistics_sha256"]) == 64  # which statistics answered
     assert metrics["on"]["overall"] != metrics["off"]["overall"]
 
 
@@ -182,5 +188,8 @@ def test_a_clip_is_adapted_on_its_own_frames_up_to_the_cap(model_path, tmp_path)
     assert adapted.norm_adaptation | {"statistics_sha256": None} == {
         "prior_strength": 8.0, "layers": "all", "min_frames": MIN_FRAMES, "max_frames": 9, "applied": True,
         "frames": 9, "inputs": 1, "statistics_sha256": None}
+    # The record names the statistics that answer: the adapted network's, not the model file's.
+    assert adapted.norm_adaptation["statistics_sha256"] == statistics_digest(adapted.model)
+    assert statistics_digest(adapted.model) != statistics_digest(predictor.model)
     result = adapted.predict(clip)
     assert result.class_probabilities.shape == (12, 2) and np.isfinite(result.class_probabilities).all()
