@@ -19,8 +19,15 @@ bundled samples) talks to ``mffmt live`` running in its own process with the def
 - one frame with Grad-CAM: a warm worker (``WorkerClient.predict``, and ``segment`` in memory) vs a
   cold ``mffmt predict`` process (start, import torch, load the model, predict, write files).
 
-Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--workers 2] [--threads 1]``; ``--echo PORT`` is the bare
-network client it starts itself.
+With ``--before CHECKOUT`` it reports only the offered-rate figures, of another checkout's ``mffmt live``
+and this one's, alternately (the first side alternates from round to round) in ``--ab-runs`` rounds,
+each beside the forward pass measured in this process just after it, and under each machine load of
+``--busy`` (``0``: none; ``N``: N busy-looping Python processes started and stopped here; ``N@C``: the
+same pinned to CPU C); then per load and side the median and range of each figure.
+
+Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--workers 2] [--threads 1]``, or
+``python bench/bench_live.py --before CHECKOUT [--ab-runs 3] [--busy 0 1 1@1] [--seconds 10]``; ``--echo PORT`` is
+the bare network client it starts itself.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from needs import require
 
 require("MFFMTCore", "pyigtl")
 
+import os
+
+# The children start from the user's environment (a --before checkout gets no setting of this one's).
+USER_ENVIRONMENT = dict(os.environ)
 # mffmt's OpenMP setting (MFFMTCore.cli), before torch: this process measures the network as mffmt runs it.
 import MFFMTCore.cli  # noqa: F401
 
@@ -36,7 +47,6 @@ import MFFMTCore.cli  # noqa: F401
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -162,12 +172,20 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int, workers: int) -> dict:
-    """Figures of one ``mffmt live`` process; the memory run is left out when ``frame_count`` is 0."""
+def child_env(code: Path) -> dict[str, str]:
+    """The environment of a child that imports MFFMTCore from the checkout ``code`` (started in ``code``:
+    ``python -m`` puts the working folder before PYTHONPATH)."""
+    return {**USER_ENVIRONMENT, "PYTHONPATH": str(code)}
+
+
+def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int, workers: int,
+                 code: Path = ROOT) -> dict:
+    """Figures of one ``mffmt live`` process of checkout ``code``; the memory run is left out when
+    ``frame_count`` is 0."""
     source = FrameSource()
     process = subprocess.Popen([sys.executable, "-m", "MFFMTCore", "live", "--igtl", f"127.0.0.1:{source.port}",
                                 "--threads", str(threads), "--workers", str(workers), "--report-every", "100000"],
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, env=child_env(code), cwd=code)
     try:
         source.ready.wait(300)
         source.send(images[0], 1.0)  # warm-up: the first frame pays for lazy initialisation
@@ -214,6 +232,97 @@ def network_figures(images: list[np.ndarray], seconds: float) -> dict:
         process.wait(30)
     return {"network_ms_p50_at_10": round(percentile(latencies, 50), 2),
             "network_ms_p95_at_10": round(percentile(latencies, 95), 2)}
+
+
+def forward_ms(model, input_size: tuple[int, int], threads: int = 1, runs: int = 30) -> float:
+    """Median ms of ``model``'s forward pass alone (batch 1 at ``input_size``, as the Predictor runs it)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.rand(1, 1, *input_size).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for _ in range(runs + 3):
+            started = time.perf_counter()
+            model(x)
+            times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times[3:])
+
+
+def imported_from(code: Path) -> Path:
+    """Where a child started as :func:`live_figures` starts ``mffmt live`` imports MFFMTCore from."""
+    found = subprocess.run([sys.executable, "-c", "import MFFMTCore; print(MFFMTCore.__file__)"], capture_output=True,
+                           text=True, check=True, env=child_env(code), cwd=code).stdout.strip()
+    return Path(found).parent.parent
+
+
+class BusyLoad:
+    """``count`` Python processes looping without end, each pinned to CPU ``cpu`` when given (a load
+    another user's job makes), from entering the ``with`` block to leaving it.
+
+    Args:
+        spec: ``"N"`` or ``"N@C"`` (N processes on CPU C).
+    """
+
+    def __init__(self, spec: str):
+        count, _, cpu = spec.partition("@")
+        self.spec, self.count, self.cpu = spec, int(count), int(cpu) if cpu else None
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BusyLoad:
+        for _ in range(self.count):
+            process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            if self.cpu is not None:
+                os.sched_setaffinity(process.pid, {self.cpu})
+            self.processes.append(process)
+        time.sleep(1.0 if self.count else 0.0)  # let the scheduler settle the new load
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes.clear()
+
+
+AB_FIGURES = ("latency_ms_p50_at_10", "latency_ms_p95_at_10", "compute_ms_p50_at_10", "frames_per_second_at_30_offered",
+              "forward_ms_1thread", "latency_over_forward_p50")
+
+
+def before_after(images: list[np.ndarray], before: Path, rounds: int, loads: list[str], seconds: float,
+                 threads: int, workers: int) -> dict:
+    """The offered-rate figures of ``before``'s ``mffmt live`` and this checkout's, alternately (see the
+    module's docstring); each run beside the forward pass alone measured in this process just after it."""
+    from MFFMTCore.inference.predictor import Predictor
+
+    sides = {"before": before.resolve(), "this checkout": ROOT}
+    for name, code in sides.items():
+        if imported_from(code) != code:
+            raise RuntimeError(f"{name}: a child in {code} imports MFFMTCore from {imported_from(code)}")
+    predictor = Predictor()
+    runs: dict[str, dict[str, list[dict]]] = {load: {name: [] for name in sides} for load in loads}
+    for number in range(rounds):
+        order = list(sides) if number % 2 == 0 else list(sides)[::-1]
+        for load in loads:
+            with BusyLoad(load):
+                for name in order:
+                    figures = live_figures(images, seconds, 0, threads, workers, sides[name])
+                    figures["forward_ms_1thread"] = round(forward_ms(predictor.model, predictor.input_size), 1)
+                    figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"]
+                                                                / figures["forward_ms_1thread"], 2)
+                    figures["load_average"] = round(os.getloadavg()[0], 2)
+                    runs[load][name].append(figures)
+                    print(json.dumps({"round": number, "busy": load, "side": name}
+                                     | {key: figures[key] for key in (*AB_FIGURES, "error_replies", "load_average")}),
+                          file=sys.stderr, flush=True)
+    summary = {}
+    for load, by_side in runs.items():
+        for name, figures in by_side.items():
+            summary[f"busy {load}, {name}"] = {  # median [range]
+                key: f"{statistics.median(f[key] for f in figures):.2f} [{min(f[key] for f in figures)}, "
+                     f"{max(f[key] for f in figures)}]" for key in AB_FIGURES}
+    return {"before": str(sides["before"]), "this checkout": str(ROOT), "rounds": rounds, "seconds": seconds,
+            "threads": threads, "workers": workers, "figures": summary}
 
 
 def forward_figures(images: list[np.ndarray], runs: int = 30) -> dict:
@@ -281,12 +390,22 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of the warm/cold comparison (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the live process, worker and predict")
     parser.add_argument("--workers", type=int, default=2, help="frames the live process segments at once")
+    parser.add_argument("--before", type=Path, metavar="CHECKOUT",
+                        help="another checkout (e.g. the main branch) whose `mffmt live` runs alternately with this "
+                             "one's; only the offered-rate figures")
+    parser.add_argument("--ab-runs", type=int, default=3, help="rounds of the --before comparison")
+    parser.add_argument("--busy", nargs="+", default=["0"], metavar="N[@CPU]",
+                        help="machine loads of the --before comparison: N busy-looping processes (on CPU C)")
     parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
         echo(args.echo)
         return
     images = frames()
+    if args.before is not None:
+        print(json.dumps(before_after(images, args.before, args.ab_runs, args.busy, args.seconds, args.threads,
+                                      args.workers), indent=1))
+        return
     figures = {"cpus": len(os.sched_getaffinity(0)), "threads": args.threads, "workers": args.workers,
                "load_average_at_start": os.getloadavg()[0]}
     figures.update(network_figures(images, args.seconds))
