@@ -325,6 +325,135 @@ def before_after(images: list[np.ndarray], before: Path, rounds: int, loads: lis
             "threads": threads, "workers": workers, "figures": summary}
 
 
+# The live path's stages, as bench_predict's STAGES: (stage, function name in MFFMTCore), plus pyigtl's
+# unpack (of the frames received) and pack (of the replies), and the network's forward pass.
+LIVE_STAGES = [
+    ("frame to image", "frame_image"),
+    ("read", "as_frame_stack"),
+    ("imaging region", "find_imaging_region"),
+    ("pixel check", "check_frames"),
+    ("input check", "colour_share"),
+    ("input check", "layout_scores"),
+    ("network input", "preprocess_frames"),
+    ("post-processing", "resize_to_frame"),
+    ("result", "result"),  # Predictor.result: lesion measurement, feature distance, input checks
+    ("predict", "predict"),  # Predictor.predict: all of the above
+    ("segment", "segment"),  # LiveSegmenter.segment: predict and the reply messages
+    ("send", "send"),  # IgtlClient.send: pack and the socket
+]
+
+
+def stages_child(argv: list[str]) -> None:
+    """``mffmt live`` (``argv``) with its stages timed; SIGUSR1 clears the times (after the warm-up),
+    and at its end the times go to stdout as JSON."""
+    import signal
+
+    from bench_predict import StageTimer
+
+    import MFFMTCore.serving.live
+    from MFFMTCore.network.mffmt import MFFMT
+
+    timer = StageTimer()
+    timer.install(None, LIVE_STAGES)
+    MFFMT.forward = timer.wrap("network", MFFMT.forward)
+    pyigtl.MessageBase.unpack = timer.wrap("receive (unpack)", pyigtl.MessageBase.unpack)
+    pyigtl.MessageBase.pack = timer.wrap("pack", pyigtl.MessageBase.pack)
+    segmenter = MFFMTCore.serving.live.LiveSegmenter
+    segmenter.step = timer.wrap("step", segmenter.step)
+    MFFMTCore.serving.latest.LatestItems.get = timer.wrap("queue wait", MFFMTCore.serving.latest.LatestItems.get)
+
+    def clear(signum, frame) -> None:
+        for table in (timer.seconds, timer.cpu_seconds, timer.calls):
+            table.clear()
+
+    signal.signal(signal.SIGUSR1, clear)
+    MFFMTCore.cli.main(argv)
+    print(json.dumps({"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "calls": timer.calls}))
+
+
+def stage_figures(images: list[np.ndarray], seconds: float, threads: int, workers: int, code: Path = ROOT) -> dict:
+    """Where the time of a frame goes in ``mffmt live`` (checkout ``code``) at 10 frames/s offered: per
+    stage wall and CPU ms per segmented frame, summed over the live process's threads."""
+    import signal
+
+    source = FrameSource()
+    argv = ["live", "--igtl", f"127.0.0.1:{source.port}", "--threads", str(threads), "--workers", str(workers),
+            "--report-every", "100000"]
+    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--stages-child", " ".join(argv)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env(code),
+                               cwd=code)
+    try:
+        source.ready.wait(300)
+        for index in range(3):  # warm-up, then the times start afresh
+            source.send(images[index % len(images)], 1.0 + index)
+            source.wait_answer(1.0 + index, 300)
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        source.compute.clear()
+        _, latencies = source.offer(images, 10.0, seconds, 100000.0)
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=60)
+    times = json.loads(output)
+    frames = times["calls"]["segment"]
+    table = {stage: {"wall_ms": round(1000 * times["seconds"][stage] / frames, 2),
+                     "cpu_ms": round(1000 * times["cpu_seconds"][stage] / frames, 2),
+                     "calls_per_frame": round(times["calls"][stage] / frames, 2)} for stage in times["seconds"]}
+    return {"frames": frames, "latency_ms_p50_at_10": round(percentile(latencies, 50), 1),
+            "latency_ms_mean_at_10": round(statistics.mean(latencies), 1), "stages": table}
+
+
+# Own time of the stages that hold others: (stage, outer, the inner stages it holds).
+OWN_TIME = [
+    ("predict (rest)", "predict", ("read", "imaging region", "pixel check", "input check", "network input", "network",
+                                   "post-processing", "result")),
+    ("reply messages", "segment", ("predict", "frame to image")),
+    ("send (socket)", "send", ("pack",)),
+    ("step (rest)", "step", ("queue wait", "segment", "send")),
+]
+
+
+def stage_report(images: list[np.ndarray], args: argparse.Namespace) -> dict:
+    """:func:`stage_figures` of this checkout (and ``--before``'s, alternately) in ``--ab-runs`` rounds under
+    each ``--busy`` load: per stage the median over rounds of wall and CPU ms per frame, and the forward
+    pass alone (this process, 1 thread) measured after each run."""
+    from MFFMTCore.inference.predictor import Predictor
+
+    sides = {"this checkout": ROOT} | ({"before": args.before.resolve()} if args.before else {})
+    predictor = Predictor()
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for number in range(args.ab_runs):
+        for load in args.busy:
+            with BusyLoad(load):
+                for name in list(sides)[::1 if number % 2 == 0 else -1]:
+                    figures = stage_figures(images, args.seconds, args.threads, args.workers, sides[name])
+                    figures["forward_ms_1thread"] = forward_ms(predictor.model, predictor.input_size)
+                    runs.setdefault((load, name), []).append(figures)
+                    print(json.dumps({"round": number, "busy": load, "side": name, "frames": figures["frames"],
+                                      "latency_ms_p50_at_10": figures["latency_ms_p50_at_10"],
+                                      "forward_ms_1thread": round(figures["forward_ms_1thread"], 1)}),
+                          file=sys.stderr, flush=True)
+    report = {}
+    for (load, name), figures in runs.items():
+        tables = []
+        for run in figures:
+            table = {stage: dict(values) for stage, values in run["stages"].items()}
+            for own, outer, inner in OWN_TIME:
+                if outer in table:
+                    table[own] = {key: round(table[outer][key] - sum(table.get(stage, {}).get(key, 0.0) for stage in inner), 2)
+                                  for key in ("wall_ms", "cpu_ms")}
+            tables.append(table)
+        stages = sorted({stage for table in tables for stage in table},
+                        key=lambda stage: -statistics.median(t.get(stage, {}).get("wall_ms", 0.0) for t in tables))
+        report[f"busy {load}, {name}"] = {
+            "latency_ms_p50_at_10": statistics.median(run["latency_ms_p50_at_10"] for run in figures),
+            "forward_ms_1thread": round(statistics.median(run["forward_ms_1thread"] for run in figures), 1),
+            "ms_per_frame (wall / cpu; medians)": {
+                stage: " / ".join(f"{statistics.median(t.get(stage, {}).get(key, 0.0) for t in tables):.2f}"
+                                  for key in ("wall_ms", "cpu_ms")) for stage in stages}}
+    return report
+
+
 def forward_figures(images: list[np.ndarray], runs: int = 30) -> dict:
     """On 1 and 2 threads, in this process: the default model's forward pass alone (batch 1, its input
     size, as the Predictor runs it) and, interleaved with it, the Predictor on a whole 480x640 frame
@@ -396,12 +525,21 @@ def main() -> None:
     parser.add_argument("--ab-runs", type=int, default=3, help="rounds of the --before comparison")
     parser.add_argument("--busy", nargs="+", default=["0"], metavar="N[@CPU]",
                         help="machine loads of the --before comparison: N busy-looping processes (on CPU C)")
+    parser.add_argument("--stages", action="store_true",
+                        help="only where the time of a frame goes in `mffmt live` (of --before too, if given)")
     parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--stages-child", metavar="ARGS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo is not None:
         echo(args.echo)
         return
+    if args.stages_child is not None:
+        stages_child(args.stages_child.split())
+        return
     images = frames()
+    if args.stages:
+        print(json.dumps(stage_report(images, args), indent=1))
+        return
     if args.before is not None:
         print(json.dumps(before_after(images, args.before, args.ab_runs, args.busy, args.seconds, args.threads,
                                       args.workers), indent=1))
