@@ -47,6 +47,7 @@ import MFFMTCore.cli  # noqa: F401
 
 import argparse
 import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -257,29 +258,50 @@ def imported_from(code: Path) -> Path:
 
 
 class BusyLoad:
-    """``count`` Python processes looping without end, each pinned to CPU ``cpu`` when given (a load
-    another user's job makes), from entering the ``with`` block to leaving it.
+    """Busy-looping Python processes from entering the ``with`` block to leaving it: the load of another
+    job on the machine.
+
+    Where the kernel groups processes by session (``/proc/sys/kernel/sched_autogroup_enabled``, as on
+    this project's machine), CPU time is shared fairly between sessions first, whatever the nice
+    level: another user's job then takes its cores' share from ``mffmt live`` and this benchmark
+    together. ``N`` is such a job (N processes in a session of their own); ``Ns`` are N processes in
+    this benchmark's session (they share its CPU time with ``mffmt live``); ``@C`` pins them to CPU C.
 
     Args:
-        spec: ``"N"`` or ``"N@C"`` (N processes on CPU C).
+        spec: ``"N"``, ``"Ns"``, ``"N@C"`` or ``"Ns@C"``.
     """
 
     def __init__(self, spec: str):
-        count, _, cpu = spec.partition("@")
-        self.spec, self.count, self.cpu = spec, int(count), int(cpu) if cpu else None
+        load, _, cpu = spec.partition("@")
+        self.spec, self.same_session = spec, load.endswith("s")
+        self.count, self.cpu = int(load.removesuffix("s")), int(cpu) if cpu else None
         self.processes: list[subprocess.Popen] = []
 
     def __enter__(self) -> BusyLoad:
-        for _ in range(self.count):
-            process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-            if self.cpu is not None:
-                os.sched_setaffinity(process.pid, {self.cpu})
-            self.processes.append(process)
+        loop = "while True: pass"
+        if self.same_session:
+            self.processes = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(self.count)]
+        elif self.count:
+            # One session for the N processes, as one job's threads: its leader forks the others.
+            script = f"import os\nfor _ in range({self.count} - 1):\n    if os.fork() == 0:\n        break\n{loop}"
+            self.processes = [subprocess.Popen([sys.executable, "-c", script], start_new_session=True)]
+        if self.cpu is not None:
+            time.sleep(0.2)  # the leader's children
+            for pid in self._pids():
+                os.sched_setaffinity(pid, {self.cpu})
         time.sleep(1.0 if self.count else 0.0)  # let the scheduler settle the new load
         return self
 
+    def _pids(self) -> list[int]:
+        if self.same_session:
+            return [process.pid for process in self.processes]
+        leader = self.processes[0].pid
+        return [leader] + [int(pid) for pid in Path(f"/proc/{leader}/task/{leader}/children").read_text().split()]
+
     def __exit__(self, *exc) -> None:
         for process in self.processes:
+            if not self.same_session:
+                os.killpg(process.pid, signal.SIGKILL)
             process.kill()
             process.wait()
         self.processes.clear()
@@ -346,8 +368,6 @@ LIVE_STAGES = [
 def stages_child(argv: list[str]) -> None:
     """``mffmt live`` (``argv``) with its stages timed; SIGUSR1 clears the times (after the warm-up),
     and at its end the times go to stdout as JSON."""
-    import signal
-
     from bench_predict import StageTimer
 
     import MFFMTCore.serving.live
@@ -374,8 +394,6 @@ def stages_child(argv: list[str]) -> None:
 def stage_figures(images: list[np.ndarray], seconds: float, threads: int, workers: int, code: Path = ROOT) -> dict:
     """Where the time of a frame goes in ``mffmt live`` (checkout ``code``) at 10 frames/s offered: per
     stage wall and CPU ms per segmented frame, summed over the live process's threads."""
-    import signal
-
     source = FrameSource()
     argv = ["live", "--igtl", f"127.0.0.1:{source.port}", "--threads", str(threads), "--workers", str(workers),
             "--report-every", "100000"]
