@@ -134,6 +134,27 @@ def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometr
             assert summary["lesion_area_px"] == int(label.image.sum())
 
 
+def test_a_frame_whose_imaging_region_changed_gets_the_answer_of_its_own_region(predictor, sample_frames):
+    """The network takes the device's previous region while the frame's own is searched beside it: a
+    screen capture after a bare scan (and back) is segmented again on its own region."""
+    scan = sample_frame(sample_frames[4])
+    capture = np.zeros_like(scan)
+    capture[30:, 40:-40] = scan[30:, 40:-40]  # the scan inside black screen borders
+    frames = [scan, capture, capture, scan]
+    with live_session(predictor) as (server, live):
+        for index, pixels in enumerate(frames):
+            server.send_message(frame_message(pixels, 10.0 + index))
+            summary = json.loads(wait_for(server, "MFFMTResult", 10.0 + index).string)
+            label = wait_for(server, "MFFMTLabel", 10.0 + index)
+            expected = predictor.predict(frame_image(frame_message(pixels, 10.0 + index)))
+            assert (expected.imaging_region is None) == (pixels is scan)
+            np.testing.assert_array_equal(label.image[0], expected.label[0])
+            frame = expected.frames[0]
+            assert (summary["p_malignant"], summary["p_lesion"], summary["lesion_area_px"]) == (
+                frame.p_malignant, frame.p_lesion, frame.lesion_area_px)
+    assert live.region_changes == 2  # the first capture and the scan after it; the second capture took the first's
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_latest_frame_wins_and_dropped_frames_are_counted(predictor, workers, sample_frames):
     frames = sample_frame(sample_frames[0])
