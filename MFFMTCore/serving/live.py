@@ -256,13 +256,15 @@ class LiveSegmenter:
             known = key in self._regions
             guess = self._regions.get(key)
         if not known:
-            result = predictor.predict(image, threshold=self.threshold)
+            result = predictor.predict(image, threshold=self.threshold, measurements=False)
         else:
             search = self._region_search.submit(lambda: find_imaging_region(as_frame_stack(image)))
-            result = predictor.predict(image, threshold=self.threshold, imaging_region=guess or "none")
+            result = predictor.predict(image, threshold=self.threshold, imaging_region=guess or "none",
+                                       measurements=False)
             region = search.result()
             if region != guess:
-                result = predictor.predict(image, threshold=self.threshold, imaging_region=region or "none")
+                result = predictor.predict(image, threshold=self.threshold, imaging_region=region or "none",
+                                           measurements=False)
                 with self._count_lock:
                     self.region_changes += 1
         with self._count_lock:
