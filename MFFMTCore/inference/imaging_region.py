@@ -182,20 +182,14 @@ def detect_imaging_region(pixels: np.ndarray, components: int = 1) -> ImagingReg
     return ImagingRegion((int(x0), int(y0), int(x1 - x0), int(y1 - y0)), (width, height), "detected")
 
 
-def find_imaging_region(stack: FrameStack, mode: str | ImagingRegion = "auto") -> ImagingRegion | None:
+def find_imaging_region(stack: FrameStack, mode: str = "auto") -> ImagingRegion | None:
     """The imaging region of an input, or None for the whole frame.
 
     Args:
         stack: the input's frames.
         mode: ``"auto"`` (the DICOM calibrated region, else detected), ``"dicom"`` (the DICOM region
-            only) or ``"none"`` (the whole frame); or a region already found for frames of this
-            size (a live stream's previous frame), taken as it is.
+            only) or ``"none"`` (the whole frame).
     """
-    if isinstance(mode, ImagingRegion):
-        height, width = stack.frame_shape
-        if mode.frame_size != (width, height):
-            raise ValueError(f"imaging region of a {mode.frame_size} frame given for a {(width, height)} frame")
-        return mode
     if mode not in IMAGING_REGION_CHOICES:
         raise MFFMTError("imaging_region", f"must be one of {IMAGING_REGION_CHOICES}, got {mode!r}")
     if mode == "none":

@@ -166,7 +166,7 @@ class Predictor:
         gradcam: bool = False,
         threshold: float | None = None,
         progress: Callable[[int, int], None] | None = None,
-        imaging_region: str | ImagingRegion = "auto",
+        imaging_region: str = "auto",
         maps_to: Mapping[str, str | os.PathLike] | None = None,
         measurements: bool = True,
     ) -> PredictionResult:
@@ -188,9 +188,7 @@ class Predictor:
             imaging_region: where the scan is when no ``roi`` is given (see
                 :mod:`MFFMTCore.inference.imaging_region`): ``"auto"`` the DICOM calibrated region,
                 else the detected scan rectangle; ``"dicom"`` the DICOM region only; ``"none"`` the
-                whole frame; or an :class:`ImagingRegion` found before for frames of this size (a
-                stream's previous frame: no search). The network sees that rectangle; its maps are
-                pasted back (zero outside).
+                whole frame. The network sees that rectangle; its maps are pasted back (zero outside).
             maps_to: files for the maps of a clip, as :func:`MFFMTCore.inference.outputs.output_paths`
                 names them (its ``"probability"`` and ``"gradcam"`` entries are used). An input of
                 more than one frame then holds no map in memory: each chunk of frames is analysed as
@@ -238,7 +236,7 @@ class Predictor:
         roi: RoiInput | None = None,
         gradcam: bool = False,
         threshold: float | None = None,
-        imaging_region: str | ImagingRegion = "auto",
+        imaging_region: str = "auto",
         maps_to: Mapping[str, str | os.PathLike] | None = None,
         measurements: bool = True,
     ) -> PreparedInput:

@@ -19,11 +19,6 @@ Device names (OpenIGTLink allows 20 characters; 3D Slicer's OpenIGTLinkIF names 
 Both replies carry the timestamp of the frame they were computed from, in their header and, for
 the STRING, in its JSON. Latest frame wins: frames that arrive while one is being segmented wait in
 a queue of ``queue_size`` (default 1); older waiting frames are dropped and counted.
-
-The search for a frame's imaging region (the scan rectangle the network sees) runs beside the
-network, on another core: the network takes the region of the device's previous frame of that
-size, and a frame whose own region differs (the first after a depth or layout change) is segmented
-again on it. Every answer is the one :meth:`Predictor.predict` gives for the frame alone.
 """
 
 from __future__ import annotations
@@ -35,7 +30,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,10 +37,7 @@ import pyigtl
 import SimpleITK as sitk
 
 from MFFMTCore.errors import MFFMTError, one_line
-from MFFMTCore.inference.frames import as_frame_stack
-from MFFMTCore.inference.imaging_region import ImagingRegion, find_imaging_region
 from MFFMTCore.inference.predictor import Predictor
-from MFFMTCore.inference.result import PredictionResult
 from MFFMTCore.serving.igtl import IgtlClient, MalformedMessage
 from MFFMTCore.serving.latest import LatestItems
 
@@ -153,10 +144,6 @@ class LiveSegmenter:
         self.unsent = 0  # results computed while the connection was down
         self._newest_sent = -1
         self._count_lock = threading.Lock()  # counters and the order of results, across workers
-        self.region_changes = 0  # frames segmented twice: their imaging region was not their device's last one
-        # (device, frame size, components) -> imaging region of the last such frame (None: the whole frame).
-        self._regions: dict[tuple[str, tuple[int, ...], int], ImagingRegion | None] = {}
-        self._region_search = ThreadPoolExecutor(workers, thread_name_prefix="mffmt-live-region")
         self._model_request: str | None = None
         self._model_lock = threading.Lock()
         self._stop = threading.Event()
@@ -219,7 +206,8 @@ class LiveSegmenter:
         """The label map and result messages for one frame (raises MFFMTError for an unusable frame)."""
         started = time.perf_counter()
         predictor = self.predictor  # one model for the whole frame, even if a swap comes meanwhile
-        result = self._predict(predictor, frame_image(message), message.device_name)
+        # The replies carry areas and centroids, not the lesions' axes: they are not measured.
+        result = predictor.predict(frame_image(message), threshold=self.threshold, measurements=False)
         frame = result.frames[0]
         label = pyigtl.ImageMessage(
             result.label.reshape(message.image.shape[:3]),
@@ -247,29 +235,6 @@ class LiveSegmenter:
         }
         text = json.dumps(summary, allow_nan=False)
         return label, pyigtl.StringMessage(text, timestamp=message.timestamp, device_name=self.result_device)
-
-    def _predict(self, predictor: Predictor, image: sitk.Image, device: str) -> PredictionResult:
-        """``predictor.predict(image)``, with the imaging-region search beside the network (see the
-        module's docstring)."""
-        key = (device, image.GetSize(), image.GetNumberOfComponentsPerPixel())
-        with self._count_lock:
-            known = key in self._regions
-            guess = self._regions.get(key)
-        if not known:
-            result = predictor.predict(image, threshold=self.threshold, measurements=False)
-        else:
-            search = self._region_search.submit(lambda: find_imaging_region(as_frame_stack(image)))
-            result = predictor.predict(image, threshold=self.threshold, imaging_region=guess or "none",
-                                       measurements=False)
-            region = search.result()
-            if region != guess:
-                result = predictor.predict(image, threshold=self.threshold, imaging_region=region or "none",
-                                           measurements=False)
-                with self._count_lock:
-                    self.region_changes += 1
-        with self._count_lock:
-            self._regions[key] = result.imaging_region
-        return result
 
     def step(self, timeout: float = 0.2) -> bool:
         """Segment the next waiting frame and send its results; False when none came within ``timeout``."""
@@ -326,7 +291,6 @@ class LiveSegmenter:
             self._stop.set()
             for helper in helpers:
                 helper.join()
-            self._region_search.shutdown()
             self.client.stop()
             if report is not None:
                 report(self.stats())
