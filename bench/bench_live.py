@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -180,12 +181,13 @@ def child_env(code: Path) -> dict[str, str]:
 
 
 def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int, workers: int,
-                 code: Path = ROOT) -> dict:
-    """Figures of one ``mffmt live`` process of checkout ``code``; the memory run is left out when
-    ``frame_count`` is 0."""
+                 code: Path = ROOT, options: Sequence[str] = ()) -> dict:
+    """Figures of one ``mffmt live`` process of checkout ``code`` (with more command-line ``options``);
+    the memory run is left out when ``frame_count`` is 0."""
     source = FrameSource()
     process = subprocess.Popen([sys.executable, "-m", "MFFMTCore", "live", "--igtl", f"127.0.0.1:{source.port}",
-                                "--threads", str(threads), "--workers", str(workers), "--report-every", "100000"],
+                                "--threads", str(threads), "--workers", str(workers), "--report-every", "100000",
+                                *options],
                                stderr=subprocess.DEVNULL, env=child_env(code), cwd=code)
     try:
         source.ready.wait(300)
@@ -312,7 +314,7 @@ AB_FIGURES = ("latency_ms_p50_at_10", "latency_ms_p95_at_10", "compute_ms_p50_at
 
 
 def before_after(images: list[np.ndarray], before: Path, rounds: int, loads: list[str], seconds: float,
-                 threads: int, workers: int) -> dict:
+                 threads: int, workers: int, options: Sequence[str] = ()) -> dict:
     """The offered-rate figures of ``before``'s ``mffmt live`` and this checkout's, alternately (see the
     module's docstring); each run beside the forward pass alone measured in this process just after it."""
     from MFFMTCore.inference.predictor import Predictor
@@ -328,7 +330,8 @@ def before_after(images: list[np.ndarray], before: Path, rounds: int, loads: lis
         for load in loads:
             with BusyLoad(load):
                 for name in order:
-                    figures = live_figures(images, seconds, 0, threads, workers, sides[name])
+                    figures = live_figures(images, seconds, 0, threads, workers, sides[name],
+                                           options if sides[name] == ROOT else ())
                     figures["forward_ms_1thread"] = round(forward_ms(predictor.model, predictor.input_size), 1)
                     figures["latency_over_forward_p50"] = round(figures["latency_ms_p50_at_10"]
                                                                 / figures["forward_ms_1thread"], 2)
@@ -343,8 +346,8 @@ def before_after(images: list[np.ndarray], before: Path, rounds: int, loads: lis
             summary[f"busy {load}, {name}"] = {  # median [range]
                 key: f"{statistics.median(f[key] for f in figures):.2f} [{min(f[key] for f in figures)}, "
                      f"{max(f[key] for f in figures)}]" for key in AB_FIGURES}
-    return {"before": str(sides["before"]), "this checkout": str(ROOT), "rounds": rounds, "seconds": seconds,
-            "threads": threads, "workers": workers, "figures": summary}
+    return {"before": str(sides["before"]), "this checkout": str(ROOT), "this checkout's live options": " ".join(options),
+            "rounds": rounds, "seconds": seconds, "threads": threads, "workers": workers, "figures": summary}
 
 
 # The live path's stages, as bench_predict's STAGES: (stage, function name in MFFMTCore), plus pyigtl's
@@ -391,12 +394,13 @@ def stages_child(argv: list[str]) -> None:
     print(json.dumps({"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "calls": timer.calls}))
 
 
-def stage_figures(images: list[np.ndarray], seconds: float, threads: int, workers: int, code: Path = ROOT) -> dict:
+def stage_figures(images: list[np.ndarray], seconds: float, threads: int, workers: int, code: Path = ROOT,
+                  options: Sequence[str] = ()) -> dict:
     """Where the time of a frame goes in ``mffmt live`` (checkout ``code``) at 10 frames/s offered: per
     stage wall and CPU ms per segmented frame, summed over the live process's threads."""
     source = FrameSource()
     argv = ["live", "--igtl", f"127.0.0.1:{source.port}", "--threads", str(threads), "--workers", str(workers),
-            "--report-every", "100000"]
+            "--report-every", "100000", *options]
     process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--stages-child", " ".join(argv)],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env(code),
                                cwd=code)
@@ -444,14 +448,15 @@ def stage_report(images: list[np.ndarray], args: argparse.Namespace) -> dict:
         for load in args.busy:
             with BusyLoad(load):
                 for name in list(sides)[::1 if number % 2 == 0 else -1]:
-                    figures = stage_figures(images, args.seconds, args.threads, args.workers, sides[name])
+                    figures = stage_figures(images, args.seconds, args.threads, args.workers, sides[name],
+                                            args.live_options.split() if sides[name] == ROOT else ())
                     figures["forward_ms_1thread"] = forward_ms(predictor.model, predictor.input_size)
                     runs.setdefault((load, name), []).append(figures)
                     print(json.dumps({"round": number, "busy": load, "side": name, "frames": figures["frames"],
                                       "latency_ms_p50_at_10": figures["latency_ms_p50_at_10"],
                                       "forward_ms_1thread": round(figures["forward_ms_1thread"], 1)}),
                           file=sys.stderr, flush=True)
-    report = {}
+    report: dict = {"this checkout's live options": args.live_options}
     for (load, name), figures in runs.items():
         tables = []
         for run in figures:
@@ -543,6 +548,9 @@ def main() -> None:
     parser.add_argument("--ab-runs", type=int, default=3, help="rounds of the --before comparison")
     parser.add_argument("--busy", nargs="+", default=["0"], metavar="N[@CPU]",
                         help="machine loads of the --before comparison: N busy-looping processes (on CPU C)")
+    parser.add_argument("--live-options", default="", metavar="OPTIONS",
+                        help="more options of this checkout's `mffmt live` in --before and --stages runs, e.g. "
+                             "'--imaging-region none'")
     parser.add_argument("--stages", action="store_true",
                         help="only where the time of a frame goes in `mffmt live` (of --before too, if given)")
     parser.add_argument("--echo", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -560,7 +568,7 @@ def main() -> None:
         return
     if args.before is not None:
         print(json.dumps(before_after(images, args.before, args.ab_runs, args.busy, args.seconds, args.threads,
-                                      args.workers), indent=1))
+                                      args.workers, args.live_options.split()), indent=1))
         return
     figures = {"cpus": len(os.sched_getaffinity(0)), "threads": args.threads, "workers": args.workers,
                "load_average_at_start": os.getloadavg()[0]}

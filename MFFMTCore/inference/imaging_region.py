@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     from MFFMTCore.inference.frames import FrameStack
 
 IMAGING_REGION_CHOICES = ("auto", "dicom", "none")
+# The choices for frames that come without a DICOM header (a live stream).
+STREAM_IMAGING_REGION_CHOICES = ("auto", "none")
 
 # Local standard deviation (grey levels of 255) above which a pixel is textured like a scan.
 _TEXTURE_STD = 3.0
