@@ -469,7 +469,7 @@ def stage_report(images: list[np.ndarray], args: argparse.Namespace) -> dict:
         stages = sorted({stage for table in tables for stage in table},
                         key=lambda stage: -statistics.median(t.get(stage, {}).get("wall_ms", 0.0) for t in tables))
         report[f"busy {load}, {name}"] = {
-            "latency_ms_p50_at_10": statistics.median(run["latency_ms_p50_at_10"] for run in figures),
+            "latency_ms_p50_at_10": round(statistics.median(run["latency_ms_p50_at_10"] for run in figures), 1),
             "forward_ms_1thread": round(statistics.median(run["forward_ms_1thread"] for run in figures), 1),
             "ms_per_frame (wall / cpu; medians)": {
                 stage: " / ".join(f"{statistics.median(t.get(stage, {}).get(key, 0.0) for t in tables):.2f}"
