@@ -20,13 +20,24 @@ bundled samples) talks to ``mffmt live`` running in its own process with the def
   cold ``mffmt predict`` process (start, import torch, load the model, predict, write files).
 
 With ``--before CHECKOUT`` it reports only the offered-rate figures, of another checkout's ``mffmt live``
-and this one's, alternately (the first side alternates from round to round) in ``--ab-runs`` rounds,
-each beside the forward pass measured in this process just after it, and under each machine load of
-``--busy`` (``0``: none; ``N``: N busy-looping Python processes started and stopped here; ``N@C``: the
-same pinned to CPU C); then per load and side the median and range of each figure.
+and this one's (each child started in its checkout with it first on ``PYTHONPATH``, and checked to
+import it), alternately (the first side alternates from round to round) in ``--ab-runs`` rounds, each
+beside the forward pass measured in this process just after it, under each machine load of ``--busy``
+(see :class:`BusyLoad`: ``0`` none; ``N`` another job of N busy-looping processes in a session of its
+own; ``Ns`` the same in this benchmark's session; ``@C`` pinned to CPU C); then per load and side the
+median and range of each figure.
+
+With ``--stages`` it reports where the time of a frame goes in ``mffmt live`` at 10 frames/s offered
+(of this checkout, and of ``--before``'s alternately, under the ``--busy`` loads): the live process
+runs with its stages timed (receive, frame to image, read, imaging region, pixel and input checks,
+network input, network, post-processing, result, reply messages, pack, send), in wall and CPU ms per
+frame summed over its threads (wall above CPU: waiting for the GIL, a lock or a core), medians over
+the rounds, beside the end-to-end latency and the forward pass alone. ``--live-options`` adds options
+to this checkout's ``mffmt live`` in both modes (e.g. ``'--imaging-region none'``).
 
 Run: ``python bench/bench_live.py [--seconds 20] [--frames 2000] [--workers 2] [--threads 1]``, or
-``python bench/bench_live.py --before CHECKOUT [--ab-runs 3] [--busy 0 1 1@1] [--seconds 10]``; ``--echo PORT`` is
+``python bench/bench_live.py --before CHECKOUT [--ab-runs 3] [--busy 0 2 1s] [--seconds 8]``, or
+``python bench/bench_live.py --stages [--before CHECKOUT] [--ab-runs 4] [--seconds 8]``; ``--echo PORT`` is
 the bare network client it starts itself.
 """
 
