@@ -85,10 +85,12 @@ STAGES = [
 
 
 class StageTimer:
-    """Seconds spent in named functions, summed per stage over all threads (outermost call only)."""
+    """Seconds spent in named functions, summed per stage over all threads (outermost call only): wall
+    time, and the calling thread's CPU time (wall minus CPU: waiting for the GIL, a lock or a core)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._depth = threading.local()
         self._undo: list[Callable[[], None]] = []
@@ -98,22 +100,23 @@ class StageTimer:
         def timed(*args, **kwargs):
             depth = getattr(self._depth, stage, 0)
             setattr(self._depth, stage, depth + 1)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
                 setattr(self._depth, stage, depth)
                 if depth == 0:
                     self.seconds[stage] += time.perf_counter() - start
+                    self.cpu_seconds[stage] += time.thread_time() - cpu_start
                     self.calls[stage] += 1
 
         timed.__wrapped_by_stage_timer__ = True
         return timed
 
-    def install(self, model: torch.nn.Module) -> None:
-        """Time the stages in every loaded MFFMTCore module, and ``model``'s forward pass."""
-        for stage, name in STAGES:
-            if name == "forward":
+    def install(self, model: torch.nn.Module | None, stages: list[tuple[str, str]] = STAGES) -> None:
+        """Time the ``stages`` in every loaded MFFMTCore module, and ``model``'s forward pass (if given)."""
+        for stage, name in stages:
+            if name == "forward" and model is not None:
                 original = model.forward
                 model.forward = self.wrap(stage, original)
                 self._undo.append(lambda original=original: model.__dict__.pop("forward", None))

@@ -51,7 +51,7 @@ def largest_component_px(label: np.ndarray) -> int:
 
 
 def find_components(
-    label: np.ndarray, probability: np.ndarray, geometry: ImageGeometry, frame: int
+    label: np.ndarray, probability: np.ndarray, geometry: ImageGeometry, frame: int, measurements: bool = True
 ) -> list[LesionComponent]:
     """Connected components (8-connected) of one frame's label map, largest first.
 
@@ -60,6 +60,8 @@ def find_components(
         probability: (H, W) lesion probability of the frame.
         geometry: the input's geometry (2D, or 3D with frames along k).
         frame: index of the frame in the stack (its k index for a 3D input).
+        measurements: measure each component's axes and orientation (:func:`measure_lesion`, most of
+            this function's time); False leaves ``measurements`` None.
     """
     # Lesions are a small part of a frame: label the box that holds every lesion pixel, and measure
     # each region inside its own box.
@@ -93,7 +95,7 @@ def find_components(
                 centroid_index=(float(index[0, 0]), float(index[0, 1])),
                 centroid=tuple(float(v) for v in physical),
                 mean_probability=float(window_probability[box][region].mean(dtype=np.float64)),
-                measurements=measure_lesion(region, geometry, frame, offset=(row0, column0)),
+                measurements=measure_lesion(region, geometry, frame, offset=(row0, column0)) if measurements else None,
             )
         )
     return sorted(components, key=lambda component: component.area_px, reverse=True)

@@ -28,6 +28,7 @@ from MFFMTCore.commands.options import (
 )
 from MFFMTCore.devices import torch_device
 from MFFMTCore.errors import MFFMTError
+from MFFMTCore.inference.imaging_region import STREAM_IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
 
 
@@ -59,6 +60,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--igtl", type=_address, required=True, metavar="HOST:PORT", help="the OpenIGTLink server")
     parser.add_argument("--model", metavar="MODEL", help="model file (default: the model shipped with MFFMTCore)")
     add_lesion_threshold(parser)
+    parser.add_argument("--imaging-region", choices=STREAM_IMAGING_REGION_CHOICES, default="auto",
+                        help="where the scan is in each frame: auto = detected (a screen grab's borders, text and "
+                             "panels left out); none = the whole frame, for a source that sends the B-mode scan "
+                             "itself (no search, a little faster)")
     parser.add_argument("--input-device", metavar="NAME", help="segment only IMAGE messages of this device (default: any)")
     # Device names default to LiveSegmenter's (MFFMTLabel, MFFMTResult, MFFMTModel).
     parser.add_argument("--label-device", metavar="NAME", help="device name of the label maps sent (default: MFFMTLabel)")
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     devices = {name: getattr(args, name) for name in ("label_device", "result_device", "model_device")}
     live = LiveSegmenter(
         Predictor(args.model, device=device, batch_size=1), host, port, input_device=args.input_device,
-        threshold=args.lesion_threshold, queue_size=args.queue, allow_model_swap=args.allow_model_swap, workers=workers,
+        threshold=args.lesion_threshold, imaging_region=args.imaging_region, queue_size=args.queue,
+        allow_model_swap=args.allow_model_swap, workers=workers,
         **{name: value for name, value in devices.items() if value is not None},
     )
 

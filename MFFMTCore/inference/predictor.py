@@ -160,6 +160,7 @@ class Predictor:
         progress: Callable[[int, int], None] | None = None,
         imaging_region: str = "auto",
         maps_to: Mapping[str, str | os.PathLike] | None = None,
+        measurements: bool = True,
     ) -> PredictionResult:
         """Predict on one image: a 2D frame or a 3D stack of frames (a clip).
 
@@ -188,6 +189,9 @@ class Predictor:
                 Memory then does not grow with the clip's length beyond its input frames (which stay
                 in memory: N x H x W bytes grey, 3x that in colour). None: the maps are held in memory
                 (N x H x W x 4 bytes each).
+            measurements: measure each lesion's long and perpendicular axes and orientation
+                (``LesionComponent.measurements``); False leaves them None, for callers that use only
+                areas and centroids (a live stream: about 1.5 ms less per frame with a lesion).
 
         Returns:
             Maps in the input's exact geometry, per-frame findings and, for a 3D input, the clip's.
@@ -199,7 +203,8 @@ class Predictor:
                 better than a confident wrong one.
             ValueError: the input is not a frame or a stack of frames, or the ROI misses the frame.
         """
-        prepared = self.prepare(image, spacing, origin, direction, roi, gradcam, threshold, imaging_region, maps_to)
+        prepared = self.prepare(image, spacing, origin, direction, roi, gradcam, threshold, imaging_region, maps_to,
+                                measurements)
         count = prepared.stack.num_frames
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
@@ -225,6 +230,7 @@ class Predictor:
         threshold: float | None = None,
         imaging_region: str = "auto",
         maps_to: Mapping[str, str | os.PathLike] | None = None,
+        measurements: bool = True,
     ) -> PreparedInput:
         """Read and check an input and find the box the network sees, before any network run.
 
@@ -245,7 +251,8 @@ class Predictor:
         region: ImagingRegion | None = None if box is not None else find_imaging_region(stack, imaging_region)
         streams = None if maps_to is None or stack.num_frames < 2 else {
             name: Path(maps_to[name]) for name in STREAMED_MAPS if name in maps_to}
-        return PreparedInput(stack, box, region, threshold, gradcam, roi is not None, len(self.class_names), streams)
+        return PreparedInput(stack, box, region, threshold, gradcam, roi is not None, len(self.class_names), streams,
+                             measurements)
 
     def run_network(self, parts: Sequence[tuple[PreparedInput, int, int]]) -> None:
         """Run frames ``start:stop`` of each part's input through the network in one call.
@@ -349,6 +356,7 @@ class Predictor:
             input_checks=assess_frames(prepared.colour, distance,
                                        None if prepared.roi_given else prepared.layout),
             analysis=analysis,
+            measurements=prepared.measurements,
         )
 
 
@@ -366,6 +374,7 @@ class PreparedInput:
         class_count: the model's number of classes.
         streams: for a clip predicted with ``maps_to``: map name -> the file it is streamed to (see
             :meth:`Predictor.predict`); None: the maps are held in memory.
+        measurements: whether lesions are measured (see :meth:`Predictor.predict`).
         error: why the input has no answer (set by :meth:`Predictor.run_network`), or None.
         frames_done: frames that have been through the network.
     """
@@ -378,6 +387,7 @@ class PreparedInput:
     roi_given: bool
     class_count: int
     streams: dict[str, Path] | None = None
+    measurements: bool = True
     error: Exception | None = None
     frames_done: int = 0
     colour: np.ndarray = field(init=False, repr=False)
@@ -427,7 +437,7 @@ class PreparedInput:
         if self._analysis is None:
             box = self.crop
             self._analysis = FrameAnalysis(self.stack.num_frames, self.stack.frame_shape, self.stack.geometry,
-                                           self.threshold, box[2] * box[3])
+                                           self.threshold, box[2] * box[3], self.measurements)
             shape = (self.stack.num_frames, *self.stack.frame_shape)
             header = map_header(self.stack.geometry, shape)
             self._open = {name: NrrdStream(path, header, shape, np.float32) for name, path in self.streams.items()

@@ -136,11 +136,13 @@ class FrameAnalysis:
         geometry: the input's geometry.
         threshold: lesion probability at or above which a pixel is lesion.
         analysed_px: pixels the network saw per frame (see :func:`analysed_box`).
+        measurements: measure each lesion's axes and orientation (False: its ``measurements`` are None).
     """
 
     def __init__(self, count: int, frame_shape: tuple[int, int], geometry: ImageGeometry, threshold: float,
-                 analysed_px: int):
+                 analysed_px: int, measurements: bool = True):
         self.geometry, self.threshold, self.analysed_px = geometry, check_threshold(threshold), analysed_px
+        self.measurements = measurements
         self.labels = LabelFrames(count, frame_shape)
         self._frames: list[_FrameAnalysis | None] = [None] * count
 
@@ -148,7 +150,7 @@ class FrameAnalysis:
         """Analyse frames ``start``, ``start + 1``, ... of their (n, H, W) lesion probability."""
         for index, frame in enumerate(probability, start=start):
             lesion = frame >= self.threshold
-            components = find_components(lesion, frame, self.geometry, index)
+            components = find_components(lesion, frame, self.geometry, index, self.measurements)
             self.labels.set(index, lesion)
             self._frames[index] = _FrameAnalysis(
                 components=components,
@@ -225,6 +227,8 @@ class PredictionResult:
             prediction ``UNSUITABLE`` and a clip's finding is taken over the other frames.
         analysis: the frames' findings at ``threshold``, taken as a streamed clip's frames left the
             network; None: taken here from ``probability``.
+        measurements: whether lesions are measured (axes, orientation) when the findings are taken
+            here; False: their ``measurements`` are None.
     """
 
     def __init__(
@@ -242,6 +246,7 @@ class PredictionResult:
         imaging_region: ImagingRegion | None = None,
         input_checks: list[InputCheck] | None = None,
         analysis: FrameAnalysis | None = None,
+        measurements: bool = True,
     ):
         self.class_probabilities = class_probabilities
         self.class_names = class_names
@@ -258,10 +263,11 @@ class PredictionResult:
             if not isinstance(probability, np.ndarray):
                 raise ValueError("a result without its frames' analysis needs its probability map")
             analysis = FrameAnalysis(len(probability), probability.shape[1:3], geometry, self.threshold,
-                                     self._analysed_px(probability.shape[1:3]))
+                                     self._analysed_px(probability.shape[1:3]), measurements)
             analysis.add(0, probability)
         elif analysis.threshold != self.threshold:
             raise ValueError(f"frames analysed at threshold {analysis.threshold}, not {self.threshold}")
+        self.measurements = analysis.measurements
         self.labels = analysis.labels
         self._label: np.ndarray | None = None
         self.frames, masses, sums = analysis.results(class_probabilities, class_names, input_checks,
@@ -350,6 +356,7 @@ class PredictionResult:
             lesion_decision=self.lesion_decision,
             imaging_region=self.imaging_region,
             input_checks=self.input_checks,
+            measurements=self.measurements,
         )
 
     def _image(self, array: np.ndarray) -> sitk.Image:

@@ -37,6 +37,7 @@ import pyigtl
 import SimpleITK as sitk
 
 from MFFMTCore.errors import MFFMTError, one_line
+from MFFMTCore.inference.imaging_region import STREAM_IMAGING_REGION_CHOICES
 from MFFMTCore.inference.predictor import Predictor
 from MFFMTCore.serving.igtl import IgtlClient, MalformedMessage
 from MFFMTCore.serving.latest import LatestItems
@@ -98,6 +99,9 @@ class LiveSegmenter:
         host, port: the OpenIGTLink server (PLUS, Slicer's OpenIGTLinkIF in server mode, a scanner).
         input_device: segment only IMAGE messages of this device; None for any device.
         threshold: lesion threshold; default the model's.
+        imaging_region: ``"auto"``: each frame's scan rectangle is detected (a screen grab's borders,
+            text and panels are left out); ``"none"``: the whole frame, for a source that sends the
+            B-mode scan itself (no search: about 3.5 ms less per 480x640 frame on this project's CPU).
         queue_size: frames kept waiting while one is segmented (older ones are dropped).
         workers: frames segmented at the same time, each in its own thread. On a CPU, two workers
             with one torch thread each keep two cores busier than one worker with two threads (a
@@ -115,6 +119,7 @@ class LiveSegmenter:
         port: int,
         input_device: str | None = None,
         threshold: float | None = None,
+        imaging_region: str = "auto",
         queue_size: int = 1,
         allow_model_swap: bool = False,
         label_device: str = LABEL_DEVICE,
@@ -125,11 +130,13 @@ class LiveSegmenter:
     ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if imaging_region not in STREAM_IMAGING_REGION_CHOICES:
+            raise ValueError(f"imaging_region must be one of {STREAM_IMAGING_REGION_CHOICES}, got {imaging_region!r}")
         for name in (label_device, result_device, model_device):
             if len(name.encode("utf-8")) > 20:
                 raise MFFMTError(name, "device name longer than OpenIGTLink's 20 bytes")
         self.predictor = predictor
-        self.input_device, self.threshold = input_device, threshold
+        self.input_device, self.threshold, self.imaging_region = input_device, threshold, imaging_region
         self.allow_model_swap = allow_model_swap
         self.label_device, self.result_device, self.model_device = label_device, result_device, model_device
         self.log = log
@@ -206,7 +213,9 @@ class LiveSegmenter:
         """The label map and result messages for one frame (raises MFFMTError for an unusable frame)."""
         started = time.perf_counter()
         predictor = self.predictor  # one model for the whole frame, even if a swap comes meanwhile
-        result = predictor.predict(frame_image(message), threshold=self.threshold)
+        # The replies carry areas and centroids, not the lesions' axes: they are not measured.
+        result = predictor.predict(frame_image(message), threshold=self.threshold, imaging_region=self.imaging_region,
+                                   measurements=False)
         frame = result.frames[0]
         label = pyigtl.ImageMessage(
             result.label.reshape(message.image.shape[:3]),

@@ -310,6 +310,17 @@ def test_largest_calibrated_region_is_used_among_many(tmp_path):
                            "can classify: not used"]
 
 
+def test_dark_hole_counts_towards_the_smallest_scan_area():
+    """A textured ring round a large flat dark hole (a cyst): 3% of the frame without its hole, 6% with
+    it. The hole is part of the scan (it is filled), so the ring's box is the imaging region."""
+    rng = np.random.default_rng(0)
+    frame = np.zeros((1, 400, 400), dtype=np.uint8)
+    frame[0, 150:250, 150:250] = rng.integers(60, 200, size=(100, 100))
+    frame[0, 165:235, 165:235] = 0
+    x, y, w, h = detect_imaging_region(frame).box
+    assert abs(x - 150) <= 2 and abs(y - 150) <= 2 and abs(w - 100) <= 4 and abs(h - 100) <= 4
+
+
 def test_detected_region_smaller_than_the_network_minimum_is_not_used():
     rng = np.random.default_rng(0)
     frame = np.zeros((1, 400, 400), dtype=np.uint8)

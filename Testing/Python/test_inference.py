@@ -7,6 +7,7 @@ of the input, in its physical geometry.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -203,6 +204,24 @@ def test_new_threshold_without_running_the_network(predictor):
     with pytest.raises(ValueError, match="threshold"):
         predictor.predict(frame, threshold=1.5)
     assert len(predictor.model.batch_sizes) == calls  # refused before any network run
+
+
+def test_without_measurements_the_answer_is_the_same_less_the_lesion_axes(predictor, tmp_path):
+    """What a live stream asks for: the same label maps, classes, areas and centroids, lesions unmeasured,
+    for a frame, a new threshold, and a clip whose maps stream to files."""
+    frame = bright_box((60, 80), slice(10, 30), slice(20, 50)) + bright_box((60, 80), slice(40, 50), slice(60, 70))
+    clip = np.stack([frame, frame[::-1]])
+    maps = {"probability": tmp_path / "probability.nrrd"}
+    for image, maps_to in ((frame, None), (clip, maps)):
+        measured, plain = (predictor.predict(image, maps_to=maps_to, measurements=flag) for flag in (True, False))
+        for made in (plain, plain.with_threshold(0.3)):
+            reference = measured if made is plain else measured.with_threshold(0.3)
+            np.testing.assert_array_equal(made.label, reference.label)
+            np.testing.assert_array_equal(made.class_probabilities, reference.class_probabilities)
+            assert len(made.frames[-1].components) == 2
+            for found, expected in zip(made.frames, reference.frames):
+                assert [dataclasses.replace(c, measurements=None) for c in expected.components] == found.components
+                assert all(c.measurements is not None for c in expected.components)
 
 
 def test_roi_classifies_the_box_and_pastes_its_map_into_the_full_frame(predictor):

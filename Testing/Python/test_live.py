@@ -134,6 +134,29 @@ def test_real_sample_frames_come_back_segmented_with_their_timestamp_and_geometr
             assert summary["lesion_area_px"] == int(label.image.sum())
 
 
+@pytest.mark.parametrize("imaging_region", ["auto", "none"])
+def test_screen_captures_and_bare_scans_in_one_stream_get_the_answers_of_their_own_regions(predictor, sample_frames,
+                                                                                           imaging_region):
+    """Each frame's imaging region is its own: a screen capture after a bare scan (and back) is answered
+    as the predictor answers it alone (the label map and the figures of the replies); with
+    ``imaging_region="none"`` every frame is taken whole, as a source of bare scans sends them."""
+    scan = sample_frame(sample_frames[4])
+    capture = np.zeros_like(scan)
+    capture[30:, 40:-40] = scan[30:, 40:-40]  # the scan inside black screen borders
+    frames = [scan, capture, capture, scan]
+    with live_session(predictor, imaging_region=imaging_region) as (server, _):
+        for index, pixels in enumerate(frames):
+            server.send_message(frame_message(pixels, 10.0 + index))
+            summary = json.loads(wait_for(server, "MFFMTResult", 10.0 + index).string)
+            label = wait_for(server, "MFFMTLabel", 10.0 + index)
+            expected = predictor.predict(frame_image(frame_message(pixels, 10.0 + index)), imaging_region=imaging_region)
+            assert (expected.imaging_region is None) == (pixels is scan or imaging_region == "none")
+            np.testing.assert_array_equal(label.image[0], expected.label[0])
+            frame = expected.frames[0]
+            assert (summary["p_malignant"], summary["p_lesion"], summary["lesion_area_px"]) == (
+                frame.p_malignant, frame.p_lesion, frame.lesion_area_px)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_latest_frame_wins_and_dropped_frames_are_counted(predictor, workers, sample_frames):
     frames = sample_frame(sample_frames[0])
@@ -232,7 +255,7 @@ def test_mffmt_live_command_answers_and_stops_cleanly(model_path, sample_frames)
     with igtl_server(port) as server:
         process = subprocess.Popen(
             [sys.executable, "-m", "MFFMTCore", "live", "--igtl", f"127.0.0.1:{port}", "--model", str(model_path),
-             "--threads", "1", "--progress", "json", "--report-every", "1000"],
+             "--threads", "1", "--progress", "json", "--report-every", "1000", "--imaging-region", "none"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
@@ -269,3 +292,8 @@ def test_bad_address_and_device_names_are_refused(predictor, capsys):
     assert exit_info.value.code == 2 and "HOST:PORT" in capsys.readouterr().err
     with pytest.raises(ValueError, match="20 bytes"):
         LiveSegmenter(predictor, "127.0.0.1", 1, label_device="A_label_name_too_long_for_igtl")
+    with pytest.raises(ValueError, match="imaging_region"):  # a stream has no DICOM region
+        LiveSegmenter(predictor, "127.0.0.1", 1, imaging_region="dicom")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["live", "--igtl", "localhost:18944", "--imaging-region", "dicom"])
+    assert exit_info.value.code == 2 and "--imaging-region" in capsys.readouterr().err
