@@ -218,7 +218,9 @@ def test_ctrl_c_during_a_clip_in_mffmt_predict_leaves_no_file(model_path, tmp_pa
     process = subprocess.Popen([sys.executable, "-m", "MFFMTCore", "predict", "long.nrrd", "--output", "out",
                                 "--model", str(model_path), "--progress", "none", "--threads", "1", "--batch-size", "2"],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                               # A suite run as a background job inherits Ctrl-C ignored; a user's terminal does not.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (output.is_dir() and any(
             name.startswith(".long_probability.") for name in _files(output))):
