@@ -47,17 +47,15 @@ from needs import require
 
 require("MFFMTCore", "pyigtl")
 
-import os
-
-# The children start from the user's environment (a --before checkout gets no setting of this one's).
-USER_ENVIRONMENT = dict(os.environ)
-# mffmt's OpenMP setting (MFFMTCore.cli), before torch: this process measures the network as mffmt runs it.
-import MFFMTCore.cli  # noqa: F401
+# The children's environment (child_env: the user's, taken before mffmt's OpenMP setting, which
+# bench_predict then makes, before torch: this process measures the network as mffmt runs it).
+from bench_predict import StageTimer, child_env
 
 # isort: split
 
 import argparse
 import json
+import os
 import signal
 import socket
 import statistics
@@ -183,12 +181,6 @@ def rss_mib(pid: int) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
-
-
-def child_env(code: Path) -> dict[str, str]:
-    """The environment of a child that imports MFFMTCore from the checkout ``code`` (started in ``code``:
-    ``python -m`` puts the working folder before PYTHONPATH)."""
-    return {**USER_ENVIRONMENT, "PYTHONPATH": str(code)}
 
 
 def live_figures(images: list[np.ndarray], seconds: float, frame_count: int, threads: int, workers: int,
@@ -382,7 +374,6 @@ LIVE_STAGES = [
 def stages_child(argv: list[str]) -> None:
     """``mffmt live`` (``argv``) with its stages timed; SIGUSR1 clears the times (after the warm-up),
     and at its end the times go to stdout as JSON."""
-    from bench_predict import StageTimer
 
     import MFFMTCore.serving.live
     from MFFMTCore.network.mffmt import MFFMT
