@@ -129,18 +129,10 @@ def fit_probe(x: np.ndarray, y: np.ndarray, strength: float):
 
 
 def frontier(found: list[np.ndarray], lesion: np.ndarray) -> dict[str, float | None]:
-    """The trade-off figures of a family of frame-level decisions (one boolean array per setting)."""
-    kept = np.array([f[lesion].mean() for f in found])
-    flagged = np.array([f[~lesion].mean() for f in found])
-
-    def most_kept(limit: float) -> float | None:
-        return float(kept[flagged <= limit].max()) if (flagged <= limit).any() else None
-
-    def fewest_flagged(minimum: float) -> float | None:
-        return float(flagged[kept >= minimum].min()) if (kept >= minimum).any() else None
-
-    return {"kept_at_flagged_0.1": most_kept(0.1), "kept_at_flagged_0.2": most_kept(0.2),
-            "flagged_at_kept_0.95": fewest_flagged(0.95), "flagged_at_kept_0.97": fewest_flagged(0.97)}
+    """The trade-off figures (:func:`tradeoff_points`) of a family of frame-level decisions (one boolean
+    array per setting)."""
+    return tradeoff_points({"flagged": [float(f[~lesion].mean()) for f in found],
+                            "kept": [float(f[lesion].mean()) for f in found]})
 
 
 def main() -> int:
